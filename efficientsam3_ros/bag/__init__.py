@@ -1,0 +1,1 @@
+"""bag layer of efficientsam3_ros (see DESIGN.md)."""

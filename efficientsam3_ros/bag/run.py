@@ -1,0 +1,374 @@
+"""The eval-bag run loop: bag in, results bag + report out, stopping cleanly on any failure.
+
+Why this shape: a long evaluation must never lose its work. Every way the loop can end
+(finished, Ctrl-C, a storage file that breaks part-way, an unexpected error) goes
+through the same ``finally``: the results bag is closed (index + metadata.yaml written,
+so it plays), and the report is written with the reason and the place it stopped.
+A single bad message (corrupt CDR, undecodable image, a frame the model refuses) is
+counted as failed, listed in the report, and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from efficientsam3_ros import __version__
+from efficientsam3_ros.bag.ground_truth import read_gt_topic
+from efficientsam3_ros.bag.source import BagError, BagOpenError, BagReadError, BagSource, MessageError, header_stamp_ns
+from efficientsam3_ros.bag.sink import ResultsWriter
+from efficientsam3_ros.evaluation.ground_truth import load_ground_truth
+from efficientsam3_ros.evaluation.records import FrameRecord, InstanceRecord
+from efficientsam3_ros.evaluation.report import write_report
+from efficientsam3_ros.evaluation.scoring import score
+from efficientsam3_ros.evaluation.stats import instances_over_time, latency_stats, track_lifetimes
+from efficientsam3_ros.pipeline.results import FrameResult
+from efficientsam3_ros.ros import messages
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_FAILURES = 100  # the report lists this many failed messages; all are counted
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # stopped early (bag unreadable part-way, nothing usable, unexpected error)
+EXIT_USAGE = 2  # bad arguments: missing topic, unreadable ground truth, existing output
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+
+
+class Segmenter(Protocol):
+    """What the loop needs from ``pipeline.ConceptSegmenter`` (tests pass light stand-ins)."""
+
+    def set_concepts(self, labels: list[str]) -> list[int]: ...
+
+    def process(self, image: np.ndarray) -> FrameResult: ...
+
+    @property
+    def backend_info(self) -> dict: ...
+
+
+@dataclass
+class EvalConfig:
+    """Everything one eval-bag run needs; mirrors the CLI options."""
+
+    bag: Path
+    image_topic: str
+    concepts: list[str]
+    out_dir: Path
+    model: str = "es-ev-tiny"
+    checkpoint: str | None = None
+    backend: str = "auto"
+    device: str | None = None
+    input_size: int | None = None
+    every: int = 1
+    max_frames: int | None = None
+    gt: Path | None = None
+    gt_topic: str | None = None
+    storage: str | None = None  # None: same as the input bag
+    overlay: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EvalOutcome:
+    """What a run produced, for the CLI and for tests."""
+
+    exit_code: int
+    report: dict[str, Any]
+    report_json: Path | None = None
+    report_html: Path | None = None
+    results_bag: Path | None = None
+    error: str | None = None
+
+
+class UsageError(BagError):
+    """A problem with the request itself, found before any frame is processed."""
+
+
+@dataclass
+class _RunState:
+    frames: list[FrameRecord] = field(default_factory=list)
+    timings: list[dict[str, float]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    in_topic: int | None = None
+    seen: int = 0
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    stamps: set[int] = field(default_factory=set)
+    last_index: int | None = None
+    last_stamp: int | None = None
+    stop_reason: str = "completed"
+    stop_message: str = ""
+
+    def fail(self, index: int, stamp: int | None, stage: str, error: BaseException) -> None:
+        self.failed += 1
+        text = f"{type(error).__name__}: {error}" if not isinstance(error, (BagError,)) else str(error)
+        log.warning("image message %d failed (%s): %s", index, stage, text)
+        if len(self.failures) < MAX_LISTED_FAILURES:
+            self.failures.append({"index": index, "stamp_ns": stamp, "stage": stage, "error": text})
+
+
+def build_segmenter(config: EvalConfig) -> Segmenter:
+    """The real pipeline; imported here so reading and scoring bags never needs torch."""
+    from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
+
+    return ConceptSegmenter.from_name(
+        config.model,
+        checkpoint=config.checkpoint,
+        backend=config.backend,
+        device=config.device,
+        input_size=config.input_size,
+    )
+
+
+def to_record(result: FrameResult, stamp_ns: int) -> FrameRecord:
+    """A pipeline result as a scoring record (masks kept as RLE only)."""
+    return FrameRecord(
+        stamp_ns=stamp_ns,
+        image_size=(int(result.image_size[0]), int(result.image_size[1])),
+        instances=[
+            InstanceRecord(
+                label=i.label, rle=i.rle(), score=float(i.score), track_id=int(i.track_id), concept_id=int(i.concept_id)
+            )
+            for i in result.instances
+        ],
+    )
+
+
+def evaluate_bag(
+    config: EvalConfig,
+    segmenter: Segmenter | None = None,
+    segmenter_factory: Callable[[EvalConfig], Segmenter] = build_segmenter,
+) -> EvalOutcome:
+    """Run the evaluation; never raises for bag or model problems (see :class:`EvalOutcome`).
+
+    Usage errors (missing topic, bad ground truth, existing output) return ``EXIT_USAGE``
+    with no outputs written. Everything after the first frame is attempted ends with a
+    closed results bag and a written report.
+    """
+    if config.every < 1:
+        return _usage(f"--every must be >= 1, got {config.every}")
+    out_dir = Path(config.out_dir)
+    results_path = out_dir / "results"
+    if results_path.exists():
+        return _usage(f"{results_path} already exists; choose another --out or remove it")
+    gt, gt_labels, gt_source = None, [], ""
+    if config.gt is not None:
+        try:
+            gt, gt_labels = load_ground_truth(config.gt)
+        except ValueError as err:
+            return _usage(str(err))
+        gt_source = str(config.gt)
+
+    started = time.time()
+    source = BagSource(config.bag)
+    state = _RunState()
+    run_info = _run_info(config, source, results_path)
+    backend: dict[str, Any] = {}
+    writer: ResultsWriter | None = None
+    try:
+        try:
+            source.open()
+        except BagOpenError as err:
+            state.stop_reason, state.stop_message = "bag_unreadable", str(err)
+            log.error("%s", err)
+            return _finish(config, state, run_info, backend, None, gt, gt_labels, gt_source, started, EXIT_ERROR)
+        try:
+            conns = source.image_connections(config.image_topic)
+            if config.gt_topic:
+                gt, gt_labels = read_gt_topic(source, config.gt_topic)
+                gt_source = f"topic {config.gt_topic}"
+        except BagError as err:
+            return _usage(str(err))
+        run_info["image_types"] = sorted({c.msgtype for c in conns})
+        run_info["bag_version"] = source.info.version
+        run_info["bag_embeds_definitions"] = source.info.embeds_definitions
+
+        if segmenter is None:
+            segmenter = segmenter_factory(config)
+        segmenter.set_concepts(list(config.concepts))
+        backend = dict(segmenter.backend_info)
+
+        storage = config.storage or source.info.storage
+        run_info["results_storage"] = storage
+        writer = ResultsWriter(
+            results_path,
+            config.image_topic,
+            storage=storage,
+            overlay=config.overlay,
+            custom_data={
+                "efficientsam3_ros.version": __version__,
+                "efficientsam3_ros.source_bag": str(config.bag),
+                "efficientsam3_ros.model": config.model,
+                "efficientsam3_ros.concepts": "; ".join(config.concepts),
+            },
+        )
+        writer.open()
+        run_info["results_topics"] = [t for t in (writer.instances_topic, writer.overlay_topic) if t]
+        _loop(config, source, conns, segmenter, writer, state)
+        code = EXIT_OK
+    except KeyboardInterrupt:
+        state.stop_reason, state.stop_message = "interrupted", "stopped by Ctrl-C (SIGINT)"
+        code = EXIT_INTERRUPTED
+    except BagReadError as err:
+        state.stop_reason, state.stop_message = "bag_read_error", str(err)
+        code = EXIT_ERROR
+    except Exception as err:  # model build, writer, disk full: still flush what exists
+        log.exception("eval-bag stopped by an unexpected error")
+        state.stop_reason, state.stop_message = "error", f"{type(err).__name__}: {err}"
+        code = EXIT_ERROR
+    finally:
+        if writer is not None:
+            writer.close()
+        source.close()
+    if code == EXIT_OK and state.seen and not state.processed:
+        state.stop_message = "no image message could be processed; see failures"
+        code = EXIT_ERROR
+    return _finish(
+        config, state, run_info, backend, writer and writer.path, gt, gt_labels, gt_source, started, code
+    )
+
+
+def _loop(
+    config: EvalConfig,
+    source: BagSource,
+    conns: list,
+    segmenter: Segmenter,
+    writer: ResultsWriter,
+    state: _RunState,
+) -> None:
+    """Process the topic's messages in log-time order; raises only to stop the whole run."""
+    draw_overlay = None
+    if config.overlay:
+        from efficientsam3_ros.pipeline.overlay import draw_overlay
+    total = state.in_topic = source.message_count(conns)
+    bar = tqdm(total=total, unit="frame", desc="eval-bag", disable=not config.progress, dynamic_ncols=True)
+    try:
+        for index, (conn, log_time, raw) in enumerate(source.raw_messages(conns)):
+            if config.max_frames is not None and state.processed >= config.max_frames:
+                state.stop_reason, state.stop_message = "max_frames", f"--max-frames {config.max_frames} reached"
+                return
+            state.seen += 1
+            state.last_index = index
+            bar.update(1)
+            if index % config.every:
+                state.skipped += 1
+                continue
+            stamp = None
+            try:
+                msg = source.deserialize(raw, conn.msgtype)
+                stamp = header_stamp_ns(msg)
+                state.last_stamp = stamp
+                if stamp in state.stamps:
+                    state.duplicates += 1
+                state.stamps.add(stamp)
+                rgb = messages.msg_to_rgb(msg)
+            except (MessageError, messages.FrameError, AttributeError, ValueError) as err:
+                state.fail(index, stamp, "decode", err)
+                continue
+            try:
+                result = segmenter.process(rgb)
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as err:  # a frame the model refuses (size, content) is one failed frame
+                state.fail(index, stamp, "model", err)
+                continue
+            frame_id = str(getattr(msg.header, "frame_id", ""))
+            writer.write_result(result, stamp, log_time, frame_id)
+            if draw_overlay is not None:
+                writer.write_overlay(draw_overlay(rgb, result.instances), stamp, log_time, frame_id)
+            state.frames.append(to_record(result, stamp))
+            state.timings.append(dict(result.timings_ms))
+            state.processed += 1
+            bar.set_postfix(processed=state.processed, failed=state.failed, refresh=False)
+    finally:
+        bar.close()
+
+
+def _usage(message: str) -> EvalOutcome:
+    return EvalOutcome(exit_code=EXIT_USAGE, report={}, error=message)
+
+
+def _run_info(config: EvalConfig, source: BagSource, results_path: Path) -> dict[str, Any]:
+    return {
+        "tool": "efficientsam3 eval-bag",
+        "version": __version__,
+        "bag": str(config.bag),
+        "storage": source.info.storage,
+        "image_topic": config.image_topic,
+        "concepts": list(config.concepts),
+        "model": config.model,
+        "checkpoint": config.checkpoint,
+        "backend_requested": config.backend,
+        "every": config.every,
+        "max_frames": config.max_frames,
+        "gt": str(config.gt) if config.gt else None,
+        "gt_topic": config.gt_topic,
+        "out_dir": str(config.out_dir),
+        "results_bag": str(results_path),
+    }
+
+
+def _finish(
+    config: EvalConfig,
+    state: _RunState,
+    run_info: dict[str, Any],
+    backend: dict[str, Any],
+    results_bag: Path | None,
+    gt: dict[int, FrameRecord] | None,
+    gt_labels: list[str],
+    gt_source: str,
+    started: float,
+    code: int,
+) -> EvalOutcome:
+    """Build and write the report for whatever was processed; returns the outcome."""
+    wall = time.time() - started
+    run_info["wall_s"] = wall
+    report: dict[str, Any] = {
+        "run": run_info,
+        "backend": backend,
+        "stop": {
+            "reason": state.stop_reason,
+            "message": state.stop_message,
+            "frame_index": state.last_index,
+            "stamp_ns": state.last_stamp,
+        },
+        "frames": {
+            "in_topic": state.in_topic,
+            "total_seen": state.seen,
+            "processed": state.processed,
+            "skipped": state.skipped,
+            "failed": state.failed,
+            "duplicate_stamps": state.duplicates,
+            "wall_fps": state.processed / wall if wall > 0 else None,
+        },
+        "failures": state.failures,
+        "latency_ms": latency_stats(state.timings),
+        "instances_over_time": instances_over_time(state.frames, list(config.concepts)),
+        "tracks": track_lifetimes(state.frames),
+        "scores": None,
+    }
+    if gt is not None:
+        pred = {}
+        for frame in state.frames:
+            pred.setdefault(frame.stamp_ns, frame)
+        report["scores"] = score(gt, pred, config.concepts, source=gt_source, gt_labels=gt_labels)
+    json_path, html_path = write_report(report, config.out_dir, state.timings)
+    if code != EXIT_OK:
+        log.error("eval-bag stopped (%s): %s", state.stop_reason, state.stop_message)
+    return EvalOutcome(
+        exit_code=code,
+        report=report,
+        report_json=json_path,
+        report_html=html_path,
+        results_bag=results_bag,
+        error=state.stop_message if code != EXIT_OK else None,
+    )

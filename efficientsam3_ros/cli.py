@@ -1,0 +1,58 @@
+"""The ``efficientsam3`` command.
+
+Each subcommand lives next to the layer it fronts and exposes ``add_arguments(parser)``
+and ``run(args) -> int``; this file only lists them. Heavy imports happen inside ``run``
+so that ``efficientsam3 --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# (name, help, module exposing add_arguments/run)
+SUBCOMMANDS: list[tuple[str, str, str]] = [
+    ("models", "list registered models with parameter counts", "efficientsam3_ros.commands.models"),
+    (
+        "segment",
+        "segment text concepts in one image (overlay PNG + JSON)",
+        "efficientsam3_ros.commands.segment",
+    ),
+    ("world", "write a synthetic concept-world dataset", "efficientsam3_ros.synthetic.cli"),
+]
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="efficientsam3", description="EfficientSAM3 concept segmentation and tracking for robots."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text, module_name in SUBCOMMANDS:
+        module = importlib.import_module(module_name)
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sp)
+        sp.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except CliError as err:
+        print(f"efficientsam3 {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"efficientsam3 {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

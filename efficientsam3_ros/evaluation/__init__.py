@@ -1,0 +1,1 @@
+"""evaluation layer of efficientsam3_ros (see DESIGN.md)."""

@@ -1,0 +1,147 @@
+"""Model configs: every size of EfficientSAM3 (and the SAM3 teacher) is one of these.
+
+A config is plain data (JSON-serialisable) so that it can travel next to a
+safetensors checkpoint and rebuild exactly the same module tree. The detector
+heads (FPN neck, DETR encoder/decoder, presence head, mask decoder, geometry
+encoder) always come from transformers' SAM3; only the image trunk and the
+text encoder change between variants.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# SAM3's detector heads at full size (transformers' Sam3Config defaults, spelled out so a
+# tiny config can override only what it shrinks).
+FULL_DETECTOR: dict[str, dict[str, Any]] = {
+    "geometry_encoder": {
+        "hidden_size": 256,
+        "num_layers": 3,
+        "num_attention_heads": 8,
+        "intermediate_size": 2048,
+    },
+    "detr_encoder": {
+        "hidden_size": 256,
+        "num_layers": 6,
+        "num_attention_heads": 8,
+        "intermediate_size": 2048,
+    },
+    "detr_decoder": {
+        "hidden_size": 256,
+        "num_layers": 6,
+        "num_queries": 200,
+        "num_attention_heads": 8,
+        "intermediate_size": 2048,
+    },
+    "mask_decoder": {"hidden_size": 256, "num_attention_heads": 8},
+}
+
+# SAM3's ViT-H-like trunk (the teacher). Students replace it but keep its output grid and width.
+FULL_VIT: dict[str, Any] = {
+    "hidden_size": 1024,
+    "intermediate_size": 4736,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 16,
+    "window_size": 24,
+    "global_attn_indexes": [7, 15, 23, 31],
+    "pretrain_image_size": 336,
+}
+
+# SAM3's CLIP text encoder (24 layers, width 1024, context 32).
+FULL_CLIP_TEXT: dict[str, Any] = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "projection_dim": 512,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+}
+
+# SAM3-LiteText students (MobileCLIP text towers), as transformers' Sam3LiteTextTextConfig kwargs.
+MOBILECLIP_TEXT: dict[str, dict[str, Any]] = {
+    "mobileclip-s0": {
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "projection_dim": 512,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 8,
+        "use_repmixer_blocks": True,
+        "repmixer_kernel_size": 11,
+    },
+    "mobileclip-s1": {
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "projection_dim": 512,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "use_repmixer_blocks": False,
+    },
+    "mobileclip2-l": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "projection_dim": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "use_repmixer_blocks": False,
+    },
+}
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build one EfficientSAM3 model.
+
+    ``backbone`` is ``"sam3_vit"`` for the teacher or a timm model name for a student;
+    ``text_encoder`` is ``"clip"`` (SAM3's own) or ``"mobileclip"`` (SAM3-LiteText).
+    """
+
+    name: str
+    family: str  # sam3 | repvit | tinyvit | efficientvit
+    backbone: str = "sam3_vit"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (tiny configs)
+    vit: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(FULL_VIT))
+    image_size: int = 1008
+    patch_size: int = 14
+    fpn_dim: int = 256
+    text_encoder: str = "clip"
+    text: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(FULL_CLIP_TEXT))
+    context_length: int = 32
+    detector: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(FULL_DETECTOR))
+    description: str = ""
+
+    @property
+    def is_student(self) -> bool:
+        return self.backbone != "sam3_vit"
+
+    @property
+    def trunk_dim(self) -> int:
+        """Channels of the trunk feature the neck consumes (1024 for SAM3)."""
+        return int(self.vit["hidden_size"])
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the trunk feature map: 72 at 1008 input with patch 14."""
+        return self.image_size // self.patch_size
+
+    def with_image_size(self, image_size: int) -> ModelConfig:
+        """A copy at another input size (must be a multiple of the patch size)."""
+        if image_size <= 0 or image_size % self.patch_size:
+            raise ValueError(
+                f"input size {image_size} must be a positive multiple of the patch size {self.patch_size} "
+                f"(e.g. {self.patch_size * max(1, round(image_size / self.patch_size))})"
+            )
+        cfg = copy.deepcopy(self)
+        cfg.image_size = image_size
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**copy.deepcopy(data))

@@ -1,0 +1,112 @@
+"""Per-track tracker memory: bounded deques, so nothing grows with the length of the video.
+
+A track holds at most ``max_cond_frames`` conditioning frames (from detections), the
+``num_maskmem - 1`` most recent tracked frames, and the ``max_object_pointers - 1``
+most recent object pointers. That is exactly what SAM3's memory attention can read in
+streaming mode (its session keeps every past frame; a robot running for hours cannot),
+so dropping older entries changes nothing the model sees.
+
+``gather(frame_idx)`` lays the memory out the way SAM3 orders it (conditioning frames
+first, then recent frames oldest first; conditioning pointers first, then recent
+pointers nearest first), together with the temporal indices the graphs need.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MemoryLayout:
+    """One track's memory for one step, ready to stack with other tracks of the same shape."""
+
+    features: torch.Tensor  # [F, T, Dm] memory tokens (storage dtype)
+    tpos_index: torch.Tensor  # [F] int64 row of memory_temporal_positional_encoding per frame
+    pointers: torch.Tensor  # [P, C] object pointers
+    pointer_offsets: torch.Tensor  # [P] float frame distance of each pointer
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Tracks whose memories share (frames, pointers) counts can run in one batched step."""
+        return int(self.features.shape[0]), int(self.pointers.shape[0])
+
+
+class TrackMemory:
+    """Bounded memory of one track. Create with ``TrackerModel.new_track()``."""
+
+    def __init__(self, num_maskmem: int, max_cond_frames: int, max_object_pointers: int):
+        self.num_maskmem = num_maskmem
+        self.max_object_pointers = max_object_pointers
+        self.cond: deque[tuple[int, torch.Tensor, torch.Tensor]] = deque(maxlen=max_cond_frames)
+        self.recent: deque[tuple[int, torch.Tensor]] = deque(maxlen=max(num_maskmem - 1, 0))
+        self.recent_pointers: deque[tuple[int, torch.Tensor]] = deque(maxlen=max(max_object_pointers - 1, 0))
+        self.last_frame_idx: int | None = None
+
+    def __len__(self) -> int:
+        """Memory frames held (conditioning + recent)."""
+        return len(self.cond) + len(self.recent)
+
+    @property
+    def is_conditioned(self) -> bool:
+        return len(self.cond) > 0
+
+    def add_conditioning(self, frame_idx: int, features: torch.Tensor, pointer: torch.Tensor) -> None:
+        """A frame whose mask came from outside (a detection): kept as a conditioning frame."""
+        self._drop_recent(frame_idx)
+        self.cond = deque([c for c in self.cond if c[0] != frame_idx], maxlen=self.cond.maxlen)
+        self.cond.append((frame_idx, features, pointer))
+        self.last_frame_idx = frame_idx
+
+    def add_tracked(self, frame_idx: int, features: torch.Tensor, pointer: torch.Tensor) -> None:
+        """A frame the tracker predicted itself."""
+        self._drop_recent(frame_idx)
+        if self.recent.maxlen:
+            self.recent.append((frame_idx, features))
+        if self.recent_pointers.maxlen:
+            self.recent_pointers.append((frame_idx, pointer))
+        self.last_frame_idx = frame_idx
+
+    def _drop_recent(self, frame_idx: int) -> None:
+        if any(f == frame_idx for f, _ in self.recent):
+            self.recent = deque([r for r in self.recent if r[0] != frame_idx], maxlen=self.recent.maxlen)
+        if any(f == frame_idx for f, _ in self.recent_pointers):
+            kept = [r for r in self.recent_pointers if r[0] != frame_idx]
+            self.recent_pointers = deque(kept, maxlen=self.recent_pointers.maxlen)
+
+    def gather(self, frame_idx: int) -> MemoryLayout:
+        """The memory SAM3 would attend to when tracking ``frame_idx`` (streaming, forward in time)."""
+        if not self.cond:
+            raise RuntimeError("track has no conditioning frame; call TrackerModel.condition() first")
+        last_slot = self.num_maskmem - 1  # SAM3 indexes conditioning frames' temporal encoding with -1
+        frames = [(last_slot, feats) for _, feats, _ in self.cond]
+        by_frame = dict(self.recent)
+        for offset in range(self.num_maskmem - 1, 0, -1):
+            feats = by_frame.get(frame_idx - offset)
+            if feats is not None:
+                frames.append((offset - 1, feats))
+        pointers = [(float(frame_idx - f), ptr) for f, _, ptr in self.cond if f <= frame_idx]
+        by_frame_ptr = dict(self.recent_pointers)
+        for offset in range(1, self.max_object_pointers):
+            ptr = by_frame_ptr.get(frame_idx - offset)
+            if ptr is not None:
+                pointers.append((float(offset), ptr))
+        return MemoryLayout(
+            features=torch.stack([f for _, f in frames]),
+            tpos_index=torch.tensor([i for i, _ in frames], dtype=torch.int64),
+            pointers=torch.stack([p for _, p in pointers]),
+            pointer_offsets=torch.tensor([o for o, _ in pointers], dtype=torch.float32),
+        )
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor this track holds (what ``nbytes`` counts)."""
+        held = [t for _, feats, ptr in self.cond for t in (feats, ptr)]
+        held += [feats for _, feats in self.recent]
+        held += [ptr for _, ptr in self.recent_pointers]
+        return held
+
+    def nbytes(self) -> int:
+        """Bytes of tensor storage held by this track (not counting Python object overhead)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())

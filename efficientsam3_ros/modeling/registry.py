@@ -1,0 +1,232 @@
+"""The model registry: one small function per model name (timm style).
+
+Each function returns a ``ModelConfig``; ``build_model(name)`` turns it into modules.
+Names: ``sam3`` (the teacher), ``es-{rv,tv,ev}-{s,m,l}`` (the nine EfficientSAM3 students:
+RepViT M0.9/M1.1/M2.3, TinyViT 5M/11M/21M, EfficientViT B0/B1/B2), and ``*-tiny`` configs
+of the teacher and of each student family for tests (random weights, 112 px input).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .config import FULL_VIT, MOBILECLIP_TEXT, ModelConfig
+from .efficientsam3 import EfficientSam3Model
+
+_REGISTRY: dict[str, Callable[[], ModelConfig]] = {}
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    family: str
+    timm_name: str
+    paper_name: str
+
+
+# The nine stage-1 students of EfficientSAM3 (paper Table 1).
+STUDENTS: dict[str, StudentSpec] = {
+    "es-rv-s": StudentSpec("repvit", "repvit_m0_9", "RepViT-M0.9"),
+    "es-rv-m": StudentSpec("repvit", "repvit_m1_1", "RepViT-M1.1"),
+    "es-rv-l": StudentSpec("repvit", "repvit_m2_3", "RepViT-M2.3"),
+    "es-tv-s": StudentSpec("tinyvit", "tiny_vit_5m_224", "TinyViT-5M"),
+    "es-tv-m": StudentSpec("tinyvit", "tiny_vit_11m_224", "TinyViT-11M"),
+    "es-tv-l": StudentSpec("tinyvit", "tiny_vit_21m_224", "TinyViT-21M"),
+    "es-ev-s": StudentSpec("efficientvit", "efficientvit_b0", "EfficientViT-B0"),
+    "es-ev-m": StudentSpec("efficientvit", "efficientvit_b1", "EfficientViT-B1"),
+    "es-ev-l": StudentSpec("efficientvit", "efficientvit_b2", "EfficientViT-B2"),
+}
+
+# Shrunken timm kwargs per family, for the tiny test configs.
+_TINY_BACKBONES: dict[str, tuple[str, dict]] = {
+    "repvit": ("repvit_m0_9", {"embed_dim": (16, 24, 32, 48), "depth": (1, 1, 1, 1)}),
+    "tinyvit": (
+        "tiny_vit_5m_224",
+        {
+            "embed_dims": (16, 24, 32, 48),
+            "depths": (1, 1, 1, 1),
+            "num_heads": (1, 1, 2, 2),
+            "window_sizes": (4, 4, 4, 4),
+        },
+    ),
+    "efficientvit": (
+        "efficientvit_b0",
+        {"widths": (8, 16, 24, 32, 48), "depths": (1, 1, 1, 1, 1), "head_dim": 8},
+    ),
+}
+_FAMILY_ABBREV = {"repvit": "rv", "tinyvit": "tv", "efficientvit": "ev"}
+
+
+def register_model(name: str) -> Callable[[Callable[[], ModelConfig]], Callable[[], ModelConfig]]:
+    def wrap(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_config(name: str) -> ModelConfig:
+    """The config registered under ``name``; a clear error lists the known names."""
+    try:
+        fn = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}") from None
+    return fn()
+
+
+def build_model(
+    name_or_config: str | ModelConfig, *, input_size: int | None = None, device: str | torch.device = "cpu"
+) -> EfficientSam3Model:
+    """Build a model with random weights (load weights with ``efficientsam3_ros.modeling.checkpoint``)."""
+    config = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    if input_size is not None:
+        config = config.with_image_size(input_size)
+    with torch.device(device):
+        model = EfficientSam3Model(config)
+    return model.eval()
+
+
+def count_parameters(name: str) -> dict[str, int]:
+    """Parameter counts per part, without allocating weights (built on the meta device)."""
+    config = get_config(name)
+    with torch.device("meta"):
+        model = EfficientSam3Model(config)
+    det = model.detector
+
+    def n(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    trunk = model.image_trunk
+    backbone = n(trunk.backbone) if config.is_student else n(trunk)
+    return {
+        "total": n(model),
+        "trunk": n(trunk),
+        "backbone": backbone,
+        "text": n(det.text_encoder) + n(det.text_projection),
+        "detector": n(model) - n(trunk) - n(det.text_encoder) - n(det.text_projection),
+    }
+
+
+# ----------------------------------------------------------------------------- teacher
+@register_model("sam3")
+def sam3() -> ModelConfig:
+    return ModelConfig(name="sam3", family="sam3", description="SAM3 teacher: ViT trunk (446M) + CLIP text")
+
+
+@register_model("sam3-tiny")
+def sam3_tiny() -> ModelConfig:
+    vit = {**copy.deepcopy(FULL_VIT), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+    vit.update(num_attention_heads=2, window_size=4, global_attn_indexes=[1], pretrain_image_size=112)
+    return _tiny(
+        ModelConfig(name="sam3-tiny", family="sam3", vit=vit, description="tiny random SAM3 for tests")
+    )
+
+
+# ---------------------------------------------------------------------------- students
+def _student(name: str) -> ModelConfig:
+    spec = STUDENTS[name]
+    return ModelConfig(
+        name=name,
+        family=spec.family,
+        backbone=spec.timm_name,
+        description=f"EfficientSAM3 student: {spec.paper_name} trunk + SAM3 CLIP text",
+    )
+
+
+for _name in STUDENTS:
+    register_model(_name)(lambda _n=_name: _student(_n))
+
+
+def _tiny(config: ModelConfig) -> ModelConfig:
+    """Shrink everything but the architecture: 112 px input, 32-wide heads, 2-layer text."""
+    config.image_size = 112
+    config.fpn_dim = 32
+    config.vit["hidden_size"] = config.vit.get("hidden_size", 32) if config.family == "sam3" else 32
+    config.text = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "projection_dim": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
+    config.detector = {
+        "geometry_encoder": {
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+        "detr_encoder": {
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+        "detr_decoder": {
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_queries": 16,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+        "mask_decoder": {"hidden_size": 32, "num_attention_heads": 2},
+    }
+    return config
+
+
+def _tiny_student(family: str) -> ModelConfig:
+    timm_name, kwargs = _TINY_BACKBONES[family]
+    name = f"es-{_FAMILY_ABBREV[family]}-tiny"
+    config = ModelConfig(
+        name=name,
+        family=family,
+        backbone=timm_name,
+        backbone_kwargs=copy.deepcopy(kwargs),
+        description=f"tiny random {family} student for tests",
+    )
+    return _tiny(config)
+
+
+for _family in _TINY_BACKBONES:
+    register_model(f"es-{_FAMILY_ABBREV[_family]}-tiny")(lambda _f=_family: _tiny_student(_f))
+
+
+# ------------------------------------------------------------- SAM3-LiteText text students
+@register_model("es-ev-tiny-mobileclip")
+def es_ev_tiny_mobileclip() -> ModelConfig:
+    config = _tiny_student("efficientvit")
+    config.name = "es-ev-tiny-mobileclip"
+    config.text_encoder = "mobileclip"
+    config.text = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "projection_dim": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "use_repmixer_blocks": True,
+        "repmixer_kernel_size": 3,
+    }
+    config.description = "tiny random EfficientViT student with a MobileCLIP (SAM3-LiteText) text tower"
+    return config
+
+
+for _variant, _kwargs in MOBILECLIP_TEXT.items():
+
+    def _litetext(_v: str = _variant, _kw: dict = _kwargs) -> ModelConfig:
+        config = _student("es-ev-m")
+        config.name = f"es-ev-m-{_v}"
+        config.text_encoder = "mobileclip"
+        config.text = copy.deepcopy(_kw)
+        config.description = f"EfficientViT-B1 student + SAM3-LiteText {_v} text tower"
+        return config
+
+    register_model(f"es-ev-m-{_variant}")(_litetext)

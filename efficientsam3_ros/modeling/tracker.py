@@ -1,0 +1,188 @@
+"""The tracker model: SAM3's tracker heads on the shared image features, with dense or Perceiver memory.
+
+Per frame, ``encode_frame`` runs the tracker neck once on the trunk feature the image
+model already computed; ``propagate`` then advances every live track in batched calls
+of the two per-frame graphs (``tracker_graphs``), grouped by memory layout so tracks of
+different ages can still batch. ``condition`` adds a detection's mask to a track as a
+conditioning frame (SAM3's "mask as output" path). Each track's state is a bounded
+``TrackMemory``; nothing grows with the length of the video.
+
+The modules are transformers': ``Sam3TrackerVideoModel`` (without its vision encoder)
+supplies the prompt encoder, mask decoder, memory encoder, dense memory attention and
+object-pointer parts; the Perceiver config swaps in EdgeTAM's memory attention and
+spatial Perceiver resampler. Weight names stay transformers' (``sam.*``), so SAM3's
+tracker checkpoint maps onto ``sam`` + ``tracker_neck``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.edgetam_video.modeling_edgetam_video import EdgeTamVideoMemoryAttention
+from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import Sam3TrackerVideoModel
+
+from .config import ModelConfig
+from .memory import MemoryLayout, TrackMemory
+from .tracker_config import TrackerConfig, to_edgetam_config, to_sam3_tracker_config
+from .tracker_graphs import MemoryEncoderGraph, TrackStepGraph, run_sam_heads, select_best_mask
+from .tracker_memory import DenseMemoryCodec, PerceiverMemoryCodec
+from .tracker_neck import TrackerFrame, TrackerNeck, trunk_tokens_of
+
+# Logit a conditioning mask is given: saturates the memory encoder's sigmoid, i.e. SAM3's binarisation.
+_HARD_LOGIT = 1.0e4
+
+
+@dataclass
+class TrackerOutput:
+    """One frame's tracking result for N tracks, in the order they were passed."""
+
+    mask_logits: torch.Tensor  # [N, 4g, 4g] low-res mask logits (NO_OBJ_SCORE where absent)
+    object_score_logits: torch.Tensor  # [N] > 0: the object is visible
+    iou_scores: torch.Tensor  # [N] predicted IoU of the chosen mask
+
+
+class TrackerModel(nn.Module):
+    """SAM3 tracker over EfficientSAM3 image features. ``config.memory`` picks dense or Perceiver memory."""
+
+    def __init__(self, image_config: ModelConfig, config: TrackerConfig):
+        super().__init__()
+        self.image_config = image_config
+        self.config = config
+        self.grid_size = image_config.grid_size
+        self.tracker_neck = TrackerNeck(image_config, config)
+        self.sam = Sam3TrackerVideoModel(
+            to_sam3_tracker_config(image_config, config), remove_vision_encoder=True
+        )
+        if config.memory == "perceiver":
+            edgetam = to_edgetam_config(image_config, config)
+            # EdgeTAM's memory attention: RoPE on the window latents only, none on global latents/pointers
+            self.sam.memory_attention = EdgeTamVideoMemoryAttention(edgetam)
+            self.memory_codec: nn.Module = PerceiverMemoryCodec(edgetam, self.grid_size)
+        else:
+            self.memory_codec = DenseMemoryCodec(self.grid_size, config.memory_dim)
+        self.memory_dtype = getattr(torch, config.memory_dtype)
+        # Graph wrappers share this model's submodules; a tuple keeps them out of the state dict.
+        self._graphs = (
+            TrackStepGraph(
+                self.sam, self.sam.memory_attention, self.memory_codec, config.memory == "perceiver"
+            ),
+            MemoryEncoderGraph(self.sam, self.memory_codec),
+        )
+
+    # ------------------------------------------------------------------ graphs
+    @property
+    def step_graph(self) -> TrackStepGraph:
+        """Memory attention + mask decoder, batched over tracks (tensor-only, exportable)."""
+        return self._graphs[0]
+
+    @property
+    def memory_encoder_graph(self) -> MemoryEncoderGraph:
+        """Mask + feature -> stored memory tokens, batched over tracks (tensor-only, exportable)."""
+        return self._graphs[1]
+
+    @property
+    def tokens_per_memory_frame(self) -> int:
+        return self.memory_codec.tokens_per_frame
+
+    # ------------------------------------------------------------------- frames
+    def encode_frame(
+        self, image_features: Sam3VisionEncoderOutput | torch.Tensor, frame_idx: int = 0
+    ) -> TrackerFrame:
+        """Tracker neck on the shared trunk feature (``EfficientSam3Model.encode_image`` output), once per frame."""
+        tokens = trunk_tokens_of(image_features)
+        if tokens.shape[0] != 1:
+            raise ValueError("encode_frame() takes the features of one image")
+        levels, positions = self.tracker_neck(tokens)
+        return TrackerFrame(
+            feat=levels[2],
+            pos=positions[2],
+            s0=self.sam.mask_decoder.conv_s0(levels[0]),
+            s1=self.sam.mask_decoder.conv_s1(levels[1]),
+            frame_idx=frame_idx,
+        )
+
+    # ------------------------------------------------------------------- tracks
+    def new_track(self) -> TrackMemory:
+        """Empty bounded memory for one track (condition it before propagating)."""
+        cfg = self.config
+        return TrackMemory(cfg.num_maskmem, cfg.max_cond_frames, cfg.max_object_pointers)
+
+    def condition(self, track: TrackMemory, frame: TrackerFrame, mask: torch.Tensor) -> None:
+        """Add a conditioning frame from a detection mask ([h, w], bool / probability / logits > 0 = object).
+
+        Mirrors SAM3's mask-as-output path: the object pointer comes from the mask decoder
+        prompted with the (downsampled) mask on the raw frame feature; the memory is encoded
+        from the binarised mask.
+        """
+        if mask.dim() != 2:
+            raise ValueError(f"mask must be [h, w]; got {tuple(mask.shape)}")
+        threshold = 0.5 if mask.dtype.is_floating_point and bool(mask.min() >= 0) else 0
+        binary = (mask > threshold).to(frame.feat.dtype)
+        size = self.image_config.image_size
+        full = _resize(binary[None, None], (size, size))
+        prompt = _resize(self.sam.mask_downsample(full), self.sam.prompt_encoder.mask_input_size)
+        outputs = run_sam_heads(
+            self.sam, frame.feat, frame.s0, frame.s1, mask_input=prompt, multimask_output=True
+        )
+        _, _, _, pointer = select_best_mask(self.sam, *outputs)
+        appearing = bool(binary.any())
+        if not appearing:  # SAM3 decides presence from the mask itself on this path
+            pointer = self.sam.no_object_pointer.expand_as(pointer)
+        score = torch.full((1, 1), 10.0 if appearing else -10.0, dtype=frame.feat.dtype)
+        hard = (_resize(full, self.memory_encoder_graph.mask_memory_size) > 0.5).to(full.dtype)
+        tokens = self.memory_encoder_graph(frame.feat, (hard * 2 - 1) * _HARD_LOGIT, score)
+        track.add_conditioning(frame.frame_idx, tokens[0].to(self.memory_dtype), pointer[0])
+
+    def propagate(self, tracks: list[TrackMemory], frame: TrackerFrame) -> TrackerOutput:
+        """Advance every track to ``frame``: batched step + memory encoding, grouped by memory layout."""
+        if not tracks:
+            empty = frame.feat.new_zeros(0)
+            side = 4 * self.grid_size
+            return TrackerOutput(frame.feat.new_zeros(0, side, side), empty, empty)
+        layouts = [t.gather(frame.frame_idx) for t in tracks]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, layout in enumerate(layouts):
+            groups.setdefault(layout.key, []).append(i)
+        masks: list[torch.Tensor | None] = [None] * len(tracks)
+        scores: list[torch.Tensor | None] = [None] * len(tracks)
+        ious: list[torch.Tensor | None] = [None] * len(tracks)
+        for indices in groups.values():
+            batch = _stack_layouts([layouts[i] for i in indices], frame.feat.dtype)
+            low_res, iou, score, pointer = self.step_graph(frame.feat, frame.pos, frame.s0, frame.s1, *batch)
+            tokens = self.memory_encoder_graph(frame.feat, low_res, score)
+            for j, i in enumerate(indices):
+                tracks[i].add_tracked(frame.frame_idx, tokens[j].to(self.memory_dtype), pointer[j])
+                masks[i], scores[i], ious[i] = low_res[j, 0], score[j, 0], iou[j, 0]
+        return TrackerOutput(torch.stack(masks), torch.stack(scores), torch.stack(ious))
+
+    # ------------------------------------------------------------------- sizes
+    def memory_bytes(self, tracks: list[TrackMemory] | None = None) -> int:
+        """Bytes held by ``tracks``; without tracks, the bound for one track with a full memory."""
+        if tracks is not None:
+            return sum(t.nbytes() for t in tracks)
+        cfg = self.config
+        itemsize = torch.empty(0, dtype=self.memory_dtype).element_size()
+        frames = cfg.max_memory_frames() * self.tokens_per_memory_frame * cfg.memory_dim * itemsize
+        pointers = (cfg.max_cond_frames + cfg.max_object_pointers - 1) * cfg.hidden_size * 4
+        return frames + pointers
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize, antialiased when shrinking (as SAM3 does for masks)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def _stack_layouts(layouts: list[MemoryLayout], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    return (
+        torch.stack([m.features for m in layouts]).to(dtype),
+        torch.stack([m.tpos_index for m in layouts]),
+        torch.stack([m.pointers for m in layouts]).to(dtype),
+        torch.stack([m.pointer_offsets for m in layouts]),
+    )

@@ -1,0 +1,64 @@
+"""SAM3 preprocessing and its inverse.
+
+SAM3 resizes the whole image to the square model input (no letterbox padding) and
+normalises with mean = std = 0.5. Postprocessing maps the outputs back to the
+original image size, so callers never see model coordinates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.5
+
+
+def validate_image(image: np.ndarray) -> np.ndarray:
+    """Refuse what is not an RGB uint8 image, with a message that says what to pass instead."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be HxWx3 RGB, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image has zero size {image.shape[:2]}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    return image
+
+
+def preprocess(image: np.ndarray, input_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """HxWx3 uint8 RGB -> [1, 3, S, S] float32 in [-1, 1] (resize happens on ``device``)."""
+    image = validate_image(image)
+    if not image.flags.writeable or not image.flags.c_contiguous:
+        image = np.array(image, copy=True, order="C")  # torch refuses to wrap read-only arrays
+    pixels = torch.from_numpy(image).to(device)
+    pixels = pixels.permute(2, 0, 1)[None].float().div_(255.0)
+    if pixels.shape[-2:] != (input_size, input_size):
+        pixels = F.interpolate(
+            pixels, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True
+        )
+    return (pixels - PIXEL_MEAN) / PIXEL_STD
+
+
+def masks_to_image(
+    mask_logits: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.0
+) -> np.ndarray:
+    """[N, h, w] logits at model resolution -> bool [N, H, W] at the original image size."""
+    if mask_logits.shape[0] == 0:
+        return np.zeros((0, *image_size), dtype=bool)
+    up = F.interpolate(mask_logits[:, None].float(), size=image_size, mode="bilinear", align_corners=False)
+    return (up[:, 0] > threshold).cpu().numpy()
+
+
+def boxes_to_image(boxes_xyxy_norm: torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:
+    """[N, 4] normalised xyxy -> float32 pixel xyxy clipped to the image."""
+    height, width = image_size
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes_xyxy_norm.device)
+    boxes = (boxes_xyxy_norm.float() * scale).cpu().numpy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes.astype(np.float32)

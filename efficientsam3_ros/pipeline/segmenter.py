@@ -1,0 +1,257 @@
+"""ConceptSegmenter: the one object every front door uses.
+
+The live node, the rosbag evaluator, the CLI, the benchmarks and the tests all
+feed frames into the same object; only the source of the frames differs. It owns
+the cached concept embeddings (computed once per concept change), the per-frame
+orchestration (preprocess -> encode -> detect -> post -> track) and the timings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..modeling import EfficientSam3Model
+from ..modeling.tokenizer import validate_phrase
+from .preprocess import boxes_to_image, masks_to_image, preprocess, validate_image
+from .results import FrameResult, Instance
+
+DEFAULT_MAX_CONCEPTS = 32
+
+
+@dataclass
+class _Concept:
+    concept_id: int
+    label: str
+    embeds: torch.Tensor  # [L, D]
+    mask: torch.Tensor  # [L]
+    exemplar_boxes: list[list[float]] = field(default_factory=list)  # normalised cxcywh
+    exemplar_labels: list[int] = field(default_factory=list)  # 1 positive, 0 negative
+
+
+class ConceptSegmenter:
+    """Segments every instance of every active concept in a stream of RGB frames."""
+
+    def __init__(
+        self,
+        model: EfficientSam3Model,
+        *,
+        backend: object | None = None,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.0,
+        max_concepts: int = DEFAULT_MAX_CONCEPTS,
+        tracker: object | None = None,
+    ):
+        self.model = model.eval()
+        self.backend = backend if backend is not None else _ModelBackend(model)
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+        self.max_concepts = max_concepts
+        self.tracker = tracker
+        self._concepts: dict[int, _Concept] = {}
+        self._next_concept_id = 0
+        self._last_image_size: tuple[int, int] | None = None
+        self.frames_processed = 0
+
+    @classmethod
+    def from_name(
+        cls,
+        name: str,
+        checkpoint: str | None = None,
+        *,
+        backend: str = "auto",
+        device: str | None = None,
+        input_size: int | None = None,
+        **kwargs: object,
+    ) -> ConceptSegmenter:
+        """Build the model (registry or zoo name, checkpoint file, HF directory) and pick a backend."""
+        from ..modeling import build_model
+
+        model = build_model(name, input_size=input_size, device=device or "cpu")
+        return cls(model, **kwargs)
+
+    # ------------------------------------------------------------------- concepts
+    @property
+    def concepts(self) -> dict[int, str]:
+        return {cid: c.label for cid, c in self._concepts.items()}
+
+    @property
+    def input_size(self) -> int:
+        return self.model.config.image_size
+
+    @property
+    def backend_info(self) -> dict:
+        info = getattr(self.backend, "info", None)
+        return dict(info) if info else {"backend": "torch-cpu", "fallbacks": []}
+
+    def set_concepts(self, labels: list[str], append: bool = False) -> list[int]:
+        """Activate concepts; returns their ids. A label that is already active keeps its id."""
+        cleaned = [validate_phrase(label) for label in labels]
+        if not cleaned:
+            raise ValueError("no concepts given: pass at least one phrase (use remove_concepts to clear)")
+        unique = list(dict.fromkeys(cleaned))
+        existing = {c.label: cid for cid, c in self._concepts.items()}
+        if append:
+            kept = dict(self._concepts)
+        else:
+            kept = {existing[label]: self._concepts[existing[label]] for label in unique if label in existing}
+        to_encode = [label for label in unique if label not in existing]
+        if len(kept) + len(to_encode) > self.max_concepts:
+            raise ValueError(
+                f"{len(kept) + len(to_encode)} concepts requested; the limit is {self.max_concepts}"
+            )
+        for label, (embeds, mask) in self._encode(to_encode).items():
+            kept[self._next_concept_id] = _Concept(self._next_concept_id, label, embeds, mask)
+            self._next_concept_id += 1
+        removed = set(self._concepts) - set(kept)
+        self._concepts = kept
+        for cid in removed:
+            self._forget_tracks(cid)
+        by_label = {c.label: cid for cid, c in self._concepts.items()}
+        return [by_label[label] for label in cleaned]
+
+    def remove_concepts(self, concept_ids: list[int]) -> None:
+        unknown = [cid for cid in concept_ids if cid not in self._concepts]
+        if unknown:
+            raise ValueError(f"unknown concept ids {unknown}; active: {sorted(self._concepts)}")
+        for cid in concept_ids:
+            del self._concepts[cid]
+            self._forget_tracks(cid)
+
+    def add_exemplar(self, concept_id: int, boxes_xyxy: np.ndarray, positive: list[bool]) -> None:
+        """Visual exemplars (boxes on the latest frame) that refine a concept from now on."""
+        if concept_id not in self._concepts:
+            raise ValueError(f"unknown concept id {concept_id}; active: {sorted(self._concepts)}")
+        if self._last_image_size is None:
+            raise ValueError("no frame processed yet: exemplar boxes refer to the latest frame")
+        boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+        if len(boxes) != len(positive):
+            raise ValueError(f"{len(boxes)} boxes but {len(positive)} positive/negative flags")
+        height, width = self._last_image_size
+        for x0, y0, x1, y1 in boxes:
+            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+                raise ValueError(f"box {[x0, y0, x1, y1]} is empty or outside the {width}x{height} image")
+        concept = self._concepts[concept_id]
+        for (x0, y0, x1, y1), pos in zip(boxes, positive):
+            cx, cy = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height
+            concept.exemplar_boxes.append([cx, cy, (x1 - x0) / width, (y1 - y0) / height])
+            concept.exemplar_labels.append(1 if pos else 0)
+
+    def reset(self) -> None:
+        """Forget all tracks (concepts stay)."""
+        if self.tracker is not None:
+            self.tracker.reset()
+
+    # ---------------------------------------------------------------------- frames
+    @torch.inference_mode()
+    def process(self, image: np.ndarray) -> FrameResult:
+        """One RGB uint8 frame -> instances of every active concept, in original pixels."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        image = validate_image(image)
+        image_size = (int(image.shape[0]), int(image.shape[1]))
+        pixels = preprocess(image, self.input_size, device=self.model_device)
+        t1 = time.perf_counter()
+        timings["preprocess"] = (t1 - t0) * 1e3
+        features = self.backend.encode_image(pixels)
+        t2 = time.perf_counter()
+        timings["encode"] = (t2 - t1) * 1e3
+        instances: list[Instance] = []
+        if self._concepts:
+            concepts = list(self._concepts.values())
+            embeds = torch.stack([c.embeds for c in concepts])
+            mask = torch.stack([c.mask for c in concepts])
+            boxes, box_labels = self._exemplar_tensors(concepts)
+            out = self.backend.detect(features, embeds, mask, boxes, box_labels)
+            t3 = time.perf_counter()
+            timings["detect"] = (t3 - t2) * 1e3
+            instances = self._postprocess(out, concepts, image_size)
+            timings["post"] = (time.perf_counter() - t3) * 1e3
+        if self.tracker is not None:
+            t4 = time.perf_counter()
+            instances = self.tracker.update(instances).instances
+            timings["track"] = (time.perf_counter() - t4) * 1e3
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        self._last_image_size = image_size
+        self.frames_processed += 1
+        return FrameResult(
+            instances=instances, image_size=image_size, concepts=self.concepts, timings_ms=timings
+        )
+
+    @property
+    def model_device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # --------------------------------------------------------------------- helpers
+    def _encode(self, labels: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if not labels:
+            return {}
+        input_ids, attention_mask = self.model.tokenize(labels)
+        with torch.inference_mode():
+            embeds = self.backend.encode_text(
+                input_ids.to(self.model_device), attention_mask.to(self.model_device)
+            )
+        return {label: (embeds[i], attention_mask[i].to(embeds.device)) for i, label in enumerate(labels)}
+
+    def _exemplar_tensors(self, concepts: list[_Concept]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        most = max(len(c.exemplar_boxes) for c in concepts)
+        if most == 0:
+            return None, None
+        boxes = torch.zeros(len(concepts), most, 4)
+        labels = torch.full((len(concepts), most), -10, dtype=torch.long)  # -10: padding (transformers' Sam3)
+        for i, c in enumerate(concepts):
+            n = len(c.exemplar_boxes)
+            if n:
+                boxes[i, :n] = torch.tensor(c.exemplar_boxes)
+                labels[i, :n] = torch.tensor(c.exemplar_labels)
+        return boxes.to(self.model_device), labels.to(self.model_device)
+
+    def _postprocess(self, out, concepts: list[_Concept], image_size: tuple[int, int]) -> list[Instance]:
+        scores = out.scores
+        instances: list[Instance] = []
+        for k, concept in enumerate(concepts):
+            keep = torch.nonzero(scores[k] > self.score_threshold).flatten()
+            if keep.numel() == 0:
+                continue
+            keep = keep[scores[k, keep].argsort(descending=True)]
+            masks = masks_to_image(out.pred_masks[k, keep], image_size, self.mask_threshold)
+            boxes = boxes_to_image(out.pred_boxes[k, keep], image_size)
+            for j in range(len(keep)):
+                instances.append(
+                    Instance(
+                        concept_id=concept.concept_id,
+                        label=concept.label,
+                        score=float(scores[k, keep[j]]),
+                        box_xyxy=boxes[j],
+                        mask=masks[j],
+                    )
+                )
+        return instances
+
+    def _forget_tracks(self, concept_id: int) -> None:
+        if self.tracker is not None and hasattr(self.tracker, "remove_concept"):
+            self.tracker.remove_concept(concept_id)
+
+
+class _ModelBackend:
+    """Runs the PyTorch modules directly (used until a runtime backend is chosen)."""
+
+    info = {"backend": "torch-cpu", "fallbacks": []}
+
+    def __init__(self, model: EfficientSam3Model):
+        self.model = model
+
+    def encode_image(self, pixels: torch.Tensor):
+        return self.model.encode_image(pixels)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_tokens(input_ids, attention_mask)
+
+    def detect(self, features, embeds, mask, boxes=None, box_labels=None):
+        from ..modeling.efficientsam3 import ConceptFeatures
+
+        concepts = ConceptFeatures(embeds=embeds, mask=mask, labels=[""] * embeds.shape[0])
+        return self.model.detect(features, concepts, input_boxes=boxes, input_boxes_labels=box_labels)

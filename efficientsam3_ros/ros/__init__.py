@@ -1,0 +1,1 @@
+"""ros layer of efficientsam3_ros (see DESIGN.md)."""

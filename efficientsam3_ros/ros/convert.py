@@ -1,0 +1,185 @@
+"""sensor_msgs/Image and CompressedImage <-> numpy, without ROS.
+
+Works on any object with the message's fields (rosbags message classes, rclpy
+messages, simple namespaces), so the live node, the bag evaluator and the tests
+share one conversion. A frame that cannot be converted raises a
+:class:`FrameError` subclass, never anything else, so callers can drop and count it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+# encoding -> (numpy dtype, channels); the encodings the model's input path accepts.
+RAW_ENCODINGS: dict[str, tuple[str, int]] = {
+    "rgb8": ("uint8", 3),
+    "bgr8": ("uint8", 3),
+    "rgba8": ("uint8", 4),
+    "bgra8": ("uint8", 4),
+    "mono8": ("uint8", 1),
+    "mono16": ("uint16", 1),
+}
+
+# Largest side accepted; guards against a corrupt header asking for gigabytes.
+MAX_SIDE = 16384
+
+
+class FrameError(ValueError):
+    """An input frame that cannot be turned into an RGB image; drop it and count it."""
+
+
+class UnsupportedEncodingError(FrameError):
+    """The image encoding (or compressed format) is not one this package converts."""
+
+
+class BadFrameError(FrameError):
+    """Header and data disagree: zero size, a step too small, or too little data."""
+
+
+def is_compressed(msg: Any) -> bool:
+    """True for a CompressedImage (it has ``format``), False for an Image."""
+    return hasattr(msg, "format") and not hasattr(msg, "encoding")
+
+
+def image_msg_to_array(msg: Any) -> np.ndarray:
+    """Return the raw pixels of a sensor_msgs/Image as an [H, W] or [H, W, C] array, step padding removed.
+
+    The dtype follows the encoding (uint8, or uint16 for mono16) in native byte order.
+    """
+    encoding = str(msg.encoding).lower()
+    if encoding not in RAW_ENCODINGS:
+        raise UnsupportedEncodingError(
+            f"unsupported image encoding {msg.encoding!r}; use one of {sorted(RAW_ENCODINGS)}"
+        )
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise BadFrameError(f"image has zero size ({height}x{width})")
+    if height > MAX_SIDE or width > MAX_SIDE:
+        raise BadFrameError(f"image size {height}x{width} exceeds {MAX_SIDE} pixels per side")
+    typestr, channels = RAW_ENCODINGS[encoding]
+    dtype = np.dtype(typestr)
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        raise BadFrameError(
+            f"step {step} is smaller than a row of {width} {encoding} pixels ({row_bytes} bytes)"
+        )
+    data = np.frombuffer(_as_bytes(msg.data), dtype=np.uint8)
+    # The last row needs no padding after it, so height * step may exceed the data by (step - row_bytes).
+    needed = (height - 1) * step + row_bytes
+    if data.size < needed:
+        raise BadFrameError(
+            f"image data has {data.size} bytes, {height}x{width} {encoding} step {step} needs {needed}"
+        )
+    if data.size < height * step:
+        data = np.concatenate([data[:needed], np.zeros(height * step - needed, np.uint8)])
+    rows = data[: height * step].reshape(height, step)[:, :row_bytes]
+    pixels = np.ascontiguousarray(rows).view(dtype)
+    big_endian_data = bool(getattr(msg, "is_bigendian", False))
+    if dtype.itemsize > 1 and big_endian_data != (sys.byteorder == "big"):
+        pixels = pixels.byteswap()
+    return pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
+
+
+def image_msg_to_rgb(msg: Any) -> np.ndarray:
+    """Convert a sensor_msgs/Image to the pipeline's input: [H, W, 3] uint8 RGB, C-contiguous.
+
+    mono16 is scaled linearly from the full 16-bit range to 8 bits (as cv_bridge does);
+    alpha channels are dropped.
+    """
+    pixels = image_msg_to_array(msg)
+    return raw_to_rgb(pixels, str(msg.encoding).lower())
+
+
+def raw_to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    """Convert raw pixels in a RAW_ENCODINGS encoding to [H, W, 3] uint8 RGB."""
+    if encoding == "mono16":
+        pixels = (pixels >> 8).astype(np.uint8)
+        encoding = "mono8"
+    if encoding == "mono8":
+        return np.ascontiguousarray(np.repeat(pixels[:, :, None], 3, axis=2))
+    if encoding in ("rgb8", "rgba8"):
+        return np.ascontiguousarray(pixels[:, :, :3])
+    if encoding in ("bgr8", "bgra8"):
+        return np.ascontiguousarray(pixels[:, :, 2::-1])
+    raise UnsupportedEncodingError(f"unsupported image encoding {encoding!r}")
+
+
+def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
+    """Decode a sensor_msgs/CompressedImage (JPEG, PNG, ...) to [H, W, 3] uint8 RGB.
+
+    OpenCV decodes when it is installed (fast, the format image_transport writes);
+    Pillow, a core dependency, otherwise.
+    """
+    buffer = np.frombuffer(_as_bytes(msg.data), dtype=np.uint8)
+    if buffer.size == 0:
+        raise BadFrameError("compressed image has no data")
+    fmt = str(getattr(msg, "format", "")).lower()
+    if "compresseddepth" in fmt:
+        raise UnsupportedEncodingError(f"compressedDepth images are not colour input (format {fmt!r})")
+    try:
+        image = _decode_cv2(buffer)
+    except ImportError:
+        image = _decode_pil(buffer)
+    if image is None or image.size == 0:
+        raise BadFrameError(f"could not decode compressed image (format {fmt!r}, {buffer.size} bytes)")
+    return image
+
+
+def msg_to_rgb(msg: Any) -> np.ndarray:
+    """Convert an Image or CompressedImage message to [H, W, 3] uint8 RGB (the pipeline's input)."""
+    return compressed_msg_to_rgb(msg) if is_compressed(msg) else image_msg_to_rgb(msg)
+
+
+def array_to_image_fields(image: np.ndarray, encoding: str) -> dict[str, Any]:
+    """Return Image fields (height, width, encoding, is_bigendian, step, data) for a numpy image.
+
+    ``image`` must already be laid out as ``encoding`` says (e.g. [H, W, 3] uint8 for
+    rgb8, [H, W] uint16 for mono16, [H, W] int32 for 32SC1). Data is native byte order.
+    """
+    image = np.ascontiguousarray(image)
+    if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image must be a non-empty [H, W] or [H, W, C] array, got shape {image.shape}")
+    height, width = image.shape[:2]
+    return {
+        "height": int(height),
+        "width": int(width),
+        "encoding": encoding,
+        "is_bigendian": sys.byteorder == "big",
+        "step": int(image.strides[0]),
+        "data": image.reshape(-1).view(np.uint8),
+    }
+
+
+def _as_bytes(data: Any) -> bytes | memoryview | np.ndarray:
+    """Return message data in a form np.frombuffer accepts (rclpy gives array.array or lists)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if hasattr(data, "tobytes"):
+        return data.tobytes()
+    return bytes(data)
+
+
+def _decode_cv2(buffer: np.ndarray) -> np.ndarray | None:
+    import cv2
+
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if bgr is None:
+        return None
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _decode_pil(buffer: np.ndarray) -> np.ndarray | None:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(buffer.tobytes())) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError):
+        return None

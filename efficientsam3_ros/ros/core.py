@@ -1,0 +1,504 @@
+"""The concept segmentation node without ROS: lifecycle, cameras, scheduling, results, services.
+
+``node.py`` creates one :class:`NodeCore`, forwards subscription callbacks to
+:meth:`NodeCore.on_message`, runs :meth:`NodeCore.process_next` on a worker thread
+and publishes what it returns; services and parameter changes call the matching
+methods here. Everything it returns is a rosbags message object (see
+:mod:`.messages`), which the node serializes to CDR and publishes as raw bytes, so
+the bytes on the wire are exactly those the tests check.
+
+Cameras: one model, many cameras. Each camera gets its own segmenter *state*
+(tracks, latest frame for exemplars). When the segmenter offers ``fork()`` (a new
+tracking session sharing weights), cameras after the first use it; otherwise the
+factory is called again, which loads the weights once more per camera.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import messages
+from .convert import BadFrameError, FrameError, msg_to_rgb
+from .diagnostics import CameraStats, camera_status, diagnostic_array
+from .labels import label_image
+from .params import BY_NAME, NodeConfig, camera_names, output_topic, validate
+from .scheduler import LatestFrameScheduler, Pending
+from .services import (
+    ServiceInputError,
+    ServiceResult,
+    select_cameras,
+    validate_boxes,
+    validate_concept_ids,
+    validate_phrases,
+)
+
+UNCONFIGURED, INACTIVE, ACTIVE = "unconfigured", "inactive", "active"
+WARN_PERIOD_S = 5.0
+
+
+class Segmenter(Protocol):
+    """What the core needs from efficientsam3_ros.pipeline.ConceptSegmenter."""
+
+    concepts: dict[int, str]
+    score_threshold: float
+    mask_threshold: float
+    backend_info: dict
+
+    def set_concepts(self, labels: list[str], append: bool = False) -> list[int]: ...
+    def remove_concepts(self, ids: list[int]) -> None: ...
+    def add_exemplar(self, concept_id: int, boxes_xyxy: np.ndarray, positive: list[bool]) -> None: ...
+    def reset(self) -> None: ...
+    def process(self, image: np.ndarray) -> Any: ...
+
+
+SegmenterFactory = Callable[[NodeConfig], Segmenter]
+
+
+def default_segmenter_factory(config: NodeConfig) -> Segmenter:
+    """Load the pipeline's ConceptSegmenter as the parameters say (imported lazily: it pulls in torch)."""
+    from ..pipeline import ConceptSegmenter
+
+    return ConceptSegmenter.from_name(
+        config.model,
+        checkpoint=config.checkpoint or None,
+        backend=config.backend,
+        device=config.device or None,
+        input_size=config.input_size or None,
+    )
+
+
+@dataclass
+class Output:
+    """One message to publish: relative topic (e.g. ``front/instances``) and rosbags message object."""
+
+    topic: str
+    msg: Any
+
+
+@dataclass
+class CameraState:
+    """Everything one camera owns: its input topic, output namespace, segmenter state and statistics."""
+
+    name: str
+    topic: str
+    segmenter: Segmenter
+    stats: CameraStats
+    last_image_size: tuple[int, int] | None = None
+
+
+@dataclass
+class InputFrame:
+    """A frame as received: a message object, or serialized CDR bytes plus the type name."""
+
+    payload: Any
+    typename: str | None = None
+
+
+@dataclass
+class _Throttle:
+    """Remembers when each warning key was last logged."""
+
+    period_s: float
+    last: dict[str, float] = field(default_factory=dict)
+
+    def ready(self, key: str, now: float) -> bool:
+        last = self.last.get(key)
+        if last is not None and now - last < self.period_s:
+            return False
+        self.last[key] = now
+        return True
+
+
+class NodeCore:
+    """The node's behaviour, driven by plain calls; thread-safe between one worker and the executor."""
+
+    def __init__(
+        self,
+        config: NodeConfig | dict | None = None,
+        segmenter_factory: SegmenterFactory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
+        typestore: Any = None,
+    ):
+        self.config = config if isinstance(config, NodeConfig) else NodeConfig.from_values(config)
+        self._factory = segmenter_factory or default_segmenter_factory
+        self._clock = clock
+        self.log = logger or logging.getLogger("efficientsam3_ros.node")
+        self.typestore = typestore or messages.get_typestore()
+        self._model_lock = threading.RLock()
+        self._throttle = _Throttle(WARN_PERIOD_S)
+        self.state = UNCONFIGURED
+        self.cameras: dict[str, CameraState] = {}
+        self.scheduler: LatestFrameScheduler | None = None
+        self._overlay_fn: Callable | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def configure(self) -> None:
+        """Load the model for every camera and apply the initial concepts and thresholds."""
+        if self.state != UNCONFIGURED:
+            raise RuntimeError(f"configure needs state {UNCONFIGURED}, node is {self.state}")
+        cfg = self.config
+        names = camera_names(list(cfg.image_topics), list(cfg.camera_names))
+        first = self._factory(cfg)
+        segmenters = [first] + [self._share(first) for _ in names[1:]]
+        cameras = {}
+        for name, topic, seg in zip(names, cfg.image_topics, segmenters):
+            _apply_thresholds(seg, cfg)
+            cameras[name] = CameraState(name, topic, seg, CameraStats(window=cfg.stats_window))
+        self.cameras = cameras
+        if cfg.concepts:
+            result = self.set_concepts(list(cfg.concepts), append=False)
+            if not result.success:
+                self.cameras = {}
+                raise ValueError(f"parameter concepts: {result.message}")
+        self.scheduler = LatestFrameScheduler(names, cfg.max_rate_hz, self._clock)
+        self.scheduler.close()  # frames are refused until activate
+        self.state = INACTIVE
+        self.log.info(f"configured {len(names)} camera(s) on backend {self.backend_info().get('backend')}")
+
+    def _share(self, first: Segmenter) -> Segmenter:
+        """A segmenter for one more camera: a fork sharing weights when supported, else a fresh load."""
+        fork = getattr(first, "fork", None)
+        return fork() if callable(fork) else self._factory(self.config)
+
+    def activate(self) -> None:
+        """Start accepting frames."""
+        if self.state != INACTIVE:
+            raise RuntimeError(f"activate needs state {INACTIVE}, node is {self.state}")
+        assert self.scheduler is not None
+        self.scheduler.reopen()
+        self.state = ACTIVE
+
+    def deactivate(self) -> None:
+        """Stop accepting frames; a waiting frame is discarded (counted as dropped)."""
+        if self.state != ACTIVE:
+            raise RuntimeError(f"deactivate needs state {ACTIVE}, node is {self.state}")
+        assert self.scheduler is not None
+        self.scheduler.close()
+        self.state = INACTIVE
+
+    def cleanup(self) -> None:
+        """Release the model(s) and the GPU memory they held."""
+        if self.state == ACTIVE:
+            self.deactivate()
+        with self._model_lock:
+            self.cameras = {}
+            self.scheduler = None
+            self.state = UNCONFIGURED
+        gc.collect()
+        _empty_gpu_cache()
+
+    # ------------------------------------------------------------------ frames
+    def on_message(self, camera: str, payload: Any, typename: str | None = None) -> bool:
+        """Hand a received frame to the scheduler; return True when a waiting frame was dropped for it.
+
+        ``payload`` is a sensor_msgs Image/CompressedImage object, or its CDR bytes with
+        ``typename`` (what a raw rclpy subscription delivers). Nothing is decoded here,
+        so subscription callbacks stay cheap.
+        """
+        if self.scheduler is None:
+            return True
+        return self.scheduler.submit(camera, InputFrame(payload, typename))
+
+    def process_next(self, timeout: float | None = 0.0) -> list[Output] | None:
+        """Process the next due frame and return the messages to publish.
+
+        Returns None when no frame was due within ``timeout``, and an empty list when
+        the frame was dropped (bad frame, model error); never raises for a bad frame.
+        """
+        scheduler = self.scheduler
+        if scheduler is None or self.state != ACTIVE:
+            if timeout:
+                time.sleep(min(timeout, 0.05))
+            return None
+        item = scheduler.take(timeout)
+        if item is None:
+            return None
+        camera, pending = item
+        return self._process(camera, pending)
+
+    def _process(self, camera_name: str, pending: Pending) -> list[Output]:
+        camera = self.cameras.get(camera_name)
+        if camera is None:
+            return []
+        try:
+            msg = self._decode(pending.frame)
+            image = msg_to_rgb(msg)
+        except FrameError as err:
+            camera.stats.bad_frames += 1
+            self._warn(f"bad:{camera_name}:{type(err).__name__}", f"dropping frame on {camera.topic}: {err}")
+            return []
+        with self._model_lock:
+            started = self._clock()
+            try:
+                result = camera.segmenter.process(image)
+            except Exception as err:  # the model failing must not kill the worker
+                camera.stats.errors += 1
+                camera.stats.last_error = f"{type(err).__name__}: {err}"
+                self._warn(f"model:{camera_name}", f"model failed on a frame from {camera.topic}: {err}")
+                return []
+            elapsed_ms = (self._clock() - started) * 1000.0
+        camera.stats.last_error = ""
+        camera.last_image_size = tuple(int(v) for v in result.image_size)
+        timings = result.timings_ms or {}
+        inference_ms = float(timings.get("total", sum(timings.values()) if timings else elapsed_ms))
+        header = getattr(msg, "header", None)
+        outputs = [
+            Output(
+                output_topic(camera_name, "instances"),
+                messages.frame_result_to_msg(result, header, self.typestore, inference_ms),
+            )
+        ]
+        outputs += self._extra_images(camera_name, image, result, header)
+        done = self._clock()
+        camera.stats.record(done, (done - pending.arrival) * 1000.0, inference_ms)
+        return outputs
+
+    def _decode(self, frame: InputFrame) -> Any:
+        """Turn a raw CDR payload into a message object; a corrupt payload is a bad frame."""
+        if frame.typename is None:
+            return frame.payload
+        try:
+            return self.typestore.deserialize_cdr(bytes(frame.payload), frame.typename)
+        except Exception as err:  # rosbags raises several types for truncated/corrupt CDR
+            raise BadFrameError(f"cannot deserialize {frame.typename}: {err}") from err
+
+    def _extra_images(self, camera: str, image: np.ndarray, result: Any, header: Any) -> list[Output]:
+        """Overlay and label images, when enabled."""
+        out = []
+        if self.config.publish_label_image:
+            encoding = self.config.label_image_encoding
+            labels = label_image(result.instances, result.image_size, encoding)
+            out.append(
+                Output(
+                    output_topic(camera, "label_image"),
+                    messages.numpy_to_image_msg(labels, encoding, header, self.typestore),
+                )
+            )
+        if self.config.publish_overlay:
+            draw = self._overlay()
+            if draw is not None:
+                overlay = np.asarray(draw(image, result.instances), dtype=np.uint8)
+                out.append(
+                    Output(
+                        output_topic(camera, "overlay"),
+                        messages.numpy_to_image_msg(overlay, "rgb8", header, self.typestore),
+                    )
+                )
+        return out
+
+    def _overlay(self) -> Callable | None:
+        """The pipeline's overlay renderer, imported on first use (None, with a warning, if missing)."""
+        if self._overlay_fn is None:
+            try:
+                from ..pipeline.overlay import draw_overlay
+            except ImportError as err:
+                self._warn("overlay", f"overlay disabled: {err}")
+                return None
+            self._overlay_fn = draw_overlay
+        return self._overlay_fn
+
+    def _warn(self, key: str, text: str) -> None:
+        if self._throttle.ready(key, self._clock()):
+            self.log.warning(text)
+
+    # ------------------------------------------------------------------ services
+    def _segmenters(self) -> list[Segmenter]:
+        return [c.segmenter for c in self.cameras.values()]
+
+    def _require_configured(self) -> None:
+        if not self.cameras:
+            raise ServiceInputError("the node is not configured (no model loaded)")
+
+    def concepts(self) -> dict[int, str]:
+        """The active concepts (id -> label), as the first camera's segmenter has them."""
+        segs = self._segmenters()
+        return dict(segs[0].concepts) if segs else {}
+
+    def set_concepts(self, labels: list[str], append: bool = False) -> ServiceResult:
+        """Replace (or extend) the concepts on every camera; return their ids in request order."""
+        try:
+            self._require_configured()
+            with self._model_lock:
+                current = self.concepts()
+                phrases = validate_phrases(
+                    labels,
+                    list(current.values()),
+                    append,
+                    self.config.max_concepts,
+                    self.config.max_phrase_length,
+                )
+                ids_per_camera = [
+                    list(seg.set_concepts(phrases, append=append)) for seg in self._segmenters()
+                ]
+        except ServiceInputError as err:
+            return ServiceResult.fail(str(err))
+        except ValueError as err:  # the pipeline's own phrase checks
+            return ServiceResult.fail(f"rejected by the model: {err}")
+        ids = [int(i) for i in ids_per_camera[0]]
+        if any(other != ids_per_camera[0] for other in ids_per_camera[1:]):
+            self.log.error(f"cameras assigned different concept ids: {ids_per_camera}")
+        return ServiceResult(
+            True, f"{len(ids)} concept(s) {'added' if append else 'set'}", concept_ids=ids, labels=phrases
+        )
+
+    def remove_concepts(self, ids: list[int]) -> ServiceResult:
+        """Remove concepts by id on every camera."""
+        try:
+            self._require_configured()
+            with self._model_lock:
+                wanted = validate_concept_ids(ids, self.concepts())
+                for seg in self._segmenters():
+                    seg.remove_concepts(wanted)
+        except (ServiceInputError, ValueError) as err:
+            return ServiceResult.fail(str(err))
+        return ServiceResult(True, f"removed {len(wanted)} concept(s)", concept_ids=wanted)
+
+    def list_concepts(self) -> ServiceResult:
+        """The active concepts as parallel id/label lists, sorted by id."""
+        if not self.cameras:
+            return ServiceResult.fail("the node is not configured (no model loaded)")
+        with self._model_lock:
+            concepts = self.concepts()
+        ids = sorted(concepts)
+        return ServiceResult(
+            True, f"{len(ids)} concept(s)", concept_ids=ids, labels=[concepts[i] for i in ids]
+        )
+
+    def add_exemplar(
+        self, camera: str, concept_id: int, boxes_flat: list[float], positive: list[bool]
+    ) -> ServiceResult:
+        """Add box exemplars for a concept on one camera's latest processed frame."""
+        try:
+            self._require_configured()
+            (name,) = select_cameras(camera, list(self.cameras), allow_all=False)
+            state = self.cameras[name]
+            with self._model_lock:
+                validate_concept_ids([concept_id], self.concepts())
+                boxes, flags = validate_boxes(
+                    boxes_flat, positive, state.last_image_size, self.config.max_exemplar_boxes
+                )
+                state.segmenter.add_exemplar(int(concept_id), boxes, flags)
+        except (ServiceInputError, ValueError) as err:
+            return ServiceResult.fail(str(err))
+        return ServiceResult(True, f"added {len(flags)} exemplar box(es) to concept {int(concept_id)}")
+
+    def reset_tracking(self, camera: str = "") -> ServiceResult:
+        """Forget the tracks of one camera, or of every camera for an empty name."""
+        try:
+            self._require_configured()
+            names = select_cameras(camera, list(self.cameras), allow_all=True)
+            with self._model_lock:
+                for name in names:
+                    self.cameras[name].segmenter.reset()
+        except (ServiceInputError, ValueError) as err:
+            return ServiceResult.fail(str(err))
+        return ServiceResult(True, f"reset {len(names)} camera(s)")
+
+    # ------------------------------------------------------------------ parameters
+    def set_parameters(self, changes: dict[str, Any]) -> tuple[bool, str]:
+        """Validate and apply parameter changes atomically enough for a parameter callback.
+
+        Returns (accepted, reason). Static parameters are refused while configured;
+        a bad concept list is refused with the service's message.
+        """
+        problems = validate(changes)
+        if problems:
+            return False, "; ".join(problems)
+        static = [n for n in changes if not BY_NAME[n].dynamic]
+        if static and self.state != UNCONFIGURED:
+            return False, f"{static} only change when unconfigured (deactivate, cleanup, set, configure)"
+        if "concepts" in changes and self.cameras:
+            labels = list(changes["concepts"])
+            if labels:
+                result = self.set_concepts(labels, append=False)
+            else:
+                known = list(self.concepts())
+                result = self.remove_concepts(known) if known else ServiceResult(True, "")
+            if not result.success:
+                return False, f"concepts: {result.message}"
+        values = dict(self.config.values)
+        for name, value in changes.items():
+            values[name] = float(value) if BY_NAME[name].kind == "float" else value
+        self.config = NodeConfig(values)
+        with self._model_lock:
+            for seg in self._segmenters():
+                _apply_thresholds(seg, self.config)
+        if self.scheduler is not None:
+            self.scheduler.max_rate_hz = self.config.max_rate_hz
+        return True, ""
+
+    # ------------------------------------------------------------------ introspection
+    def backend_info(self) -> dict:
+        """The first segmenter's backend and fallbacks ({} when unconfigured)."""
+        segs = self._segmenters()
+        return dict(segs[0].backend_info) if segs else {}
+
+    def diagnostics(self, stamp_ns: int, hardware_id: str = "") -> Any:
+        """A DiagnosticArray with one status per camera (fps, latency percentiles, drops, backend)."""
+        statuses = []
+        for name, cam in self.cameras.items():
+            counters = self.scheduler.counters[name] if self.scheduler else None
+            statuses.append(
+                camera_status(
+                    f"efficientsam3: {name or 'camera'} ({cam.topic})",
+                    cam.stats,
+                    counters.received if counters else 0,
+                    counters.dropped if counters else 0,
+                    dict(cam.segmenter.backend_info),
+                    self.state == ACTIVE,
+                    hardware_id,
+                    self.typestore,
+                )
+            )
+        return diagnostic_array(statuses, stamp_ns, self.typestore)
+
+    def input_topics(self) -> list[tuple[str, str, str]]:
+        """(camera, topic, type name) of every subscription the node should create."""
+        transport = self.config.input_transport
+        topics = list(self.config.image_topics)
+        out = []
+        for name, topic in zip(camera_names(topics, list(self.config.camera_names)), topics):
+            if transport in ("raw", "both"):
+                out.append((name, topic, messages.IMAGE))
+            if transport in ("compressed", "both"):
+                out.append((name, f"{topic.rstrip('/')}/compressed", messages.COMPRESSED_IMAGE))
+        return out
+
+    def output_topics(self) -> dict[str, str]:
+        """Relative output topic -> type name, for every camera (instances, overlay, label_image)."""
+        out = {}
+        for name in camera_names(list(self.config.image_topics), list(self.config.camera_names)):
+            out[output_topic(name, "instances")] = messages.CONCEPT_INSTANCE_ARRAY
+            out[output_topic(name, "overlay")] = messages.IMAGE
+            out[output_topic(name, "label_image")] = messages.IMAGE
+        return out
+
+
+def mask_probability_to_logit(probability: float) -> float:
+    """The pipeline thresholds mask logits; the parameter is a probability (what users reason in)."""
+    p = min(max(float(probability), 1e-6), 1.0 - 1e-6)
+    return math.log(p / (1.0 - p))
+
+
+def _apply_thresholds(segmenter: Segmenter, config: NodeConfig) -> None:
+    segmenter.score_threshold = float(config.score_threshold)
+    segmenter.mask_threshold = mask_probability_to_logit(config.mask_threshold)
+
+
+def _empty_gpu_cache() -> None:
+    """Return cached CUDA memory to the driver, if torch is loaded and a GPU is in use."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

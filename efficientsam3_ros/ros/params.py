@@ -1,0 +1,339 @@
+"""The node's parameter table: one source for declaration, validation, config YAML and README.
+
+Each :class:`ParamSpec` says its type, default, description, range or choices, and
+whether it may change while the node runs (``dynamic``). Static parameters (model,
+backend, topics, QoS) only take effect on configure, so the node refuses to change
+them while configured; the lifecycle way is deactivate -> cleanup -> set -> configure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+RELIABILITY = ("best_effort", "reliable")
+TRANSPORTS = ("raw", "compressed", "both")
+LABEL_ENCODINGS = ("mono16", "32SC1")
+
+# Python type of each kind; ``str_list`` is a ROS string array.
+KINDS = {"bool": bool, "int": int, "float": float, "str": str, "str_list": list}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ROS parameter: what it is, its default, its limits and whether it is runtime-changeable."""
+
+    name: str
+    kind: str  # one of KINDS
+    default: Any
+    description: str
+    dynamic: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def validate(self, value: Any) -> str | None:
+        """Return why ``value`` is not acceptable for this parameter, or None when it is."""
+        expected = KINDS[self.kind]
+        if self.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if self.kind == "str_list":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                return f"{self.name} must be a list of strings"
+            return None
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            return f"{self.name} must be {self.kind}, got {type(value).__name__}"
+        if self.minimum is not None and value < self.minimum:
+            return f"{self.name} must be >= {self.minimum}, got {value}"
+        if self.maximum is not None and value > self.maximum:
+            return f"{self.name} must be <= {self.maximum}, got {value}"
+        if self.choices and value not in self.choices:
+            return f"{self.name} must be one of {list(self.choices)}, got {value!r}"
+        return None
+
+    @property
+    def range_text(self) -> str:
+        """Human-readable limits for docs and descriptors."""
+        if self.choices:
+            return " | ".join(self.choices)
+        if self.minimum is not None or self.maximum is not None:
+            return f"[{self.minimum if self.minimum is not None else ''}, {self.maximum if self.maximum is not None else ''}]"
+        return ""
+
+
+PARAMS: tuple[ParamSpec, ...] = (
+    # model (static: applied on configure)
+    ParamSpec(
+        "model",
+        "str",
+        "es-ev-s",
+        "Model zoo name (e.g. es-ev-s, es-rv-s, es-tv-s; es-ev-tiny is a random test model).",
+    ),
+    ParamSpec("checkpoint", "str", "", "Checkpoint path; empty uses the zoo's file for `model`."),
+    ParamSpec(
+        "backend",
+        "str",
+        "auto",
+        "Inference backend; auto tries TensorRT, then ONNX Runtime, then torch.",
+        choices=BACKENDS,
+    ),
+    ParamSpec(
+        "device", "str", "", "Torch device (cuda, cuda:1, cpu); empty picks the GPU when there is one."
+    ),
+    ParamSpec(
+        "input_size",
+        "int",
+        0,
+        "Model input side in pixels; 0 keeps the model's default. Cost grows with its square.",
+        minimum=0,
+        maximum=4096,
+    ),
+    # inputs (static)
+    ParamSpec(
+        "image_topics",
+        "str_list",
+        ["image"],
+        "Input image topics, one per camera (image_transport base names; compressed is <topic>/compressed).",
+    ),
+    ParamSpec(
+        "camera_names",
+        "str_list",
+        [],
+        "Output namespace per camera, parallel to image_topics; empty derives them (one camera: none).",
+    ),
+    ParamSpec(
+        "input_transport",
+        "str",
+        "raw",
+        "Subscribe to sensor_msgs/Image (raw), CompressedImage (compressed) or both.",
+        choices=TRANSPORTS,
+    ),
+    ParamSpec(
+        "qos_reliability",
+        "str",
+        "best_effort",
+        "Input QoS reliability; best_effort matches SensorDataQoS.",
+        choices=RELIABILITY,
+    ),
+    ParamSpec(
+        "qos_depth", "int", 5, "Input QoS history depth (SensorDataQoS uses 5).", minimum=1, maximum=1000
+    ),
+    # runtime-changeable
+    ParamSpec(
+        "concepts",
+        "str_list",
+        [],
+        "Text concepts to segment, e.g. ['person', 'red mug']; setting it replaces the current set.",
+        dynamic=True,
+    ),
+    ParamSpec(
+        "score_threshold",
+        "float",
+        0.5,
+        "Minimum instance score to publish.",
+        dynamic=True,
+        minimum=0.0,
+        maximum=1.0,
+    ),
+    ParamSpec(
+        "mask_threshold",
+        "float",
+        0.5,
+        "Mask probability above which a pixel belongs to the instance.",
+        dynamic=True,
+        minimum=0.0,
+        maximum=1.0,
+    ),
+    ParamSpec(
+        "max_rate_hz",
+        "float",
+        0.0,
+        "Most frames per second processed per camera; 0 means as fast as the model goes.",
+        dynamic=True,
+        minimum=0.0,
+        maximum=1000.0,
+    ),
+    ParamSpec(
+        "publish_overlay",
+        "bool",
+        False,
+        "Publish an rgb8 overlay image (<camera>/overlay) for viewing.",
+        dynamic=True,
+    ),
+    ParamSpec(
+        "publish_label_image",
+        "bool",
+        False,
+        "Publish an instance label image (<camera>/label_image): 0 background, track id otherwise.",
+        dynamic=True,
+    ),
+    ParamSpec(
+        "label_image_encoding",
+        "str",
+        "mono16",
+        "Encoding of the label image; mono16 wraps ids above 65535.",
+        dynamic=True,
+        choices=LABEL_ENCODINGS,
+    ),
+    ParamSpec(
+        "max_concepts",
+        "int",
+        16,
+        "Most concepts at once (each costs one detector pass per frame).",
+        dynamic=True,
+        minimum=1,
+        maximum=256,
+    ),
+    ParamSpec(
+        "max_phrase_length",
+        "int",
+        64,
+        "Longest accepted concept phrase in characters.",
+        dynamic=True,
+        minimum=1,
+        maximum=1024,
+    ),
+    ParamSpec(
+        "max_exemplar_boxes",
+        "int",
+        16,
+        "Most boxes in one add_exemplar call.",
+        dynamic=True,
+        minimum=1,
+        maximum=256,
+    ),
+    ParamSpec(
+        "diagnostics_period_s",
+        "float",
+        1.0,
+        "Seconds between diagnostics messages.",
+        dynamic=True,
+        minimum=0.1,
+        maximum=3600.0,
+    ),
+    ParamSpec(
+        "stats_window", "int", 200, "Frames kept for fps and latency percentiles.", minimum=10, maximum=100000
+    ),
+)
+
+BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+
+
+def defaults() -> dict[str, Any]:
+    """Return every parameter's default value (lists copied)."""
+    return {p.name: (list(p.default) if isinstance(p.default, list) else p.default) for p in PARAMS}
+
+
+def validate(values: dict[str, Any]) -> list[str]:
+    """Return the problems with ``values`` (unknown names, wrong types, out of range); empty when fine."""
+    problems = []
+    for name, value in values.items():
+        spec = BY_NAME.get(name)
+        if spec is None:
+            problems.append(f"unknown parameter {name!r}")
+            continue
+        error = spec.validate(value)
+        if error:
+            problems.append(error)
+    if "image_topics" in values and not values["image_topics"]:
+        problems.append("image_topics needs at least one topic")
+    return problems
+
+
+@dataclass
+class NodeConfig:
+    """The parameter values, typed, as the node core reads them."""
+
+    values: dict[str, Any] = field(default_factory=defaults)
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    @classmethod
+    def from_values(cls, overrides: dict[str, Any] | None = None) -> NodeConfig:
+        """Merge ``overrides`` onto the defaults; raise ValueError listing every problem."""
+        overrides = dict(overrides or {})
+        problems = validate(overrides)
+        if problems:
+            raise ValueError("; ".join(problems))
+        values = defaults()
+        for name, value in overrides.items():
+            values[name] = float(value) if BY_NAME[name].kind == "float" else value
+        return cls(values)
+
+
+def camera_names(topics: list[str], names: list[str]) -> list[str]:
+    """Output namespace for each input topic.
+
+    Explicit ``names`` win (they must be as many as the topics and unique). One camera
+    gets "" (outputs directly in the node's namespace); several get the topic's parent
+    path ("front/image" -> "front") or ``camera<i>`` when that is empty or repeated.
+    """
+    if names:
+        if len(names) != len(topics):
+            raise ValueError(f"camera_names has {len(names)} entries for {len(topics)} image_topics")
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera_names must be unique, got {names}")
+        return [n.strip("/") for n in names]
+    if len(topics) == 1:
+        return [""]
+    derived = []
+    for i, topic in enumerate(topics):
+        parent = topic.strip("/").rpartition("/")[0]
+        derived.append(parent if parent and parent not in derived else f"camera{i}")
+    return derived
+
+
+def output_topic(camera: str, name: str) -> str:
+    """Relative output topic ``name`` for ``camera`` ("" -> ``name``, "front" -> ``front/name``)."""
+    return f"{camera}/{name}" if camera else name
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def render_yaml() -> str:
+    """Return config/efficientsam3.yaml: every parameter with its default, description and range.
+
+    Empty lists are written commented out: ROS 2 parameter files cannot give an empty
+    list a type, and the node treats a missing list parameter as its (empty) default.
+    """
+    lines = [
+        "# Parameters of concept_segmentation_node (efficientsam3_ros).",
+        "# GENERATED from efficientsam3_ros/ros/params.py; test_ros_params.py checks it matches.",
+        "# dynamic: can change at run time (ros2 param set); static: applied on configure.",
+        "/**:",
+        "  ros__parameters:",
+    ]
+    for p in PARAMS:
+        limits = f" Range: {p.range_text}." if p.range_text else ""
+        lines.append(f"    # {p.description}{limits} ({'dynamic' if p.dynamic else 'static'})")
+        entry = f"{p.name}: {_yaml_value(p.default)}"
+        lines.append(f"    # {entry}" if p.default == [] else f"    {entry}")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown_table() -> str:
+    """Return the README's parameter table (name, type, default, range, dynamic, description)."""
+    rows = [
+        "| parameter | type | default | range | changes at run time | description |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in PARAMS:
+        rng = p.range_text.replace("|", "\\|")
+        default = _yaml_value(p.default)
+        rows.append(
+            f"| `{p.name}` | {p.kind} | `{default}` | {rng} | {'yes' if p.dynamic else 'no'} | {p.description} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,125 @@
+"""Validation of service requests, kept ROS-free so every bad input is testable.
+
+A bad request must come back as ``success: false`` with a message, never as an
+exception in the node (an exception would kill the service callback). Each
+validator raises :class:`ServiceInputError`, which the core turns into that answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class ServiceInputError(ValueError):
+    """A service request that cannot be honoured; the message goes back to the caller."""
+
+
+@dataclass
+class ServiceResult:
+    """The fields every service response carries, plus the optional id/label lists."""
+
+    success: bool
+    message: str
+    concept_ids: list[int] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+    @classmethod
+    def fail(cls, message: str) -> ServiceResult:
+        """A failed answer with ``message``."""
+        return cls(False, message)
+
+
+def validate_phrases(
+    labels: Sequence[str],
+    current: Sequence[str],
+    append: bool,
+    max_concepts: int,
+    max_phrase_length: int,
+) -> list[str]:
+    """Return the stripped phrases, or raise when one is empty/too long/duplicated or there would be too many.
+
+    ``current`` are the active labels; appending one of them again is refused.
+    """
+    phrases = [str(label).strip() for label in labels]
+    if not phrases:
+        raise ServiceInputError("no concepts given (send at least one phrase)")
+    for i, phrase in enumerate(phrases):
+        if not phrase:
+            raise ServiceInputError(f"phrase {i} is empty")
+        if len(phrase) > max_phrase_length:
+            raise ServiceInputError(
+                f"phrase {i} has {len(phrase)} characters, more than max_phrase_length={max_phrase_length}"
+            )
+        if any(ch in phrase for ch in "\n\r\t\x00"):
+            raise ServiceInputError(f"phrase {i} contains control characters")
+    if len(set(phrases)) != len(phrases):
+        raise ServiceInputError("the same phrase is given twice")
+    if append and set(phrases) & set(current):
+        raise ServiceInputError(f"already active: {sorted(set(phrases) & set(current))}")
+    total = len(phrases) + (len(current) if append else 0)
+    if total > max_concepts:
+        raise ServiceInputError(f"{total} concepts would exceed max_concepts={max_concepts}")
+    return phrases
+
+
+def validate_concept_ids(ids: Iterable[int], known: Iterable[int]) -> list[int]:
+    """Return the ids as ints, or raise when the list is empty or names an unknown concept."""
+    wanted = [int(i) for i in ids]
+    if not wanted:
+        raise ServiceInputError("no concept ids given")
+    unknown = sorted(set(wanted) - set(int(k) for k in known))
+    if unknown:
+        raise ServiceInputError(f"unknown concept ids {unknown}")
+    return wanted
+
+
+def validate_boxes(
+    boxes_flat: Sequence[float], positive: Sequence[bool], image_size: tuple[int, int] | None, max_boxes: int
+) -> tuple[np.ndarray, list[bool]]:
+    """Return boxes as float32 [N, 4] (x_min, y_min, x_max, y_max) and the positive flags.
+
+    Raises when no frame was processed yet, the flat list is not a multiple of 4, the
+    flags do not match, a box is degenerate, not finite, or outside the image.
+    """
+    if image_size is None:
+        raise ServiceInputError(
+            "no frame has been processed yet for this camera; exemplars refer to the latest frame"
+        )
+    values = np.asarray(list(boxes_flat), dtype=np.float64)
+    if values.size == 0:
+        raise ServiceInputError("no boxes given")
+    if values.size % 4:
+        raise ServiceInputError(f"boxes_xyxy has {values.size} values, not a multiple of 4")
+    boxes = values.reshape(-1, 4)
+    if len(boxes) > max_boxes:
+        raise ServiceInputError(f"{len(boxes)} boxes exceed max_exemplar_boxes={max_boxes}")
+    flags = [bool(p) for p in positive]
+    if len(flags) != len(boxes):
+        raise ServiceInputError(f"{len(flags)} positive flags for {len(boxes)} boxes")
+    if not np.all(np.isfinite(boxes)):
+        raise ServiceInputError("boxes contain NaN or infinity")
+    height, width = image_size
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        if not (x1 > x0 and y1 > y0):
+            raise ServiceInputError(f"box {i} is empty or inverted (need x_min < x_max, y_min < y_max)")
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            raise ServiceInputError(
+                f"box {i} {[float(v) for v in (x0, y0, x1, y1)]} is outside the {width}x{height} image"
+            )
+    return boxes.astype(np.float32), flags
+
+
+def select_cameras(camera: str, cameras: Sequence[str], allow_all: bool) -> list[str]:
+    """Resolve a request's camera field: a name, or "" for the only camera (or every camera if allowed)."""
+    name = camera.strip("/")
+    if not name:
+        if allow_all or len(cameras) == 1:
+            return list(cameras)
+        raise ServiceInputError(f"several cameras are served; name one of {list(cameras)}")
+    if name not in cameras:
+        shown = [c or "(default)" for c in cameras]
+        raise ServiceInputError(f"unknown camera {name!r}; cameras are {shown}")
+    return [name]

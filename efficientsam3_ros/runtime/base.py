@@ -1,0 +1,139 @@
+"""The one interface every inference backend implements (torch, onnxruntime, tensorrt).
+
+The pipeline talks to a ``Backend`` only, so that the same per-frame code runs on a
+laptop CPU, a desktop GPU and a Jetson engine. The boundary is deliberately small and
+tensor-in/tensor-out:
+
+* inputs are ``torch.Tensor`` on any device (a backend moves them where it runs);
+* ``encode_text`` and ``detect`` return CPU ``float32`` tensors, so results survive a
+  hand-over to another backend and postprocessing never has to ask where they came from;
+* ``ImageFeatures`` may stay on the backend's device (no host round trip between the
+  image encoder and the detector of one frame); any backend accepts any device.
+
+Shapes (S = input size, g = S / 14, C = fpn dim, K = concepts, L = 32 tokens, Q = queries):
+``encode_image([1,3,S,S]) -> ImageFeatures(fpn=([1,C,4g,4g], [1,C,2g,2g], [1,C,g,g]))``,
+``encode_text(ids[K,L] int64, mask[K,L] int64) -> [K,L,C]``,
+``detect(features, embeds[K,L,C], mask[K,L]) -> DetectorOutput`` with
+``pred_masks [K,Q,4g,4g]``, ``pred_boxes [K,Q,4]`` (normalised xyxy), ``pred_logits [K,Q]``,
+``presence_logits [K,1]``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..modeling.efficientsam3 import DetectorOutput
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "DetectorOutput",
+    "ImageFeatures",
+    "RuntimeOptions",
+    "to_cpu_output",
+]
+
+PRECISIONS = ("fp32", "fp16")
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run on this machine; the message says why (and is shown to users)."""
+
+
+@dataclass
+class ImageFeatures:
+    """Per-frame output of the image encoder: the three FPN levels the detector reads.
+
+    SAM3's neck also makes a fourth (stride-28) level and sine position encodings; the
+    detector never reads the former and the latter are constants of the input size, so
+    neither crosses this boundary.
+    """
+
+    fpn: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # strides 3.5, 7, 14 of the input
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ImageFeatures:
+        return ImageFeatures(tuple(f.to(device=device, dtype=dtype) for f in self.fpn))  # type: ignore[arg-type]
+
+    @property
+    def device(self) -> torch.device:
+        return self.fpn[0].device
+
+
+@dataclass
+class RuntimeOptions:
+    """Knobs shared by all backends; each backend ignores what does not apply to it."""
+
+    precision: str = "fp16"  # fp16 on GPU backends; CPU backends always run fp32
+    cache_dir: Path | None = None  # defaults to ~/.cache/efficientsam3_ros
+    onnx_dir: Path | None = None  # graphs written by `efficientsam3 export` (else exported and cached)
+    max_concepts: int = 16  # upper bound of the concept axis in TensorRT optimisation profiles
+    opt_concepts: int = 4  # the concept count TensorRT tunes kernels for
+    opset: int = 18
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 1 <= self.opt_concepts <= self.max_concepts:
+            raise ValueError(
+                f"need 1 <= opt_concepts ({self.opt_concepts}) <= max_concepts ({self.max_concepts})"
+            )
+        if self.cache_dir is not None:
+            self.cache_dir = Path(self.cache_dir)
+        if self.onnx_dir is not None:
+            self.onnx_dir = Path(self.onnx_dir)
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "efficientsam3_ros"
+
+
+class Backend(ABC):
+    """Runs the three graphs of one model at one input size on one device.
+
+    Subclasses raise ``BackendUnavailable`` from ``__init__`` when they cannot run here
+    (no GPU, no package); anything raised later is a run-time failure that a
+    ``FallbackChain`` answers by handing over to the next backend.
+    """
+
+    name: str = "backend"
+    device: torch.device = torch.device("cpu")
+
+    @abstractmethod
+    def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
+        """[1,3,S,S] normalised pixels -> the three FPN levels (once per frame)."""
+
+    @abstractmethod
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids [K,L] -> projected token features [K,L,C] on CPU (once per concept change)."""
+
+    @abstractmethod
+    def detect(self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor) -> DetectorOutput:
+        """One image's features + K concepts -> detector outputs on CPU, all concepts in one call."""
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What diagnostics show about this backend."""
+        return {"backend": self.name, "device": str(self.device), "fallbacks": []}
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to free
+        """Release sessions/engines early (garbage collection does it otherwise)."""
+
+
+def to_cpu_output(pred_masks: Any, pred_boxes: Any, pred_logits: Any, presence_logits: Any) -> DetectorOutput:
+    """Build a CPU float32 ``DetectorOutput`` from tensors or numpy arrays of any device/dtype."""
+
+    def cpu(x: Any) -> torch.Tensor:
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
+        return t.detach().to(device="cpu", dtype=torch.float32)
+
+    return DetectorOutput(
+        pred_masks=cpu(pred_masks),
+        pred_boxes=cpu(pred_boxes),
+        pred_logits=cpu(pred_logits),
+        presence_logits=cpu(presence_logits),
+    )

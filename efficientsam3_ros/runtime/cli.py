@@ -1,0 +1,202 @@
+"""``efficientsam3 export``: write the graphs (and TensorRT engines) and prove they match PyTorch.
+
+    efficientsam3 export --model es-ev-s --out exported/es-ev-s-504 --format onnx \\
+        --precision fp32 --input-size 504
+
+writes ``<out>/{image_encoder,text_encoder,detector}.onnx`` (+ ``engines/`` for
+``--format tensorrt``) and ``<out>/manifest.json``, then runs every graph on random inputs
+against the PyTorch modules and prints max abs / relative error per output. The node loads
+the folder with the ``onnx_dir`` option. Exit codes: 0 ok, 1 parity above tolerance,
+2 bad arguments or a missing dependency (one line naming the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Parity tolerance on max |a-b| / max |b| per output: fp32 graphs should match to float
+# rounding; fp16 engines to half-precision accuracy.
+TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
+
+
+class ExportError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="registered model name (see `efficientsam3 models`)")
+    parser.add_argument("--checkpoint", type=Path, help="weights to load (safetensors); random weights if omitted")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for the graphs and manifest")
+    parser.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx", help="onnx (default) or tensorrt")
+    parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp32", help="engine precision")
+    parser.add_argument("--input-size", type=int, help="square input side, a multiple of 14 (default: model's)")
+    parser.add_argument("--graphs", default="image_encoder,text_encoder,detector", help="comma-separated graphs")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    parser.add_argument("--max-concepts", type=int, default=16, help="TensorRT profile: largest concept batch")
+    parser.add_argument("--opt-concepts", type=int, default=4, help="TensorRT profile: concept batch tuned for")
+    parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
+    parser.add_argument("--no-parity", action="store_true", help="skip the parity check")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except ExportError as err:
+        print(f"efficientsam3 export: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _validate(args: argparse.Namespace) -> list[str]:
+    from ..modeling import get_config
+    from .graphs import GRAPHS
+
+    try:
+        config = get_config(args.model)
+    except KeyError as err:
+        raise ExportError(str(err.args[0])) from None
+    if args.input_size is not None:
+        try:
+            config.with_image_size(args.input_size)
+        except ValueError as err:
+            raise ExportError(f"--input-size: {err}") from None
+    if args.opset < 17:
+        raise ExportError(f"--opset {args.opset} is too old; use 17 or newer (default 18)")
+    if not 1 <= args.opt_concepts <= args.max_concepts:
+        raise ExportError("need 1 <= --opt-concepts <= --max-concepts")
+    graphs = [g.strip() for g in args.graphs.split(",") if g.strip()]
+    unknown = [g for g in graphs if g not in GRAPHS]
+    if unknown or not graphs:
+        raise ExportError(f"unknown --graphs {unknown}; known: {', '.join(GRAPHS)}")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise ExportError(f"--checkpoint {args.checkpoint} does not exist")
+    if args.format == "tensorrt":
+        from .base import BackendUnavailable
+        from .trt_backend import import_tensorrt
+
+        try:
+            import_tensorrt()
+        except BackendUnavailable as err:
+            raise ExportError(f"--format tensorrt: {err}; or export --format onnx here") from None
+    return graphs
+
+
+def _load_checkpoint(model: Any, path: Path) -> None:
+    if importlib.util.find_spec("efficientsam3_ros.modeling.checkpoint") is None:
+        raise ExportError(
+            "--checkpoint needs efficientsam3_ros.modeling.checkpoint (not in this build yet); "
+            "export random weights by leaving --checkpoint out"
+        )
+    from ..modeling.checkpoint import load_checkpoint
+
+    load_checkpoint(model, path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    graphs = _validate(args)
+    import torch
+    from tqdm import tqdm
+
+    from ..modeling import build_model
+    from .export import export_graph, format_parity, parity_check
+    from .graphs import get_graph
+    from .onnx_cache import file_sha256
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    with tqdm(total=1, desc=f"build {args.model}", unit="model", file=sys.stderr) as bar:
+        model = build_model(args.model, input_size=args.input_size)
+        if args.checkpoint is not None:
+            _load_checkpoint(model, args.checkpoint)
+        bar.update()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for name in tqdm(graphs, desc="export onnx", unit="graph", file=sys.stderr):
+        paths[name] = export_graph(get_graph(name), model, out / f"{name}.onnx", opset=args.opset, exporter=args.exporter)
+
+    runners = _onnx_runners(paths)
+    tolerance = TOLERANCE["fp32"]
+    engines: dict[str, str] = {}
+    if args.format == "tensorrt":
+        runners, engines = _trt_runners(paths, args)
+        tolerance = TOLERANCE[args.precision]
+
+    rows = []
+    if not args.no_parity:
+        jobs = [(n, k) for n in graphs for k in ((1, args.opt_concepts) if get_graph(n).dynamic_inputs else (1,))]
+        for name, k in tqdm(jobs, desc=f"parity vs torch ({args.format})", unit="check", file=sys.stderr):
+            rows += parity_check(get_graph(name), model, runners[name], num_concepts=k)
+        print(format_parity(rows))
+
+    manifest = {
+        "model": args.model,
+        "input_size": model.config.image_size,
+        "config": model.config.to_dict(),
+        "format": args.format,
+        "precision": args.precision if args.format == "tensorrt" else "fp32",
+        "opset": args.opset,
+        "graphs": {n: {"file": p.name, "sha256": file_sha256(p)} for n, p in paths.items()},
+        "engines": engines,
+        "parity": [r.__dict__ for r in rows],
+        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=list))
+    print(f"wrote {len(paths)} graphs to {out} in {time.perf_counter() - t0:.1f} s")
+    worst = max((r.max_rel for r in rows), default=0.0)
+    if worst > tolerance:
+        print(f"parity FAILED: worst relative error {worst:.2e} > {tolerance:.0e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _onnx_runners(paths: dict[str, Path]) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from .graphs import get_graph
+
+    runners = {}
+    for name, path in paths.items():
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = get_graph(name).input_names
+
+        def run(inputs: tuple, s: Any = session, names: tuple = names) -> list:
+            return s.run(None, {n: x.detach().cpu().numpy() for n, x in zip(names, inputs)})
+
+        runners[name] = run
+    return runners
+
+
+def _trt_runners(paths: dict[str, Path], args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    import tensorrt as trt
+    import torch
+    from tqdm import tqdm
+
+    from .engine_cache import EngineCache, EngineKey
+    from .graphs import get_graph
+    from .onnx_cache import file_sha256
+    from .trt_backend import TrtRunner, build_engine, profile_shapes, profile_string
+
+    device = torch.device("cuda")
+    gpu = torch.cuda.get_device_name(device)
+    cache = EngineCache(args.out / "engines")
+    timing = args.out / "engines" / "timing.cache"
+    runners, engines = {}, {}
+    for name, path in tqdm(paths.items(), desc=f"build TensorRT {args.precision}", unit="engine", file=sys.stderr):
+        shapes = profile_shapes(path, name, 1, args.opt_concepts, args.max_concepts)
+        key = EngineKey(file_sha256(path), trt.__version__, gpu, args.precision, profile_string(shapes))
+        data, _ = cache.get_or_build(name, key, lambda p=path, s=shapes: build_engine(p, args.precision, s, timing))
+        engines[name] = cache.paths(name, key)[0].name
+        runner = TrtRunner(data, device)
+        names = get_graph(name).input_names
+
+        def run(inputs: tuple, r: TrtRunner = runner, names: tuple = names) -> list:
+            return r(dict(zip(names, inputs)))
+
+        runners[name] = run
+    return runners, engines

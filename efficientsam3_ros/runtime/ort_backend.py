@@ -1,0 +1,128 @@
+"""The onnxruntime backend: the exported graphs on the TensorRT, CUDA or CPU execution provider.
+
+Graphs come from ``RuntimeOptions.onnx_dir`` (written by ``efficientsam3 export``) or are
+exported on first use and cached (see ``onnx_cache``). Tensors cross as numpy arrays; image
+features stay numpy-backed torch tensors (zero-copy) between the two per-frame calls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..modeling.efficientsam3 import DetectorOutput, EfficientSam3Model
+from .base import Backend, BackendUnavailable, ImageFeatures, RuntimeOptions, to_cpu_output
+from .graphs import DETECTOR_GRAPHS, get_graph
+from .onnx_cache import cached_graphs, graphs_from_dir
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def graph_paths(model: EfficientSam3Model, options: RuntimeOptions, names=DETECTOR_GRAPHS) -> dict[str, Path]:
+    """Exported graphs for ``model``: the export folder if given, else the on-disk cache."""
+    if options.onnx_dir is not None:
+        return graphs_from_dir(options.onnx_dir, names)
+    return cached_graphs(model, names, options.resolved_cache_dir(), opset=options.opset)
+
+
+class OnnxRuntimeBackend(Backend):
+    """One ``InferenceSession`` per graph on ``provider`` ("cpu", "cuda" or "tensorrt")."""
+
+    def __init__(self, model: EfficientSam3Model, options: RuntimeOptions | None = None, provider: str = "cpu"):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailable(f"onnxruntime is not installed ({exc}): pip install onnxruntime") from exc
+        options = options or RuntimeOptions()
+        if provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
+        ep = PROVIDERS[provider]
+        if ep not in ort.get_available_providers():
+            fix = "pip install onnxruntime-gpu" if provider != "cpu" else "reinstall onnxruntime"
+            raise BackendUnavailable(
+                f"onnxruntime has no {ep} (available: {', '.join(ort.get_available_providers())}); {fix}"
+            )
+        if provider != "cpu" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"{ep} needs a CUDA GPU and none is visible")
+        self.name = f"onnxruntime-{provider}"
+        self.device = torch.device("cpu")  # tensors cross the boundary on the host
+        self.options = options
+        paths = graph_paths(model, options)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        self.sessions = {
+            name: ort.InferenceSession(str(path), so, providers=self._providers(provider, name, model))
+            for name, path in paths.items()
+        }
+        active = self.sessions["detector"].get_providers()[0]
+        if active != ep:  # onnxruntime falls back to CPU silently; we do not
+            raise BackendUnavailable(f"onnxruntime could not start {ep} (got {active})")
+
+    def _providers(self, provider: str, graph: str, model: EfficientSam3Model) -> list[Any]:
+        if provider == "cpu":
+            return ["CPUExecutionProvider"]
+        if provider == "cuda":
+            return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+        cache = self.options.resolved_cache_dir() / "ort_trt"
+        trt_opts: dict[str, Any] = {
+            "trt_fp16_enable": self.options.precision == "fp16",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+        }
+        trt_opts.update(_ort_trt_profiles(graph, model, self.options))
+        return [("TensorrtExecutionProvider", trt_opts), ("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
+
+    def _run(self, graph: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sessions[graph].run(None, inputs)
+
+    def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
+        out = self._run("image_encoder", {"pixels": _np(pixels, np.float32)})
+        return ImageFeatures(tuple(torch.from_numpy(o) for o in out))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        ids, mask = _np(input_ids, np.int64), _np(attention_mask, np.int64)
+        (embeds,) = self._run("text_encoder", {"input_ids": ids, "attention_mask": mask})
+        return torch.from_numpy(embeds)
+
+    def detect(self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor) -> DetectorOutput:
+        feeds = {f"fpn_{i}": _np(f, np.float32) for i, f in enumerate(features.fpn)}
+        feeds["text_embeds"] = _np(embeds, np.float32)
+        feeds["text_mask"] = _np(mask, np.int64)
+        return to_cpu_output(*self._run("detector", feeds))
+
+    def close(self) -> None:
+        self.sessions.clear()
+
+
+def _np(t: torch.Tensor | np.ndarray, dtype: type) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu().numpy()
+    return np.ascontiguousarray(t, dtype=dtype)
+
+
+def _ort_trt_profiles(graph: str, model: EfficientSam3Model, options: RuntimeOptions) -> dict[str, str]:
+    """TensorRT EP profile strings ("name:1x32x256,...") for the concept axis of ``graph``."""
+    spec = get_graph(graph)
+    if not spec.dynamic_inputs:
+        return {}
+    example = dict(zip(spec.input_names, spec.example_inputs(model, 1)))
+    out = {}
+    for key, k in (("min", 1), ("opt", options.opt_concepts), ("max", options.max_concepts)):
+        parts = []
+        for name, axes in spec.dynamic_inputs.items():
+            shape = list(example[name].shape)
+            for axis in axes:
+                shape[axis] = k
+            parts.append(f"{name}:{'x'.join(map(str, shape))}")
+        out[f"trt_profile_{key}_shapes"] = ",".join(parts)
+    return out

@@ -1,0 +1,56 @@
+"""The torch backend: the graph wrappers run eagerly, on CUDA (FP16 autocast) or CPU.
+
+It runs the very modules the ONNX graphs are exported from, so it is both the reference
+for parity checks and the last resort that works wherever torch imports.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..modeling.efficientsam3 import DetectorOutput, EfficientSam3Model
+from .base import Backend, BackendUnavailable, ImageFeatures, RuntimeOptions, to_cpu_output
+from .graphs import DETECTOR_GRAPHS, get_graph
+
+
+class TorchBackend(Backend):
+    """Eager PyTorch on ``device`` ("cpu" or "cuda[:i]")."""
+
+    def __init__(self, model: EfficientSam3Model, options: RuntimeOptions | None = None, device: str = "cpu"):
+        options = options or RuntimeOptions()
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("torch has no CUDA device (torch.cuda.is_available() is False)")
+        if self.device.type not in ("cpu", "cuda"):
+            raise BackendUnavailable(f"unsupported torch device {device!r}")
+        self.name = f"torch-{self.device.type}"
+        model_device = next(model.parameters()).device
+        # Never move the caller's model: another backend in the chain may still use it where it is.
+        self.model = model if model_device == self.device else copy.deepcopy(model).to(self.device)
+        self.model.eval()
+        self.autocast = self.device.type == "cuda" and options.precision == "fp16"
+        self.graphs = {name: get_graph(name).build(self.model).eval() for name in DETECTOR_GRAPHS}
+
+    def _ctx(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.autocast)
+
+    @torch.inference_mode()
+    def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
+        with self._ctx():
+            fpn = self.graphs["image_encoder"](pixels.to(self.device, torch.float32))
+        return ImageFeatures(tuple(fpn))
+
+    @torch.inference_mode()
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with self._ctx():
+            embeds = self.graphs["text_encoder"](input_ids.to(self.device), attention_mask.to(self.device))
+        return embeds.float().cpu()
+
+    @torch.inference_mode()
+    def detect(self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor) -> DetectorOutput:
+        fpn = features.to(self.device).fpn
+        with self._ctx():
+            out = self.graphs["detector"](*fpn, embeds.to(self.device), mask.to(self.device))
+        return to_cpu_output(*out)

@@ -1,0 +1,204 @@
+"""The TensorRT backend: engines built from the ONNX graphs with the TensorRT Python API.
+
+Engines are built once per (graph sha256, TensorRT version, GPU, precision, profile) and
+kept in an ``EngineCache``; a shared timing cache makes rebuilds after an upgrade fast.
+The concept axis gets one optimisation profile (1 .. max_concepts, tuned for
+opt_concepts); larger concept sets are run in chunks. I/O uses torch CUDA tensors, so no
+pycuda/cuda-python dependency is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from ..modeling.efficientsam3 import DetectorOutput, EfficientSam3Model
+from .base import Backend, BackendUnavailable, ImageFeatures, RuntimeOptions, to_cpu_output
+from .engine_cache import EngineCache, EngineKey
+from .graphs import get_graph
+from .onnx_cache import file_sha256
+from .ort_backend import graph_paths
+
+log = logging.getLogger(__name__)
+
+TRT_FIX = "pip install tensorrt (x86 + CUDA 12), or on Jetson use JetPack's python3-libnvinfer"
+
+Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+
+def import_tensorrt() -> Any:
+    """The tensorrt module, or ``BackendUnavailable`` naming the fix."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailable(f"the tensorrt Python package is not installed ({exc}); {TRT_FIX}") from exc
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("TensorRT needs a CUDA GPU and torch sees none")
+    return trt
+
+
+def profile_shapes(onnx_path: Path, graph: str, min_k: int, opt_k: int, max_k: int) -> Shapes:
+    """(min, opt, max) shapes of every dynamic input, from the graph's declared dims."""
+    spec = get_graph(graph)
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    shapes: Shapes = {}
+    for inp in proto.graph.input:
+        if inp.name not in spec.dynamic_inputs:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+        for i, d in enumerate(dims):
+            if d is None and i not in spec.dynamic_inputs[inp.name]:
+                raise ValueError(f"{graph}:{inp.name} axis {i} is dynamic but not declared in the GraphSpec")
+
+        def fill(k: int, dims: list[int | None] = dims) -> tuple[int, ...]:
+            return tuple(k if d is None else d for d in dims)
+
+        shapes[inp.name] = (fill(min_k), fill(opt_k), fill(max_k))
+    return shapes
+
+
+def profile_string(shapes: Shapes) -> str:
+    return ";".join(f"{n}:{'/'.join('x'.join(map(str, s)) for s in v)}" for n, v in sorted(shapes.items()))
+
+
+def build_engine(
+    onnx_path: Path,
+    precision: str,
+    shapes: Shapes,
+    timing_cache_path: Path | None = None,
+    workspace_bytes: int = 4 << 30,
+) -> bytes:
+    """Parse ``onnx_path`` and build a serialised engine (FP16 allowed or strict FP32)."""
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if int(trt.__version__.split(".")[0]) < 10:  # explicit batch is the only mode from TensorRT 10 on
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    if shapes:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    timing = b""
+    if timing_cache_path is not None and timing_cache_path.is_file():
+        timing = timing_cache_path.read_bytes()
+    cache = config.create_timing_cache(timing)
+    config.set_timing_cache(cache, ignore_mismatch=True)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
+    if timing_cache_path is not None:
+        timing_cache_path.parent.mkdir(parents=True, exist_ok=True)
+        timing_cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+class TrtRunner:
+    """One deserialised engine + execution context; feeds and returns torch CUDA tensors."""
+
+    def __init__(self, engine_bytes: bytes, device: torch.device):
+        trt = import_tensorrt()
+        self.trt = trt
+        self.device = device
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise RuntimeError("TensorRT could not deserialise the engine")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+        self.dtypes = {n: _torch_dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.stream = torch.cuda.Stream(device=device)
+
+    def __call__(self, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        keep = []
+        for name in self.inputs:
+            t = feeds[name].to(self.device, self.dtypes[name]).contiguous()
+            keep.append(t)
+            if not self.context.set_input_shape(name, tuple(t.shape)):
+                raise RuntimeError(f"TensorRT rejected shape {tuple(t.shape)} for {name}")
+            self.context.set_tensor_address(name, t.data_ptr())
+        outs = []
+        for name in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            o = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
+            outs.append(o)
+            self.context.set_tensor_address(name, o.data_ptr())
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        self.stream.synchronize()
+        del keep
+        return outs
+
+
+def _torch_dtype(np_dtype: Any) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
+
+
+class TensorRTBackend(Backend):
+    """Engines for the three detector graphs, built or loaded from the engine cache."""
+
+    def __init__(self, model: EfficientSam3Model, options: RuntimeOptions | None = None, device: str = "cuda"):
+        trt = import_tensorrt()
+        options = options or RuntimeOptions()
+        self.name = "tensorrt"
+        self.device = torch.device(device)
+        self.max_concepts = options.max_concepts
+        gpu = torch.cuda.get_device_name(self.device)
+        root = options.resolved_cache_dir() / "engines"
+        cache = EngineCache(root)
+        timing = root / f"timing-{trt.__version__}-{_slug(gpu)}.cache"
+        self.runners: dict[str, TrtRunner] = {}
+        for graph, path in graph_paths(model, options).items():
+            shapes = profile_shapes(path, graph, 1, options.opt_concepts, options.max_concepts)
+            key = EngineKey(file_sha256(path), trt.__version__, gpu, options.precision, profile_string(shapes))
+            data, built = cache.get_or_build(
+                graph, key, lambda p=path, s=shapes: build_engine(p, options.precision, s, timing)
+            )
+            log.info("TensorRT %s engine for %s (%s)", "built" if built else "cached", graph, options.precision)
+            self.runners[graph] = TrtRunner(data, self.device)
+
+    def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
+        return ImageFeatures(tuple(self.runners["image_encoder"]({"pixels": pixels})))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        chunks = []
+        for s in range(0, input_ids.shape[0], self.max_concepts):
+            sl = slice(s, s + self.max_concepts)
+            feeds = {"input_ids": input_ids[sl], "attention_mask": attention_mask[sl]}
+            chunks.append(self.runners["text_encoder"](feeds)[0].float().cpu())
+        return torch.cat(chunks)
+
+    def detect(self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor) -> DetectorOutput:
+        parts = []
+        fpn = {f"fpn_{i}": f for i, f in enumerate(features.fpn)}
+        for s in range(0, embeds.shape[0], self.max_concepts):
+            sl = slice(s, s + self.max_concepts)
+            parts.append(self.runners["detector"]({**fpn, "text_embeds": embeds[sl], "text_mask": mask[sl]}))
+        return to_cpu_output(*(torch.cat([p[i] for p in parts]) for i in range(4)))
+
+    def close(self) -> None:
+        self.runners.clear()
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+

@@ -1,0 +1,112 @@
+"""``efficientsam3 world ...``: write a synthetic concept-world dataset from the command line.
+
+Kept as an ``add_arguments(parser)`` / ``run(args)`` pair so the main CLI can register it as
+a subcommand; ``python -m efficientsam3_ros.synthetic`` runs it on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import replace
+
+from efficientsam3_ros.synthetic.world import CONCEPTS, WorldConfig
+from efficientsam3_ros.synthetic.writers import DEFAULT_TOPIC, KINDS, write_dataset
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 320x240, got {text!r}") from None
+    return w, h
+
+
+def _concepts(text: str) -> tuple[str, ...]:
+    items = tuple(c.strip() for c in text.split(",") if c.strip())
+    unknown = [c for c in items if c not in CONCEPTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown concepts {unknown}; known: {', '.join(CONCEPTS)}")
+    return items
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``world`` options to ``parser``."""
+    parser.add_argument(
+        "kind", choices=KINDS, help="dataset format: sa1b, sav, saco (SA-Co/COCO), coco, rosbag"
+    )
+    parser.add_argument("out_dir", help="output folder (a rosbag kind writes OUT/bag and OUT/gt.json)")
+    parser.add_argument("--seed", type=int, default=0, help="world seed; the same seed gives identical files")
+    parser.add_argument("--num", type=int, default=None, help="images (sa1b, saco, coco) or videos (sav)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per video (sav, rosbag)")
+    parser.add_argument(
+        "--size", type=_size, default=(320, 240), metavar="WxH", help="image size, default 320x240"
+    )
+    parser.add_argument(
+        "--concepts",
+        type=_concepts,
+        default=None,
+        help="comma-separated target noun phrases (default: 8 concepts)",
+    )
+    parser.add_argument(
+        "--objects", type=int, nargs=2, default=None, metavar=("MIN", "MAX"), help="target objects"
+    )
+    parser.add_argument(
+        "--distractors", type=int, nargs=2, default=None, metavar=("MIN", "MAX"), help="distractor objects"
+    )
+    parser.add_argument(
+        "--speed", type=float, default=None, help="mean speed, fraction of the short side per frame"
+    )
+    parser.add_argument("--p-enter", type=float, default=None, help="per-frame chance an object enters")
+    parser.add_argument("--p-leave", type=float, default=None, help="per-frame, per-object chance it leaves")
+    parser.add_argument(
+        "--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="rosbag2 storage plugin"
+    )
+    parser.add_argument("--topic", default=DEFAULT_TOPIC, help="rosbag image topic")
+    parser.add_argument("--fps", type=float, default=None, help="frame rate (rosbag stamps, SA-V duration)")
+    parser.add_argument(
+        "--annotate-every", type=int, default=1, help="sav: annotate every k-th frame (SA-V uses 4)"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> WorldConfig:
+    """The WorldConfig the parsed options describe."""
+    cfg = WorldConfig().with_size(*args.size)
+    changes = {}
+    if args.concepts:
+        changes["concepts"] = args.concepts
+    if args.objects:
+        changes["num_objects"] = tuple(args.objects)
+    if args.distractors:
+        changes["num_distractors"] = tuple(args.distractors)
+    for name in ("speed", "p_enter", "p_leave"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    return replace(cfg, **changes) if changes else cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the dataset the options describe; print what was written. Returns an exit status."""
+    cfg = config_from_args(args)
+    extra: dict = {}
+    if args.kind == "rosbag":
+        extra.update(storage=args.storage, topic=args.topic)
+        if args.fps is not None:
+            extra["fps"] = args.fps
+    elif args.kind == "sav":
+        extra["annotate_every"] = args.annotate_every
+        if args.fps is not None:
+            extra["fps"] = args.fps
+    paths = write_dataset(
+        args.kind, args.out_dir, seed=args.seed, num=args.num, num_frames=args.frames, config=cfg, **extra
+    )
+    for p in paths:
+        print(p)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m efficientsam3_ros.synthetic``)."""
+    parser = argparse.ArgumentParser(prog="efficientsam3 world", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,1 @@
+"""training layer of efficientsam3_ros (see DESIGN.md)."""

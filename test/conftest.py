@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny random models, small images, the shared/ folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path | None:
+    """../shared beside the repository (CI) or /work/shared (developer machines)."""
+    for candidate in (REPO_ROOT.parent / "shared", Path("/work/shared")):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_path() -> Path:
+    path = shared_dir()
+    if path is None:
+        pytest.skip("shared/ (reference manifests, real bags) is not beside the repository")
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_and_single_threaded():
+    """Tests never touch a model hub, and keep to the 2 cores CI has."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A tiny random EfficientViT student (112 px input); shared, so treat it as read-only."""
+    from efficientsam3_ros.modeling import build_model
+
+    torch.manual_seed(0)
+    return build_model("es-ev-tiny")
+
+
+@pytest.fixture
+def rgb_image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(90, 130, 3), dtype=np.uint8)

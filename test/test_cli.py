@@ -1,0 +1,89 @@
+"""The ``efficientsam3`` command: models, segment, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from efficientsam3_ros.cli import SUBCOMMANDS, build_parser, main
+from efficientsam3_ros.pipeline import rle_to_mask
+
+
+@pytest.fixture
+def image_file(tmp_path, rgb_image):
+    path = tmp_path / "frame.png"
+    Image.fromarray(rgb_image).save(path)
+    return path
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    for name, _, _ in SUBCOMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: efficientsam3" in capsys.readouterr().out
+
+
+def test_models_lists_students_teacher_and_tiny(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ["sam3", "es-rv-s", "es-tv-l", "es-ev-m", "es-ev-tiny", "sam3-tiny"]:
+        assert f"\n{name} " in out
+    row = next(line for line in out.splitlines() if line.startswith("es-ev-s "))
+    assert "0.68" in row
+
+
+def test_segment_writes_overlay_and_json(tmp_path, image_file, capsys):
+    out = tmp_path / "out" / "overlay.png"
+    argv = [
+        "segment",
+        str(image_file),
+        "--concept",
+        "red mug",
+        "--concept",
+        "person",
+        "--model",
+        "es-ev-tiny",
+        "--out",
+        str(out),
+        "--score-threshold",
+        "0.0",
+    ]
+    assert main(argv) == 0
+    overlay = np.asarray(Image.open(out))
+    assert overlay.shape == (90, 130, 3)
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert payload["concepts"] == {"0": "red mug", "1": "person"}
+    assert len(payload["instances"]) == 32
+    first = payload["instances"][0]
+    assert set(first) == {"concept_id", "concept", "score", "box_xyxy", "mask_rle"}
+    assert rle_to_mask(first["mask_rle"]).shape == (90, 130)
+
+
+@pytest.mark.parametrize(
+    ("argv_tail", "message"),
+    [
+        (["--concept", "mug", "--model", "es-ev-tiny"], "does not exist"),
+        (["--concept", "   ", "--model", "es-ev-tiny"], "empty concept"),
+        (["--concept", "mug", "--model", "no-such-model"], "unknown model"),
+    ],
+)
+def test_segment_refuses_bad_input(tmp_path, image_file, capsys, argv_tail, message):
+    image = tmp_path / "missing.png" if message == "does not exist" else image_file
+    code = main(["segment", str(image), *argv_tail, "--out", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_segment_refuses_unreadable_image(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    code = main(
+        ["segment", str(bad), "--concept", "mug", "--model", "es-ev-tiny", "--out", str(tmp_path / "o.png")]
+    )
+    assert code == 2 and "cannot read image" in capsys.readouterr().err

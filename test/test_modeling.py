@@ -1,0 +1,131 @@
+"""The image model: registry, parameter counts, cached vs one-shot path, tiny configs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from efficientsam3_ros.modeling import STUDENTS, build_model, count_parameters, get_config, list_models
+
+# Paper (EfficientSAM3 Table 1): backbone parameters in millions.
+PAPER_BACKBONE_M = {
+    "es-rv-s": 4.72,
+    "es-rv-m": 7.77,
+    "es-rv-l": 22.40,
+    "es-tv-s": 5.07,
+    "es-tv-m": 10.55,
+    "es-tv-l": 20.62,
+    "es-ev-s": 0.68,
+    "es-ev-m": 4.64,
+    "es-ev-l": 14.98,
+}
+TINY = ["sam3-tiny", "es-rv-tiny", "es-tv-tiny", "es-ev-tiny", "es-ev-tiny-mobileclip"]
+
+
+def test_registry_lists_students_teacher_and_tiny():
+    names = list_models()
+    for name in [*PAPER_BACKBONE_M, "sam3", *TINY]:
+        assert name in names
+    with pytest.raises(KeyError, match="known models"):
+        get_config("es-xx-s")
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_BACKBONE_M))
+def test_student_backbone_parameters_match_paper(name):
+    counts = count_parameters(name)
+    assert round(counts["backbone"] / 1e6, 2) == PAPER_BACKBONE_M[name]
+    # adapter head: 1x1 (C->1024, no bias) + BN(1024) + 3x3 (1024->1024, bias)
+    assert counts["trunk"] > counts["backbone"]
+
+
+def test_teacher_trunk_is_vit_sized():
+    counts = count_parameters("sam3")
+    assert 440e6 < counts["trunk"] < 450e6
+    assert 350e6 < counts["text"] < 360e6
+
+
+def test_students_share_the_detector_with_the_teacher():
+    teacher = count_parameters("sam3")["detector"]
+    for name in STUDENTS:
+        assert count_parameters(name)["detector"] == teacher
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_configs_forward_fast(name):
+    torch.manual_seed(0)
+    model = build_model(name)
+    pixels = torch.randn(1, 3, 112, 112)
+    with torch.inference_mode():
+        model.encode_image(pixels)  # warm-up (first call initialises kernels)
+        start = time.perf_counter()
+        features = model.encode_image(pixels)
+        out = model.detect(features, model.encode_concepts(["red mug", "person"]))
+        elapsed = time.perf_counter() - start
+    q = model.config.detector["detr_decoder"]["num_queries"]
+    assert out.pred_masks.shape == (2, q, 32, 32)
+    assert out.pred_boxes.shape == (2, q, 4)
+    assert out.pred_logits.shape == (2, q)
+    assert out.presence_logits.shape == (2, 1)
+    assert torch.all((out.scores >= 0) & (out.scores <= 1))
+    print(f"{name}: tiny forward {elapsed * 1e3:.0f} ms")  # reported, not asserted (no timing asserts)
+
+
+@pytest.mark.parametrize("name", ["sam3-tiny", "es-rv-tiny", "es-ev-tiny-mobileclip"])
+def test_cached_path_equals_one_shot_forward(name):
+    torch.manual_seed(1)
+    model = build_model(name)
+    pixels = torch.randn(1, 3, 112, 112)
+    phrases = ["red mug", "person", "blue square"]
+    with torch.inference_mode():
+        one_shot = model(pixels, phrases)
+        features = model.encode_image(pixels)
+        concepts = model.encode_concepts(phrases)
+        cached = model.detect(features, concepts)
+    for field in ("pred_masks", "pred_boxes", "pred_logits", "presence_logits"):
+        diff = (getattr(one_shot, field) - getattr(cached, field)).abs().max().item()
+        assert diff <= 1e-5, f"{field} differs by {diff}"
+
+
+def test_concepts_batch_equals_one_at_a_time(tiny_model):
+    pixels = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        features = tiny_model.encode_image(pixels)
+        both = tiny_model.detect(features, tiny_model.encode_concepts(["red mug", "person"]))
+        single = tiny_model.detect(features, tiny_model.encode_concepts(["person"]))
+    assert torch.allclose(both.scores[1], single.scores[0], atol=1e-5)
+    assert torch.allclose(both.pred_masks[1], single.pred_masks[0], atol=1e-4)
+
+
+def test_student_trunk_matches_teacher_grid():
+    for name in ["es-rv-tiny", "es-tv-tiny", "es-ev-tiny", "sam3-tiny"]:
+        model = build_model(name)
+        with torch.inference_mode():
+            trunk = model.trunk_features(torch.randn(1, 3, 112, 112))
+        assert trunk.shape == (1, model.config.trunk_dim, 8, 8), name
+
+
+def test_full_size_student_grid_is_72_at_1008():
+    config = get_config("es-ev-s")
+    assert config.grid_size == 72 and config.trunk_dim == 1024
+    assert get_config("es-ev-s").with_image_size(504).grid_size == 36
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        config.with_image_size(500)
+
+
+def test_input_size_is_a_parameter():
+    model = build_model("es-ev-tiny", input_size=56)
+    with torch.inference_mode():
+        out = model.detect(model.encode_image(torch.randn(1, 3, 56, 56)), model.encode_concepts(["mug"]))
+    assert out.pred_masks.shape[-1] == 16
+
+
+def test_tokenizer_is_offline_clip_bpe_with_context_32(tiny_model):
+    ids, mask = tiny_model.tokenize(["red mug", "  a   person  "])
+    assert ids.shape == (2, 32)
+    assert ids[0, 0].item() == 49406 and 49407 in ids[0].tolist()  # CLIP start/end of text
+    assert mask[0].sum().item() == 4  # <sot> red mug <eot>
+    assert torch.equal(ids[1][:4], tiny_model.tokenize(["a person"])[0][0][:4])
+    with pytest.raises(ValueError, match="empty concept"):
+        tiny_model.tokenize([" "])

@@ -1,0 +1,318 @@
+"""The ROS-free node core driven frame by frame with rosbags messages through the tiny real model."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+
+from efficientsam3_ros.ros import messages
+from efficientsam3_ros.ros.core import ACTIVE, INACTIVE, UNCONFIGURED, NodeCore, mask_probability_to_logit
+
+pipeline = pytest.importorskip(
+    "efficientsam3_ros.pipeline", reason="the pipeline (ConceptSegmenter) is needed"
+)
+
+TS = messages.get_typestore()
+H, W = 48, 64
+
+
+def tiny_factory(config):
+    """The real ConceptSegmenter with the tiny random-weight model (what the node loads, minus the zoo)."""
+    return pipeline.ConceptSegmenter.from_name("es-ev-tiny", checkpoint=None, backend="auto", device="cpu")
+
+
+def image_msg(stamp_ns: int = 1, frame_id: str = "cam", encoding: str = "rgb8", seed: int = 0):
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    pixels = rgb[:, :, ::-1] if encoding == "bgr8" else rgb
+    return messages.numpy_to_image_msg(pixels, encoding, messages.make_header(stamp_ns, frame_id), TS)
+
+
+def compressed_msg(stamp_ns: int = 1):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((H, W, 3), 120, np.uint8)).save(buf, format="PNG")
+    return TS.types[messages.COMPRESSED_IMAGE](
+        header=messages.make_header(stamp_ns, "cam"),
+        format="png",
+        data=np.frombuffer(buf.getvalue(), np.uint8).copy(),
+    )
+
+
+def make_core(**overrides) -> NodeCore:
+    values = {"score_threshold": 0.0, "concepts": ["person", "red mug"]}
+    values.update(overrides)
+    core = NodeCore(values, segmenter_factory=tiny_factory, typestore=TS)
+    core.configure()
+    core.activate()
+    return core
+
+
+@pytest.fixture(scope="module")
+def core():
+    return make_core()
+
+
+def instances_of(outputs, topic="instances"):
+    found = [o.msg for o in outputs if o.topic == topic]
+    assert len(found) == 1, [o.topic for o in outputs]
+    return found[0]
+
+
+def test_image_frame_produces_a_serializable_instance_array(core):
+    assert core.state == ACTIVE
+    assert core.on_message("", image_msg(1_234_567_890_123, "camera_optical")) is False
+    outputs = core.process_next()
+    msg = instances_of(outputs)
+    assert msg.header.frame_id == "camera_optical"
+    assert messages.stamp_to_ns(msg.header) == 1_234_567_890_123
+    assert (msg.height, msg.width) == (H, W)
+    assert dict(zip(msg.concept_ids.tolist(), msg.concept_labels)) == core.concepts()
+    assert set(core.concepts().values()) == {"person", "red mug"}
+    assert msg.inference_time_ms > 0
+    assert len(msg.instances) > 0, "score_threshold 0 keeps every query of the random model"
+    back = messages.deserialize(messages.serialize(msg, TS), messages.CONCEPT_INSTANCE_ARRAY, TS)
+    decoded = messages.msg_to_instances(back)
+    assert all(inst.mask.shape == (H, W) for inst in decoded)
+    assert {inst.label for inst in decoded} <= {"person", "red mug"}
+    assert core.process_next() is None  # nothing queued
+
+
+def test_bgr_and_compressed_and_raw_cdr_inputs(core):
+    core.on_message("", image_msg(2, encoding="bgr8"))
+    assert instances_of(core.process_next()).header.stamp.nanosec == 2
+    core.on_message("", compressed_msg(3))
+    assert instances_of(core.process_next()).header.stamp.nanosec == 3
+    raw = messages.serialize(image_msg(4), TS)
+    core.on_message("", raw, messages.IMAGE)  # what a raw rclpy subscription delivers
+    assert instances_of(core.process_next()).header.stamp.nanosec == 4
+
+
+def test_latest_frame_wins_through_the_core(core):
+    dropped_before = core.scheduler.counters[""].dropped
+    assert core.on_message("", image_msg(10)) is False
+    assert core.on_message("", image_msg(11)) is True
+    assert core.on_message("", image_msg(12)) is True
+    msg = instances_of(core.process_next())
+    assert msg.header.stamp.nanosec == 12
+    assert core.process_next() is None
+    assert core.scheduler.counters[""].dropped - dropped_before == 2
+
+
+def test_bad_frames_are_dropped_counted_and_warned_once(core, caplog):
+    before = core.cameras[""].stats.bad_frames
+    bad = image_msg(20)
+    bad.encoding = "yuv422"
+    short = image_msg(21)
+    short.step = 3
+    with caplog.at_level(logging.WARNING, logger="efficientsam3_ros.node"):
+        for frame in (bad, bad, short):
+            core.on_message("", frame)
+            assert core.process_next() == []
+        core.on_message("", b"\x00\x01\x00\x00garbage", messages.IMAGE)
+        assert core.process_next() == []
+    assert core.cameras[""].stats.bad_frames - before == 4
+    warnings = [r.message for r in caplog.records if "dropping frame" in r.message]
+    assert sum("yuv422" in w for w in warnings) == 1, "the same warning is throttled"
+    core.on_message("", image_msg(22))
+    assert instances_of(core.process_next()).header.stamp.nanosec == 22  # still works afterwards
+
+
+def test_model_error_is_counted_not_raised(core, monkeypatch):
+    seg = core.cameras[""].segmenter
+
+    def boom(image):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(seg, "process", boom)
+    core.on_message("", image_msg(30))
+    assert core.process_next() == []
+    assert core.cameras[""].stats.errors >= 1
+    status = core.diagnostics(0).status[0]
+    assert status.level == 2 and "out of memory" in status.message
+
+
+def test_services_validate_inputs():
+    core = make_core(max_concepts=3, max_phrase_length=10, max_exemplar_boxes=2)
+    ok = core.set_concepts(["cup", "bottle"])
+    assert ok.success and len(ok.concept_ids) == 2
+    assert core.list_concepts().labels == ["cup", "bottle"]
+    appended = core.set_concepts(["chair"], append=True)
+    assert appended.success and appended.concept_ids[0] not in ok.concept_ids
+    for labels, append, fragment in [
+        ([], False, "no concepts"),
+        ([""], False, "empty"),
+        (["   "], False, "empty"),
+        (["x" * 11], False, "max_phrase_length"),
+        (["a", "b", "c", "d"], False, "max_concepts"),
+        (["table"], True, "max_concepts"),
+        (["a", "a"], False, "twice"),
+        (["bad\nphrase"], False, "control"),
+        (["cup"], True, "already active"),
+    ]:
+        result = core.set_concepts(labels, append=append)
+        assert not result.success and fragment in result.message, (labels, result.message)
+        assert result.concept_ids == []
+    assert len(core.concepts()) == 3, "failed requests change nothing"
+
+    assert not core.remove_concepts([]).success
+    bad = core.remove_concepts([999])
+    assert not bad.success and "999" in bad.message
+    chair = appended.concept_ids[0]
+    assert core.remove_concepts([chair]).success and chair not in core.concepts()
+
+    cid = ok.concept_ids[0]
+    early = core.add_exemplar("", cid, [1, 1, 10, 10], [True])
+    assert not early.success and "no frame" in early.message
+    core.on_message("", image_msg(40))
+    core.process_next()
+    for boxes, positive, fragment in [
+        ([1, 1, 10], [True], "multiple of 4"),
+        ([1, 1, 10, 10], [True, False], "flags"),
+        ([1, 1, 10, 10] * 3, [True] * 3, "max_exemplar_boxes"),
+        ([0, 0, W + 1, 10], [True], "outside"),
+        ([-1, 0, 10, 10], [True], "outside"),
+        ([10, 10, 5, 20], [True], "inverted"),
+        ([float("nan"), 0, 1, 1], [True], "NaN"),
+        ([], [], "no boxes"),
+    ]:
+        result = core.add_exemplar("", cid, boxes, positive)
+        assert not result.success and fragment in result.message, (boxes, result.message)
+    assert not core.add_exemplar("", 999, [1, 1, 10, 10], [True]).success
+    assert not core.add_exemplar("nope", cid, [1, 1, 10, 10], [True]).success
+    good = core.add_exemplar("", cid, [1, 1, 10, 10, 20, 20, 30, 40], [True, False])
+    assert good.success, good.message
+    core.on_message("", image_msg(41))
+    assert instances_of(core.process_next()).header.stamp.nanosec == 41  # exemplars feed the next frame
+
+    assert core.reset_tracking("").success
+    assert not core.reset_tracking("rear").success
+
+
+def test_parameters_dynamic_and_static():
+    core = make_core()
+    seg = core.cameras[""].segmenter
+    ok, reason = core.set_parameters({"score_threshold": 0.25, "mask_threshold": 0.75, "max_rate_hz": 5.0})
+    assert ok, reason
+    assert seg.score_threshold == 0.25
+    assert seg.mask_threshold == pytest.approx(mask_probability_to_logit(0.75)) and seg.mask_threshold > 0
+    assert core.scheduler.max_rate_hz == 5.0
+    ok, reason = core.set_parameters({"model": "es-rv-s"})
+    assert not ok and "unconfigured" in reason
+    ok, reason = core.set_parameters({"score_threshold": 2.0})
+    assert not ok and "<= 1.0" in reason
+    assert seg.score_threshold == 0.25, "a refused change applies nothing"
+    ok, _ = core.set_parameters({"concepts": ["dog"]})
+    assert ok and list(core.concepts().values()) == ["dog"]
+    ok, reason = core.set_parameters({"concepts": [""]})
+    assert not ok and "empty" in reason
+    ok, _ = core.set_parameters({"concepts": []})
+    assert ok and core.concepts() == {}
+    core.on_message("", image_msg(50))
+    msg = instances_of(core.process_next())
+    assert len(msg.instances) == 0 and len(msg.concept_ids) == 0
+
+
+def test_label_and_overlay_images():
+    core = make_core(publish_label_image=True, publish_overlay=True, label_image_encoding="32SC1")
+    core.on_message("", image_msg(60))
+    outputs = core.process_next()
+    topics = {o.topic: o.msg for o in outputs}
+    assert set(topics) == {"instances", "label_image", "overlay"}
+    label = topics["label_image"]
+    assert (label.encoding, label.height, label.width) == ("32SC1", H, W)
+    assert label.header.stamp.nanosec == 60
+    from efficientsam3_ros.ros.convert import image_msg_to_array
+
+    overlay = topics["overlay"]
+    assert (overlay.encoding, overlay.height, overlay.width, overlay.step) == ("rgb8", H, W, W * 3)
+    messages.serialize(label, TS)
+    messages.serialize(overlay, TS)
+    assert image_msg_to_array(overlay).shape == (H, W, 3)
+
+
+def test_lifecycle_transitions_and_cleanup():
+    core = NodeCore({"concepts": ["person"]}, segmenter_factory=tiny_factory)
+    assert core.state == UNCONFIGURED
+    assert core.on_message("", image_msg()) is True  # refused before configure
+    assert not core.list_concepts().success
+    core.configure()
+    assert core.state == INACTIVE
+    assert core.on_message("", image_msg()) is True  # refused until active
+    assert core.process_next() is None
+    core.activate()
+    core.on_message("", image_msg(70))
+    assert core.process_next()
+    core.on_message("", image_msg(71))
+    core.deactivate()
+    assert core.process_next() is None, "deactivate discards the waiting frame"
+    with pytest.raises(RuntimeError):
+        core.deactivate()
+    ok, _ = core.set_parameters({"model": "es-ev-tiny"})
+    assert not ok
+    core.cleanup()
+    assert core.state == UNCONFIGURED and core.cameras == {}
+    assert not core.set_concepts(["x"]).success
+    ok, reason = core.set_parameters({"input_size": 64})
+    assert ok, reason
+    core.configure()
+    assert list(core.concepts().values()) == ["person"]
+
+
+def test_bad_initial_concepts_fail_configure():
+    core = NodeCore({"concepts": ["x" * 100]}, segmenter_factory=tiny_factory)
+    with pytest.raises(ValueError, match="max_phrase_length"):
+        core.configure()
+
+
+def test_multi_camera_own_state_and_namespaces():
+    core = make_core(image_topics=["front/image", "rear/image"])
+    assert set(core.cameras) == {"front", "rear"}
+    front, rear = core.cameras["front"].segmenter, core.cameras["rear"].segmenter
+    assert front is not rear, "each camera has its own segmenter state"
+    assert front.concepts == rear.concepts
+    assert [t[:2] for t in core.input_topics()] == [("front", "front/image"), ("rear", "rear/image")]
+    assert "rear/instances" in core.output_topics()
+    core.on_message("front", image_msg(80, "front_cam"))
+    core.on_message("rear", image_msg(81, "rear_cam"))
+    core.on_message("front", image_msg(82, "front_cam"))  # replaces 80
+    got = {}
+    for _ in range(2):
+        outputs = core.process_next()
+        for o in outputs:
+            got[o.topic] = o.msg
+    assert set(got) == {"front/instances", "rear/instances"}
+    assert got["front/instances"].header.stamp.nanosec == 82
+    assert got["rear/instances"].header.frame_id == "rear_cam"
+    assert core.scheduler.counters["front"].dropped == 1 and core.scheduler.counters["rear"].dropped == 0
+    added = core.set_concepts(["cat"], append=True)
+    assert added.success and front.concepts == rear.concepts
+    assert not core.add_exemplar("", 0, [1, 1, 5, 5], [True]).success  # must name a camera
+    assert core.add_exemplar("rear", 0, [1, 1, 5, 5], [True]).success
+    assert core.reset_tracking("").success and core.reset_tracking("front").success
+    diag = core.diagnostics(5)
+    assert len(diag.status) == 2
+    messages.serialize(diag, TS)
+
+
+def test_diagnostics_report_rates_drops_and_backend():
+    core = make_core(stats_window=10)
+    for i in range(3):
+        core.on_message("", image_msg(90 + i))
+        core.on_message("", image_msg(95 + i))  # replaces the one before
+        core.process_next()
+    diag = core.diagnostics(123)
+    back = messages.deserialize(messages.serialize(diag, TS), messages.DIAGNOSTIC_ARRAY, TS)
+    status = back.status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    assert values["frames_received"] == "6" and values["frames_dropped"] == "3"
+    assert values["frames_processed"] == "3"
+    assert values["backend"] == core.backend_info()["backend"]
+    assert float(values["latency_p50_ms"]) > 0 and float(values["fps"]) > 0
+    assert status.level in (0, 1)
+    core.deactivate()
+    assert core.diagnostics(0).status[0].level == 3  # STALE when inactive

@@ -1,0 +1,100 @@
+"""The parameter table, its validation, the shipped config YAML and camera naming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from efficientsam3_ros.ros import params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_yaml_is_generated_from_the_table():
+    text = (ROOT / "config" / "efficientsam3.yaml").read_text()
+    assert text == params.render_yaml(), (
+        "regenerate: python -c 'from efficientsam3_ros.ros import params; ...'"
+    )
+
+
+def test_config_yaml_documents_every_parameter_with_its_default():
+    text = (ROOT / "config" / "efficientsam3.yaml").read_text()
+    loaded = yaml.safe_load(text)["/**"]["ros__parameters"]
+    for spec in params.PARAMS:
+        if spec.default == []:
+            assert f"# {spec.name}: []" in text  # ROS YAML cannot type an empty list
+            assert spec.name not in loaded
+        else:
+            assert loaded[spec.name] == spec.default, spec.name
+        assert spec.description in text
+
+
+def test_every_parameter_has_description_and_valid_default():
+    for spec in params.PARAMS:
+        assert spec.description.strip(), spec.name
+        assert spec.validate(spec.default) is None, spec.name
+        if spec.kind in ("int", "float"):
+            assert spec.minimum is not None and spec.maximum is not None, f"{spec.name} needs a range"
+
+
+def test_runtime_changeable_set_is_the_documented_one():
+    dynamic = {p.name for p in params.PARAMS if p.dynamic}
+    assert {"score_threshold", "mask_threshold", "concepts", "max_rate_hz"} <= dynamic
+    assert not dynamic & {
+        "model",
+        "backend",
+        "checkpoint",
+        "device",
+        "input_size",
+        "image_topics",
+        "qos_depth",
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"score_threshold": 1.5}, "<= 1.0"),
+        ({"score_threshold": "high"}, "must be float"),
+        ({"max_rate_hz": -1.0}, ">= 0.0"),
+        ({"backend": "cuda"}, "one of"),
+        ({"qos_depth": 0}, ">= 1"),
+        ({"publish_overlay": 1}, "must be bool"),
+        ({"qos_depth": True}, "must be int"),
+        ({"concepts": "person"}, "list of strings"),
+        ({"image_topics": []}, "at least one topic"),
+        ({"nope": 1}, "unknown parameter"),
+    ],
+)
+def test_validation_rejects_bad_values(values, fragment):
+    problems = params.validate(values)
+    assert problems and any(fragment in p for p in problems), problems
+    with pytest.raises(ValueError):
+        params.NodeConfig.from_values(values)
+
+
+def test_ints_are_accepted_for_floats():
+    cfg = params.NodeConfig.from_values({"score_threshold": 1, "max_rate_hz": 5})
+    assert cfg.score_threshold == 1.0 and isinstance(cfg.max_rate_hz, float)
+
+
+def test_camera_names():
+    assert params.camera_names(["image"], []) == [""]
+    assert params.camera_names(["front/image", "/rear/image"], []) == ["front", "rear"]
+    assert params.camera_names(["image", "image_raw", "a/image"], []) == ["camera0", "camera1", "a"]
+    assert params.camera_names(["front/image", "front/image2"], []) == ["front", "camera1"]
+    assert params.camera_names(["x", "y"], ["/left", "right"]) == ["left", "right"]
+    with pytest.raises(ValueError):
+        params.camera_names(["x", "y"], ["only_one"])
+    with pytest.raises(ValueError):
+        params.camera_names(["x", "y"], ["same", "same"])
+    assert params.output_topic("", "instances") == "instances"
+    assert params.output_topic("front", "instances") == "front/instances"
+
+
+def test_markdown_table_lists_every_parameter():
+    table = params.render_markdown_table()
+    for spec in params.PARAMS:
+        assert f"`{spec.name}`" in table

@@ -1,0 +1,462 @@
+"""Tests of the tracking layer: association, lifecycle, ids, reconditioning, bounded state.
+
+All masks are small hand-made rectangles so that every IoU in a test can be computed by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from efficientsam3_ros.pipeline.results import Instance, TrackState
+from efficientsam3_ros.tracking import (
+    ConceptTracker,
+    TrackerConfig,
+    box_from_mask,
+    mask_iou_matrix,
+)
+
+SHAPE = (64, 64)
+
+
+def rect(y0: int, x0: int, y1: int, x1: int, shape: tuple[int, int] = SHAPE) -> np.ndarray:
+    """Bool mask with rows [y0, y1) and columns [x0, x1) set."""
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def det(mask: np.ndarray, score: float = 0.9, concept: int = 0) -> Instance:
+    """A detection as the pipeline hands it over (no track id yet)."""
+    return Instance(
+        concept_id=concept,
+        label=f"c{concept}",
+        score=score,
+        box_xyxy=box_from_mask(mask),
+        mask=mask,
+    )
+
+
+A = rect(0, 0, 10, 10)  # 100 px
+A_SHIFT = rect(0, 1, 10, 11)  # IoU with A = 90 / 110 = 0.82
+B = rect(30, 30, 40, 40)  # disjoint from A
+C = rect(50, 0, 60, 10)  # disjoint from A and B
+
+
+def by_id(update) -> dict[int, Instance]:
+    return {inst.track_id: inst for inst in update.instances}
+
+
+# ---------------------------------------------------------------------------- IoU
+
+
+def test_mask_iou_matrix_matches_naive_definition():
+    rng = np.random.default_rng(0)
+    a = [rng.random((37, 53)) < p for p in (0.1, 0.5, 0.9)] + [np.zeros((37, 53), bool)]
+    b = [rng.random((37, 53)) < p for p in (0.2, 0.7)] + [np.zeros((37, 53), bool)]
+    got = mask_iou_matrix(a, b)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            union = np.logical_or(x, y).sum()
+            want = np.logical_and(x, y).sum() / union if union else 0.0
+            assert got[i, j] == pytest.approx(want)
+    assert mask_iou_matrix(a, []).shape == (4, 0)
+    # Downsampling is an approximation, close on blobs that are large against the stride.
+    big, big_shift = rect(0, 0, 200, 200, (256, 256)), rect(3, 13, 203, 213, (256, 256))
+    exact = mask_iou_matrix([big], [big_shift])[0, 0]
+    assert exact == pytest.approx(197 * 187 / (2 * 200**2 - 197 * 187))
+    assert mask_iou_matrix([big], [big_shift], downsample=4)[0, 0] == pytest.approx(
+        exact, abs=0.05
+    )  # error ~ stride / object size
+    with pytest.raises(ValueError):
+        mask_iou_matrix([A], [np.zeros((3, 3), bool)])
+
+
+def test_box_from_mask():
+    np.testing.assert_array_equal(box_from_mask(rect(2, 3, 5, 9)), [3, 2, 9, 5])
+    np.testing.assert_array_equal(box_from_mask(np.zeros(SHAPE, bool)), [0, 0, 0, 0])
+
+
+# ---------------------------------------------------------------------------- births and matches
+
+
+def test_birth_then_match_keeps_id():
+    trk = ConceptTracker()
+    up = trk.update([det(A)])
+    assert up.new_track_ids == [1]
+    assert [(i.track_id, i.state) for i in up.instances] == [(1, TrackState.NEW)]
+    assert up.memory_inputs().keys() == {1}
+
+    up = trk.update([det(A_SHIFT, 0.85)])
+    assert up.new_track_ids == []
+    assert [(i.track_id, i.state) for i in up.instances] == [(1, TrackState.TRACKED)]
+    assert up.instances[0].score == pytest.approx(0.85)
+    np.testing.assert_array_equal(up.instances[0].mask, A_SHIFT)  # no propagation: detection mask
+    assert trk.stats.births == 1
+
+
+def test_input_detections_are_not_modified():
+    d = det(A)
+    ConceptTracker().update([d])
+    assert d.track_id == -1 and d.state == TrackState.UNTRACKED
+
+
+def test_low_score_detection_does_not_start_a_track():
+    trk = ConceptTracker()
+    up = trk.update([det(A, score=0.69)])
+    assert up.instances == [] and up.new_track_ids == []
+    assert trk.stats.dropped_detections == 1
+    assert trk.update([det(A, score=0.7)]).new_track_ids == [1]  # threshold is inclusive
+
+
+def test_mid_overlap_detection_neither_matches_nor_births():
+    trk = ConceptTracker()
+    trk.update([det(A)])
+    # IoU with A = 50 / 150 = 0.33: above max_iou_for_new (0.1), below assoc_iou_threshold (0.5).
+    mid = rect(0, 5, 10, 15)
+    assert mask_iou_matrix([mid], [A])[0, 0] == pytest.approx(1 / 3)
+    up = trk.update([det(mid, score=0.99)])
+    assert up.new_track_ids == []
+    assert [(i.track_id, i.state) for i in up.instances] == [(1, TrackState.PREDICTED)]
+    np.testing.assert_array_equal(up.instances[0].mask, A)  # last mask, not the detection
+    assert trk.stats.dropped_detections == 1
+    assert len(trk) == 1
+
+
+def test_overlapping_births_in_one_frame_keep_the_best():
+    trk = ConceptTracker()
+    up = trk.update([det(A, 0.8), det(A_SHIFT, 0.95), det(B, 0.9)])
+    inst = by_id(up)
+    assert sorted(inst) == [1, 2]
+    np.testing.assert_array_equal(inst[1].mask, A_SHIFT)  # highest score is born first
+    np.testing.assert_array_equal(inst[2].mask, B)
+    assert trk.stats.dropped_detections == 1
+
+
+def test_hungarian_beats_greedy_assignment():
+    """Greedy (best pair first) would match D1-T1 and leave T2 unmatched; Hungarian matches both."""
+    shape = (4, 100)
+
+    def band(x0: int, x1: int) -> np.ndarray:
+        return rect(0, x0, 4, x1, shape)
+
+    trk = ConceptTracker(TrackerConfig(young_track_frames=0))  # no duplicate rule for this test
+    trk.update([det(band(0, 40)), det(band(60, 100))])
+    t1, t2 = band(0, 90), band(0, 60)
+    d1, d2 = band(0, 100), band(40, 90)
+    ious = mask_iou_matrix([d1, d2], [t1, t2])
+    assert ious[0, 0] > ious[0, 1] >= 0.5 and ious[1, 0] >= 0.5 > ious[1, 1]
+    up = trk.update([det(d1), det(d2)], propagated={1: (t1, 0.9), 2: (t2, 0.9)})
+    assert {i.track_id: i.state for i in up.instances} == {1: TrackState.TRACKED, 2: TrackState.TRACKED}
+    assert up.new_track_ids == []
+
+
+def test_propagated_mask_is_the_prediction():
+    trk = ConceptTracker()
+    trk.update([det(A)])
+    moved = rect(20, 20, 30, 30)
+    # Without propagation the moved object would not match A (IoU 0) and would start track 2.
+    up = trk.update([det(moved)], propagated={1: (moved, 0.8), 99: (B, 0.5)})  # unknown id ignored
+    assert [(i.track_id, i.state) for i in up.instances] == [(1, TrackState.TRACKED)]
+    assert trk.stats.births == 1
+
+
+def test_output_mask_source():
+    prop = rect(0, 0, 10, 9)  # IoU with A_SHIFT = 80 / 110, below recondition_iou
+    trk = ConceptTracker()
+    trk.update([det(A)])
+    up = trk.update([det(A_SHIFT)], propagated={1: (prop, 0.6)})
+    np.testing.assert_array_equal(up.instances[0].mask, prop)  # SAM3: tracker mask, detector validates
+    np.testing.assert_array_equal(up.instances[0].box_xyxy, [0, 0, 9, 10])
+    assert up.instances[0].score == pytest.approx(0.9)  # concept confidence comes from the detector
+
+    trk = ConceptTracker(TrackerConfig(use_propagated_masks=False))
+    trk.update([det(A)])
+    up = trk.update([det(A_SHIFT)], propagated={1: (prop, 0.6)})
+    np.testing.assert_array_equal(up.instances[0].mask, A_SHIFT)
+
+
+def test_same_mask_two_concepts_gives_two_tracks():
+    trk = ConceptTracker()
+    up = trk.update([det(A, concept=0), det(A, concept=1)])
+    assert up.new_track_ids == [1, 2]
+    assert {i.track_id: i.concept_id for i in up.instances} == {1: 0, 2: 1}
+    up = trk.update([det(A_SHIFT, concept=1), det(A_SHIFT, concept=0)])
+    assert {i.track_id: (i.concept_id, i.state) for i in up.instances} == {
+        1: (0, TrackState.TRACKED),
+        2: (1, TrackState.TRACKED),
+    }
+    # A concept-1 detection never matches (nor is blocked by) a concept-0 track.
+    trk = ConceptTracker()
+    trk.update([det(A, concept=0)])
+    up = trk.update([det(A, concept=1)])
+    assert {i.track_id: (i.concept_id, i.state) for i in up.instances} == {
+        1: (0, TrackState.PREDICTED),
+        2: (1, TrackState.NEW),
+    }
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+
+def test_occlusion_survival_then_removal():
+    cfg = TrackerConfig(max_missed_frames=5, young_track_frames=3)
+    trk = ConceptTracker(cfg)
+    for _ in range(4):  # past youth
+        trk.update([det(A)])
+    for k in range(cfg.max_missed_frames):
+        up = trk.update([])
+        assert [(i.track_id, i.state) for i in up.instances] == [(1, TrackState.PREDICTED)], k
+        assert up.removed_track_ids == []
+    up = trk.update([])
+    assert up.instances == [] and up.removed_track_ids == [1]
+    assert trk.stats.removed_missed == 1 and len(trk) == 0
+
+
+def test_reappearing_within_window_keeps_id_and_resets_budget():
+    trk = ConceptTracker(TrackerConfig(max_missed_frames=3, young_track_frames=0))
+    trk.update([det(A)])
+    for _ in range(3):
+        trk.update([])
+    assert by_id(trk.update([det(A)]))[1].state == TrackState.TRACKED
+    for _ in range(3):  # a fresh budget of 3 misses
+        assert trk.update([]).removed_track_ids == []
+    assert trk.update([]).removed_track_ids == [1]
+
+
+def test_default_occlusion_budget():
+    trk = ConceptTracker()
+    cfg = trk.config
+    for _ in range(cfg.young_track_frames):
+        trk.update([det(A)])
+    for _ in range(cfg.max_missed_frames):
+        assert trk.update([]).instances[0].state == TrackState.PREDICTED
+    assert trk.update([]).removed_track_ids == [1]
+
+
+def test_young_track_removed_faster():
+    cfg = TrackerConfig()
+    assert cfg.young_track_max_missed < cfg.max_missed_frames
+    trk = ConceptTracker(cfg)
+    trk.update([det(A)])
+    for _ in range(cfg.young_track_max_missed):
+        assert trk.update([]).removed_track_ids == []
+    up = trk.update([])
+    assert up.removed_track_ids == [1]
+    assert trk.stats.removed_young == 1 and trk.stats.removed_missed == 0
+
+
+def test_young_track_misses_are_cumulative():
+    trk = ConceptTracker(TrackerConfig(young_track_frames=15, young_track_max_missed=3))
+    trk.update([det(A)])  # frame 0
+    removed_at = None
+    for frame in range(1, 15):
+        up = trk.update([det(A)] if frame % 2 == 0 else [])  # miss on odd frames
+        if up.removed_track_ids:
+            removed_at = frame
+            break
+    assert removed_at == 7  # 4th miss (frames 1, 3, 5, 7) even though every miss was followed by a hit
+
+
+def test_ids_monotonic_and_never_reused():
+    trk = ConceptTracker(TrackerConfig(max_missed_frames=0, young_track_max_missed=0))
+    assert trk.update([det(A)]).new_track_ids == [1]
+    assert trk.update([]).removed_track_ids == [1]
+    assert trk.update([det(A)]).new_track_ids == [2]  # same place, new id
+    assert trk.remove_track(2) and not trk.remove_track(2)
+    assert trk.update([det(A)]).new_track_ids == [3]
+    assert trk.remove_concept(0) == [3]
+    assert trk.update([det(A), det(B, concept=1)]).new_track_ids == [4, 5]
+    assert trk.reset() == [4, 5]
+    assert trk.update([det(A)]).new_track_ids == [6]
+    assert trk.next_track_id == 7
+    trk.reset(reset_ids=True)
+    assert trk.update([det(A)]).new_track_ids == [1]
+    assert trk.stats.births == 1  # a fresh session also starts fresh statistics
+
+
+def test_duplicate_young_track_is_suppressed_older_wins():
+    trk = ConceptTracker()
+    trk.update([det(A)])  # track 1, frame 0
+    trk.update([det(A), det(B)])  # track 2 born at frame 1, elsewhere
+    # Memory drifts track 2 onto the object of track 1. The detection matches track 2 better,
+    # yet the younger id is the one that goes.
+    up = trk.update([det(A)], propagated={1: (A_SHIFT, 0.8), 2: (A, 0.8)})
+    assert up.removed_track_ids == [2]
+    assert [(i.track_id, i.state) for i in up.instances] == [(1, TrackState.PREDICTED)]
+    assert trk.stats.removed_duplicate == 1 and trk.track_ids() == [1]
+
+
+def test_mature_overlapping_tracks_are_not_suppressed():
+    trk = ConceptTracker(TrackerConfig(young_track_frames=2))
+    trk.update([det(A)])
+    trk.update([det(A), det(B)])
+    trk.update([det(A), det(B)])
+    trk.update([det(A), det(B)])  # track 2 is now 2 frames old: mature
+    up = trk.update([det(A)], propagated={1: (A_SHIFT, 0.8), 2: (A, 0.8)})
+    assert up.removed_track_ids == []
+    assert trk.track_ids() == [1, 2]
+
+
+def test_duplicate_frames_delays_suppression():
+    trk = ConceptTracker(TrackerConfig(duplicate_frames=2))
+    trk.update([det(A)])
+    trk.update([det(A), det(B)])
+    prop = {1: (A_SHIFT, 0.8), 2: (A, 0.8)}
+    assert trk.update([det(A)], propagated=prop).removed_track_ids == []
+    assert trk.update([det(A)], propagated=prop).removed_track_ids == [2]
+
+
+def test_track_cap_refuses_lowest_scores():
+    trk = ConceptTracker(TrackerConfig(max_tracks=2, young_track_frames=0, max_missed_frames=0))
+    up = trk.update([det(C, 0.75), det(A, 0.9), det(B, 0.8)])
+    assert {tuple(box_from_mask(i.mask)) for i in up.instances} == {
+        tuple(box_from_mask(A)),
+        tuple(box_from_mask(B)),
+    }
+    assert trk.stats.refused_births == 1
+    up = trk.update([det(C, 0.75), det(A, 0.9), det(B, 0.8)])
+    assert up.new_track_ids == [] and trk.stats.refused_births == 2
+    up = trk.update([det(C, 0.75), det(A, 0.9)])  # B's track dies this frame, freeing a slot
+    assert up.removed_track_ids == [2] and up.new_track_ids == [3]
+    assert len(trk) == 2
+
+
+def test_recondition_schedule():
+    trk = ConceptTracker(TrackerConfig(recondition_every=4))
+    frames = []
+    for frame in range(13):
+        up = trk.update([det(A, 0.9)])
+        if up.recondition:
+            assert list(up.recondition) == [1]
+            assert up.recondition[1].track_id == 1
+            np.testing.assert_array_equal(up.recondition[1].mask, A)
+            frames.append(frame)
+    assert frames == [4, 8, 12]  # birth at frame 0 conditions the memory
+    assert trk.stats.reconditions == 3
+
+
+def test_recondition_waits_for_a_good_detection_then_fires():
+    """The interval counts from the track's last conditioning, not from a global frame index."""
+    trk = ConceptTracker(TrackerConfig(recondition_every=3))
+    low_iou = {1: (rect(0, 0, 10, 9), 0.9)}  # IoU 81/110 with A_SHIFT: below recondition_iou (0.8)
+    fired = []
+    for frame in range(10):
+        if frame == 3:
+            up = trk.update([det(A, 0.75)])  # due, but score below recondition_score (0.8)
+        elif frame == 4:
+            up = trk.update([det(A_SHIFT, 0.95)], propagated=low_iou)  # due, but IoU too low
+        else:
+            up = trk.update([det(A, 0.95)])
+        if up.recondition:
+            assert up.memory_inputs().keys() == {1}
+            fired.append(frame)
+    assert fired == [5, 8]  # a global "frame % 3 == 0" schedule would give [6, 9]
+
+
+def test_recondition_disabled_and_reports_detection_mask():
+    trk = ConceptTracker(TrackerConfig(recondition_every=0))
+    for _ in range(40):
+        assert trk.update([det(A)]).recondition == {}
+    trk = ConceptTracker(TrackerConfig(recondition_every=1))
+    trk.update([det(A)])
+    prop = rect(0, 0, 10, 10)
+    prop[0, 0] = False  # propagated differs slightly; IoU 0.99
+    up = trk.update([det(A, 0.95)], propagated={1: (prop, 0.9)})
+    assert list(up.recondition) == [1]
+    np.testing.assert_array_equal(up.instances[0].mask, A)  # SAM3: reconditioned frames show the detection
+
+
+def test_reset_and_remove_concept():
+    trk = ConceptTracker()
+    trk.update([det(A, concept=0), det(B, concept=1), det(C, concept=1)])
+    assert trk.track_ids(1) == [2, 3]
+    assert trk.remove_concept(1) == [2, 3]
+    assert trk.remove_concept(1) == []
+    up = trk.update([det(A, concept=0), det(B, concept=1)])
+    assert {i.track_id: i.state for i in up.instances} == {1: TrackState.TRACKED, 4: TrackState.NEW}
+    assert trk.reset() == [1, 4]
+    assert len(trk) == 0 and trk.update([]).instances == []
+    assert trk.stats.removed_by_request == 4
+    assert trk.stats.deaths == 4
+
+
+def test_predicted_with_empty_propagated_mask_is_hidden_but_alive():
+    trk = ConceptTracker(TrackerConfig(young_track_frames=0))
+    trk.update([det(A)])
+    up = trk.update([], propagated={1: (np.zeros(SHAPE, bool), 0.1)})
+    assert up.instances == [] and up.removed_track_ids == []
+    assert trk.track_ids() == [1]
+    up = trk.update([])  # no propagation: falls back to the last non-empty mask
+    np.testing.assert_array_equal(up.instances[0].mask, A)
+
+
+def test_bad_masks_are_rejected():
+    trk = ConceptTracker()
+    trk.update([det(A)])
+    with pytest.raises(ValueError, match="one size"):
+        trk.update([det(np.zeros((32, 32), bool))])
+    trk.reset()
+    trk.update([det(np.zeros((32, 32), bool))])  # fine after a reset
+    with pytest.raises(ValueError, match="bool or integer"):
+        ConceptTracker().update([det(A.astype(np.float32))])
+    assert ConceptTracker().update([det(A.astype(np.uint8))]).new_track_ids == [1]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        TrackerConfig(assoc_iou_threshold=1.5)
+    with pytest.raises(ValueError):
+        TrackerConfig(max_tracks=0)
+    with pytest.raises(ValueError):
+        TrackerConfig(max_iou_for_new=0.6, assoc_iou_threshold=0.5)
+    with pytest.raises(ValueError):
+        TrackerConfig(max_missed_frames=-1)
+
+
+# ---------------------------------------------------------------------------- bounded state
+
+
+def _container_sizes(obj) -> dict[str, int]:
+    return {k: len(v) for k, v in vars(obj).items() if isinstance(v, (list, dict, set, tuple))}
+
+
+def test_state_bounded_over_1000_random_frames():
+    cfg = TrackerConfig(max_tracks=12)
+    trk = ConceptTracker(cfg)
+    rng = np.random.default_rng(1234)
+    shape = (48, 48)
+    last_max_id = 0
+    for frame in range(1000):
+        dets = []
+        for _ in range(rng.integers(0, 8)):
+            y, x = rng.integers(0, 40, size=2)
+            h, w = rng.integers(3, 12, size=2)
+            dets.append(det(rect(y, x, y + h, x + w, shape), float(rng.random()), int(rng.integers(0, 3))))
+        propagated = None
+        if frame % 3 == 0:
+            propagated = {
+                tid: (np.roll(rect(0, 0, 8, 8, shape), int(rng.integers(0, 40)), axis=1), 0.5)
+                for tid in trk.track_ids()
+            }
+        up = trk.update(dets, propagated)
+        ids = [i.track_id for i in up.instances]
+        assert len(ids) == len(set(ids)) <= cfg.max_tracks
+        assert set(ids) <= set(trk.track_ids())
+        if up.new_track_ids:
+            assert min(up.new_track_ids) > last_max_id
+            last_max_id = max(up.new_track_ids)
+        assert len(trk) <= cfg.max_tracks
+        assert all(n <= cfg.max_tracks for n in _container_sizes(trk).values())
+        for track in trk._tracks.values():
+            assert all(n == 0 for n in _container_sizes(track).values())  # no per-track history
+            assert track.mask.shape == shape
+    stats = trk.stats
+    assert stats.frames == 1000
+    assert stats.births > 50 and stats.deaths > 50  # the run really churned tracks
+    assert stats.births - stats.deaths == len(trk)
+    # With no more detections every track dies within the occlusion budget.
+    for _ in range(cfg.max_missed_frames + 1):
+        trk.update([])
+    assert len(trk) == 0
+    assert trk.stats.births == trk.stats.deaths
