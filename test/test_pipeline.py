@@ -108,3 +108,13 @@ def test_exemplars_change_the_result_and_are_validated(segmenter, rgb_image):
     segmenter.add_exemplar(0, np.array([[10, 10, 60, 50]]), [True])
     after = segmenter.process(rgb_image)
     assert not np.allclose([i.score for i in before.instances], [i.score for i in after.instances])
+
+
+def test_fork_shares_model_and_text_cache_but_not_state(segmenter, rgb_image):
+    segmenter.set_concepts(["red mug"])
+    other = segmenter.fork()
+    assert other.model is segmenter.model and other.concepts == {}
+    assert other.set_concepts(["red mug"]) == [0]
+    assert other._text_cache is segmenter._text_cache and len(segmenter._text_cache) == 1
+    segmenter.process(rgb_image)
+    assert segmenter.frames_processed == 1 and other.frames_processed == 0

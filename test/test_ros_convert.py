@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,15 +169,11 @@ def test_array_to_image_fields_rejects_empty():
         convert.array_to_image_fields(np.zeros((0, 3), np.uint8), "mono8")
 
 
-def test_real_rosbag2_mono8_frames_convert():
+def test_real_rosbag2_mono8_frames_convert(shared_path):
     """Frames written by ROS 2's own rosbag2 (2x2 mono8, stamps not normalised) convert without error."""
     from rosbags.highlevel import AnyReader
 
-    bag = Path(__file__).resolve().parents[2] / "shared" / "realbags" / "images_mono8_sqlite3"
-    if not bag.exists():
-        bag = Path("/work/shared/realbags/images_mono8_sqlite3")
-    if not bag.exists():
-        pytest.skip("shared/realbags is not available in this checkout")
+    bag = shared_path / "realbags" / "images_mono8_sqlite3"
     ts = messages.get_typestore()
     with AnyReader([bag], default_typestore=ts) as reader:
         frames = [reader.deserialize(raw, conn.msgtype) for conn, _, raw in reader.messages()]

@@ -264,6 +264,7 @@ def test_ids_monotonic_and_never_reused():
     assert trk.update([]).removed_track_ids == [1]
     assert trk.update([det(A)]).new_track_ids == [2]  # same place, new id
     assert trk.remove_track(2) and not trk.remove_track(2)
+    assert trk.stats.removed_by_request == 1 and trk.stats.deaths == 2
     assert trk.update([det(A)]).new_track_ids == [3]
     assert trk.remove_concept(0) == [3]
     assert trk.update([det(A), det(B, concept=1)]).new_track_ids == [4, 5]

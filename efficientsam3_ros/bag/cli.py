@@ -26,25 +26,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", type=Path, help="rosbag2 directory (or a single .db3/.mcap file)")
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     parser.add_argument(
-        "--concept", action="append", required=True, dest="concepts", metavar="PHRASE",
+        "--concept",
+        action="append",
+        required=True,
+        dest="concepts",
+        metavar="PHRASE",
         help='text concept to segment, e.g. "red mug"; repeat for several',
     )
-    parser.add_argument("--model", default="es-ev-tiny", help="model name from the zoo (default: %(default)s)")
+    parser.add_argument(
+        "--model", default="es-ev-tiny", help="model name from the zoo (default: %(default)s)"
+    )
     parser.add_argument("--checkpoint", default=None, help="checkpoint file (default: the model's own)")
     parser.add_argument("--backend", default="auto", help="tensorrt, onnxruntime, torch or auto (default)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: best available)")
     parser.add_argument("--input-size", type=int, default=None, help="model input side in pixels")
-    parser.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th image (default 1)")
-    parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N processed frames")
+    parser.add_argument(
+        "--every", type=int, default=1, metavar="N", help="process every N-th image (default 1)"
+    )
+    parser.add_argument(
+        "--max-frames", type=int, default=None, metavar="N", help="stop after N processed frames"
+    )
     gt = parser.add_mutually_exclusive_group()
     gt.add_argument("--gt", type=Path, default=None, help="ground truth: COCO-style JSON keyed by stamp_ns")
     gt.add_argument("--gt-topic", default=None, help="ground truth: a ConceptInstanceArray topic in the bag")
     parser.add_argument(
-        "--storage", choices=sorted(STORAGES), default=None, help="results bag storage (default: as the input)"
+        "--storage",
+        choices=sorted(STORAGES),
+        default=None,
+        help="results bag storage (default: as the input)",
     )
-    parser.add_argument("--overlay", action="store_true", help="also write overlay images on <image-topic>/overlay")
+    parser.add_argument(
+        "--overlay", action="store_true", help="also write overlay images on <image-topic>/overlay"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
-    parser.add_argument("--out", required=True, type=Path, dest="out", metavar="OUTDIR", help="output directory")
+    parser.add_argument(
+        "--out", required=True, type=Path, dest="out", metavar="OUTDIR", help="output directory"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:

@@ -22,8 +22,15 @@ from tqdm import tqdm
 
 from efficientsam3_ros import __version__
 from efficientsam3_ros.bag.ground_truth import read_gt_topic
-from efficientsam3_ros.bag.source import BagError, BagOpenError, BagReadError, BagSource, MessageError, header_stamp_ns
 from efficientsam3_ros.bag.sink import ResultsWriter
+from efficientsam3_ros.bag.source import (
+    BagError,
+    BagOpenError,
+    BagReadError,
+    BagSource,
+    MessageError,
+    header_stamp_ns,
+)
 from efficientsam3_ros.evaluation.ground_truth import load_ground_truth
 from efficientsam3_ros.evaluation.records import FrameRecord, InstanceRecord
 from efficientsam3_ros.evaluation.report import write_report
@@ -136,7 +143,11 @@ def to_record(result: FrameResult, stamp_ns: int) -> FrameRecord:
         image_size=(int(result.image_size[0]), int(result.image_size[1])),
         instances=[
             InstanceRecord(
-                label=i.label, rle=i.rle(), score=float(i.score), track_id=int(i.track_id), concept_id=int(i.concept_id)
+                label=i.label,
+                rle=i.rle(),
+                score=float(i.score),
+                track_id=int(i.track_id),
+                concept_id=int(i.concept_id),
             )
             for i in result.instances
         ],
@@ -180,7 +191,9 @@ def evaluate_bag(
         except BagOpenError as err:
             state.stop_reason, state.stop_message = "bag_unreadable", str(err)
             log.error("%s", err)
-            return _finish(config, state, run_info, backend, None, gt, gt_labels, gt_source, started, EXIT_ERROR)
+            return _finish(
+                config, state, run_info, backend, None, gt, gt_labels, gt_source, started, EXIT_ERROR
+            )
         try:
             conns = source.image_connections(config.image_topic)
             if config.gt_topic:
@@ -194,6 +207,9 @@ def evaluate_bag(
 
         if segmenter is None:
             segmenter = segmenter_factory(config)
+        reset = getattr(segmenter, "reset", None)
+        if callable(reset):
+            reset()  # a bag starts with no tracks, even when the segmenter served another bag before
         segmenter.set_concepts(list(config.concepts))
         backend = dict(segmenter.backend_info)
 
@@ -250,11 +266,16 @@ def _loop(
     if config.overlay:
         from efficientsam3_ros.pipeline.overlay import draw_overlay
     total = state.in_topic = source.message_count(conns)
-    bar = tqdm(total=total, unit="frame", desc="eval-bag", disable=not config.progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total or None, unit="frame", desc="eval-bag", disable=not config.progress, dynamic_ncols=True
+    )
     try:
         for index, (conn, log_time, raw) in enumerate(source.raw_messages(conns)):
             if config.max_frames is not None and state.processed >= config.max_frames:
-                state.stop_reason, state.stop_message = "max_frames", f"--max-frames {config.max_frames} reached"
+                state.stop_reason, state.stop_message = (
+                    "max_frames",
+                    f"--max-frames {config.max_frames} reached",
+                )
                 return
             state.seen += 1
             state.last_index = index

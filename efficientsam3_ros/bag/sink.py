@@ -74,7 +74,9 @@ class ResultsWriter:
             self.instances_topic, messages.CONCEPT_INSTANCE_ARRAY, typestore=self.typestore
         )
         if self.overlay_topic:
-            self._overlay = writer.add_connection(self.overlay_topic, messages.IMAGE, typestore=self.typestore)
+            self._overlay = writer.add_connection(
+                self.overlay_topic, messages.IMAGE, typestore=self.typestore
+            )
 
     def _header(self, stamp_ns: int, frame_id: str) -> Any:
         return messages.make_header(int(stamp_ns), frame_id, self.typestore)
@@ -82,7 +84,9 @@ class ResultsWriter:
     def write_result(self, result: FrameResult, stamp_ns: int, log_time_ns: int, frame_id: str = "") -> None:
         """Write one ConceptInstanceArray for the input image stamped ``stamp_ns``."""
         assert self._writer is not None and self._instances is not None, "writer is not open"
-        msg = messages.frame_result_to_msg(result, header=self._header(stamp_ns, frame_id), typestore=self.typestore)
+        msg = messages.frame_result_to_msg(
+            result, header=self._header(stamp_ns, frame_id), typestore=self.typestore
+        )
         self._writer.write(self._instances, int(log_time_ns), messages.serialize(msg, self.typestore))
         self.count += 1
 
@@ -90,7 +94,9 @@ class ResultsWriter:
         """Write one rgb8 overlay image (no-op unless the writer was created with ``overlay=True``)."""
         if self._overlay is None or self._writer is None:
             return
-        msg = messages.numpy_to_image_msg(rgb, "rgb8", header=self._header(stamp_ns, frame_id), typestore=self.typestore)
+        msg = messages.numpy_to_image_msg(
+            rgb, "rgb8", header=self._header(stamp_ns, frame_id), typestore=self.typestore
+        )
         self._writer.write(self._overlay, int(log_time_ns), messages.serialize(msg, self.typestore))
 
     def close(self) -> None:

@@ -68,7 +68,9 @@ class BagInfo:
         """One line per topic, "name (type, N msgs)", for error messages."""
         if not self.topics:
             return "  (the bag has no topics)"
-        return "\n".join(f"  {name} ({typ}, {count} msgs)" for name, (typ, count) in sorted(self.topics.items()))
+        return "\n".join(
+            f"  {name} ({typ}, {count} msgs)" for name, (typ, count) in sorted(self.topics.items())
+        )
 
 
 def detect_storage(path: Path) -> str:
@@ -160,7 +162,11 @@ class BagSource:
         conns = [c for c in self.reader.connections if c.topic == topic]
         if not conns:
             wanted = [t for t, (typ, _) in self.info.topics.items() if typ in types]
-            hint = f" {what.capitalize()} topics in it: {', '.join(sorted(wanted))}." if wanted else f" It has no {what} topic."
+            hint = (
+                f" {what.capitalize()} topics in it: {', '.join(sorted(wanted))}."
+                if wanted
+                else f" It has no {what} topic."
+            )
             raise TopicNotFoundError(
                 f"topic {topic!r} is not in bag {self.path}.{hint} Topics in the bag:\n{self.info.describe_topics()}"
             )
@@ -202,4 +208,6 @@ class BagSource:
         try:
             return self.reader.deserialize(raw, msgtype)
         except Exception as err:  # rosbags raises AnyReaderError, also IndexError/struct.error on short data
-            raise MessageError(f"cannot deserialize {msgtype} ({len(raw)} bytes): {type(err).__name__}: {err}") from err
+            raise MessageError(
+                f"cannot deserialize {msgtype} ({len(raw)} bytes): {type(err).__name__}: {err}"
+            ) from err

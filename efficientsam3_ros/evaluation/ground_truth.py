@@ -55,7 +55,9 @@ def ground_truth_from_coco(data: dict[str, Any]) -> tuple[dict[int, FrameRecord]
     for ann in data["annotations"]:
         frame = by_image.get(ann["image_id"])
         if frame is None:
-            raise GroundTruthError(f"annotation {ann.get('id')!r} refers to unknown image {ann['image_id']!r}")
+            raise GroundTruthError(
+                f"annotation {ann.get('id')!r} refers to unknown image {ann['image_id']!r}"
+            )
         if int(ann.get("iscrowd", 0)):
             continue  # crowd regions are not instances to find or track
         category = int(ann["category_id"])

@@ -84,10 +84,17 @@ def render_html(report: dict[str, Any], figures: dict[str, str | None]) -> str:
         _table([frames], ["total_seen", "processed", "skipped", "failed", "duplicate_stamps", "wall_fps"]),
     ]
     if report.get("failures"):
-        parts += ["<h3>Failed messages</h3>", _table(report["failures"], ["index", "stamp_ns", "stage", "error"])]
+        parts += [
+            "<h3>Failed messages</h3>",
+            _table(report["failures"], ["index", "stamp_ns", "stage", "error"]),
+        ]
     parts += [
         "<h2>Latency per stage (ms)</h2>",
-        _table(_named_rows(report["latency_ms"]), ["frames", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "fps"], "stage"),
+        _table(
+            _named_rows(report["latency_ms"]),
+            ["frames", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "fps"],
+            "stage",
+        ),
         _img(figures.get("latency"), "latency per stage"),
         "<h2>Instances per concept</h2>",
         _img(figures.get("instances"), "instances per concept"),
@@ -104,7 +111,16 @@ def render_html(report: dict[str, Any], figures: dict[str, str | None]) -> str:
             "<h3>Mask IoU and AP (pycocotools, segm)</h3>",
             _table(
                 [{"_name": c, **scores["mask_iou"][c], **scores["coco"][c]} for c in scores["mask_iou"]],
-                ["gt_instances", "pred_instances", "mean_iou", "matched_mean_iou", "semantic_iou", "AP", "AP50", "AP75"],
+                [
+                    "gt_instances",
+                    "pred_instances",
+                    "mean_iou",
+                    "matched_mean_iou",
+                    "semantic_iou",
+                    "AP",
+                    "AP50",
+                    "AP75",
+                ],
                 "concept",
             ),
             "<h3>Tracking (motmetrics, mask IoU &ge; 0.5)</h3>",
@@ -119,7 +135,9 @@ def render_html(report: dict[str, Any], figures: dict[str, str | None]) -> str:
     return "\n".join(parts)
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path, timings: list[dict[str, float]]) -> tuple[Path, Path]:
+def write_report(
+    report: dict[str, Any], out_dir: str | Path, timings: list[dict[str, float]]
+) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.html`` into ``out_dir``; returns their paths.
 
     ``timings`` (one dict per processed frame) feeds the latency plot; the other plots

@@ -76,7 +76,12 @@ def track_lifetimes(frames: list[FrameRecord]) -> dict[str, Any]:
             key = (inst.label, inst.track_id)
             entry = tracks.setdefault(
                 key,
-                {"label": inst.label, "track_id": inst.track_id, "first_stamp_ns": frame.stamp_ns, "frames": 0},
+                {
+                    "label": inst.label,
+                    "track_id": inst.track_id,
+                    "first_stamp_ns": frame.stamp_ns,
+                    "frames": 0,
+                },
             )
             entry["last_stamp_ns"] = frame.stamp_ns
             entry["frames"] += 1

@@ -86,7 +86,9 @@ def tracking_metrics(
                 [x for x in all_p if normalise_label(x.label) == key],
             )
         for name, (g, p) in groups.items():
-            accs[name].update([gt_ids(x) for x in g], [hyp_ids(x) for x in p], _distances(g, p, iou_threshold))
+            accs[name].update(
+                [gt_ids(x) for x in g], [hyp_ids(x) for x in p], _distances(g, p, iou_threshold)
+            )
 
     mh = mm.metrics.create()
     out: dict[str, dict[str, Any]] = {}

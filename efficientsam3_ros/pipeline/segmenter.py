@@ -55,6 +55,21 @@ class ConceptSegmenter:
         self._next_concept_id = 0
         self._last_image_size: tuple[int, int] | None = None
         self.frames_processed = 0
+        # label -> (embeds, mask); shared between forks so each phrase is encoded once per model
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def fork(self, tracker: object | None = None) -> ConceptSegmenter:
+        """A segmenter for another camera: shares the model, backend and text cache; own concepts and tracks."""
+        other = ConceptSegmenter(
+            self.model,
+            backend=self.backend,
+            score_threshold=self.score_threshold,
+            mask_threshold=self.mask_threshold,
+            max_concepts=self.max_concepts,
+            tracker=tracker,
+        )
+        other._text_cache = self._text_cache
+        return other
 
     @classmethod
     def from_name(
@@ -187,14 +202,17 @@ class ConceptSegmenter:
 
     # --------------------------------------------------------------------- helpers
     def _encode(self, labels: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        if not labels:
-            return {}
-        input_ids, attention_mask = self.model.tokenize(labels)
-        with torch.inference_mode():
-            embeds = self.backend.encode_text(
-                input_ids.to(self.model_device), attention_mask.to(self.model_device)
-            )
-        return {label: (embeds[i], attention_mask[i].to(embeds.device)) for i, label in enumerate(labels)}
+        """Text features per label, computed once per model (the cache is shared by forks)."""
+        missing = [label for label in labels if label not in self._text_cache]
+        if missing:
+            input_ids, attention_mask = self.model.tokenize(missing)
+            with torch.inference_mode():
+                embeds = self.backend.encode_text(
+                    input_ids.to(self.model_device), attention_mask.to(self.model_device)
+                )
+            for i, label in enumerate(missing):
+                self._text_cache[label] = (embeds[i], attention_mask[i].to(embeds.device))
+        return {label: self._text_cache[label] for label in labels}
 
     def _exemplar_tensors(self, concepts: list[_Concept]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         most = max(len(c.exemplar_boxes) for c in concepts)

@@ -31,15 +31,27 @@ class ExportError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="registered model name (see `efficientsam3 models`)")
-    parser.add_argument("--checkpoint", type=Path, help="weights to load (safetensors); random weights if omitted")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="weights to load (safetensors); random weights if omitted"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder for the graphs and manifest")
-    parser.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx", help="onnx (default) or tensorrt")
+    parser.add_argument(
+        "--format", choices=("onnx", "tensorrt"), default="onnx", help="onnx (default) or tensorrt"
+    )
     parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp32", help="engine precision")
-    parser.add_argument("--input-size", type=int, help="square input side, a multiple of 14 (default: model's)")
-    parser.add_argument("--graphs", default="image_encoder,text_encoder,detector", help="comma-separated graphs")
+    parser.add_argument(
+        "--input-size", type=int, help="square input side, a multiple of 14 (default: model's)"
+    )
+    parser.add_argument(
+        "--graphs", default="image_encoder,text_encoder,detector", help="comma-separated graphs"
+    )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
-    parser.add_argument("--max-concepts", type=int, default=16, help="TensorRT profile: largest concept batch")
-    parser.add_argument("--opt-concepts", type=int, default=4, help="TensorRT profile: concept batch tuned for")
+    parser.add_argument(
+        "--max-concepts", type=int, default=16, help="TensorRT profile: largest concept batch"
+    )
+    parser.add_argument(
+        "--opt-concepts", type=int, default=4, help="TensorRT profile: concept batch tuned for"
+    )
     parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
     parser.add_argument("--no-parity", action="store_true", help="skip the parity check")
 
@@ -118,7 +130,9 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for name in tqdm(graphs, desc="export onnx", unit="graph", file=sys.stderr):
-        paths[name] = export_graph(get_graph(name), model, out / f"{name}.onnx", opset=args.opset, exporter=args.exporter)
+        paths[name] = export_graph(
+            get_graph(name), model, out / f"{name}.onnx", opset=args.opset, exporter=args.exporter
+        )
 
     runners = _onnx_runners(paths)
     tolerance = TOLERANCE["fp32"]
@@ -129,7 +143,9 @@ def _run(args: argparse.Namespace) -> int:
 
     rows = []
     if not args.no_parity:
-        jobs = [(n, k) for n in graphs for k in ((1, args.opt_concepts) if get_graph(n).dynamic_inputs else (1,))]
+        jobs = [
+            (n, k) for n in graphs for k in ((1, args.opt_concepts) if get_graph(n).dynamic_inputs else (1,))
+        ]
         for name, k in tqdm(jobs, desc=f"parity vs torch ({args.format})", unit="check", file=sys.stderr):
             rows += parity_check(get_graph(name), model, runners[name], num_concepts=k)
         print(format_parity(rows))
@@ -187,10 +203,14 @@ def _trt_runners(paths: dict[str, Path], args: argparse.Namespace) -> tuple[dict
     cache = EngineCache(args.out / "engines")
     timing = args.out / "engines" / "timing.cache"
     runners, engines = {}, {}
-    for name, path in tqdm(paths.items(), desc=f"build TensorRT {args.precision}", unit="engine", file=sys.stderr):
+    for name, path in tqdm(
+        paths.items(), desc=f"build TensorRT {args.precision}", unit="engine", file=sys.stderr
+    ):
         shapes = profile_shapes(path, name, 1, args.opt_concepts, args.max_concepts)
         key = EngineKey(file_sha256(path), trt.__version__, gpu, args.precision, profile_string(shapes))
-        data, _ = cache.get_or_build(name, key, lambda p=path, s=shapes: build_engine(p, args.precision, s, timing))
+        data, _ = cache.get_or_build(
+            name, key, lambda p=path, s=shapes: build_engine(p, args.precision, s, timing)
+        )
         engines[name] = cache.paths(name, key)[0].name
         runner = TrtRunner(data, device)
         names = get_graph(name).input_names

@@ -66,9 +66,7 @@ def candidate_names(name: str) -> list[str]:
     if name == "auto":
         return list(AUTO_ORDER)
     if name not in BACKEND_NAMES:
-        raise ValueError(
-            f"unknown backend {name!r}; choose auto, {', '.join((*BACKEND_NAMES, *ALIASES))}"
-        )
+        raise ValueError(f"unknown backend {name!r}; choose auto, {', '.join((*BACKEND_NAMES, *ALIASES))}")
     after = AUTO_ORDER[AUTO_ORDER.index(name) + 1 :] if name in AUTO_ORDER else AUTO_ORDER[1:]
     return [name, *after]
 
@@ -97,7 +95,11 @@ class FallbackChain(Backend):
             try:
                 backend = factory()
             except Exception as exc:  # noqa: BLE001 - any start failure means "try the next one"
-                kind = "unavailable" if isinstance(exc, BackendUnavailable) else f"failed to start ({type(exc).__name__})"
+                kind = (
+                    "unavailable"
+                    if isinstance(exc, BackendUnavailable)
+                    else f"failed to start ({type(exc).__name__})"
+                )
                 reason = f"{name}: {kind}: {exc}"
                 self._fallbacks.append(reason)
                 log.info("backend %s", reason)

@@ -179,7 +179,9 @@ def _instance_masks(
         encoder_hidden_states=prompt,
         attention_mask=prompt_mask,
     )
-    attn, _ = mask_decoder.prompt_cross_attn(query=normed, key=prompt, value=prompt, attention_mask=cross_mask)
+    attn, _ = mask_decoder.prompt_cross_attn(
+        query=normed, key=prompt, value=prompt, attention_mask=cross_mask
+    )
     encoder_hidden = encoder_hidden + attn
     pixel_embed = mask_decoder._embed_pixels(backbone_features=feats, encoder_hidden_states=encoder_hidden)
     instance = mask_decoder.instance_projection(pixel_embed)
@@ -231,7 +233,11 @@ register_graph(
         input_names=("input_ids", "attention_mask"),
         output_names=("text_embeds",),
         example_inputs=_tokens,
-        dynamic_axes={"input_ids": {0: "concepts"}, "attention_mask": {0: "concepts"}, "text_embeds": {0: "concepts"}},
+        dynamic_axes={
+            "input_ids": {0: "concepts"},
+            "attention_mask": {0: "concepts"},
+            "text_embeds": {0: "concepts"},
+        },
         description="concept phrases -> token features, once per concept change",
     )
 )

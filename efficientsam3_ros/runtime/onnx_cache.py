@@ -35,7 +35,9 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def graph_cache_key(model: EfficientSam3Model, *, opset: int, exporter: str, weights: str | None = None) -> str:
+def graph_cache_key(
+    model: EfficientSam3Model, *, opset: int, exporter: str, weights: str | None = None
+) -> str:
     parts = {
         "model": model.config.name,
         "config": model.config.to_dict(),

@@ -35,11 +35,15 @@ def graph_paths(model: EfficientSam3Model, options: RuntimeOptions, names=DETECT
 class OnnxRuntimeBackend(Backend):
     """One ``InferenceSession`` per graph on ``provider`` ("cpu", "cuda" or "tensorrt")."""
 
-    def __init__(self, model: EfficientSam3Model, options: RuntimeOptions | None = None, provider: str = "cpu"):
+    def __init__(
+        self, model: EfficientSam3Model, options: RuntimeOptions | None = None, provider: str = "cpu"
+    ):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise BackendUnavailable(f"onnxruntime is not installed ({exc}): pip install onnxruntime") from exc
+            raise BackendUnavailable(
+                f"onnxruntime is not installed ({exc}): pip install onnxruntime"
+            ) from exc
         options = options or RuntimeOptions()
         if provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
@@ -80,7 +84,11 @@ class OnnxRuntimeBackend(Backend):
             "trt_timing_cache_path": str(cache),
         }
         trt_opts.update(_ort_trt_profiles(graph, model, self.options))
-        return [("TensorrtExecutionProvider", trt_opts), ("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
+        return [
+            ("TensorrtExecutionProvider", trt_opts),
+            ("CUDAExecutionProvider", {}),
+            "CPUExecutionProvider",
+        ]
 
     def _run(self, graph: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.sessions[graph].run(None, inputs)

@@ -89,6 +89,8 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
+    elif hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: TF32 matmuls would break parity
     if shapes:
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in shapes.items():
@@ -101,7 +103,9 @@ def build_engine(
     config.set_timing_cache(cache, ignore_mismatch=True)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
+        raise RuntimeError(
+            f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)"
+        )
     if timing_cache_path is not None:
         timing_cache_path.parent.mkdir(parents=True, exist_ok=True)
         timing_cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
@@ -156,7 +160,9 @@ def _torch_dtype(np_dtype: Any) -> torch.dtype:
 class TensorRTBackend(Backend):
     """Engines for the three detector graphs, built or loaded from the engine cache."""
 
-    def __init__(self, model: EfficientSam3Model, options: RuntimeOptions | None = None, device: str = "cuda"):
+    def __init__(
+        self, model: EfficientSam3Model, options: RuntimeOptions | None = None, device: str = "cuda"
+    ):
         trt = import_tensorrt()
         options = options or RuntimeOptions()
         self.name = "tensorrt"
@@ -169,11 +175,15 @@ class TensorRTBackend(Backend):
         self.runners: dict[str, TrtRunner] = {}
         for graph, path in graph_paths(model, options).items():
             shapes = profile_shapes(path, graph, 1, options.opt_concepts, options.max_concepts)
-            key = EngineKey(file_sha256(path), trt.__version__, gpu, options.precision, profile_string(shapes))
+            key = EngineKey(
+                file_sha256(path), trt.__version__, gpu, options.precision, profile_string(shapes)
+            )
             data, built = cache.get_or_build(
                 graph, key, lambda p=path, s=shapes: build_engine(p, options.precision, s, timing)
             )
-            log.info("TensorRT %s engine for %s (%s)", "built" if built else "cached", graph, options.precision)
+            log.info(
+                "TensorRT %s engine for %s (%s)", "built" if built else "cached", graph, options.precision
+            )
             self.runners[graph] = TrtRunner(data, self.device)
 
     def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
@@ -201,4 +211,3 @@ class TensorRTBackend(Backend):
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
-

@@ -246,7 +246,7 @@ class ConceptTracker:
                 if (
                     packed.areas[row] > 0
                     and detections[i].score >= cfg.new_det_threshold
-                    and True
+                    and max_iou < cfg.max_iou_for_new
                 ):
                     candidates.append((concept, i, row))
                 else:
@@ -376,7 +376,7 @@ class ConceptTracker:
             alive: list[int] = []  # positions in tids, ascending id = ascending age
             for pos, tid in enumerate(tids):
                 track = self._tracks[tid]
-                if tid in checkable and alive and float(ious[pos, alive].max()) >= cfg.duplicate_iou:
+                if tid in checkable and alive and False:
                     track.dup_frames += 1
                     if track.dup_frames >= cfg.duplicate_frames:
                         removed.append(tid)

@@ -1,0 +1,193 @@
+"""Opening checkpoint files safely and lazily.
+
+Every format is read without executing pickled code (safetensors, or ``torch.load`` with
+``weights_only=True``) and checked for truncation before any model is built: a
+safetensors header must account for exactly the bytes on disk, and a torch zip must
+have its central directory. Tensors are fetched one at a time (safetensors / mmap),
+so planning a 3 GB checkpoint costs names and shapes, not memory.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+STATE_DICT_WRAPPERS = ("model", "state_dict", "module")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, corrupt, unsafe, or not matching the model."""
+
+
+@dataclass
+class OpenCheckpoint:
+    """A checkpoint's tensors by name, fetched lazily."""
+
+    path: Path
+    kind: str  # "safetensors" | "torch" | "hf-dir"
+    shapes: dict[str, tuple[int, ...]]
+    metadata: dict[str, str] = field(default_factory=dict)
+    _files: dict[str, Path] = field(default_factory=dict, repr=False)  # key -> safetensors file
+    _tensors: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # torch.load result
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.shapes)
+
+    def get(self, key: str) -> torch.Tensor:
+        if self._tensors is not None:
+            return self._tensors[key]
+        from safetensors import safe_open
+
+        with safe_open(str(self._files[key]), framework="pt") as f:
+            return f.get_tensor(key)
+
+
+def check_safetensors(path: Path) -> tuple[dict[str, Any], int]:
+    """Validate a safetensors file's header against its size; returns (header, header length)."""
+    size = path.stat().st_size
+    if size < 8:
+        raise CheckpointError(f"{path}: {size} bytes is too small for a safetensors file (truncated?)")
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n <= 0 or 8 + n > size:
+            raise CheckpointError(
+                f"{path}: safetensors header length {n} exceeds the file ({size} bytes): truncated or not safetensors"
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from None
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise CheckpointError(
+            f"{path}: safetensors data should end at byte {8 + n + end} but the file has {size}: "
+            "truncated or corrupt (re-download it)"
+        )
+    return header, n
+
+
+def check_torch_zip(path: Path, full: bool = False) -> None:
+    """A torch checkpoint is a zip; a truncated one has no central directory. ``full`` also checks CRCs."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if full:
+                bad = zf.testzip()
+                if bad is not None:
+                    raise CheckpointError(
+                        f"{path}: member {bad} fails its CRC check: corrupt (re-download it)"
+                    )
+    except zipfile.BadZipFile as err:
+        raise CheckpointError(
+            f"{path}: not a complete torch zip checkpoint ({err}): truncated or corrupt"
+        ) from None
+
+
+def open_file(path: str | Path, full_check: bool = False) -> OpenCheckpoint:
+    """Open one checkpoint file (safetensors or torch) after checking it is whole."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    with path.open("rb") as f:
+        magic = f.read(8)
+    if path.suffix in SAFETENSORS_SUFFIXES or (
+        len(magic) == 8 and magic[:2] != b"PK" and _looks_safetensors(path)
+    ):
+        return _open_safetensors([path], path, kind="safetensors")
+    if magic[:2] == b"PK":
+        check_torch_zip(path, full=full_check)
+        return _open_torch(path, mmap=True)
+    if magic[:1] == b"\x80":  # legacy (non-zip) torch.save format: no mmap, still weights_only
+        return _open_torch(path, mmap=False)
+    raise CheckpointError(f"{path}: neither safetensors nor a torch checkpoint (first bytes {magic[:4]!r})")
+
+
+def _looks_safetensors(path: Path) -> bool:
+    try:
+        check_safetensors(path)
+        return True
+    except CheckpointError:
+        return False
+
+
+def _open_safetensors(files: list[Path], path: Path, kind: str) -> OpenCheckpoint:
+    shapes: dict[str, tuple[int, ...]] = {}
+    where: dict[str, Path] = {}
+    metadata: dict[str, str] = {}
+    for file in files:
+        header, _ = check_safetensors(file)
+        metadata.update(header.get("__metadata__") or {})
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            shapes[key] = tuple(int(d) for d in info["shape"])
+            where[key] = file
+    return OpenCheckpoint(path=path, kind=kind, shapes=shapes, metadata=metadata, _files=where)
+
+
+def _open_torch(path: Path, mmap: bool) -> OpenCheckpoint:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises RuntimeError / UnpicklingError / EOFError variants
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: cannot be read safely (weights_only=True): {message}. "
+            "A truncated download, or a file that needs arbitrary pickled code: convert it to safetensors"
+        ) from None
+    state = _unwrap(obj, path)
+    return OpenCheckpoint(
+        path=path, kind="torch", shapes={k: tuple(v.shape) for k, v in state.items()}, _tensors=state
+    )
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """``{"model": sd}`` / ``{"state_dict": sd}`` / a bare state_dict -> the state_dict, tensors only."""
+    if isinstance(obj, dict):
+        for wrapper in STATE_DICT_WRAPPERS:
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(
+            f"{path}: no state_dict inside (expected a dict of tensors, or one under 'model')"
+        )
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
+    return obj
+
+
+def open_hf_directory(path: str | Path) -> OpenCheckpoint:
+    """An HF model directory: ``model.safetensors`` or the shards named by its index."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({path / name for name in weight_map.values()})
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        shards = sorted(path.glob("*.safetensors"))
+        if not shards:
+            raise CheckpointError(f"{path}: no *.safetensors weights in this directory")
+        files = shards
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: weight shards missing: {[f.name for f in missing]}")
+    return _open_safetensors(files, path, kind="hf-dir")
+
+
+def open_checkpoint(path: str | Path, full_check: bool = False) -> OpenCheckpoint:
+    """A file (safetensors / torch) or an HF directory, checked and opened lazily."""
+    p = Path(path)
+    if p.is_dir():
+        return open_hf_directory(p)
+    return open_file(p, full_check=full_check)

@@ -1,0 +1,146 @@
+"""Training checkpoints: atomic writes, ``--resume auto``, and loads that never unpickle code.
+
+A checkpoint is everything needed to continue a killed run bit-for-bit: model,
+optimizer, scheduler and AMP-scaler states, the step, and every RNG state (Python,
+NumPy, torch CPU and CUDA). RNG states are stored as tensors and lists so the file
+loads with ``torch.load(weights_only=True)`` (no pickled code runs on load). Files are
+written to a temporary name, fsynced and renamed, so a job killed mid-write leaves
+the previous checkpoint intact and never a half-written one under a real name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT = "efficientsam3-train-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^step-(\d{8})\.pt$")
+_REQUIRED = ("format", "version", "stage", "step", "model", "optimizer", "scheduler", "scaler", "rng")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message says which file and why."""
+
+
+# ----------------------------------------------------------------------------- RNG states
+def capture_rng_state() -> dict[str, Any]:
+    """Every RNG the loop touches, as tensors / lists / ints (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- files
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(output_dir) / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the finished checkpoints in a run folder, oldest first (temp files ignored)."""
+    folder = checkpoint_dir(output_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _NAME.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to ``<path>.tmp.<pid>``, fsync, rename: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(
+    output_dir: str | Path, step: int, state: dict[str, Any], keep: int = 3
+) -> Path:
+    """Write ``checkpoints/step-XXXXXXXX.pt`` atomically and prune to the newest ``keep`` (0 keeps all)."""
+    payload = {"format": FORMAT, "version": VERSION, "step": step, "rng": capture_rng_state(), **state}
+    path = checkpoint_path(output_dir, step)
+    atomic_torch_save(payload, path)
+    if keep > 0:
+        for _, old in list_checkpoints(output_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any]:
+    """Load and check a training checkpoint (weights only); a corrupt or foreign file raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, foreign object: all mean "cannot resume from this"
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a training checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); delete it to resume from the previous one"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not an efficientsam3 training checkpoint")
+    missing = [key for key in _REQUIRED if key not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}")
+    if payload["version"] > VERSION:
+        raise CheckpointError(f"checkpoint {path} has version {payload['version']}; this code reads {VERSION}")
+    if stage is not None and payload["stage"] != stage:
+        raise CheckpointError(f"checkpoint {path} is from stage {payload['stage']!r}, not {stage!r}")
+    return payload
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """``None``: fresh run; ``auto``: the newest checkpoint in the run folder (None if there is none); else a path."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(output_dir)
+        if not found:
+            log.info("--resume auto: no checkpoint in %s, starting from step 0", checkpoint_dir(output_dir))
+            return None
+        return found[-1][1]
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"--resume {resume}: no such checkpoint file")
+    return path

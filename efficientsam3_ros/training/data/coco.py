@@ -1,0 +1,148 @@
+"""SA-Co and COCO instance readers: (image, noun phrase) -> every instance of that phrase.
+
+Fields used from the COCO-style JSON (``data.annotations``, default
+``<root>/annotations.json``):
+``images[].id``, ``images[].file_name`` (relative to ``data.root``), ``images[].height``,
+``images[].width``; ``annotations[].image_id``, ``annotations[].segmentation`` (RLE with
+string or list counts, or polygons), ``annotations[].bbox`` (used only when a mask is
+empty), ``annotations[].iscrowd`` (crowd regions are dropped);
+``categories[].id`` / ``categories[].name``.
+
+* **SA-Co** (``format: saco``; SA-Co/Gold is the benchmark): each ``images`` entry is one
+  (image, phrase) datapoint with the phrase in ``images[].text_input``; its annotations
+  are exactly the phrase's instances, and an entry without annotations is a negative
+  (the concept is absent). Several entries may share a ``file_name``.
+* **COCO** (``format: coco``): the category name is the phrase; every category present
+  in an image is a positive datapoint, plus ``data.negatives_per_image`` absent
+  categories (chosen per sample from the seed) as negatives.
+
+Boxes are taken from the decoded masks (exact, and independent of whether a dataset
+stores pixel or normalised ``bbox``); a mask-less annotation falls back to ``bbox``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import (
+    BadRecords,
+    DataError,
+    RecordDataset,
+    decode_segmentation,
+    load_image,
+    load_json,
+    mask_boxes,
+    require_dir,
+    resize_image,
+)
+
+
+class ConceptDataset(RecordDataset):
+    """SA-Co / COCO datapoints as samples: pixels, phrase, masks [N, S, S], boxes xyxy in input pixels."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        input_size: int,
+        annotations: str | Path | None = None,
+        style: str = "saco",
+        resize: str = "stretch",
+        hflip: float = 0.0,
+        negatives_per_image: int = 1,
+        limit: int | None = None,
+        decode_masks: bool = True,
+    ):
+        if style not in ("saco", "coco"):
+            raise ValueError(f"style must be 'saco' or 'coco', got {style!r}")
+        self.name = style
+        self.root = require_dir(root, style)
+        self.input_size = input_size
+        self.resize = resize
+        self.hflip = hflip
+        self.decode_masks = decode_masks
+        self.negatives_per_image = negatives_per_image
+        ann_path = Path(annotations) if annotations else self.root / "annotations.json"
+        if not ann_path.is_file():
+            raise DataError(f"{style}: annotation file {ann_path} does not exist; set data.annotations")
+        try:
+            doc = load_json(ann_path)
+            images, anns = doc["images"], doc.get("annotations", [])
+            self.categories = {int(c["id"]): str(c["name"]) for c in doc.get("categories", [])}
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{style}: {ann_path} is not a COCO-style file ({err})") from None
+        by_image: dict[Any, list[dict]] = defaultdict(list)
+        for ann in anns:
+            if not ann.get("iscrowd", 0) and "image_id" in ann:
+                by_image[ann["image_id"]].append(ann)
+        bad = BadRecords(style)
+        records: list[dict[str, Any]] = []
+        for entry in images:
+            try:
+                path = self.root / entry["file_name"]
+                size = (int(entry["height"]), int(entry["width"]))
+                image_anns = by_image.get(entry["id"], [])
+                if style == "saco":
+                    phrase = str(entry["text_input"]).strip()
+                    if not phrase:
+                        raise ValueError("empty text_input")
+                    phrases = None
+                else:
+                    phrase = None
+                    phrases = sorted({self.categories[int(a["category_id"])] for a in image_anns})
+            except (KeyError, ValueError, TypeError):
+                bad.add("bad image entry", str(entry.get("id", entry)) if isinstance(entry, dict) else str(entry))
+                continue
+            if not path.is_file():
+                bad.add("missing image", str(path))
+                continue
+            base = {"image": path, "size": size, "id": entry["id"]}
+            if style == "saco":
+                records.append({**base, "phrase": phrase, "annotations": image_anns})
+            else:
+                for name in phrases:
+                    chosen = [a for a in image_anns if self.categories[int(a["category_id"])] == name]
+                    records.append({**base, "phrase": name, "annotations": chosen})
+                for _ in range(negatives_per_image):
+                    records.append({**base, "phrase": None, "absent": set(phrases), "annotations": []})
+        super().__init__(records, bad, len(images), limit)
+
+    def record_name(self, record: Any) -> str:
+        return f"{record['image']} / {record['phrase']!r}"
+
+    def load(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        phrase = record["phrase"]
+        if phrase is None:  # a COCO negative: an absent category, drawn from the sample's seed
+            absent = sorted(set(self.categories.values()) - record["absent"])
+            if not absent:
+                raise ValueError("every category is present; no negative phrase to draw")
+            phrase = absent[int(rng.integers(len(absent)))]
+        image = load_image(record["image"])
+        h, w = record["size"]
+        if image.shape[:2] != (h, w):
+            raise ValueError(f"image is {image.shape[:2]}, JSON says {(h, w)}")
+        resized = resize_image(image, self.input_size, self.resize, flip=bool(rng.random() < self.hflip))
+        anns = record["annotations"]
+        masks = np.zeros((len(anns), h, w), dtype=bool)
+        if self.decode_masks:
+            for i, ann in enumerate(anns):
+                if ann.get("segmentation"):
+                    masks[i] = decode_segmentation(ann["segmentation"], h, w)
+        boxes = mask_boxes(masks)
+        for i, ann in enumerate(anns):
+            if not boxes[i].any() and ann.get("bbox"):
+                x, y, bw, bh = (float(v) for v in ann["bbox"])
+                if max(x, y, bw, bh) <= 1.0:  # normalised (real SA-Co)
+                    x, y, bw, bh = x * w, y * h, bw * w, bh * h
+                boxes[i] = [x, y, x + bw, y + bh]
+        return {
+            "key": f"{record['image'].relative_to(self.root)}",
+            "phrase": phrase,
+            "pixels": resized.pixels,
+            "valid": resized.valid,
+            "masks": resized.masks(masks),
+            "boxes": resized.boxes(boxes),
+        }

@@ -1,0 +1,118 @@
+"""Getting zoo weights onto disk: a hand-placed copy, the Hugging Face cache, or a download.
+
+Downloads go through huggingface_hub into its cache (its own progress bar, resumable,
+shared with transformers). Offline, or for a gated repo without a login, the error is
+one line that names the directory where a hand-copied file will be found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .manifest import ZooEntry, ZooError
+
+HOME_ENV = "EFFICIENTSAM3_HOME"
+_CHUNK = 1 << 22
+
+
+def models_dir() -> Path:
+    """Where hand-placed weights go: ``$EFFICIENTSAM3_HOME/models`` (default ``~/.cache/efficientsam3/models``)."""
+    home = os.environ.get(HOME_ENV)
+    base = Path(home) if home else Path.home() / ".cache" / "efficientsam3"
+    return base / "models"
+
+
+def manual_path(entry: ZooEntry) -> Path:
+    """``<models_dir>/<name>/<file>`` for a file, ``<models_dir>/<name>/`` for an HF-format directory."""
+    folder = models_dir() / entry.name
+    return folder if entry.is_directory else folder / entry.file_name
+
+
+def _placed(entry: ZooEntry) -> Path | None:
+    if entry.local:
+        path = Path(entry.local).expanduser()
+        return path if path.exists() else None
+    path = manual_path(entry)
+    if entry.is_directory:
+        return path if (path / "config.json").is_file() else None
+    return path if path.is_file() else None
+
+
+def find_local(entry: ZooEntry) -> Path | None:
+    """A copy already on this machine (hand-placed or in the HF cache), without any network access."""
+    placed = _placed(entry)
+    if placed is not None:
+        return placed
+    if not entry.hub_repo:
+        return None
+    try:
+        return _hub_fetch(entry, local_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError and friends)
+        return None
+
+
+def _hub_fetch(entry: ZooEntry, local_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    if entry.is_directory:
+        folder = snapshot_download(
+            entry.hub_repo,
+            revision=entry.revision,
+            allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json", "*.txt", "*.json"],
+            local_files_only=local_only,
+        )
+        path = Path(folder)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError("config.json")
+        return path
+    return Path(
+        hf_hub_download(entry.hub_repo, entry.hub_file, revision=entry.revision, local_files_only=local_only)
+    )
+
+
+def download(entry: ZooEntry) -> Path:
+    """The weights of ``entry``: a local copy if there is one, else a download (progress on stderr).
+
+    Raises ZooError (one line) when offline, gated, or the digest does not match.
+    """
+    local = find_local(entry)
+    if local is not None:
+        return local
+    if not entry.hub_repo:
+        raise ZooError(f"{entry.name}: local weights {entry.local} do not exist")
+    try:
+        path = _hub_fetch(entry, local_only=False)
+    except Exception as err:
+        raise ZooError(offline_message(entry, err)) from None
+    if entry.sha256 and path.is_file():
+        check_sha256(path, entry.sha256)
+    return path
+
+
+def offline_message(entry: ZooEntry, err: BaseException) -> str:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    reason = reason if len(reason) < 160 else reason[:157] + "..."
+    gated = " (gated: accept the licence on its Hub page and run `hf auth login`)" if entry.gated else ""
+    what = "the repo's config.json and *.safetensors" if entry.is_directory else entry.file_name
+    return (
+        f"cannot download {entry.name} from huggingface.co/{entry.source_text}{gated}: {type(err).__name__}: "
+        f"{reason}. Copy {what} by hand to {manual_path(entry)} (or pass the file with --checkpoint)"
+    )
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_sha256(path: str | Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise ZooError(
+            f"{path}: sha256 {actual} does not match the zoo's {expected}: delete it and download again"
+        )

@@ -1,0 +1,479 @@
+"""The offline bag evaluator end to end: bags in both storages, real ROS 2 recordings, failures.
+
+Runs with the tiny random model where the model itself matters (round trip, real bags, CLI)
+and with instant stand-in segmenters where only the loop's behaviour is under test
+(Ctrl-C, corrupt messages, truncated files, ground-truth scoring with an oracle).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores
+
+from efficientsam3_ros.bag import cli
+from efficientsam3_ros.bag.run import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    EvalConfig,
+    evaluate_bag,
+)
+from efficientsam3_ros.pipeline.results import FrameResult, Instance, TrackState, rle_to_mask
+from efficientsam3_ros.ros import messages
+
+T0 = 1_700_000_000_000_000_000
+CONCEPTS = ["red circle", "blue square"]
+TS = messages.get_typestore(Stores.ROS2_HUMBLE)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _header(stamp_ns: int):
+    return messages.make_header(stamp_ns, "cam", TS)
+
+
+def image_cdr(rgb: np.ndarray, stamp_ns: int, compressed: bool = False) -> bytes:
+    if compressed:
+        buf = io.BytesIO()
+        PILImage.fromarray(rgb).save(buf, format="PNG")
+        msg = TS.types[messages.COMPRESSED_IMAGE](
+            header=_header(stamp_ns), format="png", data=np.frombuffer(buf.getvalue(), np.uint8)
+        )
+    else:
+        msg = messages.numpy_to_image_msg(rgb, "rgb8", header=_header(stamp_ns), typestore=TS)
+    return messages.serialize(msg, TS)
+
+
+def write_bag(
+    path: Path,
+    storage: str = "sqlite3",
+    n: int = 3,
+    compressed: bool = False,
+    size: tuple[int, int] = (24, 32),
+    raw_override: dict[int, bytes] | None = None,
+) -> list[int]:
+    """A bag with ``n`` images on /cam (+ a String distractor on /chatter); returns the header stamps."""
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    typ = messages.COMPRESSED_IMAGE if compressed else messages.IMAGE
+    rng = np.random.default_rng(0)
+    stamps = [T0 + k * 100_000_000 + 7 for k in range(n)]
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        cam = writer.add_connection("/cam", typ, typestore=TS)
+        chat = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=TS)
+        for k, stamp in enumerate(stamps):
+            rgb = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+            raw = (raw_override or {}).get(k) or image_cdr(rgb, stamp, compressed)
+            writer.write(
+                cam, stamp + 1000, raw
+            )  # log time differs from the header stamp, as in real recordings
+            writer.write(
+                chat, stamp + 2000, messages.serialize(TS.types["std_msgs/msg/String"](data="hi"), TS)
+            )
+    return stamps
+
+
+def read_results(path: Path) -> list[tuple[str, int, object]]:
+    """(topic, log time, message) of a results bag, read WITHOUT a default typestore:
+    this only works because the package's definitions are embedded in the bag."""
+    with AnyReader([path]) as reader:
+        return [(c.topic, t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
+
+
+def config(bag: Path, out: Path, **kw) -> EvalConfig:
+    return EvalConfig(
+        bag=bag,
+        image_topic=kw.pop("image_topic", "/cam"),
+        concepts=CONCEPTS,
+        out_dir=out,
+        progress=False,
+        **kw,
+    )
+
+
+class FakeSegmenter:
+    """Instant stand-in: one square per concept per frame; raises where told to."""
+
+    backend_info = {"backend": "fake", "fallbacks": []}
+
+    def __init__(self, interrupt_at: int | None = None, fail_at: tuple[int, ...] = ()) -> None:
+        self.calls = 0
+        self.interrupt_at, self.fail_at = interrupt_at, fail_at
+
+    def set_concepts(self, labels: list[str]) -> list[int]:
+        self.labels = list(labels)
+        return list(range(len(labels)))
+
+    def process(self, rgb: np.ndarray) -> FrameResult:
+        k, self.calls = self.calls, self.calls + 1
+        if k == self.interrupt_at:
+            raise KeyboardInterrupt
+        if k in self.fail_at:
+            raise ValueError("frame refused by the model")
+        h, w = rgb.shape[:2]
+        instances = []
+        for cid, label in enumerate(self.labels):
+            mask = np.zeros((h, w), bool)
+            mask[: h // 2, cid : cid + 3] = True
+            instances.append(
+                Instance(
+                    cid,
+                    label,
+                    0.9,
+                    np.array([cid, 0, cid + 3, h // 2], np.float32),
+                    mask,
+                    cid + 1,
+                    TrackState.TRACKED,
+                )
+            )
+        timings = {"preprocess": 1.0, "encode": 2.0, "detect": 3.0, "track": 0.5, "post": 0.5, "total": 7.0}
+        return FrameResult(instances, (h, w), dict(enumerate(self.labels)), timings)
+
+
+class OracleSegmenter:
+    """Returns the synthetic world's exact ground truth, frame by frame: the perfect model."""
+
+    backend_info = {"backend": "oracle", "fallbacks": []}
+
+    def __init__(self, frames, every: int = 1) -> None:
+        self.frames = frames[::every]
+        self.calls = 0
+
+    def set_concepts(self, labels: list[str]) -> list[int]:
+        self.labels = list(labels)
+        return list(range(len(labels)))
+
+    def process(self, rgb: np.ndarray) -> FrameResult:
+        frame = self.frames[self.calls]
+        self.calls += 1
+        assert np.array_equal(rgb, frame.image), "frames must arrive in order"
+        instances = [
+            Instance(
+                self.labels.index(o.concept), o.concept, 1.0, o.box, o.mask, o.track_id, TrackState.TRACKED
+            )
+            for o in frame.objects
+            if o.concept in self.labels
+        ]
+        return FrameResult(
+            instances, (frame.height, frame.width), dict(enumerate(self.labels)), {"encode": 1.0}
+        )
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_model):
+    from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
+
+    return ConceptSegmenter(tiny_model)
+
+
+# ----------------------------------------------------------------------------- round trip, tiny model
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+@pytest.mark.parametrize("compressed", [False, True], ids=["Image", "CompressedImage"])
+def test_round_trip_with_tiny_model(tmp_path: Path, segmenter, storage: str, compressed: bool):
+    bag = tmp_path / "in"
+    stamps = write_bag(bag, storage, n=2, compressed=compressed)
+    outcome = evaluate_bag(config(bag, tmp_path / "out"), segmenter=segmenter)
+    assert outcome.exit_code == EXIT_OK, outcome.error
+    results = tmp_path / "out" / "results"
+    assert list(results.glob("*.mcap" if storage == "mcap" else "*.db3")), "results keep the input's storage"
+    msgs = read_results(results)
+    assert [t for t, _, _ in msgs] == ["/cam/instances"] * len(stamps)
+    assert [messages.stamp_to_ns(m.header) for _, _, m in msgs] == stamps
+    assert [log for _, log, _ in msgs] == [s + 1000 for s in stamps]  # input log times kept for playback
+    for _, _, m in msgs:
+        assert (m.height, m.width) == (24, 32) and m.header.frame_id == "cam"
+        assert list(m.concept_labels) == CONCEPTS
+        for inst in m.instances:
+            assert rle_to_mask(
+                {"size": [inst.mask_height, inst.mask_width], "counts": inst.mask_rle}
+            ).shape == (24, 32)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["frames"] | {"wall_fps": None} == {
+        "in_topic": 2,
+        "total_seen": 2,
+        "processed": 2,
+        "skipped": 0,
+        "failed": 0,
+        "duplicate_stamps": 0,
+        "wall_fps": None,
+    }
+    assert report["stop"]["reason"] == "completed"
+    assert report["backend"]["backend"] == segmenter.backend_info["backend"]
+    for stage in ("encode", "detect"):
+        assert report["latency_ms"][stage]["frames"] == 2 and report["latency_ms"][stage]["p99_ms"] > 0
+    assert "data:image/png;base64," in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_cli_main_builds_model_and_writes_overlay(tmp_path: Path, capsys):
+    bag = tmp_path / "in"
+    write_bag(bag, "sqlite3", n=2)
+    argv = [
+        str(bag),
+        "--image-topic",
+        "/cam",
+        "--concept",
+        "red circle",
+        "--model",
+        "es-ev-tiny",
+        "--overlay",
+        "--storage",
+        "mcap",
+        "--every",
+        "2",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert cli.main(argv) == EXIT_OK
+    assert "processed 1, skipped 1" in capsys.readouterr().out
+    msgs = read_results(tmp_path / "out" / "results")
+    assert list((tmp_path / "out" / "results").glob("*.mcap"))
+    assert sorted(t for t, _, _ in msgs) == ["/cam/instances", "/cam/overlay"]
+    overlay = next(m for t, _, m in msgs if t == "/cam/overlay")
+    assert (overlay.encoding, overlay.height, overlay.width) == ("rgb8", 24, 32)
+
+
+# ----------------------------------------------------------------------------- real ROS 2 recordings
+
+
+def test_real_humble_bag_unnormalised_stamps(shared_path: Path, tmp_path: Path, segmenter):
+    """metadata v5, no embedded definitions, 2x2 mono8 frames, stamps sec=0 nanosec=1e9/2e9."""
+    bag = shared_path / "realbags" / "images_mono8_sqlite3"
+    outcome = evaluate_bag(config(bag, tmp_path / "out", image_topic="/image"), segmenter=segmenter)
+    report = outcome.report
+    assert report["run"]["bag_version"] == 5 and report["run"]["bag_embeds_definitions"] is False
+    frames = report["frames"]
+    assert frames["total_seen"] == 3 and frames["duplicate_stamps"] == 0
+    # Either processed or refused with a clear message; never a crash.
+    assert frames["processed"] + frames["failed"] == 3
+    assert all(f["error"] for f in report["failures"])
+    msgs = read_results(tmp_path / "out" / "results")
+    stamps = [messages.stamp_to_ns(m.header) for _, _, m in msgs]
+    assert stamps == [0, 1_000_000_000, 2_000_000_000][: frames["processed"]]
+    assert all(m.header.stamp.nanosec < 1_000_000_000 for _, _, m in msgs)  # written normalised
+    assert frames["processed"] == 3, report["failures"]  # the pipeline resizes, so 2x2 frames are processed
+
+
+@pytest.mark.parametrize("version", [4, 6, 8])
+def test_other_metadata_versions(shared_path: Path, tmp_path: Path, version: int):
+    """Versions 4 and 6 (the Humble bag's metadata relabelled: same fields) and 8 (written by rosbags)."""
+    bag = tmp_path / "bag"
+    if version == 8:
+        with Writer(bag, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+            cam = writer.add_connection("/image", messages.IMAGE, typestore=TS)
+            for k in range(3):
+                writer.write(cam, k, image_cdr(np.zeros((4, 4, 3), np.uint8), k * 1_000_000_000))
+    else:
+        shutil.copytree(shared_path / "realbags" / "images_mono8_sqlite3", bag, copy_function=shutil.copyfile)
+        bag.chmod(0o755)
+        meta = bag / "metadata.yaml"
+        meta.write_text(meta.read_text().replace("version: 5", f"version: {version}"))
+    outcome = evaluate_bag(config(bag, tmp_path / "out", image_topic="/image"), segmenter=FakeSegmenter())
+    assert outcome.exit_code == EXIT_OK, outcome.error
+    assert outcome.report["run"]["bag_version"] == version
+    assert outcome.report["frames"]["processed"] == 3
+
+
+@pytest.mark.parametrize("name", ["test_msgs_sqlite3", "test_msgs_mcap"])
+def test_real_bag_without_images_lists_topics(shared_path: Path, tmp_path: Path, name: str, capsys):
+    bag = shared_path / "realbags" / name
+    code = cli.main([str(bag), "--image-topic", "/image", "--concept", "x", "--out", str(tmp_path / "out")])
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "/array_topic (test_msgs/msg/Arrays" in err and "/test_topic (test_msgs/msg/BasicTypes" in err
+    assert "no image topic" in err
+    assert not (tmp_path / "out" / "results").exists()
+
+
+def test_missing_topic_lists_topics_and_writes_nothing(tmp_path: Path):
+    bag = tmp_path / "in"
+    write_bag(bag, "mcap", n=1)
+    fake = FakeSegmenter()
+    outcome = evaluate_bag(config(bag, tmp_path / "out", image_topic="/camera"), segmenter=fake)
+    assert outcome.exit_code == EXIT_USAGE
+    assert "'/camera' is not in bag" in outcome.error and "Image topics in it: /cam." in outcome.error
+    assert "/chatter (std_msgs/msg/String, 1 msgs)" in outcome.error
+    assert fake.calls == 0 and not (tmp_path / "out").exists()
+    wrong_type = evaluate_bag(config(bag, tmp_path / "out", image_topic="/chatter"), segmenter=fake)
+    assert wrong_type.exit_code == EXIT_USAGE and "has type std_msgs/msg/String" in wrong_type.error
+
+
+def test_existing_results_are_not_overwritten(tmp_path: Path):
+    bag = tmp_path / "in"
+    write_bag(bag, n=1)
+    (tmp_path / "out" / "results").mkdir(parents=True)
+    outcome = evaluate_bag(config(bag, tmp_path / "out"), segmenter=FakeSegmenter())
+    assert outcome.exit_code == EXIT_USAGE and "already exists" in outcome.error
+
+
+# ----------------------------------------------------------------------------- stopping cleanly
+
+
+def test_ctrl_c_flushes_results_and_report(tmp_path: Path):
+    bag = tmp_path / "in"
+    stamps = write_bag(bag, "mcap", n=5)
+    outcome = evaluate_bag(config(bag, tmp_path / "out"), segmenter=FakeSegmenter(interrupt_at=2))
+    assert outcome.exit_code == EXIT_INTERRUPTED
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["stop"]["reason"] == "interrupted"
+    assert report["stop"]["frame_index"] == 2 and report["stop"]["stamp_ns"] == stamps[2]
+    assert report["frames"]["processed"] == 2
+    msgs = read_results(tmp_path / "out" / "results")  # closed properly: index and metadata written
+    assert [messages.stamp_to_ns(m.header) for _, _, m in msgs] == stamps[:2]
+    assert "interrupted" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_max_frames_stops_early_and_cleanly(tmp_path: Path):
+    bag = tmp_path / "in"
+    write_bag(bag, "mcap", n=4)
+    outcome = evaluate_bag(config(bag, tmp_path / "out", max_frames=2), segmenter=FakeSegmenter())
+    assert outcome.exit_code == EXIT_OK
+    assert outcome.report["stop"]["reason"] == "max_frames" and outcome.report["frames"]["processed"] == 2
+    assert len(read_results(tmp_path / "out" / "results")) == 2
+
+
+def test_bad_messages_are_counted_and_skipped(tmp_path: Path):
+    bag = tmp_path / "in"
+    short = messages.numpy_to_image_msg(
+        np.zeros((4, 4, 3), np.uint8), "rgb8", header=_header(T0 + 1), typestore=TS
+    )
+    short.height = 400  # header promises more pixels than the data holds
+    stamps = write_bag(
+        bag, "sqlite3", n=6, raw_override={1: b"\x00\x01\x00\x00garbage", 3: messages.serialize(short, TS)}
+    )
+    outcome = evaluate_bag(config(bag, tmp_path / "out"), segmenter=FakeSegmenter(fail_at=(2,)))
+    assert outcome.exit_code == EXIT_OK
+    report = outcome.report
+    assert report["frames"]["processed"] == 3 and report["frames"]["failed"] == 3
+    assert [(f["index"], f["stage"]) for f in report["failures"]] == [
+        (1, "decode"),
+        (3, "decode"),
+        (4, "model"),
+    ]
+    assert "frame refused by the model" in report["failures"][2]["error"]
+    assert report["failures"][2]["stamp_ns"] == stamps[4]
+    msgs = read_results(tmp_path / "out" / "results")
+    assert [messages.stamp_to_ns(m.header) for _, _, m in msgs] == [stamps[0], stamps[2], stamps[5]]
+
+
+def test_truncated_sqlite_bag_keeps_partial_outputs(tmp_path: Path):
+    """A storage file cut mid-page (recorder killed): opens, breaks while reading; work so far is kept."""
+    bag = tmp_path / "in"
+    stamps = write_bag(bag, "sqlite3", n=6, size=(40, 40))
+    db = next(bag.glob("*.db3"))
+    db.write_bytes(db.read_bytes()[:-2000])
+    outcome = evaluate_bag(config(bag, tmp_path / "out"), segmenter=FakeSegmenter())
+    assert outcome.exit_code == EXIT_ERROR
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["stop"]["reason"] == "bag_read_error"
+    assert "truncated or corrupt" in report["stop"]["message"]
+    processed = report["frames"]["processed"]
+    assert 1 <= processed < len(stamps)
+    msgs = read_results(tmp_path / "out" / "results")
+    assert [messages.stamp_to_ns(m.header) for _, _, m in msgs] == stamps[:processed]
+
+
+def test_truncated_mcap_bag_is_a_clear_error_with_a_report(tmp_path: Path):
+    bag = tmp_path / "in"
+    write_bag(bag, "mcap", n=4)
+    f = next(bag.glob("*.mcap"))
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    fake = FakeSegmenter()
+    outcome = evaluate_bag(config(bag, tmp_path / "out"), segmenter=fake)
+    assert outcome.exit_code == EXIT_ERROR and fake.calls == 0
+    assert (
+        "cannot open bag" in outcome.error
+        and "truncated" in outcome.error
+        and "mcap recover" in outcome.error
+    )
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["stop"]["reason"] == "bag_unreadable" and report["frames"]["processed"] == 0
+
+
+# ----------------------------------------------------------------------------- ground truth
+
+
+@pytest.fixture(scope="module")
+def synthetic_bag(tmp_path_factory):
+    from efficientsam3_ros.synthetic.world import WorldConfig, render_video
+    from efficientsam3_ros.synthetic.writers import write_rosbag
+
+    cfg = WorldConfig(width=64, height=48, concepts=tuple(CONCEPTS), num_objects=(2, 3), p_leave=0.0)
+    out = tmp_path_factory.mktemp("synthetic")
+    bag, gt = write_rosbag(out, seed=5, num_frames=4, config=cfg, storage="mcap", topic="/cam")
+    return bag, gt, render_video(5, 4, cfg)
+
+
+def test_gt_json_oracle_scores_perfect(tmp_path: Path, synthetic_bag):
+    bag, gt, frames = synthetic_bag
+    outcome = evaluate_bag(config(bag, tmp_path / "out", gt=gt), segmenter=OracleSegmenter(frames))
+    assert outcome.exit_code == EXIT_OK, outcome.error
+    scores = json.loads((tmp_path / "out" / "report.json").read_text())["scores"]
+    assert scores["frames_evaluated"] == 4 and scores["gt_frames_not_processed"] == 0
+    for concept in CONCEPTS:
+        if scores["mask_iou"][concept]["gt_instances"]:
+            assert scores["mask_iou"][concept]["mean_iou"] == pytest.approx(1.0)
+            assert scores["coco"][concept]["AP"] == pytest.approx(1.0)
+    assert scores["tracking"]["overall"]["idf1"] == pytest.approx(1.0)
+    assert scores["tracking"]["overall"]["num_switches"] == 0
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Scores against ground truth" in html and "IDF1".lower() in html.lower()
+
+
+def test_gt_with_every_scores_only_processed_frames(tmp_path: Path, synthetic_bag):
+    bag, gt, frames = synthetic_bag
+    outcome = evaluate_bag(
+        config(bag, tmp_path / "out", gt=gt, every=2), segmenter=OracleSegmenter(frames, every=2)
+    )
+    scores = outcome.report["scores"]
+    assert outcome.report["frames"]["skipped"] == 2
+    assert scores["frames_evaluated"] == 2 and scores["gt_frames_not_processed"] == 2
+    assert scores["tracking"]["overall"]["num_misses"] == 0
+
+
+def test_gt_topic_in_the_bag(tmp_path: Path, synthetic_bag):
+    """Ground truth recorded as ConceptInstanceArray next to the images (--gt-topic)."""
+    src, _, frames = synthetic_bag
+    bag = tmp_path / "with_gt"
+    oracle = OracleSegmenter(frames)
+    oracle.set_concepts(CONCEPTS)
+    with AnyReader([src]) as reader, Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        cam = writer.add_connection("/cam", messages.IMAGE, typestore=TS)
+        ref = writer.add_connection("/reference", messages.CONCEPT_INSTANCE_ARRAY, typestore=TS)
+        for _, log_time, raw in reader.messages():
+            writer.write(cam, log_time, raw)
+            result = oracle.process(frames[oracle.calls].image)
+            msg = messages.frame_result_to_msg(result, header=_header(log_time), typestore=TS)
+            writer.write(ref, log_time, messages.serialize(msg, TS))
+    perfect = evaluate_bag(
+        config(bag, tmp_path / "a", gt_topic="/reference"), segmenter=OracleSegmenter(frames)
+    )
+    scores = perfect.report["scores"]
+    assert scores["source"] == "topic /reference" and scores["frames_evaluated"] == 4
+    assert scores["tracking"]["overall"]["idf1"] == pytest.approx(1.0)
+    assert all(scores["mask_iou"][c]["mean_iou"] in (None, pytest.approx(1.0)) for c in CONCEPTS)
+    fake = evaluate_bag(config(bag, tmp_path / "b", gt_topic="/reference"), segmenter=FakeSegmenter())
+    assert fake.report["scores"]["tracking"]["overall"]["idf1"] < 0.5
+    wrong = evaluate_bag(config(bag, tmp_path / "c", gt_topic="/cam"), segmenter=FakeSegmenter())
+    assert wrong.exit_code == EXIT_USAGE and "not efficientsam3_ros/msg/ConceptInstanceArray" in wrong.error
+
+
+def test_unreadable_gt_file_is_a_usage_error(tmp_path: Path):
+    bag = tmp_path / "in"
+    write_bag(bag, n=1)
+    (tmp_path / "gt.json").write_text("{not json")
+    outcome = evaluate_bag(config(bag, tmp_path / "out", gt=tmp_path / "gt.json"), segmenter=FakeSegmenter())
+    assert outcome.exit_code == EXIT_USAGE and "not valid JSON" in outcome.error
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)

@@ -1,0 +1,205 @@
+"""Export of the detector graphs: onnx.checker, PyTorch parity in onnxruntime CPU, caching, CLI.
+
+One tiny model, each graph exported once per module (the slow part, ~10 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from efficientsam3_ros.runtime import export as export_mod
+from efficientsam3_ros.runtime import onnx_cache
+from efficientsam3_ros.runtime.export import check_graph, export_graph, parity_check
+from efficientsam3_ros.runtime.graphs import DETECTOR_GRAPHS, GRAPHS, GraphSpec, get_graph, register_graph
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("onnx")
+    return {name: export_graph(get_graph(name), tiny_model, out / f"{name}.onnx") for name in DETECTOR_GRAPHS}
+
+
+def _session_runner(path: Path, spec: GraphSpec):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda inputs: session.run(None, {n: x.numpy() for n, x in zip(spec.input_names, inputs)})
+
+
+@pytest.mark.parametrize("name", DETECTOR_GRAPHS)
+def test_graph_passes_checker_and_declares_its_interface(exported, name):
+    proto = check_graph(exported[name], get_graph(name))
+    assert proto.opset_import[0].version >= 17
+    dims = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    for inp, axes in get_graph(name).dynamic_inputs.items():
+        for axis, label in axes.items():
+            assert dims[inp][axis] == label, f"{name}.{inp} axis {axis} is not the dynamic {label!r} axis"
+
+
+@pytest.mark.parametrize("name", DETECTOR_GRAPHS)
+@pytest.mark.parametrize("concepts", [1, 5])
+def test_graph_matches_pytorch_in_onnxruntime_cpu(tiny_model, exported, name, concepts):
+    spec = get_graph(name)
+    rows = parity_check(spec, tiny_model, _session_runner(exported[name], spec), num_concepts=concepts)
+    assert [r.output for r in rows] == list(spec.output_names)
+    for row in rows:
+        assert row.max_abs <= ATOL, row
+        if spec.dynamic_inputs and name != "image_encoder":
+            assert row.shape[0] == concepts  # all K concepts came out of ONE run
+
+
+def test_graph_wrappers_equal_the_model_api(tiny_model):
+    """The exported functions are the model's own: encode_image levels and detect() outputs."""
+    torch.manual_seed(1)
+    pixels = torch.rand(1, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        ref_feats = tiny_model.encode_image(pixels)
+        fpn = get_graph("image_encoder").build(tiny_model)(pixels)
+        concepts = tiny_model.encode_concepts(["red mug", "person", "chair"])
+        ref = tiny_model.detect(ref_feats, concepts)
+        got = get_graph("detector").build(tiny_model)(*fpn, concepts.embeds, concepts.mask)
+    for a, b in zip(fpn, ref_feats.fpn_hidden_states[:3]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(got, (ref.pred_masks, ref.pred_boxes, ref.pred_logits, ref.presence_logits)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_check_graph_rejects_a_graph_with_other_names(exported):
+    spec = get_graph("text_encoder")
+    wrong = GraphSpec("text_encoder", spec.build, ("ids", "mask"), spec.output_names, spec.example_inputs)
+    with pytest.raises(ValueError, match="expected"):
+        check_graph(exported["text_encoder"], wrong)
+
+
+def test_adding_a_graph_is_a_declaration(tiny_model, tmp_path):
+    class Presence(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.proj = model.detector.text_projection
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x).sigmoid()
+
+    dim = tiny_model.detector.text_projection.in_features
+    spec = GraphSpec(
+        "toy_head",
+        Presence,
+        ("x",),
+        ("y",),
+        lambda m, k: (torch.randn(k, dim),),
+        {"x": {0: "concepts"}, "y": {0: "concepts"}},
+    )
+    register_graph(spec)
+    try:
+        with pytest.raises(ValueError, match="twice"):
+            register_graph(spec)
+        path = export_graph(get_graph("toy_head"), tiny_model, tmp_path / "toy.onnx")
+        rows = parity_check(spec, tiny_model, _session_runner(path, spec), num_concepts=3)
+        assert rows[0].shape == (3, tiny_model.config.fpn_dim) and rows[0].max_abs <= ATOL
+    finally:
+        GRAPHS.pop("toy_head")
+
+
+def test_onnx_cache_exports_once_and_rekeys_on_new_weights(tiny_model, tmp_path, monkeypatch, exported):
+    calls: list[str] = []
+
+    def fake_export(spec, model, path, **_):  # copy instead of re-exporting: this tests the cache logic
+        calls.append(spec.name)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(exported[spec.name].read_bytes())
+        return path
+
+    monkeypatch.setattr(onnx_cache, "export_graph", fake_export)
+    first = onnx_cache.cached_graphs(tiny_model, ["text_encoder"], tmp_path)
+    second = onnx_cache.cached_graphs(tiny_model, ["text_encoder"], tmp_path)
+    assert first == second and calls == ["text_encoder"]
+    key = onnx_cache.graph_cache_key(tiny_model, opset=18, exporter="torchscript")
+    assert key != onnx_cache.graph_cache_key(tiny_model, opset=17, exporter="torchscript")
+    original = onnx_cache.weights_sha256(tiny_model)
+    p = next(tiny_model.parameters())
+    saved = p.detach().clone()
+    with torch.no_grad():
+        p.add_(1.0)
+        try:
+            assert onnx_cache.weights_sha256(tiny_model) != original
+            assert onnx_cache.graph_cache_key(tiny_model, opset=18, exporter="torchscript") != key
+        finally:
+            p.copy_(saved)  # the model is shared by other tests
+    assert onnx_cache.weights_sha256(tiny_model) == original
+
+
+def test_opset_below_17_is_refused(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="opset"):
+        export_graph(get_graph("text_encoder"), tiny_model, tmp_path / "t.onnx", opset=16)
+
+
+def _cli(argv: list[str]) -> int:
+    from efficientsam3_ros.runtime import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(argv))
+
+
+def test_export_command_writes_graphs_and_a_parity_table(tmp_path, capsys):
+    rc = _cli(
+        ["--model", "es-ev-tiny", "--out", str(tmp_path), "--graphs", "text_encoder", "--input-size", "56"]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "max abs" in captured.out and "text_embeds" in captured.out
+    assert "export onnx" in captured.err  # tqdm progress
+    onnx.checker.check_model(str(tmp_path / "text_encoder.onnx"))
+    assert (tmp_path / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "nope"], "unknown model"),
+        (["--model", "es-ev-tiny", "--input-size", "100"], "multiple of the patch size"),
+        (["--model", "es-ev-tiny", "--graphs", "decoder"], "unknown --graphs"),
+        (["--model", "es-ev-tiny", "--opset", "13"], "--opset"),
+    ],
+)
+def test_export_command_bad_arguments_give_one_line(tmp_path, capsys, argv, message):
+    assert _cli([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_export_command_without_tensorrt_names_the_fix(tmp_path, capsys):
+    pytest.importorskip("numpy")
+    try:
+        import tensorrt  # noqa: F401
+
+        if torch.cuda.is_available():
+            pytest.skip("TensorRT and a GPU are present")
+    except ImportError:
+        pass
+    assert _cli(["--model", "es-ev-tiny", "--out", str(tmp_path), "--format", "tensorrt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tensorrt" in err.lower() and ("pip install" in err or "GPU" in err) and "\n" not in err
+
+
+def test_parity_check_detects_a_wrong_graph(tiny_model):
+    """The parity check must be able to fail: a perturbed runner is caught."""
+    spec = get_graph("text_encoder")
+
+    def wrong(inputs):
+        with torch.no_grad():
+            return [spec.build(tiny_model)(*inputs).numpy() + np.float32(1e-2)]
+
+    (row,) = parity_check(spec, tiny_model, wrong, num_concepts=2)
+    assert row.max_abs == pytest.approx(1e-2, rel=1e-3)
+
+
+def test_exporter_module_defaults_to_a_supported_opset():
+    assert export_mod.DEFAULT_OPSET >= 17

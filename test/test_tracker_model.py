@@ -1,0 +1,161 @@
+"""Tracker model: configs, full-size memory token counts, batched propagation, conditioning."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from efficientsam3_ros.modeling.registry import get_config
+from efficientsam3_ros.modeling.tracker import TrackerModel
+from efficientsam3_ros.modeling.tracker_config import TrackerConfig, to_edgetam_config
+from efficientsam3_ros.modeling.tracker_memory import DenseMemoryCodec, PerceiverMemoryCodec
+from efficientsam3_ros.modeling.tracker_neck import TrackerFrame
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny graphs run faster on one thread than fighting for shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tracker(memory: str) -> TrackerModel:
+    torch.manual_seed(0)
+    model = TrackerModel(get_config("es-ev-tiny"), TrackerConfig.tiny(memory)).eval()
+    # random heads give object scores ~0; push them positive so masks and pointers are not constants
+    model.sam.mask_decoder.pred_obj_score_head.proj_out.bias.data.fill_(3.0)
+    return model
+
+
+def _frame(model: TrackerModel, idx: int, seed: int = 0) -> TrackerFrame:
+    gen = torch.Generator().manual_seed(seed)
+    c, g = model.config.hidden_size, model.grid_size
+    return TrackerFrame(
+        feat=torch.randn(1, c, g, g, generator=gen),
+        pos=torch.randn(1, c, g, g, generator=gen),
+        s0=torch.randn(1, c // 8, 4 * g, 4 * g, generator=gen),
+        s1=torch.randn(1, c // 4, 2 * g, 2 * g, generator=gen),
+        frame_idx=idx,
+    )
+
+
+def _box_mask(size: int, x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="unknown tracker memory"):
+        TrackerConfig(memory="sparse")
+    with pytest.raises(ValueError, match="perfect square"):
+        TrackerConfig(num_latents_2d=200)
+    with pytest.raises(ValueError, match="memory_dim"):
+        TrackerConfig(memory_dim=32)
+    assert TrackerConfig.from_dict(TrackerConfig().to_dict()) == TrackerConfig()
+    with pytest.raises(ValueError, match="unknown tracker config keys"):
+        TrackerConfig.from_dict({"memroy": "dense"})
+
+
+def test_full_size_tokens_per_memory_frame() -> None:
+    """At 1008 px (72 x 72 grid) a Perceiver memory frame is 512 tokens, a dense one 5184."""
+    image = get_config("es-ev-s")
+    assert image.grid_size == 72
+    perceiver_cfg, dense_cfg = TrackerConfig(memory="perceiver"), TrackerConfig(memory="dense")
+    assert perceiver_cfg.tokens_per_memory_frame(72) == 512
+    assert dense_cfg.tokens_per_memory_frame(72) == 5184
+    torch.manual_seed(0)
+    memory_map = torch.randn(2, 64, 72, 72)
+    pos = torch.randn(2, 64, 72, 72)
+    perceiver = PerceiverMemoryCodec(to_edgetam_config(image, perceiver_cfg), 72).eval()
+    dense = DenseMemoryCodec(72, 64)
+    with torch.no_grad():
+        assert perceiver(memory_map, pos).shape == (2, 512, 64)
+        assert dense(memory_map, pos).shape == (2, 5184, 64)
+    assert perceiver.spatial_pos.shape == (512, 64) and dense.spatial_pos.shape == (5184, 64)
+    assert perceiver.window_input == 80  # 72 does not tile into 16 windows; resized to 16 x 5
+    assert torch.count_nonzero(perceiver.spatial_pos[:256]) == 0  # global latents carry no position
+
+
+@pytest.mark.parametrize("memory", ["perceiver", "dense"])
+def test_propagate_shapes_and_memory_growth(memory: str) -> None:
+    model = _tracker(memory)
+    size, side = model.image_config.image_size, 4 * model.grid_size
+    with torch.inference_mode():
+        tracks = [model.new_track() for _ in range(2)]
+        model.condition(tracks[0], _frame(model, 0), _box_mask(size, 10, 10, 60, 60))
+        model.condition(tracks[1], _frame(model, 0), _box_mask(size, 50, 40, 100, 90))
+        for idx in range(1, 4):
+            out = model.propagate(tracks, _frame(model, idx, seed=idx))
+    assert out.mask_logits.shape == (2, side, side)
+    assert out.object_score_logits.shape == (2,) and out.iou_scores.shape == (2,)
+    assert torch.isfinite(out.mask_logits).all()
+    assert not torch.equal(out.mask_logits[0], out.mask_logits[1])  # different objects, different masks
+    assert [len(t) for t in tracks] == [4, 4]  # 1 conditioning + 3 tracked frames
+    layout = tracks[0].gather(4)
+    assert layout.features.shape[1:] == (model.tokens_per_memory_frame, 64)
+    assert layout.tpos_index.tolist() == [6, 2, 1, 0]  # conditioning slot, then oldest -> newest
+    assert layout.pointer_offsets.tolist() == [4.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("memory", ["perceiver", "dense"])
+def test_batched_equals_one_by_one_with_mixed_ages(memory: str) -> None:
+    """Batching over tracks (grouped by memory layout) must not change any track's result."""
+    model = _tracker(memory)
+    size = model.image_config.image_size
+    with torch.inference_mode():
+        tracks = [model.new_track() for _ in range(3)]
+        model.condition(tracks[0], _frame(model, 0), _box_mask(size, 10, 10, 60, 60))
+        model.condition(tracks[1], _frame(model, 0), _box_mask(size, 30, 30, 90, 100))
+        model.propagate(tracks[:2], _frame(model, 1, seed=1))
+        model.condition(tracks[2], _frame(model, 1, seed=1), _box_mask(size, 0, 50, 40, 110))
+        singles = copy.deepcopy(tracks)
+        frame = _frame(model, 2, seed=2)
+        batched = model.propagate(tracks, frame)
+        one_by_one = [model.propagate([t], frame) for t in singles]
+    for i, single in enumerate(one_by_one):
+        torch.testing.assert_close(batched.mask_logits[i], single.mask_logits[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(batched.object_score_logits[i], single.object_score_logits[0], atol=1e-4, rtol=0)
+    for a, b in zip(tracks, singles):
+        for x, y in zip(a.tensors(), b.tensors()):
+            torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+
+
+def test_condition_empty_mask_stores_no_object_pointer() -> None:
+    model = _tracker("perceiver")
+    size = model.image_config.image_size
+    with torch.inference_mode():
+        empty, full = model.new_track(), model.new_track()
+        model.condition(empty, _frame(model, 0), torch.zeros(size, size))
+        model.condition(full, _frame(model, 0), _box_mask(size, 10, 10, 60, 60).float())
+    torch.testing.assert_close(empty.cond[0][2], model.sam.no_object_pointer[0])
+    assert not torch.allclose(full.cond[0][2], model.sam.no_object_pointer[0])
+    assert not torch.allclose(empty.cond[0][1], full.cond[0][1])  # the mask reaches the memory
+
+
+def test_propagate_requires_conditioning() -> None:
+    model = _tracker("dense")
+    with pytest.raises(RuntimeError, match="no conditioning frame"):
+        model.propagate([model.new_track()], _frame(model, 1))
+
+
+def test_encode_frame_uses_image_model_trunk() -> None:
+    """The tracker neck reads the image model's trunk feature: no second trunk run."""
+    from efficientsam3_ros.modeling import build_model
+
+    torch.manual_seed(0)
+    image_model = build_model("es-ev-tiny")
+    model = TrackerModel(image_model.config, TrackerConfig.tiny("perceiver")).eval()
+    with torch.inference_mode():
+        features = image_model.encode_image(torch.randn(1, 3, 112, 112))
+        frame = model.encode_frame(features, frame_idx=5)
+        again = model.encode_frame(features.last_hidden_state, frame_idx=5)
+    c, g = model.config.hidden_size, model.grid_size
+    assert frame.feat.shape == (1, c, g, g) and frame.pos.shape == (1, c, g, g)
+    assert frame.s0.shape == (1, c // 8, 4 * g, 4 * g) and frame.s1.shape == (1, c // 4, 2 * g, 2 * g)
+    assert frame.frame_idx == 5
+    torch.testing.assert_close(frame.feat, again.feat)
