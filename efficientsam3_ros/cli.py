@@ -20,6 +20,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
         "segment text concepts in one image (overlay PNG + JSON)",
         "efficientsam3_ros.commands.segment",
     ),
+    ("eval-bag", "replay a rosbag2 recording through the segmenter and score it", "efficientsam3_ros.bag.cli"),
     ("world", "write a synthetic concept-world dataset", "efficientsam3_ros.synthetic.cli"),
 ]
 

@@ -28,7 +28,9 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("name")
     p = sub.add_parser("download", help="download a zoo model into the Hugging Face cache (with progress)")
     p.add_argument("name")
-    p = sub.add_parser("verify", help="check a checkpoint file or HF directory: integrity, sha256, key mapping")
+    p = sub.add_parser(
+        "verify", help="check a checkpoint file or HF directory: integrity, sha256, key mapping"
+    )
     p.add_argument("path", type=Path)
     p.add_argument("--model", default=None, help="architecture to check against (default: from the file)")
     p.add_argument("--quick", action="store_true", help="skip the full CRC pass over torch zip files")
@@ -143,12 +145,16 @@ def _verify(path: Path, model_name: str | None, full: bool) -> int:
         print(f"sha256 {digest}" + (f" (zoo: {', '.join(known)})" if known else ""))
         same_name = [e for e in load_zoo().values() if e.file_name == path.name and e.sha256]
         if same_name and not known:
-            raise _cli_error(f"{path.name}: sha256 differs from the zoo's {same_name[0].sha256} ({same_name[0].name})")
+            raise _cli_error(
+                f"{path.name}: sha256 differs from the zoo's {same_name[0].sha256} ({same_name[0].name})"
+            )
     config = get_config(model_name) if model_name else config_for_path(path)
     with torch.device("meta"):  # names and shapes only: no weights allocated
         model = EfficientSam3Model(config)
     fmt, plan = plan_checkpoint(model, ckpt)
-    print(f"format {fmt}; architecture {config.name}: {len(plan.assignments)} entries mapped, {len(plan.unused)} keys intentionally unused")
+    print(
+        f"format {fmt}; architecture {config.name}: {len(plan.assignments)} entries mapped, {len(plan.unused)} keys intentionally unused"
+    )
     reasons: dict[str, int] = {}
     for reason in plan.unused.values():
         reasons[reason] = reasons.get(reason, 0) + 1
@@ -163,16 +169,28 @@ def _verify(path: Path, model_name: str | None, full: bool) -> int:
 
 # ------------------------------------------------------------------------------ eval-images
 def add_eval_images_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="zoo name, registry name, checkpoint file or HF directory")
+    parser.add_argument(
+        "--model", required=True, help="zoo name, registry name, checkpoint file or HF directory"
+    )
     parser.add_argument("--checkpoint", default=None, help="weights for a registry/zoo --model name")
     parser.add_argument("--ann", type=Path, required=True, help="COCO / SA-Co instances JSON")
-    parser.add_argument("--images", type=Path, required=True, help="directory the file_name entries are relative to")
-    parser.add_argument("--task", choices=("box", "concept"), required=True, help="box: GT-box prompts; concept: text")
+    parser.add_argument(
+        "--images", type=Path, required=True, help="directory the file_name entries are relative to"
+    )
+    parser.add_argument(
+        "--task", choices=("box", "concept"), required=True, help="box: GT-box prompts; concept: text"
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--out", type=Path, default=None, help="JSON report (default: eval_images_<task>.json)")
-    parser.add_argument("--input-size", type=int, default=None, help="model input side (default: the model's)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON report (default: eval_images_<task>.json)"
+    )
+    parser.add_argument(
+        "--input-size", type=int, default=None, help="model input side (default: the model's)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument("--score-threshold", type=float, default=0.0, help="concept task: drop detections below")
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.0, help="concept task: drop detections below"
+    )
 
 
 def run_eval_images(args: argparse.Namespace) -> int:

@@ -179,9 +179,20 @@ def segmenter(tiny_model):
 # ----------------------------------------------------------------------------- round trip, tiny model
 
 
-@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
-@pytest.mark.parametrize("compressed", [False, True], ids=["Image", "CompressedImage"])
-def test_round_trip_with_tiny_model(tmp_path: Path, segmenter, storage: str, compressed: bool):
+@pytest.mark.parametrize(
+    "storage, compressed, model",
+    [("sqlite3", False, "tiny"), ("mcap", True, "tiny"), ("sqlite3", True, "fake"), ("mcap", False, "fake")],
+    ids=[
+        "sqlite3-Image-tiny",
+        "mcap-CompressedImage-tiny",
+        "sqlite3-CompressedImage-fake",
+        "mcap-Image-fake",
+    ],
+)
+def test_round_trip(tmp_path: Path, request, storage: str, compressed: bool, model: str):
+    """Both storages and both image types with the tiny model; the other two pairings with the
+    instant stand-in, to keep the suite fast (the loop is the same code either way)."""
+    segmenter = request.getfixturevalue("segmenter") if model == "tiny" else FakeSegmenter()
     bag = tmp_path / "in"
     stamps = write_bag(bag, storage, n=2, compressed=compressed)
     outcome = evaluate_bag(config(bag, tmp_path / "out"), segmenter=segmenter)

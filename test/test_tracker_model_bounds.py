@@ -30,40 +30,42 @@ def _frame(cfg: TrackerConfig, grid: int, idx: int, gen: torch.Generator) -> Tra
     )
 
 
-@pytest.mark.parametrize("memory", ["perceiver", "dense"])
-def test_thousand_frames_memory_is_bounded(memory: str) -> None:
-    """Bytes, tensor count and memory layout stop growing once the memory is full; re-conditioning too."""
+@pytest.mark.parametrize(("memory", "num_frames"), [("perceiver", 1000), ("dense", 250)])
+def test_long_run_memory_is_bounded(memory: str, num_frames: int) -> None:
+    """Bytes, tensor count and memory layout stop growing once the memory is full, re-conditioning included.
+
+    1000 frames for the Perceiver (the shipping config); the dense teacher gets 250, which
+    already saturates every deque (conditioning frames fill by frame 150).
+    """
     cfg = TrackerConfig.tiny(memory)
-    cfg.memory_attention_layers = 1  # the bound is about bookkeeping; one layer keeps 1000 frames fast
+    cfg.memory_attention_layers = 1  # the bound is about bookkeeping; one layer keeps the run fast
     torch.manual_seed(0)
     model = TrackerModel(get_config("es-ev-tiny"), cfg).eval()
     gen = torch.Generator().manual_seed(0)
     size = model.image_config.image_size
     mask = torch.zeros(size, size, dtype=torch.bool)
     mask[20:70, 30:90] = True
-    full_bytes = model.memory_bytes()  # the bound for one track with full memory
+    full_bytes = model.memory_bytes()  # the bound for one track with a full memory
     history: list[tuple[int, int, int]] = []
     with torch.inference_mode():
         track = model.new_track()
         model.condition(track, _frame(cfg, model.grid_size, 0, gen), mask)
-        for idx in range(1, 1000):
+        for idx in range(1, num_frames):
             frame = _frame(cfg, model.grid_size, idx, gen)
-            if idx % 100 == 0:  # periodic re-conditioning from a detection: at most max_cond_frames kept
+            if idx % 50 == 0:  # periodic re-conditioning from a detection
                 model.condition(track, frame, mask)
             else:
                 out = model.propagate([track], frame)
                 assert torch.isfinite(out.mask_logits).all()
             history.append((track.nbytes(), len(track.tensors()), len(track)))
-    steady = history[cfg.max_object_pointers :]
-    max_bytes = max(b for b, _, _ in history)
-    assert max_bytes <= full_bytes
-    assert max(b for b, _, _ in history[450:]) == max(b for b, _, _ in history[:450]) or max_bytes == full_bytes
-    assert max(n for _, n, _ in steady) <= 2 * cfg.max_cond_frames + cfg.num_maskmem - 1 + cfg.max_object_pointers - 1
-    assert max(f for _, _, f in history) == cfg.max_memory_frames()
+    assert max(b for b, _, _ in history) <= full_bytes
+    saturated = history[cfg.max_cond_frames * 50 + cfg.max_object_pointers :]
+    assert len(set(saturated)) == 1, "memory kept changing size after every deque was full"
+    assert saturated[0] == (full_bytes, 2 * cfg.max_cond_frames + cfg.num_maskmem - 1 + cfg.max_object_pointers - 1,
+                            cfg.max_memory_frames())
     assert len(track.cond) == cfg.max_cond_frames
-    # after the last re-conditioning (frame 900) every track ends in the same state as any other full memory
-    assert history[-1] == history[-2]
-    layout = track.gather(1000)
+    layout = track.gather(num_frames)
     assert layout.features.shape[0] == cfg.max_memory_frames()
-    assert layout.pointers.shape[0] <= cfg.max_cond_frames + cfg.max_object_pointers - 1
-    assert layout.pointer_offsets.max() < 1000  # nothing older than the bound survives
+    assert layout.pointers.shape[0] == cfg.max_cond_frames + cfg.max_object_pointers - 1
+    # only the latest max_cond_frames conditioning frames survive (every 50th frame)
+    assert layout.pointer_offsets.max() <= 50 * cfg.max_cond_frames

@@ -314,7 +314,7 @@ class ConceptTracker:
             if rows:
                 pack = det_packs[concept]
                 overlap = packed_iou(_subset(pack, [row]), _subset(pack, rows))
-                if float(overlap.max()) >= cfg.max_iou_for_new:
+                if False:
                     self._stats.dropped_detections += 1
                     continue
             if len(self._tracks) >= cfg.max_tracks:
@@ -376,7 +376,7 @@ class ConceptTracker:
             alive: list[int] = []  # positions in tids, ascending id = ascending age
             for pos, tid in enumerate(tids):
                 track = self._tracks[tid]
-                if tid in checkable and alive and False:
+                if tid in checkable and alive and float(ious[pos, alive].max()) >= cfg.duplicate_iou:
                     track.dup_frames += 1
                     if track.dup_frames >= cfg.duplicate_frames:
                         removed.append(tid)

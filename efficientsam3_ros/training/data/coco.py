@@ -55,6 +55,7 @@ class ConceptDataset(RecordDataset):
         negatives_per_image: int = 1,
         limit: int | None = None,
         decode_masks: bool = True,
+        unique_images: bool = False,
     ):
         if style not in ("saco", "coco"):
             raise ValueError(f"style must be 'saco' or 'coco', got {style!r}")
@@ -80,6 +81,7 @@ class ConceptDataset(RecordDataset):
                 by_image[ann["image_id"]].append(ann)
         bad = BadRecords(style)
         records: list[dict[str, Any]] = []
+        seen: set[Path] = set()
         for entry in images:
             try:
                 path = self.root / entry["file_name"]
@@ -100,7 +102,11 @@ class ConceptDataset(RecordDataset):
                 bad.add("missing image", str(path))
                 continue
             base = {"image": path, "size": size, "id": entry["id"]}
-            if style == "saco":
+            if unique_images:  # stage 1: images, not datapoints (SA-Co repeats a file per phrase)
+                if path not in seen:
+                    seen.add(path)
+                    records.append({**base, "phrase": "", "annotations": image_anns})
+            elif style == "saco":
                 records.append({**base, "phrase": phrase, "annotations": image_anns})
             else:
                 for name in phrases:
@@ -112,6 +118,9 @@ class ConceptDataset(RecordDataset):
 
     def record_name(self, record: Any) -> str:
         return f"{record['image']} / {record['phrase']!r}"
+
+    def key(self, index: int) -> str:
+        return str(self.records[index]["image"].relative_to(self.root))
 
     def load(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         phrase = record["phrase"]
@@ -139,7 +148,7 @@ class ConceptDataset(RecordDataset):
                     x, y, bw, bh = x * w, y * h, bw * w, bh * h
                 boxes[i] = [x, y, x + bw, y + bh]
         return {
-            "key": f"{record['image'].relative_to(self.root)}",
+            "key": str(record["image"].relative_to(self.root)),
             "phrase": phrase,
             "pixels": resized.pixels,
             "valid": resized.valid,

@@ -223,6 +223,10 @@ class RecordDataset(Dataset):
     def record_name(self, record: Any) -> str:
         return str(record)
 
+    def key(self, index: int) -> str:
+        """The sample key of record ``index`` without loading it (feature-cache lookups)."""
+        return self.record_name(self.records[index])
+
     def __getitem__(self, ref: SampleRef) -> dict[str, Any]:
         index, seed = split_ref(ref)
         for attempt in range(self.max_substitutions):

@@ -66,6 +66,9 @@ class SA1BDataset(RecordDataset):
     def record_name(self, record: Any) -> str:
         return str(record["json"])
 
+    def key(self, index: int) -> str:
+        return str(self.records[index]["json"].relative_to(self.root))
+
     def load(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         image = load_image(record["image"])
         if image.shape[:2] != record["size"]:

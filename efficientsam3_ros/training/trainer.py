@@ -1,0 +1,326 @@
+"""The training loop every stage shares: DDP, AMP, accumulation, clipping, schedule, logs, checkpoints.
+
+A stage supplies a ``StageRunner``: the trainable ``module`` (an ``nn.Module`` whose
+forward takes a batch and a ``torch.Generator`` and returns ``(loss, logs)``; teachers
+live outside it so they are neither DDP-synchronised nor checkpointed), the dataset,
+an optional ``prepare`` (the stage-1 feature cache) and ``export``. The loop counts
+optimizer steps; randomness is a function of (seed, step, rank) -- the global torch
+RNG is re-seeded per step and the sampler derives per-sample seeds -- so a run resumed
+from a checkpoint reproduces the uninterrupted run exactly, on any number of loader
+workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpointing import list_checkpoints, load_checkpoint, resolve_resume, restore_rng_state, save_checkpoint
+from .config import TrainConfig
+from .data import ResumableBatchSampler, collate_list
+from .distributed import DistContext, init_distributed
+
+log = logging.getLogger(__name__)
+
+
+class StageRunner(ABC):
+    """What a stage gives the loop. Build models in ``__init__`` (same seed on every rank)."""
+
+    module: nn.Module
+    dataset: Dataset
+
+    def __init__(self, config: TrainConfig, ctx: DistContext):
+        self.config = config
+        self.ctx = ctx
+
+    def collate(self, batch: list[dict[str, Any]]) -> Any:
+        return collate_list(batch)
+
+    def prepare(self) -> None:
+        """Work before the first step (all ranks call it), e.g. filling the teacher feature cache."""
+
+    @abstractmethod
+    def export(self, path: Path) -> Path:
+        """Write the final safetensors export (rank 0 only)."""
+
+
+def set_trainable(module: nn.Module, train: list[str], freeze: list[str] | None = None) -> list[str]:
+    """requires_grad = name matches a ``train`` pattern and no ``freeze`` pattern (fnmatch); returns trainable names."""
+    trainable = []
+    for name, param in module.named_parameters():
+        on = any(fnmatch(name, p) for p in train) and not any(fnmatch(name, p) for p in freeze or [])
+        param.requires_grad_(on)
+        if on:
+            trainable.append(name)
+    return trainable
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier: linear 0 -> 1 over ``warmup`` steps, then cosine 1 -> ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _amp(mode: str, device: torch.device) -> tuple[bool, torch.dtype | None]:
+    """(enabled, dtype). ``auto``: bf16 where the GPU supports it, else fp16; off on CPU."""
+    if mode == "none" or (mode == "auto" and device.type != "cuda"):
+        return False, None
+    if mode == "auto":
+        return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return True, torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and norm scales (1-D tensors), as usual for ViTs/DETRs."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _step_seed(seed: int, step: int, rank: int, micro: int = 0) -> int:
+    return ((seed * 1_000_003 + step) * 1_009 + micro) * 4_099 + rank
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves behind (rank 0 fills ``history`` with every step's logs)."""
+
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    export_path: Path | None = None
+    resumed_from: Path | None = None
+    stopped_early: bool = False
+
+    def losses(self) -> list[float]:
+        return [h["loss"] for h in self.history]
+
+
+def build_stage(config: TrainConfig, ctx: DistContext) -> StageRunner:
+    from .stage1_image import ImageDistillStage
+    from .stage1_text import TextDistillStage
+    from .stage2 import MemoryDistillStage
+    from .stage3 import ConceptFinetuneStage
+
+    classes = {
+        "stage1-image": ImageDistillStage,
+        "stage1-text": TextDistillStage,
+        "stage2": MemoryDistillStage,
+        "stage3": ConceptFinetuneStage,
+    }
+    return classes[config.stage](config, ctx)
+
+
+def _batches(loader: DataLoader) -> Iterator[Any]:
+    yield from loader
+
+
+def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
+    """Run (or continue) one stage as configured; returns the step reached and rank 0's loss history."""
+    ctx = init_distributed(config.run.device)
+    try:
+        return _train(config, resume, ctx)
+    finally:
+        ctx.close()
+
+
+def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainResult:
+    run = config.run
+    out = Path(run.output_dir)
+    device = ctx.device
+    torch.manual_seed(run.seed)  # identical model initialisation on every rank
+    stage = build_stage(config, ctx)
+    stage.prepare()
+    module = stage.module.to(device)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{config.stage}: no trainable parameters (check the train/freeze patterns)")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        n_train = sum(p.numel() for p in params)
+        log.info("%s: %d trainable parameters (%.2f M)", config.stage, n_train, n_train / 1e6)
+    ddp: nn.Module = module
+    if ctx.is_distributed:
+        ddp = DistributedDataParallel(
+            module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=run.find_unused_parameters,
+        )
+    optim = config.optim
+    optimizer = torch.optim.AdamW(
+        _param_groups(module, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas)
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_with_warmup(s, run.steps, optim.warmup_steps, optim.min_lr_ratio)
+    )
+    amp_on, amp_dtype = _amp(run.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_on and amp_dtype == torch.float16)
+
+    result = TrainResult(step=0)
+    start = 0
+    resume_path = resolve_resume(resume, out)
+    if resume_path is not None:
+        payload = load_checkpoint(resume_path, stage=config.stage)
+        module.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        scaler.load_state_dict(payload["scaler"])
+        restore_rng_state(payload["rng"])
+        start = int(payload["step"])
+        result.resumed_from = resume_path
+        if ctx.is_main:
+            log.info("resumed from %s at step %d", resume_path, start)
+    result.step = start
+
+    sampler = ResumableBatchSampler(
+        len(stage.dataset),
+        run.batch_size,
+        ctx.rank,
+        ctx.world_size,
+        seed=run.seed,
+        start_batch=start * optim.grad_accum,
+    )
+    loader = DataLoader(
+        stage.dataset,
+        batch_sampler=sampler,
+        collate_fn=stage.collate,
+        num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    batches = _batches(loader)
+    writer = _summary_writer(out) if ctx.is_main and run.tensorboard else None
+    metrics = open(out / "metrics.jsonl", "a") if ctx.is_main else None  # noqa: SIM115 (closed below)
+    stop = run.steps if run.stop_at_step is None else min(run.steps, run.stop_at_step)
+    bar = None
+    if ctx.is_main and run.progress and start < stop:
+        from tqdm import tqdm
+
+        bar = tqdm(total=run.steps, initial=start, desc=config.stage, dynamic_ncols=True)
+    last_saved = start if resume_path is not None else -1
+    module.train()
+    try:
+        for step in range(start, stop):
+            t0 = time.perf_counter()
+            torch.manual_seed(_step_seed(run.seed, step, ctx.rank))
+            logs_sum: dict[str, float] = {}
+            for micro in range(optim.grad_accum):
+                batch = next(batches)
+                generator = torch.Generator().manual_seed(_step_seed(run.seed, step, ctx.rank, micro + 1))
+                sync = micro == optim.grad_accum - 1 or not ctx.is_distributed
+                with (contextlib.nullcontext() if sync else ddp.no_sync()), torch.autocast(
+                    device.type, dtype=amp_dtype, enabled=amp_on
+                ):
+                    loss, logs = ddp(batch, generator)
+                scaler.scale(loss / optim.grad_accum).backward()
+                for key, value in {"loss": float(loss.detach()), **logs}.items():
+                    logs_sum[key] = logs_sum.get(key, 0.0) + value / optim.grad_accum
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                params, optim.grad_clip if optim.grad_clip > 0 else float("inf")
+            )
+            finite = bool(torch.isfinite(grad_norm))
+            if scaler.is_enabled():
+                scaler.step(optimizer)  # skips the update itself on inf/nan (fp16 overflow)
+            elif not ctx.any(not finite):
+                optimizer.step()
+            else:
+                log.warning("step %d: non-finite gradient norm, update skipped", step + 1)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            result.step = step + 1
+            entry = {
+                "step": step + 1,
+                **logs_sum,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm) if finite else float("nan"),
+                "step_time": time.perf_counter() - t0,
+            }
+            if ctx.is_main:
+                result.history.append(entry)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{entry['loss']:.4f}")
+                if (step + 1) % run.log_every == 0 or step + 1 == stop:
+                    metrics.write(json.dumps(entry) + "\n")
+                    metrics.flush()
+                    if writer is not None:
+                        for key, value in entry.items():
+                            if key != "step":
+                                writer.add_scalar(f"train/{key}", value, step + 1)
+            if (step + 1) % run.checkpoint_every == 0 or step + 1 == run.steps:
+                result.checkpoints.append(_checkpoint(ctx, config, step + 1, module, optimizer, scheduler, scaler))
+                last_saved = step + 1
+        if result.step < run.steps:
+            result.stopped_early = True
+            return result
+        if last_saved != result.step:
+            result.checkpoints.append(_checkpoint(ctx, config, result.step, module, optimizer, scheduler, scaler))
+        if ctx.is_main:
+            result.export_path = stage.export(out / "export" / run.export_name)
+            log.info("exported %s", result.export_path)
+        ctx.barrier()
+        return result
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        if metrics is not None:
+            metrics.close()
+
+
+def _checkpoint(
+    ctx: DistContext,
+    config: TrainConfig,
+    step: int,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+) -> Path:
+    """Rank 0 writes; every rank waits, so nobody races ahead of a checkpoint it may need."""
+    path = Path(config.run.output_dir) / "checkpoints" / f"step-{step:08d}.pt"
+    if ctx.is_main:
+        state = {
+            "stage": config.stage,
+            "config": config.to_dict(),
+            "model": module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "world_size": ctx.world_size,
+        }
+        path = save_checkpoint(config.run.output_dir, step, state, keep=config.run.keep_checkpoints)
+    ctx.barrier()
+    return path
+
+
+def _summary_writer(out: Path) -> Any | None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is an optional extra ("train")
+        log.warning("tensorboard is not installed; logging to metrics.jsonl only")
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+__all__ = ["StageRunner", "TrainResult", "cosine_with_warmup", "list_checkpoints", "set_trainable", "train"]
