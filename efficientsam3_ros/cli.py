@@ -21,6 +21,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
         "efficientsam3_ros.commands.segment",
     ),
     ("eval-bag", "replay a rosbag2 recording through the segmenter and score it", "efficientsam3_ros.bag.cli"),
+    ("demo", "run the whole system on a built-in synthetic world (main job)", "efficientsam3_ros.commands.demo"),
     ("world", "write a synthetic concept-world dataset", "efficientsam3_ros.synthetic.cli"),
 ]
 

@@ -12,6 +12,7 @@ from efficientsam3_ros.pipeline.results import Instance, TrackState
 from efficientsam3_ros.tracking import (
     ConceptTracker,
     TrackerConfig,
+    TrackingConfig,
     box_from_mask,
     mask_iou_matrix,
 )
@@ -140,7 +141,7 @@ def test_hungarian_beats_greedy_assignment():
     def band(x0: int, x1: int) -> np.ndarray:
         return rect(0, x0, 4, x1, shape)
 
-    trk = ConceptTracker(TrackerConfig(young_track_frames=0))  # no duplicate rule for this test
+    trk = ConceptTracker(TrackingConfig(young_track_frames=0))  # no duplicate rule for this test
     trk.update([det(band(0, 40)), det(band(60, 100))])
     t1, t2 = band(0, 90), band(0, 60)
     d1, d2 = band(0, 100), band(40, 90)
@@ -170,7 +171,7 @@ def test_output_mask_source():
     np.testing.assert_array_equal(up.instances[0].box_xyxy, [0, 0, 9, 10])
     assert up.instances[0].score == pytest.approx(0.9)  # concept confidence comes from the detector
 
-    trk = ConceptTracker(TrackerConfig(use_propagated_masks=False))
+    trk = ConceptTracker(TrackingConfig(use_propagated_masks=False))
     trk.update([det(A)])
     up = trk.update([det(A_SHIFT)], propagated={1: (prop, 0.6)})
     np.testing.assert_array_equal(up.instances[0].mask, A_SHIFT)
@@ -200,7 +201,7 @@ def test_same_mask_two_concepts_gives_two_tracks():
 
 
 def test_occlusion_survival_then_removal():
-    cfg = TrackerConfig(max_missed_frames=5, young_track_frames=3)
+    cfg = TrackingConfig(max_missed_frames=5, young_track_frames=3)
     trk = ConceptTracker(cfg)
     for _ in range(4):  # past youth
         trk.update([det(A)])
@@ -214,7 +215,7 @@ def test_occlusion_survival_then_removal():
 
 
 def test_reappearing_within_window_keeps_id_and_resets_budget():
-    trk = ConceptTracker(TrackerConfig(max_missed_frames=3, young_track_frames=0))
+    trk = ConceptTracker(TrackingConfig(max_missed_frames=3, young_track_frames=0))
     trk.update([det(A)])
     for _ in range(3):
         trk.update([])
@@ -235,7 +236,7 @@ def test_default_occlusion_budget():
 
 
 def test_young_track_removed_faster():
-    cfg = TrackerConfig()
+    cfg = TrackingConfig()
     assert cfg.young_track_max_missed < cfg.max_missed_frames
     trk = ConceptTracker(cfg)
     trk.update([det(A)])
@@ -247,7 +248,7 @@ def test_young_track_removed_faster():
 
 
 def test_young_track_misses_are_cumulative():
-    trk = ConceptTracker(TrackerConfig(young_track_frames=15, young_track_max_missed=3))
+    trk = ConceptTracker(TrackingConfig(young_track_frames=15, young_track_max_missed=3))
     trk.update([det(A)])  # frame 0
     removed_at = None
     for frame in range(1, 15):
@@ -259,7 +260,7 @@ def test_young_track_misses_are_cumulative():
 
 
 def test_ids_monotonic_and_never_reused():
-    trk = ConceptTracker(TrackerConfig(max_missed_frames=0, young_track_max_missed=0))
+    trk = ConceptTracker(TrackingConfig(max_missed_frames=0, young_track_max_missed=0))
     assert trk.update([det(A)]).new_track_ids == [1]
     assert trk.update([]).removed_track_ids == [1]
     assert trk.update([det(A)]).new_track_ids == [2]  # same place, new id
@@ -289,7 +290,7 @@ def test_duplicate_young_track_is_suppressed_older_wins():
 
 
 def test_mature_overlapping_tracks_are_not_suppressed():
-    trk = ConceptTracker(TrackerConfig(young_track_frames=2))
+    trk = ConceptTracker(TrackingConfig(young_track_frames=2))
     trk.update([det(A)])
     trk.update([det(A), det(B)])
     trk.update([det(A), det(B)])
@@ -300,7 +301,7 @@ def test_mature_overlapping_tracks_are_not_suppressed():
 
 
 def test_duplicate_frames_delays_suppression():
-    trk = ConceptTracker(TrackerConfig(duplicate_frames=2))
+    trk = ConceptTracker(TrackingConfig(duplicate_frames=2))
     trk.update([det(A)])
     trk.update([det(A), det(B)])
     prop = {1: (A_SHIFT, 0.8), 2: (A, 0.8)}
@@ -309,7 +310,7 @@ def test_duplicate_frames_delays_suppression():
 
 
 def test_track_cap_refuses_lowest_scores():
-    trk = ConceptTracker(TrackerConfig(max_tracks=2, young_track_frames=0, max_missed_frames=0))
+    trk = ConceptTracker(TrackingConfig(max_tracks=2, young_track_frames=0, max_missed_frames=0))
     up = trk.update([det(C, 0.75), det(A, 0.9), det(B, 0.8)])
     assert {tuple(box_from_mask(i.mask)) for i in up.instances} == {
         tuple(box_from_mask(A)),
@@ -324,7 +325,7 @@ def test_track_cap_refuses_lowest_scores():
 
 
 def test_recondition_schedule():
-    trk = ConceptTracker(TrackerConfig(recondition_every=4))
+    trk = ConceptTracker(TrackingConfig(recondition_every=4))
     frames = []
     for frame in range(13):
         up = trk.update([det(A, 0.9)])
@@ -339,7 +340,7 @@ def test_recondition_schedule():
 
 def test_recondition_waits_for_a_good_detection_then_fires():
     """The interval counts from the track's last conditioning, not from a global frame index."""
-    trk = ConceptTracker(TrackerConfig(recondition_every=3))
+    trk = ConceptTracker(TrackingConfig(recondition_every=3))
     low_iou = {1: (rect(0, 0, 10, 9), 0.9)}  # IoU 81/110 with A_SHIFT: below recondition_iou (0.8)
     fired = []
     for frame in range(10):
@@ -356,10 +357,10 @@ def test_recondition_waits_for_a_good_detection_then_fires():
 
 
 def test_recondition_disabled_and_reports_detection_mask():
-    trk = ConceptTracker(TrackerConfig(recondition_every=0))
+    trk = ConceptTracker(TrackingConfig(recondition_every=0))
     for _ in range(40):
         assert trk.update([det(A)]).recondition == {}
-    trk = ConceptTracker(TrackerConfig(recondition_every=1))
+    trk = ConceptTracker(TrackingConfig(recondition_every=1))
     trk.update([det(A)])
     prop = rect(0, 0, 10, 10)
     prop[0, 0] = False  # propagated differs slightly; IoU 0.99
@@ -383,7 +384,7 @@ def test_reset_and_remove_concept():
 
 
 def test_predicted_with_empty_propagated_mask_is_hidden_but_alive():
-    trk = ConceptTracker(TrackerConfig(young_track_frames=0))
+    trk = ConceptTracker(TrackingConfig(young_track_frames=0))
     trk.update([det(A)])
     up = trk.update([], propagated={1: (np.zeros(SHAPE, bool), 0.1)})
     assert up.instances == [] and up.removed_track_ids == []
@@ -405,14 +406,19 @@ def test_bad_masks_are_rejected():
 
 
 def test_config_validation():
+    assert TrackerConfig is TrackingConfig  # the brief's name still works
+    cfg = TrackingConfig(max_tracks=5)
+    assert TrackingConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        TrackingConfig.from_dict({"max_track": 5})
     with pytest.raises(ValueError):
-        TrackerConfig(assoc_iou_threshold=1.5)
+        TrackingConfig(assoc_iou_threshold=1.5)
     with pytest.raises(ValueError):
-        TrackerConfig(max_tracks=0)
+        TrackingConfig(max_tracks=0)
     with pytest.raises(ValueError):
-        TrackerConfig(max_iou_for_new=0.6, assoc_iou_threshold=0.5)
+        TrackingConfig(max_iou_for_new=0.6, assoc_iou_threshold=0.5)
     with pytest.raises(ValueError):
-        TrackerConfig(max_missed_frames=-1)
+        TrackingConfig(max_missed_frames=-1)
 
 
 # ---------------------------------------------------------------------------- bounded state
@@ -423,7 +429,7 @@ def _container_sizes(obj) -> dict[str, int]:
 
 
 def test_state_bounded_over_1000_random_frames():
-    cfg = TrackerConfig(max_tracks=12)
+    cfg = TrackingConfig(max_tracks=12)
     trk = ConceptTracker(cfg)
     rng = np.random.default_rng(1234)
     shape = (48, 48)

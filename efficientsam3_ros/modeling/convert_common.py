@@ -119,7 +119,7 @@ class ConversionPlan:
                     lines.append(f"  ... and {len(items) - limit} more")
 
         section("missing model entries (nothing in the checkpoint fills them)", self.missing)
-        section("unexpected checkpoint keys (no mapping rule)", self.unexpected)
+        section("unexpected checkpoint keys (no rule, or no such entry in this model)", self.unexpected)
         section(
             "mis-shaped",
             [f"{t} <- {s}: model {list(m)}, checkpoint gives {list(c)}" for t, s, m, c in self.mismatched],
@@ -143,6 +143,9 @@ def plan_conversion(
             continue
         if isinstance(result, Unused):
             plan.unused[source] = result.reason
+            continue
+        if not any(t.key in target_shapes for t in result):
+            plan.unexpected.append(source)  # renamed, but to nothing this model has
             continue
         for target in result:
             if target.key not in target_shapes:

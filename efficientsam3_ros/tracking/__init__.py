@@ -6,9 +6,13 @@ duplicate suppression and periodic memory reconditioning. No torch, no ROS: plai
 so the node, the bag evaluator and the tests share it.
 """
 
-from efficientsam3_ros.tracking.config import TrackerConfig
+from efficientsam3_ros.tracking.config import TrackingConfig
 from efficientsam3_ros.tracking.iou import PackedMasks, box_from_mask, mask_iou_matrix, packed_iou
 from efficientsam3_ros.tracking.tracker import ConceptTracker, PropagatedMasks, TrackerStats, TrackUpdate
+
+TrackerConfig = TrackingConfig
+"""Alias under the name of the original brief. Prefer ``TrackingConfig``: the model-side
+``efficientsam3_ros.modeling.tracker_config.TrackerConfig`` (memory sizes) is a different class."""
 
 __all__ = [
     "ConceptTracker",
@@ -16,6 +20,7 @@ __all__ = [
     "PropagatedMasks",
     "TrackUpdate",
     "TrackerConfig",
+    "TrackingConfig",
     "TrackerStats",
     "box_from_mask",
     "mask_iou_matrix",

@@ -8,11 +8,12 @@ rules here are the streaming counterparts of SAM3's; each field says which SAM3 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
-class TrackerConfig:
+class TrackingConfig:
     """Association and track-lifecycle rules of :class:`~efficientsam3_ros.tracking.ConceptTracker`.
 
     Frozen so that one config can be shared by several trackers (one per camera) without one
@@ -83,6 +84,19 @@ class TrackerConfig:
     """Compute association IoUs on every n-th row and column only (n*n fewer pixels). 1 = exact.
     Masks are packed to bits and intersected with popcounts, which is already about ten times faster
     than a float32 matrix product; downsampling is for very large images or many tracks."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrackingConfig:
+        """Build from a YAML/ROS-parameter dict; unknown keys raise so a typo is not silently ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown tracking parameters {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every parameter (for logs, YAML dumps and ROS parameter declaration)."""
+        return asdict(self)
 
     def __post_init__(self) -> None:
         """Reject settings that would silently break the lifecycle (e.g. negative budgets)."""

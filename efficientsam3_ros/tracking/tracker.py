@@ -6,7 +6,7 @@ which detection continues which track, which detections start tracks, which trac
 when a track's memory should be re-conditioned on a fresh detection. It holds one small record
 per live track and nothing per frame, so a node can run for days at constant memory.
 
-Rules, in the order they are applied each frame (parameters in :class:`TrackerConfig`):
+Rules, in the order they are applied each frame (parameters in :class:`TrackingConfig`):
 
 1. Every live track has a prediction: the propagated mask the pipeline passed for it, else its
    last mask.
@@ -35,7 +35,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from efficientsam3_ros.pipeline.results import Instance, TrackState
-from efficientsam3_ros.tracking.config import TrackerConfig
+from efficientsam3_ros.tracking.config import TrackingConfig
 from efficientsam3_ros.tracking.iou import PackedMasks, box_from_mask, packed_iou
 
 PropagatedMasks = Mapping[int, tuple[np.ndarray, float]]
@@ -116,9 +116,9 @@ class ConceptTracker:
     safe: one tracker per camera stream.
     """
 
-    def __init__(self, config: TrackerConfig | None = None) -> None:
+    def __init__(self, config: TrackingConfig | None = None) -> None:
         """Start an empty session; ids start at 1 (0 is kept free for "no track" in label images)."""
-        self.config = config if config is not None else TrackerConfig()
+        self.config = config if config is not None else TrackingConfig()
         self._tracks: dict[int, _Track] = {}
         self._next_id = 1
         self._frame = -1
@@ -314,7 +314,7 @@ class ConceptTracker:
             if rows:
                 pack = det_packs[concept]
                 overlap = packed_iou(_subset(pack, [row]), _subset(pack, rows))
-                if False:
+                if float(overlap.max()) >= cfg.max_iou_for_new:
                     self._stats.dropped_detections += 1
                     continue
             if len(self._tracks) >= cfg.max_tracks:

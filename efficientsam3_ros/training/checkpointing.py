@@ -93,9 +93,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             tmp.unlink()
 
 
-def save_checkpoint(
-    output_dir: str | Path, step: int, state: dict[str, Any], keep: int = 3
-) -> Path:
+def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
     """Write ``checkpoints/step-XXXXXXXX.pt`` atomically and prune to the newest ``keep`` (0 keeps all)."""
     payload = {"format": FORMAT, "version": VERSION, "step": step, "rng": capture_rng_state(), **state}
     path = checkpoint_path(output_dir, step)
@@ -124,7 +122,9 @@ def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}")
     if payload["version"] > VERSION:
-        raise CheckpointError(f"checkpoint {path} has version {payload['version']}; this code reads {VERSION}")
+        raise CheckpointError(
+            f"checkpoint {path} has version {payload['version']}; this code reads {VERSION}"
+        )
     if stage is not None and payload["stage"] != stage:
         raise CheckpointError(f"checkpoint {path} is from stage {payload['stage']!r}, not {stage!r}")
     return payload

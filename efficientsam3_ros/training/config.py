@@ -49,7 +49,9 @@ class DataSection:
     format: str = "sa1b"  # sa1b | sav | saco | coco | text
     root: str = ""  # dataset folder (images / frames relative to it)
     annotations: str | None = None  # COCO / SA-Co JSON (default: <root>/annotations.json)
-    file_list: str | None = None  # text file, one record per line (SA-1B json / SA-V video id); fatal if missing
+    file_list: str | None = (
+        None  # text file, one record per line (SA-1B json / SA-V video id); fatal if missing
+    )
     prompts: str | None = None  # stage1-text: text file with one noun phrase per line
     resize: str = "stretch"  # stretch (SAM3: resize to the square) | letterbox (keep aspect, pad)
     hflip: float = 0.0  # probability of a horizontal flip
@@ -172,7 +174,9 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_config(path: str | Path, overrides: list[str] | None = None, stage: str | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, stage: str | None = None
+) -> TrainConfig:
     """Read a YAML config, apply ``key=value`` overrides, validate. ``stage`` must agree with the file's."""
     path = Path(path)
     if not path.is_file():

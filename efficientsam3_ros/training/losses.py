@@ -106,7 +106,9 @@ def mask_iou(pred_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def iou_prediction_loss(pred_iou: torch.Tensor, pred_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def iou_prediction_loss(
+    pred_iou: torch.Tensor, pred_logits: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """SAM's IoU head loss: MSE between the predicted IoU and the actual IoU of the predicted mask."""
     if pred_iou.numel() == 0:
         return pred_iou.sum() * 0.0

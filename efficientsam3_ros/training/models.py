@@ -48,7 +48,11 @@ def build_student(
         log.info("student %s: %d tensors initialised from the teacher", config.model.student, copied)
     if config.model.student_checkpoint:
         missing = load_weights(model, config.model.student_checkpoint)
-        log.info("student weights from %s (%d tensors not in the file)", config.model.student_checkpoint, len(missing))
+        log.info(
+            "student weights from %s (%d tensors not in the file)",
+            config.model.student_checkpoint,
+            len(missing),
+        )
     return model
 
 

@@ -30,7 +30,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpointing import list_checkpoints, load_checkpoint, resolve_resume, restore_rng_state, save_checkpoint
+from .checkpointing import (
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .data import ResumableBatchSampler, collate_list
 from .distributed import DistContext, init_distributed
@@ -53,6 +59,7 @@ class StageRunner(ABC):
 
     def prepare(self) -> None:
         """Work before the first step (all ranks call it), e.g. filling the teacher feature cache."""
+        return None
 
     @abstractmethod
     def export(self, path: Path) -> Path:
@@ -225,8 +232,9 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
                 batch = next(batches)
                 generator = torch.Generator().manual_seed(_step_seed(run.seed, step, ctx.rank, micro + 1))
                 sync = micro == optim.grad_accum - 1 or not ctx.is_distributed
-                with (contextlib.nullcontext() if sync else ddp.no_sync()), torch.autocast(
-                    device.type, dtype=amp_dtype, enabled=amp_on
+                with (
+                    contextlib.nullcontext() if sync else ddp.no_sync(),
+                    torch.autocast(device.type, dtype=amp_dtype, enabled=amp_on),
                 ):
                     loss, logs = ddp(batch, generator)
                 scaler.scale(loss / optim.grad_accum).backward()
@@ -267,13 +275,17 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
                             if key != "step":
                                 writer.add_scalar(f"train/{key}", value, step + 1)
             if (step + 1) % run.checkpoint_every == 0 or step + 1 == run.steps:
-                result.checkpoints.append(_checkpoint(ctx, config, step + 1, module, optimizer, scheduler, scaler))
+                result.checkpoints.append(
+                    _checkpoint(ctx, config, step + 1, module, optimizer, scheduler, scaler)
+                )
                 last_saved = step + 1
         if result.step < run.steps:
             result.stopped_early = True
             return result
         if last_saved != result.step:
-            result.checkpoints.append(_checkpoint(ctx, config, result.step, module, optimizer, scheduler, scaler))
+            result.checkpoints.append(
+                _checkpoint(ctx, config, result.step, module, optimizer, scheduler, scaler)
+            )
         if ctx.is_main:
             result.export_path = stage.export(out / "export" / run.export_name)
             log.info("exported %s", result.export_path)

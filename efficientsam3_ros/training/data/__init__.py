@@ -35,7 +35,13 @@ def build_dataset(config: TrainConfig, input_size: int, *, masks: bool = False) 
     data = config.data
     if data.format == "sa1b":
         return SA1BDataset(
-            data.root, input_size, data.file_list, data.resize, data.hflip, decode_masks=masks, limit=data.limit
+            data.root,
+            input_size,
+            data.file_list,
+            data.resize,
+            data.hflip,
+            decode_masks=masks,
+            limit=data.limit,
         )
     if data.format in ("saco", "coco"):
         return ConceptDataset(

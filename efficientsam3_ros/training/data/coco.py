@@ -96,7 +96,9 @@ class ConceptDataset(RecordDataset):
                     phrase = None
                     phrases = sorted({self.categories[int(a["category_id"])] for a in image_anns})
             except (KeyError, ValueError, TypeError):
-                bad.add("bad image entry", str(entry.get("id", entry)) if isinstance(entry, dict) else str(entry))
+                bad.add(
+                    "bad image entry", str(entry.get("id", entry)) if isinstance(entry, dict) else str(entry)
+                )
                 continue
             if not path.is_file():
                 bad.add("missing image", str(path))

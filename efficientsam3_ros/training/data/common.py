@@ -54,7 +54,9 @@ class BadRecords:
     def summary(self, total: int) -> str:
         if not self.reasons:
             return f"{self.name}: {total} records, none skipped"
-        parts = ", ".join(f"{n} {reason} (e.g. {self.examples[reason]})" for reason, n in self.reasons.items())
+        parts = ", ".join(
+            f"{n} {reason} (e.g. {self.examples[reason]})" for reason, n in self.reasons.items()
+        )
         return f"{self.name}: skipped {self.count} of {total} records: {parts}"
 
 
@@ -236,7 +238,9 @@ class RecordDataset(Dataset):
             except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
                 self.bad.add(f"unreadable ({type(err).__name__})", self.record_name(record))
                 log.warning("%s: skipping %s: %s", self.name, self.record_name(record), err)
-        raise DataError(f"{self.name}: {self.max_substitutions} records in a row failed to load near index {index}")
+        raise DataError(
+            f"{self.name}: {self.max_substitutions} records in a row failed to load near index {index}"
+        )
 
 
 def collate_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:

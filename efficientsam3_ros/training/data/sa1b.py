@@ -17,7 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common import BadRecords, RecordDataset, decode_segmentation, load_image, load_json, read_file_list, require_dir, resize_image
+from .common import (
+    BadRecords,
+    RecordDataset,
+    decode_segmentation,
+    load_image,
+    load_json,
+    read_file_list,
+    require_dir,
+    resize_image,
+)
 
 
 class SA1BDataset(RecordDataset):
@@ -50,7 +59,9 @@ class SA1BDataset(RecordDataset):
                 image = doc["image"]
                 image_path = path.parent / image["file_name"]
                 size = (int(image["height"]), int(image["width"]))
-                anns = [a for a in doc["annotations"] if a.get("bbox") and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+                anns = [
+                    a for a in doc["annotations"] if a.get("bbox") and a["bbox"][2] > 0 and a["bbox"][3] > 0
+                ]
             except FileNotFoundError:
                 bad.add("missing json", str(path))
                 continue
@@ -78,7 +89,10 @@ class SA1BDataset(RecordDataset):
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         points = np.array(
-            [a["point_coords"][0] if a.get("point_coords") else [x + w / 2, y + h / 2] for a, (x, y, w, h) in zip(anns, xywh)],
+            [
+                a["point_coords"][0] if a.get("point_coords") else [x + w / 2, y + h / 2]
+                for a, (x, y, w, h) in zip(anns, xywh)
+            ],
             dtype=np.float32,
         ).reshape(-1, 2)
         sample = {
@@ -90,7 +104,11 @@ class SA1BDataset(RecordDataset):
         }
         if self.decode_masks:
             h, w = record["size"]
-            masks = np.stack([decode_segmentation(a["segmentation"], h, w) for a in anns]) if anns else np.zeros((0, h, w), bool)
+            masks = (
+                np.stack([decode_segmentation(a["segmentation"], h, w) for a in anns])
+                if anns
+                else np.zeros((0, h, w), bool)
+            )
             sample["masks"] = resized.masks(masks)
         else:
             sample["masks"] = torch.zeros(0)

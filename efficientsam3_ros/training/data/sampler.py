@@ -31,7 +31,12 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         self.rank = rank
         self.start_batch = start_batch
         self._inner = DistributedSampler(
-            range(dataset_len), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+            range(dataset_len),
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
         )
         # batches per epoch on this rank (the last partial batch is dropped so every step has a full batch)
         self.batches_per_epoch = max(1, self._inner.num_samples // batch_size)

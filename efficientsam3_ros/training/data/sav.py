@@ -21,7 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common import BadRecords, RecordDataset, decode_segmentation, load_image, load_json, read_file_list, require_dir, resize_image
+from .common import (
+    BadRecords,
+    RecordDataset,
+    decode_segmentation,
+    load_image,
+    load_json,
+    read_file_list,
+    require_dir,
+    resize_image,
+)
 
 
 def _visible(rle: Any) -> bool:
@@ -72,7 +81,9 @@ class SAVDataset(RecordDataset):
                 frames = [int(i) for i in doc.get("annotated_frame_indices", range(len(rows)))]
                 if len(frames) != len(rows):
                     raise ValueError("annotated_frame_indices and masklet differ in length")
-                visible = np.array([[_visible(r) for r in row] for row in rows], dtype=bool).reshape(len(rows), -1)
+                visible = np.array([[_visible(r) for r in row] for row in rows], dtype=bool).reshape(
+                    len(rows), -1
+                )
             except FileNotFoundError:
                 bad.add("missing json", str(path))
                 continue
@@ -83,7 +94,8 @@ class SAVDataset(RecordDataset):
             starts = [
                 t
                 for t in range(len(rows) - clip_length + 1)
-                if visible[t].any() and all(frames[t + k + 1] - frames[t + k] > 0 for k in range(clip_length - 1))
+                if visible[t].any()
+                and all(frames[t + k + 1] - frames[t + k] > 0 for k in range(clip_length - 1))
             ]
             if not starts:
                 bad.add(f"no clip of {clip_length} frames with a visible object", str(path))
@@ -91,8 +103,17 @@ class SAVDataset(RecordDataset):
             if not all((folder / f"{frames[t]:05d}.jpg").is_file() for t in range(len(rows))):
                 bad.add("missing frames", str(folder))
                 continue
-            records.append({"json": path, "folder": folder, "size": size, "frames": frames, "rows": rows,
-                            "visible": visible, "starts": starts})
+            records.append(
+                {
+                    "json": path,
+                    "folder": folder,
+                    "size": size,
+                    "frames": frames,
+                    "rows": rows,
+                    "visible": visible,
+                    "starts": starts,
+                }
+            )
         super().__init__(records, bad, len(paths), limit)
 
     def record_name(self, record: Any) -> str:
@@ -112,7 +133,10 @@ class SAVDataset(RecordDataset):
             resized = resize_image(image, self.input_size, self.resize, flip=flip)
             row = record["rows"][t]
             frame_masks = np.stack(
-                [decode_segmentation(row[m], h, w) if row[m] is not None else np.zeros((h, w), bool) for m in chosen]
+                [
+                    decode_segmentation(row[m], h, w) if row[m] is not None else np.zeros((h, w), bool)
+                    for m in chosen
+                ]
             )
             pixels.append(resized.pixels)
             masks.append(resized.masks(frame_masks))

@@ -1,0 +1,130 @@
+"""Stage 2: train the Perceiver memory (and its memory attention) with SAM3's dense-memory tracker as teacher.
+
+On a clip, every chosen object is conditioned on its ground-truth mask in frame 0 in
+both trackers; both then propagate through the remaining frames. The student (EdgeTAM
+2D spatial Perceiver, 256 global + 256 window latents per memory frame) must predict
+what the teacher (7 x 72 x 72 dense memory tokens) predicts: Dice + focal on the mask
+logits, MSE between the predicted and the actual IoU of the student's mask (SAM's IoU
+head loss), and BCE on the object-score logit. ``options.target: gt`` trains on the
+clip's masks instead. Gradients flow back through the memory bank across frames.
+
+Only ``options.train`` parameters update (default: ``sam.memory_attention.*`` and
+``memory_codec.*``); the image model, tracker neck, prompt encoder, mask decoder and
+memory encoder stay SAM3's (copied from the teacher tracker).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling import EfficientSam3Model
+from ..modeling.tracker import TrackerModel
+from .config import TrainConfig, VideoStageOptions
+from .data import build_dataset
+from .distributed import DistContext
+from .export import export_model, transfer_matching
+from .losses import bce_loss, dice_loss, iou_prediction_loss, sigmoid_focal_loss
+from .models import build_student, build_tracker, freeze
+from .trainer import StageRunner, set_trainable
+
+
+class MemoryDistillModule(nn.Module):
+    def __init__(
+        self,
+        student: TrackerModel,
+        teacher: TrackerModel,
+        image_model: EfficientSam3Model,
+        options: VideoStageOptions,
+        trainable: list[str],
+    ):
+        super().__init__()
+        self.student = student
+        self._frozen = (teacher, image_model)
+        self.options = options
+        self.trainable = trainable
+
+    def train(self, mode: bool = True) -> MemoryDistillModule:
+        """Frozen SAM heads stay in eval mode; only modules that own trainable parameters train."""
+        super().train(False)
+        if mode:
+            for sub in self.student.modules():
+                if any(p.requires_grad for p in sub.parameters(recurse=False)):
+                    sub.train(True)
+        self.training = mode
+        return self
+
+    def forward(self, batch: list[dict[str, Any]], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        teacher, image_model = self._frozen
+        opts = self.options
+        totals = {"dice": 0.0, "focal": 0.0, "iou": 0.0, "object": 0.0}
+        loss = torch.zeros((), device=next(self.student.parameters()).device)
+        steps = 0
+        for clip in batch:
+            device = loss.device
+            frames = clip["pixels"].to(device)
+            gt = clip["masks"].to(device)  # [T, N, S, S]
+            with torch.no_grad():
+                tokens = image_model.encode_image(frames).last_hidden_state
+                t_frames = [teacher.encode_frame(tokens[t : t + 1], t) for t in range(len(frames))]
+                s_frames = [self.student.encode_frame(tokens[t : t + 1], t) for t in range(len(frames))]
+            n = gt.shape[1]
+            s_tracks = [self.student.new_track() for _ in range(n)]
+            t_tracks = [teacher.new_track() for _ in range(n)]
+            for i in range(n):
+                self.student.condition(s_tracks[i], s_frames[0], gt[0, i])
+                with torch.no_grad():
+                    teacher.condition(t_tracks[i], t_frames[0], gt[0, i])
+            for t in range(1, len(frames)):
+                out = self.student.propagate(s_tracks, s_frames[t])
+                with torch.no_grad():
+                    ref = teacher.propagate(t_tracks, t_frames[t])
+                if opts.target == "teacher":
+                    target = (ref.mask_logits > 0).float()
+                    present = ref.object_score_logits > 0
+                else:
+                    size = out.mask_logits.shape[-2:]
+                    target = (F.interpolate(gt[t].float()[:, None], size=size, mode="bilinear") > 0.5)[
+                        :, 0
+                    ].float()
+                    present = clip["visible"][t].to(device)
+                dice = dice_loss(out.mask_logits[present], target[present])
+                focal = sigmoid_focal_loss(out.mask_logits, target)
+                iou = iou_prediction_loss(out.iou_scores[present], out.mask_logits[present], target[present])
+                obj = bce_loss(out.object_score_logits, present.float())
+                loss = loss + opts.dice_weight * dice + opts.focal_weight * focal + opts.iou_weight * iou
+                loss = loss + opts.object_weight * obj
+                for key, value in zip(totals, (dice, focal, iou, obj)):
+                    totals[key] += float(value.detach())
+                steps += 1
+        steps = max(steps, 1)
+        return loss / steps, {k: v / steps for k, v in totals.items()}
+
+
+class MemoryDistillStage(StageRunner):
+    def __init__(self, config: TrainConfig, ctx: DistContext):
+        super().__init__(config, ctx)
+        options: VideoStageOptions = config.options
+        # the image model feeding both trackers: a stage-1 student (model.student + student_checkpoint)
+        image_model = freeze(build_student(config)).to(ctx.device)
+        teacher = freeze(build_tracker(image_model, "dense", config)).to(ctx.device)
+        student = build_tracker(image_model, "perceiver", config)
+        transfer_matching(teacher, student)  # shared SAM heads and memory encoder start as SAM3's
+        trainable = set_trainable(student, options.train)
+        if not trainable:
+            raise ValueError(f"options.train patterns {options.train} match no tracker parameter")
+        self.dataset = build_dataset(config, image_model.config.image_size)
+        self.module = MemoryDistillModule(student, teacher, image_model, options, trainable)
+
+    def export(self, path: Path) -> Path:
+        image_config = self._image_config()
+        return export_model(
+            self.module.student, path, extra={"image_config": image_config, "kind": "tracker"}
+        )
+
+    def _image_config(self) -> dict:
+        return self.module._frozen[1].config.to_dict()

@@ -1,0 +1,174 @@
+"""Stage 3: end-to-end concept segmentation fine-tuning (SAM3's detector losses) on SA-Co / COCO.
+
+Per (image, noun phrase) datapoint, queries are matched to the phrase's instances with
+the Hungarian algorithm (scipy) on focal-class + L1 + GIoU costs. Losses: sigmoid focal
+on the query logits (matched = 1) for datapoints where the concept is present, L1 +
+GIoU on matched boxes, Dice + focal on matched masks (GT resized to the mask head's
+1/4 resolution), and BCE on the presence logit (present vs negative datapoint), as in
+SAM3 where the presence head carries recognition and queries carry localisation.
+
+``options.distill_weight > 0`` adds distillation from the teacher's outputs on the same
+input, query by query (soft BCE on logits, presence and masks, L1 on boxes); it assumes
+the student's detector started as the teacher's (stage 1 copies it), so query i means
+the same thing in both. ``options.train`` / ``options.freeze`` (fnmatch patterns on
+parameter names) choose what trains, e.g. ``["detector.detr_decoder.*"]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from ..modeling import EfficientSam3Model
+from .config import ConceptStageOptions, TrainConfig
+from .data import build_dataset
+from .distributed import DistContext
+from .export import export_model
+from .losses import bce_loss, box_losses, dice_loss, pairwise_giou, sigmoid_focal_loss
+from .models import build_student, build_teacher
+from .trainer import StageRunner, set_trainable
+
+
+class _Pooled:
+    """Sam3Model reads precomputed text features from ``.pooler_output``."""
+
+    def __init__(self, pooler_output: torch.Tensor):
+        self.pooler_output = pooler_output
+
+
+def run_detector(model: EfficientSam3Model, pixels: torch.Tensor, phrases: list[str]) -> Any:
+    """B images with one phrase each, batched through the detector (training path, with grad)."""
+    ids, mask = model.tokenize(phrases)
+    ids, mask = ids.to(pixels.device), mask.to(pixels.device)
+    vision = model.encode_image(pixels)
+    text = model.encode_tokens(ids, mask)
+    return model.detector(vision_embeds=vision, text_embeds=_Pooled(text), attention_mask=mask)
+
+
+@torch.no_grad()
+def hungarian_match(
+    logits: torch.Tensor, boxes: torch.Tensor, target_boxes: torch.Tensor, opts: ConceptStageOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query indices, target indices) minimising focal-class + L1 + GIoU cost for one datapoint."""
+    prob = logits.float().sigmoid()
+    alpha, gamma = opts.focal_alpha, opts.focal_gamma
+    pos = alpha * (1 - prob) ** gamma * (-(prob + 1e-8).log())
+    neg = (1 - alpha) * prob**gamma * (-(1 - prob + 1e-8).log())
+    cost_class = (pos - neg)[:, None].expand(-1, len(target_boxes))
+    cost_bbox = torch.cdist(boxes.float(), target_boxes.float(), p=1)
+    cost_giou = -pairwise_giou(boxes, target_boxes)
+    cost = opts.cost_class * cost_class + opts.cost_bbox * cost_bbox + opts.cost_giou * cost_giou
+    rows, cols = linear_sum_assignment(cost.cpu().numpy())
+    return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
+
+
+class ConceptModule(nn.Module):
+    def __init__(
+        self, student: EfficientSam3Model, teacher: EfficientSam3Model | None, options: ConceptStageOptions
+    ):
+        super().__init__()
+        self.student = student
+        self._teacher = (teacher,)
+        self.options = options
+
+    def train(self, mode: bool = True) -> ConceptModule:
+        """Frozen parts keep their BatchNorm statistics: modules without trainable parameters stay in eval."""
+        super().train(mode)
+        if mode:
+            for sub in self.student.modules():
+                params = list(sub.parameters(recurse=False))
+                if params and not any(p.requires_grad for p in params):
+                    sub.eval()
+        return self
+
+    def forward(self, batch: list[dict[str, Any]], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        opts = self.options
+        device = next(self.student.parameters()).device
+        pixels = torch.stack([s["pixels"] for s in batch]).to(device)
+        phrases = [s["phrase"] for s in batch]
+        out = run_detector(self.student, pixels, phrases)
+        size = pixels.shape[-1]
+        mask_size = out.pred_masks.shape[-2:]
+        parts = {k: [] for k in ("class", "bbox", "giou", "mask_dice", "mask_focal")}
+        present = []
+        for b, sample in enumerate(batch):
+            gt_boxes = sample["boxes"].to(device) / size
+            present.append(1.0 if len(gt_boxes) else 0.0)
+            if not len(gt_boxes):
+                continue
+            gt_masks = F.interpolate(
+                sample["masks"].float()[None].to(device), size=mask_size, mode="bilinear"
+            )[0]
+            gt_masks = (gt_masks > 0.5).float()
+            rows, cols = hungarian_match(out.pred_logits[b], out.pred_boxes[b], gt_boxes, opts)
+            labels = torch.zeros_like(out.pred_logits[b])
+            labels[rows] = 1.0
+            n = max(len(cols), 1)
+            focal = sigmoid_focal_loss(out.pred_logits[b], labels, opts.focal_alpha, opts.focal_gamma)
+            parts["class"].append(focal * labels.numel() / n)
+            l1, giou = box_losses(out.pred_boxes[b, rows], gt_boxes[cols])
+            parts["bbox"].append(l1)
+            parts["giou"].append(giou)
+            pred_masks = out.pred_masks[b, rows]
+            parts["mask_dice"].append(dice_loss(pred_masks, gt_masks[cols]))
+            parts["mask_focal"].append(
+                sigmoid_focal_loss(pred_masks, gt_masks[cols], opts.focal_alpha, opts.focal_gamma)
+            )
+        presence = bce_loss(out.presence_logits[:, 0], torch.tensor(present, device=device))
+        zero = out.pred_logits.sum() * 0.0
+        mean = {k: torch.stack(v).mean() if v else zero for k, v in parts.items()}
+        loss = (
+            opts.class_weight * mean["class"]
+            + opts.bbox_weight * mean["bbox"]
+            + opts.giou_weight * mean["giou"]
+            + opts.mask_dice_weight * mean["mask_dice"]
+            + opts.mask_focal_weight * mean["mask_focal"]
+            + opts.presence_weight * presence
+            + zero
+        )
+        logs = {k: float(v.detach()) for k, v in mean.items()}
+        logs["presence"] = float(presence.detach())
+        if opts.distill_weight > 0:
+            distill = self._distill(out, pixels, phrases)
+            loss = loss + opts.distill_weight * distill
+            logs["distill"] = float(distill.detach())
+        return loss, logs
+
+    def _distill(self, out: Any, pixels: torch.Tensor, phrases: list[str]) -> torch.Tensor:
+        teacher = self._teacher[0]
+        with torch.no_grad():
+            ref = run_detector(teacher, pixels, phrases)
+        return (
+            bce_loss(out.pred_logits, ref.pred_logits.sigmoid())
+            + bce_loss(out.presence_logits, ref.presence_logits.sigmoid())
+            + F.l1_loss(out.pred_boxes.float(), ref.pred_boxes.float())
+            + bce_loss(out.pred_masks, ref.pred_masks.sigmoid())
+        )
+
+
+class ConceptFinetuneStage(StageRunner):
+    def __init__(self, config: TrainConfig, ctx: DistContext):
+        super().__init__(config, ctx)
+        options: ConceptStageOptions = config.options
+        need_teacher = options.distill_weight > 0 or (
+            config.model.init_from_teacher and not config.model.student_checkpoint
+        )
+        teacher = build_teacher(config) if need_teacher else None
+        student = build_student(config, teacher, exclude=("detector.vision_encoder.backbone.",))
+        trainable = set_trainable(student, options.train, options.freeze)
+        if not trainable:
+            raise ValueError(
+                f"options.train={options.train} / options.freeze={options.freeze} leave nothing to train"
+            )
+        if options.distill_weight <= 0:
+            teacher = None
+        self.dataset = build_dataset(config, student.config.image_size, masks=True)
+        self.module = ConceptModule(student, teacher.to(ctx.device) if teacher is not None else None, options)
+
+    def export(self, path: Path) -> Path:
+        return export_model(self.module.student, path)

@@ -1,0 +1,116 @@
+"""Checkpoint I/O: our safetensors format, strict reporting, truncation and unsafe files refused early."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from efficientsam3_ros.modeling.checkpoint import (
+    CheckpointMismatchError,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+)
+from efficientsam3_ros.modeling.checkpoint_files import CheckpointError, open_checkpoint
+from efficientsam3_ros.modeling.convert_backbones import timm_to_features, tinyvit_rename
+from efficientsam3_ros.modeling.convert_common import QKV, STRIP_CLS, TRANSPOSE
+from efficientsam3_ros.modeling.registry import build_model
+
+
+@pytest.fixture(scope="module")
+def tiny() -> torch.nn.Module:
+    return build_model("es-ev-tiny-mobileclip")
+
+
+def test_save_and_load_roundtrip_with_config(tiny, tmp_path: Path) -> None:
+    path = save_checkpoint(tiny, tmp_path / "m.safetensors")
+    config = read_config(path)
+    assert config is not None
+    assert config.to_dict() == json.loads(json.dumps(tiny.config.to_dict()))  # tuples come back as lists
+    assert json.loads((tmp_path / "m.json").read_text())["name"] == tiny.config.name
+    other = build_model(config)
+    report = load_checkpoint(other, path)
+    assert report.format == "efficientsam3_ros" and report.plan.ok
+    for key, value in tiny.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value), key
+
+
+def test_strict_load_names_missing_unexpected_and_misshaped(tiny, tmp_path: Path) -> None:
+    state = {k: v.clone() for k, v in tiny.state_dict().items()}
+    gone = "detector.text_projection.bias"
+    del state[gone]
+    state["detector.not_a_module.weight"] = torch.zeros(3)
+    state["detector.text_projection.weight"] = torch.zeros(5, 5)
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path), metadata={"format": "efficientsam3_ros"})
+    model = build_model("es-ev-tiny-mobileclip")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_checkpoint(model, path)
+    text = str(info.value)
+    assert (
+        gone in text and "detector.not_a_module.weight" in text and "detector.text_projection.weight" in text
+    )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), (
+        "strict failure must copy nothing"
+    )
+    report = load_checkpoint(model, path, strict=False)
+    assert gone in report.plan.missing and "detector.not_a_module.weight" in report.plan.unexpected
+
+
+def test_truncated_safetensors_refused(tiny, tmp_path: Path) -> None:
+    path = save_checkpoint(tiny, tmp_path / "m.safetensors", sidecar=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        open_checkpoint(path)
+
+
+def test_truncated_torch_zip_refused(tmp_path: Path) -> None:
+    path = tmp_path / "release.pt"
+    torch.save({"model": {"detector.x": torch.zeros(1000)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        open_checkpoint(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_pickled_code_is_not_executed(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save(
+        {"model": {"detector.x": torch.zeros(1)}, "payload": _Evil()},
+        path,
+        pickle_protocol=pickle.DEFAULT_PROTOCOL,
+    )
+    with pytest.raises(CheckpointError, match="weights_only"):
+        open_checkpoint(path)
+    assert "pickled code ran" not in capsys.readouterr().out
+
+
+def test_transforms_are_the_documented_ones() -> None:
+    x = torch.arange(24.0).reshape(6, 4)
+    q, k, v = (t.apply(x) for t in QKV)
+    assert torch.equal(torch.cat([q, k, v]), x) and q.shape == (2, 4)
+    assert torch.equal(TRANSPOSE.apply(x), x.T) and TRANSPOSE.shape((6, 4)) == (4, 6)
+    pos = torch.randn(1, 577, 8)
+    assert torch.equal(STRIP_CLS.apply(pos), pos[:, 1:]) and STRIP_CLS.shape((1, 577, 8)) == (1, 576, 8)
+
+
+def test_backbone_rename_rules() -> None:
+    assert tinyvit_rename("layers.0.downsample.conv1.c.weight") == "stages.1.downsample.conv1.conv.weight"
+    assert tinyvit_rename("patch_embed.seq.2.bn.bias") == "patch_embed.conv2.bn.bias"
+    assert (
+        timm_to_features("stem.in_conv.conv.weight", ["stem_in_conv", "stages_0"])
+        == "stem_in_conv.conv.weight"
+    )
+    assert timm_to_features("head.fc.weight", ["stages_0"]) is None
