@@ -118,3 +118,24 @@ def test_fork_shares_model_and_text_cache_but_not_state(segmenter, rgb_image):
     assert other._text_cache is segmenter._text_cache and len(segmenter._text_cache) == 1
     segmenter.process(rgb_image)
     assert segmenter.frames_processed == 1 and other.frames_processed == 0
+
+
+def test_tracking_keeps_ids_on_a_static_scene(tiny_model, rgb_image):
+    from efficientsam3_ros.pipeline import TrackState
+    from efficientsam3_ros.pipeline.segmenter import make_tracker
+    from efficientsam3_ros.tracking import TrackingConfig
+
+    tracker = make_tracker(TrackingConfig(new_det_threshold=0.0))
+    seg = ConceptSegmenter(tiny_model, score_threshold=0.0, tracker=tracker)
+    seg.set_concepts(["red mug", "person"])
+    first = seg.process(rgb_image).instances
+    assert first and all(i.state == TrackState.NEW and i.track_id >= 1 for i in first)
+    second = seg.process(rgb_image).instances
+    assert {i.track_id for i in second} == {i.track_id for i in first}
+    assert all(i.state == TrackState.TRACKED for i in second)
+    seg.remove_concepts([0])
+    assert all(i.concept_id == 1 for i in seg.process(rgb_image).instances)
+    assert seg.fork().tracker is not tracker
+    seg.reset()
+    third = seg.process(rgb_image).instances
+    assert min(i.track_id for i in third) > max(i.track_id for i in first)  # ids never reused

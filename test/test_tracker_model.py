@@ -119,7 +119,9 @@ def test_batched_equals_one_by_one_with_mixed_ages(memory: str) -> None:
         one_by_one = [model.propagate([t], frame) for t in singles]
     for i, single in enumerate(one_by_one):
         torch.testing.assert_close(batched.mask_logits[i], single.mask_logits[0], atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(batched.object_score_logits[i], single.object_score_logits[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            batched.object_score_logits[i], single.object_score_logits[0], atol=1e-4, rtol=0
+        )
     for a, b in zip(tracks, singles):
         for x, y in zip(a.tensors(), b.tensors()):
             torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)

@@ -61,8 +61,11 @@ def test_long_run_memory_is_bounded(memory: str, num_frames: int) -> None:
     assert max(b for b, _, _ in history) <= full_bytes
     saturated = history[cfg.max_cond_frames * 50 + cfg.max_object_pointers :]
     assert len(set(saturated)) == 1, "memory kept changing size after every deque was full"
-    assert saturated[0] == (full_bytes, 2 * cfg.max_cond_frames + cfg.num_maskmem - 1 + cfg.max_object_pointers - 1,
-                            cfg.max_memory_frames())
+    assert saturated[0] == (
+        full_bytes,
+        2 * cfg.max_cond_frames + cfg.num_maskmem - 1 + cfg.max_object_pointers - 1,
+        cfg.max_memory_frames(),
+    )
     assert len(track.cond) == cfg.max_cond_frames
     layout = track.gather(num_frames)
     assert layout.features.shape[0] == cfg.max_memory_frames()

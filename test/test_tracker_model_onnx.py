@@ -61,8 +61,11 @@ def test_step_graph_matches_propagate() -> None:
 
     c, g = model.config.hidden_size, model.grid_size
     frame = TrackerFrame(
-        torch.randn(1, c, g, g), torch.randn(1, c, g, g), torch.randn(1, c // 8, 4 * g, 4 * g),
-        torch.randn(1, c // 4, 2 * g, 2 * g), frame_idx=0,
+        torch.randn(1, c, g, g),
+        torch.randn(1, c, g, g),
+        torch.randn(1, c // 8, 4 * g, 4 * g),
+        torch.randn(1, c // 4, 2 * g, 2 * g),
+        frame_idx=0,
     )
     mask = torch.zeros(112, 112, dtype=torch.bool)
     mask[10:60, 10:60] = True
@@ -72,8 +75,14 @@ def test_step_graph_matches_propagate() -> None:
         frame.frame_idx = 1
         layout = track.gather(1)
         direct = model.step_graph(
-            frame.feat, frame.pos, frame.s0, frame.s1, layout.features[None], layout.tpos_index[None],
-            layout.pointers[None], layout.pointer_offsets[None],
+            frame.feat,
+            frame.pos,
+            frame.s0,
+            frame.s1,
+            layout.features[None],
+            layout.tpos_index[None],
+            layout.pointers[None],
+            layout.pointer_offsets[None],
         )
         out = model.propagate([track], frame)
     torch.testing.assert_close(out.mask_logits[0], direct[0][0, 0])

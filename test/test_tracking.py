@@ -11,7 +11,6 @@ import pytest
 from efficientsam3_ros.pipeline.results import Instance, TrackState
 from efficientsam3_ros.tracking import (
     ConceptTracker,
-    TrackerConfig,
     TrackingConfig,
     box_from_mask,
     mask_iou_matrix,
@@ -406,7 +405,6 @@ def test_bad_masks_are_rejected():
 
 
 def test_config_validation():
-    assert TrackerConfig is TrackingConfig  # the brief's name still works
     cfg = TrackingConfig(max_tracks=5)
     assert TrackingConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown"):

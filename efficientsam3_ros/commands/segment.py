@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         input_size=args.input_size,
         score_threshold=args.score_threshold,
+        tracking=False,
     )
     segmenter.set_concepts(concepts)
     result = segmenter.process(image)

@@ -27,7 +27,7 @@ from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import S
 
 from .config import ModelConfig
 from .memory import MemoryLayout, TrackMemory
-from .tracker_config import TrackerConfig, to_edgetam_config, to_sam3_tracker_config
+from .tracker_config import TrackerConfig, default_tracker_config, to_edgetam_config, to_sam3_tracker_config
 from .tracker_graphs import MemoryEncoderGraph, TrackStepGraph, run_sam_heads, select_best_mask
 from .tracker_memory import DenseMemoryCodec, PerceiverMemoryCodec
 from .tracker_neck import TrackerFrame, TrackerNeck, trunk_tokens_of
@@ -164,11 +164,14 @@ class TrackerModel(nn.Module):
         """Bytes held by ``tracks``; without tracks, the bound for one track with a full memory."""
         if tracks is not None:
             return sum(t.nbytes() for t in tracks)
-        cfg = self.config
-        itemsize = torch.empty(0, dtype=self.memory_dtype).element_size()
-        frames = cfg.max_memory_frames() * self.tokens_per_memory_frame * cfg.memory_dim * itemsize
-        pointers = (cfg.max_cond_frames + cfg.max_object_pointers - 1) * cfg.hidden_size * 4
-        return frames + pointers
+        return self.config.memory_bytes_per_track(self.grid_size)
+
+
+def build_tracker(
+    image_config: ModelConfig, config: TrackerConfig | None = None, *, memory: str = "perceiver"
+) -> TrackerModel:
+    """A random-weight tracker for an image model (tiny for the ``*-tiny`` test models), in eval mode."""
+    return TrackerModel(image_config, config or default_tracker_config(image_config, memory)).eval()
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

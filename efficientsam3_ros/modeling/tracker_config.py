@@ -71,6 +71,8 @@ class TrackerConfig:
             raise ValueError(
                 f"num_latents_2d={self.num_latents_2d} must be a perfect square (one latent per window)"
             )
+        if self.memory_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"memory_dtype must be float32, float16 or bfloat16; got {self.memory_dtype!r}")
         if self.num_maskmem < 1 or self.max_cond_frames < 1 or self.max_object_pointers < 1:
             raise ValueError("num_maskmem, max_cond_frames and max_object_pointers must be >= 1")
 
@@ -88,6 +90,15 @@ class TrackerConfig:
     def max_memory_frames(self) -> int:
         """Upper bound on memory frames held per track: conditioning + recent."""
         return self.max_cond_frames + self.num_maskmem - 1
+
+    def memory_bytes_per_track(self, grid_size: int) -> int:
+        """Upper bound on one track's stored memory: full frames (storage dtype) + fp32 object pointers."""
+        itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[self.memory_dtype]
+        frames = (
+            self.max_memory_frames() * self.tokens_per_memory_frame(grid_size) * self.memory_dim * itemsize
+        )
+        pointers = (self.max_cond_frames + self.max_object_pointers - 1) * self.hidden_size * 4
+        return frames + pointers
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,7 +10,6 @@ inputs so a runtime's own graph declaration can wrap it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +91,9 @@ def memory_example_inputs(
 def tracker_graph_specs(model: TrackerModel, layout: StepLayout) -> list[TrackerGraphSpec]:
     """Both per-frame graphs for one layout."""
     return [
-        TrackerGraphSpec("tracker_step", model.step_graph, STEP_INPUTS, STEP_OUTPUTS, step_example_inputs(model, layout)),
+        TrackerGraphSpec(
+            "tracker_step", model.step_graph, STEP_INPUTS, STEP_OUTPUTS, step_example_inputs(model, layout)
+        ),
         TrackerGraphSpec(
             "tracker_memory_encoder",
             model.memory_encoder_graph,
@@ -112,9 +113,8 @@ def export_onnx(spec: TrackerGraphSpec, path: str | Path, *, dynamo: bool = Fals
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    export: Callable[..., object] = torch.onnx.export
     with torch.no_grad():
-        export(
+        torch.onnx.export(
             spec.module.eval(),
             spec.example_inputs,
             str(path),

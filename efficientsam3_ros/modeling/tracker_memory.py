@@ -81,5 +81,7 @@ class PerceiverMemoryCodec(nn.Module):
                 features, size=(self.window_input,) * 2, mode="bilinear", align_corners=False
             )
         # one map at a time: transformers' _forward_2d does expand(batch).view(), which only works for batch 1
-        latents_2d = torch.cat([self.resampler._forward_2d(windowed[i : i + 1])[0] for i in range(len(windowed))])
+        latents_2d = torch.cat(
+            [self.resampler._forward_2d(windowed[i : i + 1])[0] for i in range(len(windowed))]
+        )
         return torch.cat([latents_1d, latents_2d], dim=1)

@@ -16,6 +16,7 @@ import torch
 
 from ..modeling import EfficientSam3Model
 from ..modeling.tokenizer import validate_phrase
+from ..tracking import ConceptTracker, TrackingConfig
 from .preprocess import boxes_to_image, masks_to_image, preprocess, validate_image
 from .results import FrameResult, Instance
 
@@ -43,7 +44,7 @@ class ConceptSegmenter:
         score_threshold: float = 0.5,
         mask_threshold: float = 0.0,
         max_concepts: int = DEFAULT_MAX_CONCEPTS,
-        tracker: object | None = None,
+        tracker: ConceptTracker | None = None,
     ):
         self.model = model.eval()
         self.backend = backend if backend is not None else _ModelBackend(model)
@@ -58,8 +59,10 @@ class ConceptSegmenter:
         # label -> (embeds, mask); shared between forks so each phrase is encoded once per model
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def fork(self, tracker: object | None = None) -> ConceptSegmenter:
+    def fork(self, tracker: ConceptTracker | None = None) -> ConceptSegmenter:
         """A segmenter for another camera: shares the model, backend and text cache; own concepts and tracks."""
+        if tracker is None and self.tracker is not None:
+            tracker = ConceptTracker(self.tracker.config)
         other = ConceptSegmenter(
             self.model,
             backend=self.backend,
@@ -80,13 +83,18 @@ class ConceptSegmenter:
         backend: str = "auto",
         device: str | None = None,
         input_size: int | None = None,
+        tracking: bool | TrackingConfig = True,
         **kwargs: object,
     ) -> ConceptSegmenter:
-        """Build the model (registry or zoo name, checkpoint file, HF directory) and pick a backend."""
+        """Build the model (registry or zoo name, checkpoint file, HF directory) and pick a backend.
+
+        ``tracking`` attaches a ConceptTracker (stable track ids across frames); pass False for
+        single images, or a TrackingConfig to change its thresholds.
+        """
         from ..modeling import build_model
 
         model = build_model(name, input_size=input_size, device=device or "cpu")
-        return cls(model, **kwargs)
+        return cls(model, tracker=make_tracker(tracking), **kwargs)
 
     # ------------------------------------------------------------------- concepts
     @property
@@ -250,8 +258,15 @@ class ConceptSegmenter:
         return instances
 
     def _forget_tracks(self, concept_id: int) -> None:
-        if self.tracker is not None and hasattr(self.tracker, "remove_concept"):
+        if self.tracker is not None:
             self.tracker.remove_concept(concept_id)
+
+
+def make_tracker(tracking: bool | TrackingConfig) -> ConceptTracker | None:
+    """``True`` -> default SAM3-video rules, a config -> those rules, ``False`` -> no tracking."""
+    if tracking is False:
+        return None
+    return ConceptTracker(tracking if isinstance(tracking, TrackingConfig) else None)
 
 
 class _ModelBackend:

@@ -10,16 +10,11 @@ from efficientsam3_ros.tracking.config import TrackingConfig
 from efficientsam3_ros.tracking.iou import PackedMasks, box_from_mask, mask_iou_matrix, packed_iou
 from efficientsam3_ros.tracking.tracker import ConceptTracker, PropagatedMasks, TrackerStats, TrackUpdate
 
-TrackerConfig = TrackingConfig
-"""Alias under the name of the original brief. Prefer ``TrackingConfig``: the model-side
-``efficientsam3_ros.modeling.tracker_config.TrackerConfig`` (memory sizes) is a different class."""
-
 __all__ = [
     "ConceptTracker",
     "PackedMasks",
     "PropagatedMasks",
     "TrackUpdate",
-    "TrackerConfig",
     "TrackingConfig",
     "TrackerStats",
     "box_from_mask",

@@ -1,0 +1,133 @@
+"""Tracker benchmark: Perceiver vs dense memory, per-track memory and step latency at 1/8/32 tracks.
+
+Full-size tracker dims (SAM3: 256 wide, 4 memory-attention layers, 7 memory frames,
+16 pointers; Perceiver 256+256 latents, 2 layers) with random weights, on CPU. The step
+is ``TrackerModel.propagate`` with every track's memory already full (steady state):
+memory attention + mask decoder + memory encoder (+ Perceiver), batched over tracks.
+The input size defaults to 504 px (36 x 36 grid) because a dense step at 1008 px costs
+~0.5 TMAC per track, minutes on a 2-core CPU; memory sizes are printed for 1008 too.
+
+    python bench/tracker.py --quick           # < 5 min on 2 cores
+    python bench/tracker.py --input-size 1008 --tracks 1 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from efficientsam3_ros.modeling.registry import get_config
+from efficientsam3_ros.modeling.tracker import TrackerModel
+from efficientsam3_ros.modeling.tracker_config import TrackerConfig
+from efficientsam3_ros.modeling.tracker_neck import TrackerFrame
+
+KINDS = ("perceiver", "dense")
+
+
+def full_track(model: TrackerModel, frame_idx: int, gen: torch.Generator) -> object:
+    """A track whose memory is full (1 conditioning frame, all recent frames and pointers), random content."""
+    cfg = model.config
+    track = model.new_track()
+    tokens, dm, c = model.tokens_per_memory_frame, cfg.memory_dim, cfg.hidden_size
+
+    def feats() -> torch.Tensor:
+        return torch.randn(tokens, dm, generator=gen).to(model.memory_dtype)
+
+    track.add_conditioning(frame_idx - cfg.max_object_pointers, feats(), torch.randn(c, generator=gen))
+    for idx in range(frame_idx - cfg.max_object_pointers + 1, frame_idx):
+        track.add_tracked(idx, feats(), torch.randn(c, generator=gen))
+    return track
+
+
+def random_frame(model: TrackerModel, frame_idx: int, gen: torch.Generator) -> TrackerFrame:
+    c, g = model.config.hidden_size, model.grid_size
+    return TrackerFrame(
+        feat=torch.randn(1, c, g, g, generator=gen),
+        pos=torch.randn(1, c, g, g, generator=gen),
+        s0=torch.randn(1, c // 8, 4 * g, 4 * g, generator=gen),
+        s1=torch.randn(1, c // 4, 2 * g, 2 * g, generator=gen),
+        frame_idx=frame_idx,
+    )
+
+
+def time_step(model: TrackerModel, num_tracks: int, reps: int, warmup: int) -> float:
+    """Median seconds of one propagate() over ``num_tracks`` full-memory tracks."""
+    gen = torch.Generator().manual_seed(0)
+    frame_idx = 100
+    tracks = [full_track(model, frame_idx, gen) for _ in range(num_tracks)]
+    frame = random_frame(model, frame_idx, gen)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + reps):
+            # the step appends to memory; re-fill so every rep sees the same steady-state layout
+            fresh = [full_track(model, frame_idx, gen) for _ in range(num_tracks)] if i else tracks
+            start = time.perf_counter()
+            model.propagate(fresh, frame)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--input-size", type=int, default=504, help="model input (multiple of 14); 504 -> 36x36 grid"
+    )
+    parser.add_argument("--tracks", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="3 reps (1 at 32+ tracks), 1 warm-up at 1 track")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    image = get_config("es-ev-s").with_image_size(args.input_size)
+    grid = image.grid_size
+    print(
+        f"# tracker bench: full-size tracker, random weights, CPU ({torch.get_num_threads()} threads), "
+        f"input {args.input_size} px (grid {grid}x{grid}); step = propagate() with full memory"
+    )
+
+    print("\n## memory per track (storage dtype bfloat16, as SAM3; + fp32 object pointers)")
+    print("| memory | input | tokens/frame | frames held (max) | tokens/track | MiB/track |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    sizes: dict[tuple[str, int], int] = {}
+    for size in sorted({args.input_size, 1008}):
+        g = size // image.patch_size
+        for kind in KINDS:
+            cfg = TrackerConfig(memory=kind)
+            tokens = cfg.tokens_per_memory_frame(g)
+            nbytes = cfg.memory_bytes_per_track(g)
+            sizes[(kind, size)] = nbytes
+            print(
+                f"| {kind} | {size} | {tokens} | {cfg.max_memory_frames()} | {tokens * cfg.max_memory_frames()} "
+                f"| {nbytes / 2**20:.2f} |"
+            )
+        print(
+            f"| dense / perceiver | {size} | | | | {sizes[('dense', size)] / sizes[('perceiver', size)]:.1f}x |"
+        )
+
+    print(f"\n## tracker step latency at {args.input_size} px (median seconds; dense / perceiver ratio)")
+    torch.manual_seed(0)
+    models = {kind: TrackerModel(image, TrackerConfig(memory=kind)).eval() for kind in KINDS}
+    print("| live tracks | perceiver s | dense s | dense / perceiver | perceiver ms/track | dense ms/track |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for n in args.tracks:
+        if args.quick:
+            reps, warmup = (3 if n < 32 else 1), (1 if n == args.tracks[0] else 0)
+        else:
+            reps, warmup = args.reps, 1
+        t = {kind: time_step(models[kind], n, reps, warmup) for kind in KINDS}
+        print(
+            f"| {n} | {t['perceiver']:.3f} | {t['dense']:.3f} | {t['dense'] / t['perceiver']:.2f}x "
+            f"| {1e3 * t['perceiver'] / n:.0f} | {1e3 * t['dense'] / n:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The zoo manifest, offline behaviour, ``resolve_model`` on every kind of spec, and ``efficientsam3 models``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from efficientsam3_ros.modeling.checkpoint import save_checkpoint
+from efficientsam3_ros.modeling.checkpoint_files import CheckpointError
+from efficientsam3_ros.modeling.registry import build_model, list_models
+from efficientsam3_ros.zoo import ZooError, load_zoo, manual_path, resolve_model
+from efficientsam3_ros.zoo.download import check_sha256, sha256_file
+from efficientsam3_ros.zoo_cli import add_models_arguments, run_models
+
+STAGE1 = {
+    f"es-{f}-{s}": f"stage1_all_converted/efficient_sam3_{fam}_{s}.pt"
+    for f, fam in (("rv", "repvit"), ("tv", "tinyvit"), ("ev", "efficientvit"))
+    for s in "sml"
+}
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_manifest_lists_every_released_model() -> None:
+    zoo = load_zoo()
+    for name, file in STAGE1.items():
+        entry = zoo[name]
+        assert (entry.hub_repo, entry.hub_file, entry.format) == (
+            "Simon7108528/EfficientSAM3",
+            file,
+            "original",
+        )
+        assert entry.architecture in list_models() and "SAM Licence" in entry.license
+    assert zoo["sam3"].hub_repo == "facebook/sam3" and zoo["sam3"].gated and "Meta" in zoo["sam3"].license
+    for size in ("s0", "s1", "l"):
+        assert zoo[f"sam3-litetext-{size}"].format == "hf"
+
+
+def _write_zoo(tmp_path: Path, entries: dict) -> Path:
+    path = tmp_path / "zoo.yaml"
+    path.write_text(yaml.safe_dump({"models": entries}))
+    return path
+
+
+def test_manifest_rejects_bad_entries(tmp_path: Path) -> None:
+    with pytest.raises(ZooError, match="format"):
+        load_zoo(_write_zoo(tmp_path, {"x": {"format": "zip", "source": {"hub": "a/b", "file": "f"}}}))
+    with pytest.raises(ZooError, match="sha256"):
+        load_zoo(
+            _write_zoo(
+                tmp_path,
+                {
+                    "x": {
+                        "format": "original",
+                        "architecture": "es-ev-s",
+                        "source": {"hub": "a/b", "file": "f"},
+                        "sha256": "12",
+                    }
+                },
+            )
+        )
+
+
+@pytest.fixture()
+def local_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A zoo with one hub entry whose file is placed by hand (no network is ever needed)."""
+    entries = {
+        "tiny-hub": {
+            "format": "efficientsam3_ros",
+            "architecture": "es-ev-tiny",
+            "source": {"hub": "nobody/none", "file": "weights/tiny.safetensors"},
+        }
+    }
+    monkeypatch.setenv("EFFICIENTSAM3_ZOO", str(_write_zoo(tmp_path, entries)))
+    monkeypatch.setenv("EFFICIENTSAM3_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path
+
+
+def test_zoo_name_uses_hand_placed_copy(local_zoo: Path) -> None:
+    entry = load_zoo()["tiny-hub"]
+    placed = manual_path(entry)
+    assert placed == local_zoo / "home" / "models" / "tiny-hub" / "tiny.safetensors"
+    reference = build_model("es-ev-tiny")
+    save_checkpoint(reference, placed, sidecar=False)
+    model = resolve_model("tiny-hub")
+    _same_weights(model, reference)
+    assert model.config.name == "tiny-hub"
+
+
+def test_offline_download_is_one_clear_line(tmp_path: Path) -> None:
+    """The real huggingface_hub path, offline: exit 2 and one line naming where to put the file."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "EFFICIENTSAM3_HOME": str(tmp_path / "home"),
+    }
+    code = (
+        "import argparse, sys\n"
+        "from efficientsam3_ros.cli import CliError\n"
+        "from efficientsam3_ros.zoo_cli import add_models_arguments, run_models\n"
+        "p = argparse.ArgumentParser(); add_models_arguments(p)\n"
+        "try:\n    run_models(p.parse_args(['download', 'es-ev-s']))\n"
+        "except CliError as e:\n    print(e); sys.exit(2)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    expected = tmp_path / "home" / "models" / "es-ev-s" / "efficient_sam3_efficientvit_s.pt"
+    assert "cannot download es-ev-s" in lines[0] and str(expected) in lines[0]
+
+
+def test_resolve_own_file_and_refuse_unnamed_file(tmp_path: Path) -> None:
+    reference = build_model("es-rv-tiny")
+    path = save_checkpoint(reference, tmp_path / "mine.safetensors", sidecar=False)
+    _same_weights(resolve_model(str(path)), reference)
+    _same_weights(resolve_model("es-rv-tiny", str(path)), reference)
+    bare = tmp_path / "bare.pt"
+    torch.save({"model": {"detector.x": torch.zeros(1)}}, bare)
+    with pytest.raises(CheckpointError, match="--model"):
+        resolve_model(str(bare))
+    with pytest.raises(ValueError, match="unknown model"):
+        resolve_model("no-such-model")
+
+
+def test_resolve_hf_directory(tmp_path: Path) -> None:
+    """An HF-format SAM3 directory (config.json + model.safetensors, transformers' names) loads by name."""
+    reference = build_model("sam3-tiny")
+    reference.detector.save_pretrained(tmp_path / "hf")
+    model = resolve_model(str(tmp_path / "hf"))
+    assert model.config.vit["num_hidden_layers"] == reference.config.vit["num_hidden_layers"]
+    _same_weights(model.detector, reference.detector)
+
+
+def test_sha256_check(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"efficientsam3")
+    check_sha256(path, sha256_file(path))
+    with pytest.raises(ZooError, match="does not match"):
+        check_sha256(path, "0" * 64)
+
+
+def _models(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_models_arguments(parser)
+    return run_models(parser.parse_args(list(argv)))
+
+
+def test_models_cli_list_info_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from efficientsam3_ros.cli import CliError
+
+    assert _models("--tiny") == 0
+    assert "es-ev-tiny" in capsys.readouterr().out
+    assert _models("info", "es-ev-s") == 0
+    out = capsys.readouterr().out
+    assert "efficient_sam3_efficientvit_s.pt" in out and "place by hand at" in out
+    path = save_checkpoint(build_model("es-tv-tiny"), tmp_path / "tv.safetensors")
+    assert _models("verify", str(path)) == 0
+    assert "OK: the checkpoint fills every parameter and buffer" in capsys.readouterr().out
+    assert _models("verify", str(path), "--model", "es-ev-tiny") == 1  # wrong architecture: names listed
+    assert "missing model entries" in capsys.readouterr().err
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(CliError, match="truncated"):
+        _models("verify", str(path))
