@@ -7,7 +7,7 @@ memory attention + mask decoder + memory encoder (+ Perceiver), batched over tra
 The input size defaults to 504 px (36 x 36 grid) because a dense step at 1008 px costs
 ~0.5 TMAC per track, minutes on a 2-core CPU; memory sizes are printed for 1008 too.
 
-    python bench/tracker.py --quick           # < 5 min on 2 cores
+    python bench/tracker.py --quick           # ~3 min on 2 idle-ish cores (5.5 min under heavy load)
     python bench/tracker.py --input-size 1008 --tracks 1 8
 """
 
@@ -53,22 +53,26 @@ def random_frame(model: TrackerModel, frame_idx: int, gen: torch.Generator) -> T
     )
 
 
-def time_step(model: TrackerModel, num_tracks: int, reps: int, warmup: int) -> float:
-    """Median seconds of one propagate() over ``num_tracks`` full-memory tracks."""
+def time_step(model: TrackerModel, num_tracks: int, reps: int, warmup: int) -> tuple[float, float]:
+    """Median (wall, process CPU) seconds of one propagate() over ``num_tracks`` full-memory tracks.
+
+    CPU time is reported too because on a shared machine wall time mostly measures other jobs' load.
+    """
     gen = torch.Generator().manual_seed(0)
     frame_idx = 100
     tracks = [full_track(model, frame_idx, gen) for _ in range(num_tracks)]
     frame = random_frame(model, frame_idx, gen)
-    times = []
+    times, cpu_times = [], []
     with torch.inference_mode():
         for i in range(warmup + reps):
             # the step appends to memory; re-fill so every rep sees the same steady-state layout
             fresh = [full_track(model, frame_idx, gen) for _ in range(num_tracks)] if i else tracks
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             model.propagate(fresh, frame)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    return statistics.median(times)
+                cpu_times.append(time.process_time() - cpu_start)
+    return statistics.median(times), statistics.median(cpu_times)
 
 
 def main() -> None:
@@ -111,20 +115,39 @@ def main() -> None:
             f"| dense / perceiver | {size} | | | | {sizes[('dense', size)] / sizes[('perceiver', size)]:.1f}x |"
         )
 
+    print(
+        "\n## keys each query attends to per track in memory attention (steady state, 1 conditioning frame)"
+    )
+    print("| memory | input | memory frames x tokens + pointer tokens | keys/track |")
+    print("| --- | --- | --- | --- |")
+    for size in sorted({args.input_size, 1008}):
+        g = size // image.patch_size
+        for kind in KINDS:
+            cfg = TrackerConfig(memory=kind)
+            frames, tokens = cfg.num_maskmem, cfg.tokens_per_memory_frame(g)
+            pointer_tokens = cfg.max_object_pointers * (cfg.hidden_size // cfg.memory_dim)
+            print(
+                f"| {kind} | {size} | {frames} x {tokens} + {pointer_tokens} | {frames * tokens + pointer_tokens} |"
+            )
+
     print(f"\n## tracker step latency at {args.input_size} px (median seconds; dense / perceiver ratio)")
     torch.manual_seed(0)
     models = {kind: TrackerModel(image, TrackerConfig(memory=kind)).eval() for kind in KINDS}
-    print("| live tracks | perceiver s | dense s | dense / perceiver | perceiver ms/track | dense ms/track |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "| live tracks | perceiver s | dense s | dense / perceiver | perceiver ms/track | dense ms/track "
+        "| perceiver CPU s | dense CPU s | CPU ratio |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in args.tracks:
         if args.quick:
             reps, warmup = (3 if n < 32 else 1), (1 if n == args.tracks[0] else 0)
         else:
             reps, warmup = args.reps, 1
         t = {kind: time_step(models[kind], n, reps, warmup) for kind in KINDS}
+        (pw, pc), (dw, dc) = t["perceiver"], t["dense"]
         print(
-            f"| {n} | {t['perceiver']:.3f} | {t['dense']:.3f} | {t['dense'] / t['perceiver']:.2f}x "
-            f"| {1e3 * t['perceiver'] / n:.0f} | {1e3 * t['dense'] / n:.0f} |",
+            f"| {n} | {pw:.3f} | {dw:.3f} | {dw / pw:.2f}x | {1e3 * pw / n:.0f} | {1e3 * dw / n:.0f} "
+            f"| {pc:.3f} | {dc:.3f} | {dc / pc:.2f}x |",
             flush=True,
         )
 

@@ -14,14 +14,28 @@ from collections.abc import Sequence
 
 # (name, help, module exposing add_arguments/run)
 SUBCOMMANDS: list[tuple[str, str, str]] = [
-    ("models", "list registered models with parameter counts", "efficientsam3_ros.commands.models"),
+    ("models", "the model zoo: list, info, download, verify", "efficientsam3_ros.commands.models"),
     (
         "segment",
         "segment text concepts in one image (overlay PNG + JSON)",
         "efficientsam3_ros.commands.segment",
     ),
-    ("eval-bag", "replay a rosbag2 recording through the segmenter and score it", "efficientsam3_ros.bag.cli"),
-    ("demo", "run the whole system on a built-in synthetic world (main job)", "efficientsam3_ros.commands.demo"),
+    ("export", "export ONNX graphs / TensorRT engines with a parity check", "efficientsam3_ros.runtime.cli"),
+    (
+        "eval-images",
+        "box-prompted mIoU / concept AP on a COCO or SA-Co dataset",
+        "efficientsam3_ros.commands.eval_images",
+    ),
+    (
+        "eval-bag",
+        "replay a rosbag2 recording through the segmenter and score it",
+        "efficientsam3_ros.bag.cli",
+    ),
+    (
+        "demo",
+        "run the whole system on a built-in synthetic world (main job)",
+        "efficientsam3_ros.commands.demo",
+    ),
     ("world", "write a synthetic concept-world dataset", "efficientsam3_ros.synthetic.cli"),
 ]
 
@@ -57,4 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's copy, not this __main__ module: CliError must be the class commands raise.
+    from efficientsam3_ros.cli import main as package_main
+
+    sys.exit(package_main())

@@ -33,8 +33,9 @@ def test_models_lists_students_teacher_and_tiny(capsys):
     out = capsys.readouterr().out
     for name in ["sam3", "es-rv-s", "es-tv-l", "es-ev-m", "es-ev-tiny", "sam3-tiny"]:
         assert f"\n{name} " in out
-    row = next(line for line in out.splitlines() if line.startswith("es-ev-s "))
-    assert "0.68" in row
+    architecture_rows = out.split("architecture", 1)[1].splitlines()
+    row = next(line for line in architecture_rows if line.startswith("es-ev-s "))
+    assert row.split()[3] == "0.68"  # backbone params (M), the paper's EfficientViT-B0 count
 
 
 def test_segment_writes_overlay_and_json(tmp_path, image_file, capsys):

@@ -146,14 +146,14 @@ def test_concept_task_oracle_is_perfect_and_wrong_masks_are_not(tiny, fixture: s
 
 
 def test_concept_task_real_model_and_cli(tiny, saco: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    from efficientsam3_ros import zoo_cli
+    from efficientsam3_ros.commands import eval_images
 
     monkeypatch.setattr("efficientsam3_ros.zoo.resolve_model", lambda *a, **k: tiny)
     parser = argparse.ArgumentParser()
-    zoo_cli.add_eval_images_arguments(parser)
+    eval_images.add_arguments(parser)
     out = tmp_path / "r.json"
     argv = ["--model", "es-ev-tiny", "--ann", str(saco), "--images", str(saco.parent), "--task", "concept"]
-    assert zoo_cli.run_eval_images(parser.parse_args([*argv, "--limit", "1", "--out", str(out)])) == 0
+    assert eval_images.run(parser.parse_args([*argv, "--limit", "1", "--out", str(out)])) == 0
     result = json.loads(out.read_text())
     assert result["task"] == "concept" and result["images"] == 1 and result["model"] == "es-ev-tiny"
     assert "mask AP" in capsys.readouterr().out

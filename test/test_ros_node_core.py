@@ -44,7 +44,8 @@ def compressed_msg(stamp_ns: int = 1):
 
 
 def make_core(**overrides) -> NodeCore:
-    values = {"score_threshold": 0.0, "concepts": ["person", "red mug"]}
+    # random tiny model: thresholds at 0 so that every query is published and starts a track
+    values = {"score_threshold": 0.0, "track_new_threshold": 0.0, "concepts": ["person", "red mug"]}
     values.update(overrides)
     core = NodeCore(values, segmenter_factory=tiny_factory, typestore=TS)
     core.configure()
@@ -316,3 +317,14 @@ def test_diagnostics_report_rates_drops_and_backend():
     assert status.level in (0, 1)
     core.deactivate()
     assert core.diagnostics(0).status[0].level == 3  # STALE when inactive
+
+
+def test_tracking_parameters_reach_the_tracker_at_run_time():
+    core = make_core()
+    ok, why = core.set_parameters({"track_new_threshold": 0.9, "max_tracks": 3, "track_max_missed_frames": 4})
+    assert ok, why
+    for seg in core._segmenters():
+        cfg = seg.tracker.config
+        assert (cfg.new_det_threshold, cfg.max_tracks, cfg.max_missed_frames) == (0.9, 3, 4)
+    ok, why = core.set_parameters({"track_match_iou": 0.05})
+    assert not ok and "track_match_iou" in why

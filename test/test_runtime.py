@@ -190,11 +190,11 @@ class FlakyBackend(Backend):
         self._tick()
         return self.inner.encode_text(input_ids, attention_mask)
 
-    def detect(self, features, embeds, mask):
+    def detect(self, features, embeds, mask, boxes=None, box_labels=None):
         self._tick()
         if embeds.shape[0] == 0:
             raise ValueError("no concepts")
-        return self.inner.detect(features, embeds, mask)
+        return self.inner.detect(features, embeds, mask, boxes, box_labels)
 
     def close(self) -> None:
         self.closed = True
@@ -211,6 +211,26 @@ def test_backend_failing_mid_run_hands_over_to_the_next(tiny_model, frame, caplo
     assert info["backend"] == "torch-cpu" and flaky.closed
     assert len(info["fallbacks"]) == 1 and "illegal memory access" in info["fallbacks"][0]
     assert "handing over" in caplog.text
+
+
+def test_exemplar_boxes_give_the_model_result_on_every_backend(tiny_model, frame, tmp_path):
+    """Box prompts run the (not exported) geometry encoder through PyTorch, from any backend."""
+    from efficientsam3_ros.runtime.ort_backend import OnnxRuntimeBackend
+
+    pixels, ids, mask, _ = frame
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.3]]]).expand(4, 1, 4)
+    labels = torch.ones(4, 1, dtype=torch.long)
+    with torch.no_grad():
+        concepts = tiny_model.encode_concepts(["red mug", "person", "chair", "door"])
+        ref = tiny_model.detect(tiny_model.encode_image(pixels), concepts, boxes, labels)
+    torch_cpu = TorchBackend(tiny_model)
+    ort_cpu = OnnxRuntimeBackend(tiny_model, RuntimeOptions(cache_dir=tmp_path))
+    for backend in (torch_cpu, ort_cpu):
+        out = backend.detect(backend.encode_image(pixels), concepts.embeds, mask, boxes, labels)
+        torch.testing.assert_close(out.pred_logits, ref.pred_logits, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(out.pred_masks, ref.pred_masks, rtol=1e-3, atol=1e-4)
+    plain = torch_cpu.detect(torch_cpu.encode_image(pixels), concepts.embeds, mask)
+    assert not torch.allclose(plain.pred_logits, ref.pred_logits)  # the boxes were not ignored
 
 
 def test_caller_errors_are_not_fallbacks(tiny_model):

@@ -12,12 +12,13 @@ import pytest
 import torch
 import yaml
 
+from efficientsam3_ros.commands.models import add_arguments as add_models_arguments
+from efficientsam3_ros.commands.models import run as run_models
 from efficientsam3_ros.modeling.checkpoint import save_checkpoint
 from efficientsam3_ros.modeling.checkpoint_files import CheckpointError
 from efficientsam3_ros.modeling.registry import build_model, list_models
 from efficientsam3_ros.zoo import ZooError, load_zoo, manual_path, resolve_model
 from efficientsam3_ros.zoo.download import check_sha256, sha256_file
-from efficientsam3_ros.zoo_cli import add_models_arguments, run_models
 
 STAGE1 = {
     f"es-{f}-{s}": f"stage1_all_converted/efficient_sam3_{fam}_{s}.pt"
@@ -108,18 +109,11 @@ def test_offline_download_is_one_clear_line(tmp_path: Path) -> None:
         "HF_HOME": str(tmp_path / "hf"),
         "EFFICIENTSAM3_HOME": str(tmp_path / "home"),
     }
-    code = (
-        "import argparse, sys\n"
-        "from efficientsam3_ros.cli import CliError\n"
-        "from efficientsam3_ros.zoo_cli import add_models_arguments, run_models\n"
-        "p = argparse.ArgumentParser(); add_models_arguments(p)\n"
-        "try:\n    run_models(p.parse_args(['download', 'es-ev-s']))\n"
-        "except CliError as e:\n    print(e); sys.exit(2)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    argv = [sys.executable, "-m", "efficientsam3_ros.cli", "models", "download", "es-ev-s"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
     expected = tmp_path / "home" / "models" / "es-ev-s" / "efficient_sam3_efficientvit_s.pt"
     assert "cannot download es-ev-s" in lines[0] and str(expected) in lines[0]
 

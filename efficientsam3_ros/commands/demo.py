@@ -18,9 +18,13 @@ DEMO_DIR = Path(__file__).resolve().parents[2] / "models" / "demo"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("efficientsam3_demo"), help="output folder")
     parser.add_argument("--frames", type=int, default=60, help="frames in the held-out world sequence")
-    parser.add_argument("--model", default=None, help="model name or checkpoint (default: the shipped demo model)")
+    parser.add_argument(
+        "--model", default=None, help="model name or checkpoint (default: the shipped demo model)"
+    )
     parser.add_argument("--checkpoint", default=None, help="weights for --model")
-    parser.add_argument("--overwrite", action="store_true", help="replace the world/ and eval/ folders in --out")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the world/ and eval/ folders in --out"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -29,7 +33,11 @@ def default_model() -> tuple[str, str | None, str]:
     weights = DEMO_DIR / "model.safetensors"
     if weights.is_file():
         return str(weights), None, f"demo model {weights}"
-    return "es-ev-tiny", None, "no trained demo model found: using RANDOM tiny weights (scores will be near zero)"
+    return (
+        "es-ev-tiny",
+        None,
+        "no trained demo model found: using RANDOM tiny weights (scores will be near zero)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,27 +1,167 @@
-"""``efficientsam3 models``: the registered model names and their sizes."""
+"""``efficientsam3 models [list|info NAME|download NAME|verify PATH]``: the model zoo.
+
+The work lives in ``efficientsam3_ros.zoo`` and ``modeling.checkpoint``; heavy imports happen
+inside ``run`` so ``--help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 
+def _cli_error(message: str) -> Exception:
+    from ..cli import CliError
+
+    return CliError(message)
+
+
+# ----------------------------------------------------------------------------------- models
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="list only the tiny test configs")
+    sub = parser.add_subparsers(dest="models_command", metavar="ACTION")
+    p = sub.add_parser("list", help="zoo models and registered architectures with parameter counts")
+    p.add_argument("--tiny", action="store_true", help="list only the tiny test configs")
+    p = sub.add_parser("info", help="source, format, size, digest and licence of one model")
+    p.add_argument("name")
+    p = sub.add_parser("download", help="download a zoo model into the Hugging Face cache (with progress)")
+    p.add_argument("name")
+    p = sub.add_parser(
+        "verify", help="check a checkpoint file or HF directory: integrity, sha256, key mapping"
+    )
+    p.add_argument("path", type=Path)
+    p.add_argument("--model", default=None, help="architecture to check against (default: from the file)")
+    p.add_argument("--quick", action="store_true", help="skip the full CRC pass over torch zip files")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..modeling import count_parameters, get_config, list_models
+    action = getattr(args, "models_command", None) or "list"
+    from ..modeling.checkpoint_files import CheckpointError
+    from ..zoo import ZooError
 
-    rows = []
+    try:
+        if action == "list":
+            return _list(tiny=bool(getattr(args, "tiny", False)))
+        if action == "info":
+            return _info(args.name)
+        if action == "download":
+            return _download(args.name)
+        if action == "verify":
+            return _verify(args.path, args.model, full=not args.quick)
+    except (ZooError, CheckpointError) as err:
+        raise _cli_error(str(err)) from None
+    raise _cli_error(f"unknown action {action!r}")
+
+
+def _list(tiny: bool) -> int:
+    from ..modeling import count_parameters, get_config, list_models
+    from ..zoo import find_local, load_zoo
+
+    if not tiny:
+        zoo = load_zoo()
+        print(f"{'zoo model':<20}{'format':<10}{'params M':>9}  {'local':<6}source")
+        for entry in zoo.values():
+            params = f"{entry.params / 1e6:.1f}" if entry.params else "-"
+            local = "yes" if find_local(entry) is not None else "no"
+            print(f"{entry.name:<20}{entry.format:<10}{params:>9}  {local:<6}{entry.source_text}")
+        print()
+    header = ("architecture", "backbone", "text", "backbone M", "trunk+adapter M", "total M")
+    print(f"{header[0]:<24}{header[1]:<18}{header[2]:<12}{header[3]:>11}{header[4]:>17}{header[5]:>10}")
     for name in list_models():
-        if args.tiny and "tiny" not in name:
+        if tiny and "tiny" not in name:
             continue
         cfg = get_config(name)
         counts = count_parameters(name)
         backbone = cfg.backbone if cfg.is_student else "SAM3 ViT"
-        rows.append((name, backbone, cfg.text_encoder, counts["backbone"], counts["trunk"], counts["total"]))
-    header = ("name", "backbone", "text", "backbone M", "trunk+adapter M", "total M")
-    print(f"{header[0]:<24}{header[1]:<18}{header[2]:<12}{header[3]:>11}{header[4]:>17}{header[5]:>10}")
-    for name, backbone, text, bb, trunk, total in rows:
-        print(f"{name:<24}{backbone:<18}{text:<12}{bb / 1e6:>11.2f}{trunk / 1e6:>17.2f}{total / 1e6:>10.2f}")
+        print(
+            f"{name:<24}{backbone:<18}{cfg.text_encoder:<12}{counts['backbone'] / 1e6:>11.2f}"
+            f"{counts['trunk'] / 1e6:>17.2f}{counts['total'] / 1e6:>10.2f}"
+        )
+    return 0
+
+
+def _info(name: str) -> int:
+    from ..modeling import get_config, list_models
+    from ..zoo import find_local, load_zoo, manual_path
+
+    zoo = load_zoo()
+    if name in zoo:
+        e = zoo[name]
+        local = find_local(e)
+        rows = [
+            ("name", e.name),
+            ("description", e.description),
+            ("format", e.format),
+            ("source", f"huggingface.co/{e.source_text}" if e.hub_repo else e.source_text),
+            ("revision", e.revision or "main"),
+            ("architecture", e.architecture or "from the repo's config.json"),
+            ("overrides", json.dumps(e.overrides) if e.overrides else "-"),
+            ("params", f"{e.params:,}" if e.params else "-"),
+            ("size", e.size or "-"),
+            ("sha256", e.sha256 or "not recorded"),
+            ("gated", "yes" if e.gated else "no"),
+            ("license", e.license),
+            ("local copy", str(local) if local else "none"),
+            ("place by hand at", str(manual_path(e))),
+        ]
+        for key, value in rows:
+            print(f"{key + ':':<18}{value}")
+        return 0
+    if name in list_models():
+        print(json.dumps(get_config(name).to_dict(), indent=2))
+        return 0
+    raise _cli_error(f"unknown model {name!r}; see `efficientsam3 models list`")
+
+
+def _download(name: str) -> int:
+    from ..zoo import download, get_entry, sha256_file
+
+    entry = get_entry(name)
+    path = download(entry)
+    print(path)
+    if path.is_file():
+        digest = sha256_file(path)
+        status = "matches the zoo" if entry.sha256 else "not recorded in the zoo yet"
+        print(f"sha256 {digest} ({status})")
+    return 0
+
+
+def _verify(path: Path, model_name: str | None, full: bool) -> int:
+    import torch
+
+    from ..modeling.checkpoint import plan_checkpoint
+    from ..modeling.checkpoint_files import open_checkpoint
+    from ..modeling.efficientsam3 import EfficientSam3Model
+    from ..modeling.registry import get_config
+    from ..zoo import config_for_path, load_zoo, sha256_file
+
+    ckpt = open_checkpoint(path, full_check=full)  # raises on truncation / corruption / unsafe pickle
+    print(f"{path}: readable {ckpt.kind} checkpoint, {len(ckpt.shapes)} tensors")
+    if path.is_file():
+        digest = sha256_file(path)
+        known = [e.name for e in load_zoo().values() if e.sha256 == digest]
+        print(f"sha256 {digest}" + (f" (zoo: {', '.join(known)})" if known else ""))
+        same_name = [e for e in load_zoo().values() if e.file_name == path.name and e.sha256]
+        if same_name and not known:
+            raise _cli_error(
+                f"{path.name}: sha256 differs from the zoo's {same_name[0].sha256} ({same_name[0].name})"
+            )
+    config = get_config(model_name) if model_name else config_for_path(path)
+    with torch.device("meta"):  # names and shapes only: no weights allocated
+        model = EfficientSam3Model(config)
+    fmt, plan = plan_checkpoint(model, ckpt)
+    print(
+        f"format {fmt}; architecture {config.name}: {len(plan.assignments)} entries mapped, {len(plan.unused)} keys intentionally unused"
+    )
+    reasons: dict[str, int] = {}
+    for reason in plan.unused.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        print(f"  unused x{count}: {reason}")
+    if not plan.ok:
+        print(plan.problems(), file=sys.stderr)
+        return 1
+    print("OK: the checkpoint fills every parameter and buffer")
     return 0

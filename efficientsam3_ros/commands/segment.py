@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--score-threshold", type=float, default=0.5, help="keep instances scoring above this"
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="auto | tensorrt | onnxruntime-cuda | torch-cuda | onnxruntime-cpu | torch-cpu",
+    )
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -47,25 +52,29 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..cli import CliError
-    from ..modeling.registry import get_config
+    from ..modeling.checkpoint_files import CheckpointError
     from ..modeling.tokenizer import validate_phrase
     from ..pipeline import ConceptSegmenter
     from ..pipeline.overlay import draw_overlay
+    from ..zoo import ZooError
 
     try:
         concepts = [validate_phrase(c) for c in args.concept]
-        get_config(args.model)
-    except (ValueError, KeyError) as err:
-        raise CliError(str(err.args[0])) from None
+    except ValueError as err:
+        raise CliError(str(err)) from None
     image = load_rgb(args.image)
-    segmenter = ConceptSegmenter.from_name(
-        args.model,
-        args.checkpoint,
-        device=args.device,
-        input_size=args.input_size,
-        score_threshold=args.score_threshold,
-        tracking=False,
-    )
+    try:
+        segmenter = ConceptSegmenter.from_name(
+            args.model,
+            args.checkpoint,
+            backend=args.backend,
+            device=args.device,
+            input_size=args.input_size,
+            score_threshold=args.score_threshold,
+            tracking=False,
+        )
+    except (ZooError, CheckpointError, ValueError) as err:
+        raise CliError(str(err)) from None
     segmenter.set_concepts(concepts)
     result = segmenter.process(image)
     args.out.parent.mkdir(parents=True, exist_ok=True)

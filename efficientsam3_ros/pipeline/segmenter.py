@@ -16,6 +16,8 @@ import torch
 
 from ..modeling import EfficientSam3Model
 from ..modeling.tokenizer import validate_phrase
+from ..runtime import Backend, RuntimeOptions, select_backend
+from ..runtime.torch_backend import TorchBackend
 from ..tracking import ConceptTracker, TrackingConfig
 from .preprocess import boxes_to_image, masks_to_image, preprocess, validate_image
 from .results import FrameResult, Instance
@@ -40,14 +42,14 @@ class ConceptSegmenter:
         self,
         model: EfficientSam3Model,
         *,
-        backend: object | None = None,
+        backend: Backend | None = None,
         score_threshold: float = 0.5,
         mask_threshold: float = 0.0,
         max_concepts: int = DEFAULT_MAX_CONCEPTS,
         tracker: ConceptTracker | None = None,
     ):
         self.model = model.eval()
-        self.backend = backend if backend is not None else _ModelBackend(model)
+        self.backend = backend if backend is not None else TorchBackend(model, device=str(self.model_device))
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
         self.max_concepts = max_concepts
@@ -84,6 +86,7 @@ class ConceptSegmenter:
         device: str | None = None,
         input_size: int | None = None,
         tracking: bool | TrackingConfig = True,
+        options: RuntimeOptions | None = None,
         **kwargs: object,
     ) -> ConceptSegmenter:
         """Build the model (registry or zoo name, checkpoint file, HF directory) and pick a backend.
@@ -91,10 +94,11 @@ class ConceptSegmenter:
         ``tracking`` attaches a ConceptTracker (stable track ids across frames); pass False for
         single images, or a TrackingConfig to change its thresholds.
         """
-        from ..modeling import build_model
+        from ..zoo import resolve_model
 
-        model = build_model(name, input_size=input_size, device=device or "cpu")
-        return cls(model, tracker=make_tracker(tracking), **kwargs)
+        model = resolve_model(name, checkpoint, input_size=input_size, device=device or "cpu")
+        chain = select_backend(backend, model, options or RuntimeOptions())
+        return cls(model, backend=chain, tracker=make_tracker(tracking), **kwargs)
 
     # ------------------------------------------------------------------- concepts
     @property
@@ -107,8 +111,7 @@ class ConceptSegmenter:
 
     @property
     def backend_info(self) -> dict:
-        info = getattr(self.backend, "info", None)
-        return dict(info) if info else {"backend": "torch-cpu", "fallbacks": []}
+        return dict(self.backend.info)
 
     def set_concepts(self, labels: list[str], append: bool = False) -> list[int]:
         """Activate concepts; returns their ids. A label that is already active keeps its id."""
@@ -176,7 +179,7 @@ class ConceptSegmenter:
         t0 = time.perf_counter()
         image = validate_image(image)
         image_size = (int(image.shape[0]), int(image.shape[1]))
-        pixels = preprocess(image, self.input_size, device=self.model_device)
+        pixels = preprocess(image, self.input_size, device=self.backend.device)  # resize on the GPU if any
         t1 = time.perf_counter()
         timings["preprocess"] = (t1 - t0) * 1e3
         features = self.backend.encode_image(pixels)
@@ -215,11 +218,9 @@ class ConceptSegmenter:
         if missing:
             input_ids, attention_mask = self.model.tokenize(missing)
             with torch.inference_mode():
-                embeds = self.backend.encode_text(
-                    input_ids.to(self.model_device), attention_mask.to(self.model_device)
-                )
+                embeds = self.backend.encode_text(input_ids, attention_mask)
             for i, label in enumerate(missing):
-                self._text_cache[label] = (embeds[i], attention_mask[i].to(embeds.device))
+                self._text_cache[label] = (embeds[i], attention_mask[i])
         return {label: self._text_cache[label] for label in labels}
 
     def _exemplar_tensors(self, concepts: list[_Concept]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -233,7 +234,7 @@ class ConceptSegmenter:
             if n:
                 boxes[i, :n] = torch.tensor(c.exemplar_boxes)
                 labels[i, :n] = torch.tensor(c.exemplar_labels)
-        return boxes.to(self.model_device), labels.to(self.model_device)
+        return boxes, labels
 
     def _postprocess(self, out, concepts: list[_Concept], image_size: tuple[int, int]) -> list[Instance]:
         scores = out.scores
@@ -267,24 +268,3 @@ def make_tracker(tracking: bool | TrackingConfig) -> ConceptTracker | None:
     if tracking is False:
         return None
     return ConceptTracker(tracking if isinstance(tracking, TrackingConfig) else None)
-
-
-class _ModelBackend:
-    """Runs the PyTorch modules directly (used until a runtime backend is chosen)."""
-
-    info = {"backend": "torch-cpu", "fallbacks": []}
-
-    def __init__(self, model: EfficientSam3Model):
-        self.model = model
-
-    def encode_image(self, pixels: torch.Tensor):
-        return self.model.encode_image(pixels)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_tokens(input_ids, attention_mask)
-
-    def detect(self, features, embeds, mask, boxes=None, box_labels=None):
-        from ..modeling.efficientsam3 import ConceptFeatures
-
-        concepts = ConceptFeatures(embeds=embeds, mask=mask, labels=[""] * embeds.shape[0])
-        return self.model.detect(features, concepts, input_boxes=boxes, input_boxes_labels=box_labels)

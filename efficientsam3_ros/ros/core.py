@@ -15,6 +15,8 @@ factory is called again, which loads the weights once more per camera.
 
 from __future__ import annotations
 
+import dataclasses
+
 import gc
 import logging
 import math
@@ -493,6 +495,15 @@ def mask_probability_to_logit(probability: float) -> float:
 def _apply_thresholds(segmenter: Segmenter, config: NodeConfig) -> None:
     segmenter.score_threshold = float(config.score_threshold)
     segmenter.mask_threshold = mask_probability_to_logit(config.mask_threshold)
+    tracker = getattr(segmenter, "tracker", None)
+    if tracker is not None:  # the tracking config is immutable: swap in an updated copy
+        tracker.config = dataclasses.replace(
+            tracker.config,
+            new_det_threshold=float(config.track_new_threshold),
+            assoc_iou_threshold=float(config.track_match_iou),
+            max_missed_frames=int(config.track_max_missed_frames),
+            max_tracks=int(config.max_tracks),
+        )
 
 
 def _empty_gpu_cache() -> None:

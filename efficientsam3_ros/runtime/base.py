@@ -13,9 +13,12 @@ tensor-in/tensor-out:
 Shapes (S = input size, g = S / 14, C = fpn dim, K = concepts, L = 32 tokens, Q = queries):
 ``encode_image([1,3,S,S]) -> ImageFeatures(fpn=([1,C,4g,4g], [1,C,2g,2g], [1,C,g,g]))``,
 ``encode_text(ids[K,L] int64, mask[K,L] int64) -> [K,L,C]``,
-``detect(features, embeds[K,L,C], mask[K,L]) -> DetectorOutput`` with
+``detect(features, embeds[K,L,C], mask[K,L], boxes=None, box_labels=None) -> DetectorOutput`` with
 ``pred_masks [K,Q,4g,4g]``, ``pred_boxes [K,Q,4]`` (normalised xyxy), ``pred_logits [K,Q]``,
-``presence_logits [K,1]``.
+``presence_logits [K,1]``. Optional visual exemplars (``boxes [K,N,4]`` normalised cxcywh,
+``box_labels [K,N]`` 1/0, -10 = padding) go through SAM3's geometry encoder, which is not
+exported yet: every backend runs that rare path with the PyTorch modules on the CPU
+(``detect_with_exemplars``), so a prompt with boxes gives the same result everywhere.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ __all__ = [
     "DetectorOutput",
     "ImageFeatures",
     "RuntimeOptions",
+    "detect_with_exemplars",
+    "has_exemplars",
     "to_cpu_output",
 ]
 
@@ -112,8 +117,15 @@ class Backend(ABC):
         """Token ids [K,L] -> projected token features [K,L,C] on CPU (once per concept change)."""
 
     @abstractmethod
-    def detect(self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor) -> DetectorOutput:
-        """One image's features + K concepts -> detector outputs on CPU, all concepts in one call."""
+    def detect(
+        self,
+        features: ImageFeatures,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        box_labels: torch.Tensor | None = None,
+    ) -> DetectorOutput:
+        """One image's features + K concepts (+ optional exemplar boxes) -> CPU outputs, one call."""
 
     @property
     def info(self) -> dict[str, Any]:
@@ -122,6 +134,39 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to free
         """Release sessions/engines early (garbage collection does it otherwise)."""
+
+
+def has_exemplars(boxes: torch.Tensor | None) -> bool:
+    return boxes is not None and boxes.numel() > 0
+
+
+def detect_with_exemplars(
+    model: Any,
+    features: ImageFeatures,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    boxes: torch.Tensor,
+    box_labels: torch.Tensor | None,
+) -> DetectorOutput:
+    """Exemplar-prompted detection through ``model.detect`` (PyTorch) from our three FPN levels.
+
+    Rebuilds what ``detect`` expects: sine position encodings per level (constants of the
+    shape) and a placeholder fourth level that SAM3's detector drops unread.
+    """
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+    from ..modeling.efficientsam3 import ConceptFeatures
+
+    device = next(model.parameters()).device
+    fpn = tuple(f.to(device=device, dtype=torch.float32) for f in features.fpn)
+    pos_enc = model.detector.vision_encoder.neck.position_encoding
+    pos = tuple(pos_enc(f.shape, f.device, f.dtype) for f in fpn)
+    vision = Sam3VisionEncoderOutput(fpn_hidden_states=(*fpn, fpn[-1]), fpn_position_encoding=(*pos, pos[-1]))
+    concepts = ConceptFeatures(embeds=embeds.to(device), mask=mask.to(device), labels=[""] * embeds.shape[0])
+    labels = box_labels.to(device) if box_labels is not None else None
+    with torch.inference_mode():
+        out = model.detect(vision, concepts, input_boxes=boxes.to(device), input_boxes_labels=labels)
+    return to_cpu_output(out.pred_masks, out.pred_boxes, out.pred_logits, out.presence_logits)
 
 
 def to_cpu_output(pred_masks: Any, pred_boxes: Any, pred_logits: Any, presence_logits: Any) -> DetectorOutput:

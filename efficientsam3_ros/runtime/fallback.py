@@ -164,8 +164,15 @@ class FallbackChain(Backend):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self._call("encode_text", input_ids, attention_mask)
 
-    def detect(self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor) -> DetectorOutput:
-        return self._call("detect", features, embeds, mask)
+    def detect(
+        self,
+        features: ImageFeatures,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        box_labels: torch.Tensor | None = None,
+    ) -> DetectorOutput:
+        return self._call("detect", features, embeds, mask, boxes, box_labels)
 
     def close(self) -> None:
         if self.active is not None:

@@ -14,7 +14,15 @@ import numpy as np
 import torch
 
 from ..modeling.efficientsam3 import DetectorOutput, EfficientSam3Model
-from .base import Backend, BackendUnavailable, ImageFeatures, RuntimeOptions, to_cpu_output
+from .base import (
+    Backend,
+    BackendUnavailable,
+    ImageFeatures,
+    RuntimeOptions,
+    detect_with_exemplars,
+    has_exemplars,
+    to_cpu_output,
+)
 from .graphs import DETECTOR_GRAPHS, get_graph
 from .onnx_cache import cached_graphs, graphs_from_dir
 
@@ -58,6 +66,7 @@ class OnnxRuntimeBackend(Backend):
         self.name = f"onnxruntime-{provider}"
         self.device = torch.device("cpu")  # tensors cross the boundary on the host
         self.options = options
+        self.model = model  # exemplar-box prompts run through PyTorch (geometry encoder not exported)
         paths = graph_paths(model, options)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -102,7 +111,16 @@ class OnnxRuntimeBackend(Backend):
         (embeds,) = self._run("text_encoder", {"input_ids": ids, "attention_mask": mask})
         return torch.from_numpy(embeds)
 
-    def detect(self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor) -> DetectorOutput:
+    def detect(
+        self,
+        features: ImageFeatures,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        box_labels: torch.Tensor | None = None,
+    ) -> DetectorOutput:
+        if has_exemplars(boxes):  # geometry encoder not exported: PyTorch
+            return detect_with_exemplars(self.model, features, embeds, mask, boxes, box_labels)
         feeds = {f"fpn_{i}": _np(f, np.float32) for i, f in enumerate(features.fpn)}
         feeds["text_embeds"] = _np(embeds, np.float32)
         feeds["text_mask"] = _np(mask, np.int64)

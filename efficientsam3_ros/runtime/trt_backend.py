@@ -18,7 +18,15 @@ import onnx
 import torch
 
 from ..modeling.efficientsam3 import DetectorOutput, EfficientSam3Model
-from .base import Backend, BackendUnavailable, ImageFeatures, RuntimeOptions, to_cpu_output
+from .base import (
+    Backend,
+    BackendUnavailable,
+    ImageFeatures,
+    RuntimeOptions,
+    detect_with_exemplars,
+    has_exemplars,
+    to_cpu_output,
+)
 from .engine_cache import EngineCache, EngineKey
 from .graphs import get_graph
 from .onnx_cache import file_sha256
@@ -168,6 +176,7 @@ class TensorRTBackend(Backend):
         self.name = "tensorrt"
         self.device = torch.device(device)
         self.max_concepts = options.max_concepts
+        self.model = model  # exemplar-box prompts run through PyTorch (geometry encoder not exported)
         gpu = torch.cuda.get_device_name(self.device)
         root = options.resolved_cache_dir() / "engines"
         cache = EngineCache(root)
@@ -197,7 +206,16 @@ class TensorRTBackend(Backend):
             chunks.append(self.runners["text_encoder"](feeds)[0].float().cpu())
         return torch.cat(chunks)
 
-    def detect(self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor) -> DetectorOutput:
+    def detect(
+        self,
+        features: ImageFeatures,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        box_labels: torch.Tensor | None = None,
+    ) -> DetectorOutput:
+        if has_exemplars(boxes):  # geometry encoder not exported: PyTorch
+            return detect_with_exemplars(self.model, features, embeds, mask, boxes, box_labels)
         parts = []
         fpn = {f"fpn_{i}": f for i, f in enumerate(features.fpn)}
         for s in range(0, embeds.shape[0], self.max_concepts):

@@ -1,17 +1,17 @@
 """Final exports and start weights: safetensors + config, the format inference loads.
 
-A finished stage writes its model as ``<output_dir>/export/model.safetensors`` with the
-model config beside it (``config.json``, and the same JSON in the safetensors
-metadata under ``"config"``), so ``efficientsam3 segment --checkpoint``, ``export`` and
-the ROS node can rebuild the module tree and load the weights without pickle. When
-``efficientsam3_ros.modeling.checkpoint`` is available its ``save_checkpoint`` /
-``load_checkpoint`` are used, so training and inference share one format; the
-fallback below writes the same two pieces directly.
+A finished image/text/concept stage writes its ``EfficientSam3Model`` with
+``efficientsam3_ros.modeling.checkpoint.save_checkpoint`` (safetensors whose metadata
+holds the ``ModelConfig``, plus the ``<name>.json`` sidecar), so ``efficientsam3 segment
+--checkpoint``, ``export`` and the ROS node load it like any other checkpoint. It is
+written under a temporary name and renamed, so a job killed while exporting leaves no
+half file. Stage 2 exports a ``TrackerModel``, which has no ModelConfig: its
+safetensors carry ``format = efficientsam3_ros_tracker`` with the tracker and image
+configs as JSON metadata (and the same sidecar).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -21,50 +21,47 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..modeling import EfficientSam3Model
+from ..modeling.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
 
-def _modeling_checkpoint() -> Any | None:
-    if importlib.util.find_spec("efficientsam3_ros.modeling.checkpoint") is None:
-        return None
-    from ..modeling import checkpoint
-
-    return checkpoint
+TRACKER_FORMAT = "efficientsam3_ros_tracker"
 
 
 def export_model(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model``'s weights as safetensors + its config as JSON (atomically; tied weights cloned)."""
+    """Write ``model`` as safetensors + config sidecar, atomically (temp names, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    modeling = _modeling_checkpoint()
-    if modeling is not None and hasattr(modeling, "save_checkpoint") and extra is None:
-        modeling.save_checkpoint(model, path)
-        return path
-    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
-    meta = {"config": config, **(extra or {})}
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    save_file(state, str(tmp), metadata={"format": "pt", "efficientsam3": json.dumps(meta)})
+    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.safetensors")
+    if isinstance(model, EfficientSam3Model) and extra is None:
+        save_checkpoint(model, tmp)
+    else:
+        meta = {"config": model.config.to_dict(), **(extra or {})}
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(
+            state,
+            str(tmp),
+            metadata={"format": TRACKER_FORMAT, **{k: json.dumps(v) for k, v in meta.items()}},
+        )
+        sidecar_path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(sidecar_path(tmp), sidecar_path(path))
     os.replace(tmp, path)
-    config_path = path.with_name("config.json")
-    tmp_config = config_path.with_name(f"config.json.tmp.{os.getpid()}")
-    tmp_config.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp_config, config_path)
     return path
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = False) -> list[str]:
-    """Load safetensors weights into ``model``; returns the model keys the file did not supply.
+    """Load weights into ``model``; returns the model keys the file did not supply (non-strict).
 
-    ``strict=False`` by default because stages load partial models on purpose (a stage-1
-    image export into a stage-1 text student, SAM3's tracker weights into the Perceiver
-    tracker); shape mismatches are still errors.
+    Image models go through ``modeling.checkpoint.load_checkpoint`` (our safetensors, the
+    released SAM3 / EfficientSAM3 ``.pt`` files and HF directories). Other modules (the
+    tracker) read a safetensors state dict. ``strict=False`` because stages load partial
+    models on purpose (a stage-1 image export into a text student).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    modeling = _modeling_checkpoint()
-    if strict and modeling is not None and hasattr(modeling, "load_checkpoint"):
-        modeling.load_checkpoint(model, path)
-        return []
+    if isinstance(model, EfficientSam3Model):
+        report = load_checkpoint(model, path, strict=strict)
+        return sorted(set(model.state_dict()) - set(report.plan.assignments))
     state = load_file(str(path))
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]

@@ -78,6 +78,18 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
 
 
+def soft_bce_loss(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """BCE against soft targets minus the targets' own entropy (= KL), so a perfect match scores 0.
+
+    Same gradient as BCE; the offset only makes the value readable as "distance to the teacher".
+    """
+    if logits.numel() == 0:
+        return logits.sum() * 0.0
+    p = target_probs.float().clamp(1e-6, 1 - 1e-6)
+    entropy = -(p * p.log() + (1 - p) * (1 - p).log())
+    return (F.binary_cross_entropy_with_logits(logits.float(), p, reduction="none") - entropy).mean()
+
+
 def box_losses(pred_xyxy: torch.Tensor, target_xyxy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(L1, GIoU loss) between matched [N, 4] normalised xyxy boxes, mean over N."""
     if pred_xyxy.numel() == 0:

@@ -29,7 +29,7 @@ from .data import build_dataset, valid_grid
 from .distributed import DistContext
 from .export import export_model
 from .feature_cache import CachedFeatures, FeatureCache, fill_cache, fingerprint
-from .losses import bce_loss, dice_loss, masked_feature_losses
+from .losses import dice_loss, masked_feature_losses, soft_bce_loss
 from .models import TRUNK_PREFIX, build_student, build_teacher, build_tracker, freeze
 from .trainer import StageRunner, set_trainable
 
@@ -146,7 +146,7 @@ class ImageDistillModule(nn.Module):
             return zero, zero
         s_logits = torch.cat(student_masks)
         t_prob = torch.cat(teacher_masks).sigmoid()
-        return bce_loss(s_logits, t_prob), dice_loss(s_logits, t_prob)
+        return soft_bce_loss(s_logits, t_prob), dice_loss(s_logits, t_prob)
 
 
 class ImageDistillStage(StageRunner):

@@ -92,9 +92,11 @@ class MemoryDistillModule(nn.Module):
                         :, 0
                     ].float()
                     present = clip["visible"][t].to(device)
-                dice = dice_loss(out.mask_logits[present], target[present])
-                focal = sigmoid_focal_loss(out.mask_logits, target)
-                iou = iou_prediction_loss(out.iou_scores[present], out.mask_logits[present], target[present])
+                # an absent-scored track's mask is NO_OBJ_SCORE (-1024): clamp so its (constant) loss stays O(1)
+                logits = out.mask_logits.clamp(-32.0, 32.0)
+                dice = dice_loss(logits[present], target[present])
+                focal = sigmoid_focal_loss(logits, target)
+                iou = iou_prediction_loss(out.iou_scores[present], logits[present], target[present])
                 obj = bce_loss(out.object_score_logits, present.float())
                 loss = loss + opts.dice_weight * dice + opts.focal_weight * focal + opts.iou_weight * iou
                 loss = loss + opts.object_weight * obj

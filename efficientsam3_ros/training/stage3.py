@@ -29,7 +29,7 @@ from .config import ConceptStageOptions, TrainConfig
 from .data import build_dataset
 from .distributed import DistContext
 from .export import export_model
-from .losses import bce_loss, box_losses, dice_loss, pairwise_giou, sigmoid_focal_loss
+from .losses import bce_loss, box_losses, dice_loss, pairwise_giou, sigmoid_focal_loss, soft_bce_loss
 from .models import build_student, build_teacher
 from .trainer import StageRunner, set_trainable
 
@@ -144,10 +144,10 @@ class ConceptModule(nn.Module):
         with torch.no_grad():
             ref = run_detector(teacher, pixels, phrases)
         return (
-            bce_loss(out.pred_logits, ref.pred_logits.sigmoid())
-            + bce_loss(out.presence_logits, ref.presence_logits.sigmoid())
+            soft_bce_loss(out.pred_logits, ref.pred_logits.sigmoid())
+            + soft_bce_loss(out.presence_logits, ref.presence_logits.sigmoid())
             + F.l1_loss(out.pred_boxes.float(), ref.pred_boxes.float())
-            + bce_loss(out.pred_masks, ref.pred_masks.sigmoid())
+            + soft_bce_loss(out.pred_masks, ref.pred_masks.sigmoid())
         )
 
 

@@ -167,7 +167,12 @@ def resize_image(image: np.ndarray, size: int, mode: str = "stretch", flip: bool
     valid region so feature losses can ignore the padding.
     """
     height, width = image.shape[:2]
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255.0)
+    pixels = (
+        torch.from_numpy(np.array(image, dtype=np.uint8, order="C"))
+        .permute(2, 0, 1)[None]
+        .float()
+        .div_(255.0)
+    )
     if mode == "stretch":
         h, w = size, size
     elif mode == "letterbox":
@@ -177,6 +182,7 @@ def resize_image(image: np.ndarray, size: int, mode: str = "stretch", flip: bool
         raise ValueError(f"unknown resize mode {mode!r}; use 'stretch' or 'letterbox'")
     if (h, w) != (height, width):
         pixels = F.interpolate(pixels, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        pixels = pixels.clamp_(0.0, 1.0)  # antialiased bilinear overshoots by a few ulps
     pixels = (pixels[0] - PIXEL_MEAN) / PIXEL_STD
     out = torch.zeros(3, size, size)
     out[:, :h, :w] = pixels

@@ -1,0 +1,146 @@
+"""Training data readers on fixtures written in the real formats, bad-record handling, the sampler."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from training_fixtures import write_datasets
+
+from efficientsam3_ros.training.data import (
+    ConceptDataset,
+    DataError,
+    PromptDataset,
+    ResumableBatchSampler,
+    SA1BDataset,
+    SAVDataset,
+    resize_image,
+    valid_grid,
+)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    return write_datasets(tmp_path_factory.mktemp("training-data"))
+
+
+def test_sa1b_reader_reads_boxes_points_masks(datasets):
+    ds = SA1BDataset(datasets["sa1b"], 112, decode_masks=True)
+    assert len(ds) == 8 and ds.bad.count == 0
+    sample = ds[0]
+    assert sample["pixels"].shape == (3, 112, 112) and sample["valid"].all()
+    assert sample["pixels"].min() >= -1 and sample["pixels"].max() <= 1
+    n = len(sample["boxes"])
+    assert n > 0 and sample["points"].shape == (n, 2) and sample["masks"].shape == (n, 112, 112)
+    # each point lies inside its box, each box is (close to) its mask's box
+    for box, point, mask in zip(sample["boxes"], sample["points"], sample["masks"]):
+        assert box[0] - 1 <= point[0] <= box[2] + 1 and box[1] - 1 <= point[1] <= box[3] + 1
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if len(xs):
+            assert abs(float(xs.min()) - float(box[0])) <= 2 and abs(float(ys.max()) + 1 - float(box[3])) <= 2
+
+
+def test_sa1b_bad_records_are_counted_and_skipped(datasets, tmp_path):
+    import shutil
+
+    root = tmp_path / "sa1b"
+    shutil.copytree(datasets["sa1b"], root)
+    (root / "sa_1.json").write_text("{not json")
+    (root / "sa_2.jpg").unlink()
+    ds = SA1BDataset(root, 112)
+    assert len(ds) == 6
+    assert ds.bad.reasons == {"bad json": 1, "missing image": 1}
+    assert "skipped 2 of 8" in ds.bad.summary(8)
+    # a record that breaks after indexing (truncated JPEG) is replaced by its neighbour, and counted
+    (root / "sa_3.jpg").write_bytes(b"\xff\xd8garbage")
+    index = [i for i, r in enumerate(ds.records) if r["image"].name == "sa_3.jpg"][0]
+    assert ds[index]["key"] != "sa_3.json"
+    assert ds.bad.count == 3
+
+
+def test_missing_file_list_is_fatal(datasets):
+    with pytest.raises(DataError, match="file list .*does not exist"):
+        SA1BDataset(datasets["sa1b"], 112, file_list="nope.txt")
+
+
+def test_file_list_selects_records(datasets, tmp_path):
+    listing = tmp_path / "train.txt"
+    listing.write_text("# two images\nsa_3.json\nsa_5.json\n")
+    ds = SA1BDataset(datasets["sa1b"], 112, file_list=listing)
+    assert [ds.key(i) for i in range(len(ds))] == ["sa_3.json", "sa_5.json"]
+
+
+def test_sav_reader_returns_clips_of_visible_masklets(datasets):
+    ds = SAVDataset(datasets["sav"], 112, clip_length=3, max_objects=2)
+    assert len(ds) == 2
+    clip = ds[(0, 7)]
+    t, n = clip["masks"].shape[:2]
+    assert clip["pixels"].shape == (3, 3, 112, 112) and t == 3 and 1 <= n <= 2
+    assert clip["visible"][0].all()  # every chosen object is visible in the prompt frame
+    assert torch.equal(clip["masks"], ds[(0, 7)]["masks"])  # same seed, same clip
+
+
+def test_sav_reader_handles_null_and_empty_absent_masks(datasets):
+    doc = json.loads(next(datasets["sav"].glob("*_manual.json")).read_text())
+    assert any(rle is None for row in doc["masklet"] for rle in row) or doc["masklet_num"] >= 1
+
+
+def test_saco_reader_has_positives_and_negatives(datasets):
+    ds = ConceptDataset(datasets["saco"], 112, style="saco")
+    samples = [ds[i] for i in range(len(ds))]
+    assert {len(s["boxes"]) > 0 for s in samples} == {True, False}
+    for s in samples:
+        assert isinstance(s["phrase"], str) and s["phrase"]
+        assert s["masks"].shape == (len(s["boxes"]), 112, 112)
+
+
+def test_coco_reader_uses_category_names_as_phrases(datasets):
+    doc = json.loads((datasets["coco"] / "annotations.json").read_text())
+    names = {c["name"] for c in doc["categories"]}
+    ds = ConceptDataset(datasets["coco"], 112, style="coco", negatives_per_image=1)
+    samples = [ds[i] for i in range(len(ds))]
+    assert all(s["phrase"] in names for s in samples)
+    negatives = [s for s in samples if len(s["boxes"]) == 0]
+    assert len(negatives) == 3  # one per image
+
+
+def test_missing_annotation_file_is_fatal(tmp_path):
+    with pytest.raises(DataError, match="annotation file"):
+        ConceptDataset(tmp_path, 112, style="coco")
+
+
+def test_prompt_reader_skips_comments_and_bad_lines(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("# header\nred  mug\n\n" + "x" * 300 + "\nblue cup\n")
+    ds = PromptDataset(path)
+    assert [ds[i]["phrase"] for i in range(len(ds))] == ["red mug", "blue cup"]
+    assert ds.bad.count == 1
+    with pytest.raises(DataError, match="does not exist"):
+        PromptDataset(tmp_path / "missing.txt")
+
+
+def test_letterbox_records_the_valid_region():
+    image = np.zeros((50, 100, 3), dtype=np.uint8)
+    out = resize_image(image, 112, "letterbox")
+    assert out.valid[:56].all() and not out.valid[56:].any()
+    grid = valid_grid(out.valid, 8)
+    assert grid[:4].all() and not grid[4:].any()
+    boxes = out.boxes(np.array([[0, 0, 100, 50]], dtype=np.float32))
+    assert torch.allclose(boxes, torch.tensor([[0.0, 0.0, 112.0, 56.0]]))
+    flipped = resize_image(image, 112, "stretch", flip=True)
+    assert torch.allclose(flipped.boxes(np.array([[0, 0, 10, 50]])), torch.tensor([[100.8, 0, 112, 112]]))
+
+
+def test_sampler_resumes_mid_epoch_and_shards_ranks():
+    full = ResumableBatchSampler(10, 3, seed=5)
+    it = iter(full)
+    first = [next(it) for _ in range(7)]  # crosses an epoch boundary (3 batches per epoch)
+    resumed = iter(ResumableBatchSampler(10, 3, seed=5, start_batch=4))
+    assert [next(resumed) for _ in range(3)] == first[4:]
+    r0 = next(iter(ResumableBatchSampler(10, 2, rank=0, world_size=2)))
+    r1 = next(iter(ResumableBatchSampler(10, 2, rank=1, world_size=2)))
+    assert not {i for i, _ in r0} & {i for i, _ in r1}
+    with pytest.raises(ValueError, match="batch"):
+        ResumableBatchSampler(3, 4)
