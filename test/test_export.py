@@ -61,12 +61,15 @@ def test_graph_wrappers_equal_the_model_api(tiny_model):
     pixels = torch.rand(1, 3, 112, 112) * 2 - 1
     with torch.no_grad():
         ref_feats = tiny_model.encode_image(pixels)
-        fpn = get_graph("image_encoder").build(tiny_model)(pixels)
+        *fpn, trunk = get_graph("image_encoder").build(tiny_model)(pixels)
         concepts = tiny_model.encode_concepts(["red mug", "person", "chair"])
         ref = tiny_model.detect(ref_feats, concepts)
         got = get_graph("detector").build(tiny_model)(*fpn, concepts.embeds, concepts.mask)
+    assert len(fpn) == 3
     for a, b in zip(fpn, ref_feats.fpn_hidden_states[:3]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the trunk output is exactly what the tracker neck reads (encode_image's last_hidden_state)
+    torch.testing.assert_close(trunk, ref_feats.last_hidden_state, rtol=0, atol=0)
     for a, b in zip(got, (ref.pred_masks, ref.pred_boxes, ref.pred_logits, ref.presence_logits)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
@@ -203,3 +206,61 @@ def test_parity_check_detects_a_wrong_graph(tiny_model):
 
 def test_exporter_module_defaults_to_a_supported_opset():
     assert export_mod.DEFAULT_OPSET >= 17
+
+
+# ------------------------------------------------------------------------------ tracker graphs
+@pytest.mark.parametrize("memory", ["perceiver", "dense"])
+def test_tracker_graphs_export_through_the_registry_and_match_pytorch(tmp_path, memory):
+    """tracker_step / tracker_memory_encoder are registered graphs: export_graph + parity_check work."""
+    from efficientsam3_ros.modeling import build_model, build_tracker
+    from efficientsam3_ros.modeling.tracker_export import (
+        MEMORY_INPUTS,
+        MEMORY_OUTPUTS,
+        STEP_INPUTS,
+        STEP_OUTPUTS,
+    )
+    from efficientsam3_ros.runtime.graphs import TRACKER_GRAPHS
+
+    torch.manual_seed(0)
+    tracker = build_tracker(build_model("es-ev-tiny").config, memory=memory)
+    # random heads score objects ~0; push them present so the masks are not constant
+    tracker.sam.mask_decoder.pred_obj_score_head.proj_out.bias.data.fill_(3.0)
+    assert (get_graph("tracker_step").input_names, get_graph("tracker_step").output_names) == (
+        STEP_INPUTS,
+        STEP_OUTPUTS,
+    )
+    memory_spec = get_graph("tracker_memory_encoder")
+    assert (memory_spec.input_names, memory_spec.output_names) == (MEMORY_INPUTS, MEMORY_OUTPUTS)
+    for name in TRACKER_GRAPHS:
+        spec = get_graph(name)
+        assert spec.source == "tracker"
+        path = export_graph(spec, tracker, tmp_path / f"{name}.onnx", num_concepts=3)  # 3 tracks
+        rows = parity_check(spec, tracker, _session_runner(path, spec), num_concepts=3)
+        assert [r.output for r in rows] == list(spec.output_names)
+        for row in rows:
+            assert row.shape[0] == 3 and row.max_abs <= ATOL, row
+        if name == "tracker_step":
+            mask_row = rows[0]
+            assert mask_row.shape[1:] == (4 * tracker.grid_size, 4 * tracker.grid_size)
+
+
+def test_graph_spec_source_is_validated():
+    spec = get_graph("text_encoder")
+    with pytest.raises(ValueError, match="source"):
+        GraphSpec("x", spec.build, ("a",), ("b",), spec.example_inputs, source="camera")
+
+
+def test_export_command_exports_tracker_graphs(tmp_path, capsys):
+    import json
+
+    argv = ["--model", "es-ev-tiny", "--out", str(tmp_path), "--input-size", "56"]
+    rc = _cli(
+        [*argv, "--graphs", "tracker_step,tracker_memory_encoder", "--memory", "dense", "--tracks", "2"]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "mask_logits" in captured.out and "memory_tokens" in captured.out
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["tracker"] == {"memory": "dense", "tracks": 2}
+    session = ort.InferenceSession(str(tmp_path / "tracker_step.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[4].shape[0] == 2  # memory [N=2, F, T, Dm]: static track count

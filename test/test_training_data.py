@@ -82,9 +82,21 @@ def test_sav_reader_returns_clips_of_visible_masklets(datasets):
     assert torch.equal(clip["masks"], ds[(0, 7)]["masks"])  # same seed, same clip
 
 
-def test_sav_reader_handles_null_and_empty_absent_masks(datasets):
+def test_sav_reader_handles_null_and_empty_absent_masks(datasets, tmp_path):
+    from training_fixtures import WORLD
+
+    from efficientsam3_ros.synthetic import write_sav
+
     doc = json.loads(next(datasets["sav"].glob("*_manual.json")).read_text())
-    assert any(rle is None for row in doc["masklet"] for rle in row) or doc["masklet_num"] >= 1
+    assert any(rle is None for row in doc["masklet"] for rle in row)  # the fixture has absent objects
+    write_sav(
+        tmp_path, seed=2, num_videos=2, num_frames=8, config=WORLD, absent="empty"
+    )  # SAM 2's convention
+    nulls = SAVDataset(datasets["sav"], 112, clip_length=3)
+    empties = SAVDataset(tmp_path, 112, clip_length=3)
+    for a, b in zip(nulls.records, empties.records):
+        assert (a["visible"] == b["visible"]).all() and a["starts"] == b["starts"]
+    assert torch.equal(nulls[(1, 3)]["masks"], empties[(1, 3)]["masks"])
 
 
 def test_saco_reader_has_positives_and_negatives(datasets):

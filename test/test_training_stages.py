@@ -134,15 +134,39 @@ def test_stage3_freeze_patterns_choose_what_trains(datasets, tmp_path, one_threa
         "options.distill_weight=0",
         "options.train=['detector.detr_decoder.*']",
         "options.freeze=['*.bias']",
+        "model.init_from_teacher=false",
     )
+    torch.manual_seed(0)  # what the trainer does before building the student (no teacher needed here)
     before = build_model("es-ev-tiny")
     result = train(config)
     after = load_file(str(result.export_path))
     changed = {k for k, v in before.state_dict().items() if k in after and not torch.equal(v, after[k])}
-    changed = {k for k in changed if "detr_decoder" in k or k.startswith("detector.vision_encoder.backbone")}
     assert changed and all(
         k.startswith("detector.detr_decoder.") and not k.endswith(".bias") for k in changed
     )
+
+
+def test_feature_cache_resumes_and_refuses_a_stale_cache(datasets, tmp_path, one_thread):
+    from efficientsam3_ros.training.data import SA1BDataset
+    from efficientsam3_ros.training.distributed import DistContext
+    from efficientsam3_ros.training.feature_cache import CacheError, fill_cache
+
+    teacher = build_model("sam3-tiny")
+    ds = SA1BDataset(datasets["sa1b"], 112)
+    keys = [ds.key(i) for i in range(len(ds))]
+    kwargs = {"teacher_name": "sam3-tiny", "input_size": 112, "resize": "stretch", "shard_size": 3}
+    folder = tmp_path / "cache"
+    fill_cache(folder, ds, keys, teacher, DistContext(), **kwargs)
+    shards = sorted(folder.glob("shard-*.safetensors"))
+    assert len(shards) == 3
+    kept = shards[0].stat().st_mtime_ns
+    shards[1].unlink()  # a fill killed before its second shard: no shard 1, no index
+    (folder / "index.json").unlink()
+    shards[2].write_bytes(b"half")  # and a broken shard
+    fill_cache(folder, ds, keys, teacher, DistContext(), **kwargs)
+    assert shards[0].stat().st_mtime_ns == kept and shards[1].is_file() and shards[2].stat().st_size > 4
+    with pytest.raises(CacheError, match="another teacher"):
+        fill_cache(folder, ds, keys, teacher, DistContext(), **{**kwargs, "teacher_name": "sam3"})
 
 
 # ----------------------------------------------------------------------------- resume

@@ -11,7 +11,7 @@ tensor-in/tensor-out:
   image encoder and the detector of one frame); any backend accepts any device.
 
 Shapes (S = input size, g = S / 14, C = fpn dim, K = concepts, L = 32 tokens, Q = queries):
-``encode_image([1,3,S,S]) -> ImageFeatures(fpn=([1,C,4g,4g], [1,C,2g,2g], [1,C,g,g]))``,
+``encode_image([1,3,S,S]) -> ImageFeatures(fpn=([1,C,4g,4g], [1,C,2g,2g], [1,C,g,g]), trunk=[1,g*g,C_trunk])``,
 ``encode_text(ids[K,L] int64, mask[K,L] int64) -> [K,L,C]``,
 ``detect(features, embeds[K,L,C], mask[K,L], boxes=None, box_labels=None) -> DetectorOutput`` with
 ``pred_masks [K,Q,4g,4g]``, ``pred_boxes [K,Q,4]`` (normalised xyxy), ``pred_logits [K,Q]``,
@@ -39,6 +39,7 @@ __all__ = [
     "ImageFeatures",
     "RuntimeOptions",
     "detect_with_exemplars",
+    "features_by_name",
     "has_exemplars",
     "to_cpu_output",
 ]
@@ -56,13 +57,18 @@ class ImageFeatures:
 
     SAM3's neck also makes a fourth (stride-28) level and sine position encodings; the
     detector never reads the former and the latter are constants of the input size, so
-    neither crosses this boundary.
+    neither crosses this boundary. ``trunk`` is the trunk feature the FPN levels were made
+    from (tokens [1, g*g, C_trunk]): the memory tracker runs its own neck on it, so the trunk
+    still runs once per frame. It is None only for graphs exported before it was an output.
     """
 
     fpn: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # strides 3.5, 7, 14 of the input
+    trunk: torch.Tensor | None = None  # [1, g*g, C_trunk] trunk tokens (the tracker neck's input)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ImageFeatures:
-        return ImageFeatures(tuple(f.to(device=device, dtype=dtype) for f in self.fpn))  # type: ignore[arg-type]
+        fpn = tuple(f.to(device=device, dtype=dtype) for f in self.fpn)
+        trunk = self.trunk.to(device=device, dtype=dtype) if self.trunk is not None else None
+        return ImageFeatures(fpn, trunk)  # type: ignore[arg-type]
 
     @property
     def device(self) -> torch.device:
@@ -134,6 +140,20 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to free
         """Release sessions/engines early (garbage collection does it otherwise)."""
+
+
+def features_by_name(names: list[str], outputs: list[torch.Tensor]) -> ImageFeatures:
+    """ImageFeatures from an image_encoder run's outputs, matched by output name.
+
+    By name, not position, so that a graph exported before ``trunk`` was an output (a user's
+    ``onnx_dir``) still serves the detector; it then yields ``trunk=None``, which only the
+    memory tracker refuses (with a message saying to re-export).
+    """
+    out = dict(zip(names, outputs))
+    missing = [n for n in ("fpn_0", "fpn_1", "fpn_2") if n not in out]
+    if missing:
+        raise RuntimeError(f"image_encoder graph has no outputs {missing} (has {names}); re-export it")
+    return ImageFeatures((out["fpn_0"], out["fpn_1"], out["fpn_2"]), out.get("trunk"))
 
 
 def has_exemplars(boxes: torch.Tensor | None) -> bool:

@@ -3,7 +3,8 @@
     efficientsam3 export --model es-ev-s --out exported/es-ev-s-504 --format onnx \\
         --precision fp32 --input-size 504
 
-writes ``<out>/{image_encoder,text_encoder,detector}.onnx`` (+ ``engines/`` for
+writes ``<out>/{image_encoder,text_encoder,detector}.onnx`` (``--graphs tracker_step,...`` adds the
+memory tracker's graphs, static at ``--tracks`` tracks, random tracker weights) (+ ``engines/`` for
 ``--format tensorrt``) and ``<out>/manifest.json``, then runs every graph on random inputs
 against the PyTorch modules and prints max abs / relative error per output. The node loads
 the folder with the ``onnx_dir`` option. Exit codes: 0 ok, 1 parity above tolerance,
@@ -52,6 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--opt-concepts", type=int, default=4, help="TensorRT profile: concept batch tuned for"
     )
+    parser.add_argument(
+        "--memory",
+        choices=("perceiver", "dense"),
+        default="perceiver",
+        help="tracker memory of the tracker_* graphs (random tracker weights: none ship yet)",
+    )
+    parser.add_argument(
+        "--tracks",
+        type=int,
+        default=2,
+        help="tracker_* graphs: number of tracks baked into their static shapes (default 2)",
+    )
     parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
     parser.add_argument("--no-parity", action="store_true", help="skip the parity check")
 
@@ -79,6 +92,8 @@ def _validate(args: argparse.Namespace) -> list[str]:
             raise ExportError(f"--input-size: {err}") from None
     if args.opset < 17:
         raise ExportError(f"--opset {args.opset} is too old; use 17 or newer (default 18)")
+    if args.tracks < 1:
+        raise ExportError("--tracks must be >= 1")
     if not 1 <= args.opt_concepts <= args.max_concepts:
         raise ExportError("need 1 <= --opt-concepts <= --max-concepts")
     graphs = [g.strip() for g in args.graphs.split(",") if g.strip()]
@@ -128,10 +143,22 @@ def _run(args: argparse.Namespace) -> int:
         bar.update()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    sources: dict[str, Any] = {"image": model}
+    if any(get_graph(n).source == "tracker" for n in graphs):
+        from ..modeling.tracker import build_tracker
+
+        sources["tracker"] = build_tracker(model.config, memory=args.memory)
+    tracks = args.tracks
     paths: dict[str, Path] = {}
     for name in tqdm(graphs, desc="export onnx", unit="graph", file=sys.stderr):
+        spec = get_graph(name)
         paths[name] = export_graph(
-            get_graph(name), model, out / f"{name}.onnx", opset=args.opset, exporter=args.exporter
+            spec,
+            sources[spec.source],
+            out / f"{name}.onnx",
+            opset=args.opset,
+            exporter=args.exporter,
+            **({"num_concepts": tracks} if spec.source == "tracker" else {}),
         )
 
     runners = _onnx_runners(paths)
@@ -143,11 +170,10 @@ def _run(args: argparse.Namespace) -> int:
 
     rows = []
     if not args.no_parity:
-        jobs = [
-            (n, k) for n in graphs for k in ((1, args.opt_concepts) if get_graph(n).dynamic_inputs else (1,))
-        ]
+        jobs = [(n, k) for n in graphs for k in _parity_sizes(get_graph(n), args.opt_concepts, tracks)]
         for name, k in tqdm(jobs, desc=f"parity vs torch ({args.format})", unit="check", file=sys.stderr):
-            rows += parity_check(get_graph(name), model, runners[name], num_concepts=k)
+            spec = get_graph(name)
+            rows += parity_check(spec, sources[spec.source], runners[name], num_concepts=k)
         print(format_parity(rows))
 
     manifest = {
@@ -161,6 +187,7 @@ def _run(args: argparse.Namespace) -> int:
         "engines": engines,
         "parity": [r.__dict__ for r in rows],
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "tracker": {"memory": args.memory, "tracks": tracks} if "tracker" in sources else None,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=list))
     print(f"wrote {len(paths)} graphs to {out} in {time.perf_counter() - t0:.1f} s")
@@ -169,6 +196,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"parity FAILED: worst relative error {worst:.2e} > {tolerance:.0e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _parity_sizes(spec: Any, opt_concepts: int, tracks: int) -> tuple[int, ...]:
+    """Example sizes to check: both ends of a dynamic concept axis; a static tracker graph's own N."""
+    if spec.source == "tracker":
+        return (tracks,)
+    return (1, opt_concepts) if spec.dynamic_inputs else (1,)
 
 
 def _onnx_runners(paths: dict[str, Path]) -> dict[str, Any]:

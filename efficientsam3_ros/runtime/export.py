@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from torch import nn
 
-from ..modeling.efficientsam3 import EfficientSam3Model
 from .graphs import GraphSpec
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ DEFAULT_OPSET = 18
 
 def export_graph(
     spec: GraphSpec,
-    model: EfficientSam3Model,
+    model: nn.Module,
     path: Path,
     *,
     opset: int = DEFAULT_OPSET,
@@ -36,8 +36,10 @@ def export_graph(
 ) -> Path:
     """Write ``spec``'s graph of ``model`` to ``path`` and run onnx.checker on it.
 
-    ``num_concepts`` is the example size of the dynamic concept axis; 2 (not 1) so that the
-    tracer cannot mistake the axis for a broadcastable constant.
+    ``model`` is what ``spec.source`` names: the ``EfficientSam3Model`` for the detector path,
+    the ``TrackerModel`` for the tracker graphs. ``num_concepts`` is the example size of the
+    dynamic concept axis; 2 (not 1) so that the tracer cannot mistake the axis for a
+    broadcastable constant. For the static tracker graphs it is the number of tracks baked in.
     """
     if opset < 17:
         raise ValueError(f"opset {opset} is too old: SAM3's LayerNorm/attention export needs opset >= 17")
@@ -108,7 +110,7 @@ class ParityRow:
 
 def parity_check(
     spec: GraphSpec,
-    model: EfficientSam3Model,
+    model: nn.Module,
     run: callable,
     *,
     num_concepts: int = 1,

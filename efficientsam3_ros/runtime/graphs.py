@@ -7,18 +7,27 @@ function whatever executes it. Adding a graph (the tracker does) is one
 ``register_graph(GraphSpec(...))`` call.
 
 Graphs of the detector path:
-* ``image_encoder``: pixels [1,3,S,S] -> fpn_0 [1,C,4g,4g], fpn_1 [1,C,2g,2g], fpn_2 [1,C,g,g]
+* ``image_encoder``: pixels [1,3,S,S] -> fpn_0 [1,C,4g,4g], fpn_1 [1,C,2g,2g], fpn_2 [1,C,g,g],
+  trunk [1,g*g,C_trunk] (the trunk tokens, for the memory tracker's own neck)
 * ``text_encoder``: input_ids [K,L], attention_mask [K,L] (int64) -> text_embeds [K,L,C]
 * ``detector``: fpn_0..2 of ONE image + text_embeds [K,L,C] + text_mask [K,L]
   -> pred_masks [K,Q,4g,4g], pred_boxes [K,Q,4], pred_logits [K,Q], presence_logits [K,1].
   The image features enter with batch 1 and are expanded to K inside the graph, so the
   host never copies them K times; K is the dynamic ``concepts`` axis.
+
+Graphs of the memory tracker (``source="tracker"``: built from a ``TrackerModel``, not the
+image model; static shapes, the example size is the number of tracks N, each with a full
+steady-state memory, see ``modeling.tracker_export``):
+* ``tracker_step``: feat, pos, s0, s1, memory, memory_tpos, pointers, pointer_offsets
+  -> mask_logits, iou_scores, object_score_logits, object_pointers
+* ``tracker_memory_encoder``: feat, mask_logits, object_score_logits -> memory_tokens
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,18 +35,31 @@ from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_s
 
 from ..modeling.efficientsam3 import EfficientSam3Model
 
+GRAPH_SOURCES = ("image", "tracker")
+
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """Everything needed to export, check and run one graph."""
+    """Everything needed to export, check and run one graph.
+
+    ``source`` says which model ``build`` and ``example_inputs`` take: ``"image"`` an
+    ``EfficientSam3Model``, ``"tracker"`` a ``TrackerModel``. The tracker is a separate module
+    (its weights are not in the image checkpoint), so its graphs name it instead of hanging
+    it off the image model; exporters pass whichever model the spec asks for.
+    """
 
     name: str
-    build: Callable[[EfficientSam3Model], nn.Module]
+    build: Callable[[Any], nn.Module]  # (model) -> wrapper module
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
-    example_inputs: Callable[[EfficientSam3Model, int], tuple[torch.Tensor, ...]]  # (model, K)
+    example_inputs: Callable[[Any, int], tuple[torch.Tensor, ...]]  # (model, K concepts | N tracks)
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     description: str = ""
+    source: str = "image"
+
+    def __post_init__(self) -> None:
+        if self.source not in GRAPH_SOURCES:
+            raise ValueError(f"GraphSpec.source must be one of {GRAPH_SOURCES}, got {self.source!r}")
 
     @property
     def dynamic_inputs(self) -> dict[str, dict[int, str]]:
@@ -64,15 +86,20 @@ def get_graph(name: str) -> GraphSpec:
 
 # The graphs one ConceptSegmenter frame needs, in execution order.
 DETECTOR_GRAPHS = ("image_encoder", "text_encoder", "detector")
+# The memory tracker's per-frame graphs (source="tracker"), in execution order.
+TRACKER_GRAPHS = ("tracker_step", "tracker_memory_encoder")
 
 
 # ---------------------------------------------------------------------------------- wrappers
 class ImageEncoderGraph(nn.Module):
-    """Trunk (+ student adapter) and the three FPN levels the detector reads.
+    """Trunk (+ student adapter), the three FPN levels the detector reads, and the trunk tokens.
 
     Cheaper than ``model.encode_image`` with identical results: the stride-28 level and
     the per-frame sine position encodings are not computed (the detector never reads the
     former; the latter depend only on the input size and live in the detector graph).
+    The trunk tokens are returned too because the memory tracker runs its own neck on them:
+    one trunk pass per frame serves both heads (an output of an intermediate the graph
+    computes anyway costs no compute, only the buffer).
     """
 
     def __init__(self, model: EfficientSam3Model):
@@ -85,13 +112,13 @@ class ImageEncoderGraph(nn.Module):
             raise ValueError("expected SAM3's neck with scale factors 4, 2, 1 (and 0.5)")
         self.fpn_layers = nn.ModuleList(layers)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         hidden = self.trunk(pixels).last_hidden_state  # [B, g*g, C_trunk]
         b = hidden.shape[0]
         h, w = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
         spatial = hidden.reshape(b, h, w, hidden.shape[-1]).permute(0, 3, 1, 2)
         f0, f1, f2 = (layer(spatial) for layer in self.fpn_layers)
-        return f0, f1, f2
+        return f0, f1, f2, hidden
 
 
 class TextEncoderGraph(nn.Module):
@@ -221,9 +248,9 @@ register_graph(
         name="image_encoder",
         build=ImageEncoderGraph,
         input_names=("pixels",),
-        output_names=("fpn_0", "fpn_1", "fpn_2"),
+        output_names=("fpn_0", "fpn_1", "fpn_2", "trunk"),
         example_inputs=_pixels,
-        description="trunk + adapter + FPN neck, once per frame",
+        description="trunk + adapter + FPN neck, once per frame (+ trunk tokens for the memory tracker)",
     )
 )
 register_graph(
@@ -257,5 +284,52 @@ register_graph(
             "presence_logits": {0: "concepts"},
         },
         description="DETR encoder/decoder + presence + mask head, batched over concepts",
+    )
+)
+
+
+# ------------------------------------------------------------------------------ tracker graphs
+# modeling.tracker_export pulls in transformers' tracker/EdgeTAM modules: imported on use only,
+# so the detector path does not pay for it.
+def _tracker_step(tracker: Any) -> nn.Module:
+    return tracker.step_graph
+
+
+def _tracker_memory_encoder(tracker: Any) -> nn.Module:
+    return tracker.memory_encoder_graph
+
+
+def _tracker_step_inputs(tracker: Any, n: int) -> tuple[torch.Tensor, ...]:
+    from ..modeling.tracker_export import steady_state_layout, step_example_inputs
+
+    return step_example_inputs(tracker, steady_state_layout(tracker, n))
+
+
+def _tracker_memory_inputs(tracker: Any, n: int) -> tuple[torch.Tensor, ...]:
+    from ..modeling.tracker_export import memory_example_inputs
+
+    return memory_example_inputs(tracker, n)
+
+
+register_graph(
+    GraphSpec(
+        name="tracker_step",
+        build=_tracker_step,
+        input_names=("feat", "pos", "s0", "s1", "memory", "memory_tpos", "pointers", "pointer_offsets"),
+        output_names=("mask_logits", "iou_scores", "object_score_logits", "object_pointers"),
+        example_inputs=_tracker_step_inputs,
+        description="memory attention + mask decoder, N tracks with full memories (static shapes)",
+        source="tracker",
+    )
+)
+register_graph(
+    GraphSpec(
+        name="tracker_memory_encoder",
+        build=_tracker_memory_encoder,
+        input_names=("feat", "mask_logits", "object_score_logits"),
+        output_names=("memory_tokens",),
+        example_inputs=_tracker_memory_inputs,
+        description="frame feature + predicted masks -> memory tokens of N tracks (static shapes)",
+        source="tracker",
     )
 )

@@ -23,6 +23,10 @@ from .graphs import get_graph
 
 log = logging.getLogger(__name__)
 
+# Bump when a graph's interface changes without a change of model/weights/torch (e.g. 2: the
+# image_encoder gained its ``trunk`` output), so caches written by older code are not reused.
+GRAPHS_REVISION = 2
+
 
 def weights_sha256(model: torch.nn.Module) -> str:
     """sha256 over every parameter and buffer (name, dtype, shape, bytes), in name order."""
@@ -46,6 +50,7 @@ def graph_cache_key(
         "opset": opset,
         "exporter": exporter,
         "torch": torch.__version__,
+        "graphs_revision": GRAPHS_REVISION,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -20,6 +20,7 @@ from .base import (
     ImageFeatures,
     RuntimeOptions,
     detect_with_exemplars,
+    features_by_name,
     has_exemplars,
     to_cpu_output,
 )
@@ -104,7 +105,10 @@ class OnnxRuntimeBackend(Backend):
 
     def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
         out = self._run("image_encoder", {"pixels": _np(pixels, np.float32)})
-        return ImageFeatures(tuple(torch.from_numpy(o) for o in out))
+        return features_by_name(self._output_names("image_encoder"), [torch.from_numpy(o) for o in out])
+
+    def _output_names(self, graph: str) -> list[str]:
+        return [o.name for o in self.sessions[graph].get_outputs()]
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids, mask = _np(input_ids, np.int64), _np(attention_mask, np.int64)

@@ -47,8 +47,8 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
         with self._ctx():
-            fpn = self.graphs["image_encoder"](pixels.to(self.device, torch.float32))
-        return ImageFeatures(tuple(fpn))
+            f0, f1, f2, trunk = self.graphs["image_encoder"](pixels.to(self.device, torch.float32))
+        return ImageFeatures((f0, f1, f2), trunk)
 
     @torch.inference_mode()
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from .base import (
     ImageFeatures,
     RuntimeOptions,
     detect_with_exemplars,
+    features_by_name,
     has_exemplars,
     to_cpu_output,
 )
@@ -196,7 +197,8 @@ class TensorRTBackend(Backend):
             self.runners[graph] = TrtRunner(data, self.device)
 
     def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
-        return ImageFeatures(tuple(self.runners["image_encoder"]({"pixels": pixels})))
+        runner = self.runners["image_encoder"]
+        return features_by_name(runner.outputs, runner({"pixels": pixels}))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         chunks = []

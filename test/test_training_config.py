@@ -1,0 +1,73 @@
+"""Training configs: every shipped recipe validates; bad keys and values are named; overrides; schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from efficientsam3_ros.modeling import STUDENTS, list_models
+from efficientsam3_ros.training.config import ConfigError, config_from_dict, load_config
+from efficientsam3_ros.training.trainer import cosine_with_warmup
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+
+def test_every_recipe_exists_and_validates():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    names = {f.stem for f in files}
+    assert {f"stage1_image_{s}" for s in STUDENTS} <= names  # the nine image students
+    assert {"stage1_text_mobileclip-s0", "stage1_text_mobileclip-s1", "stage1_text_mobileclip2-l"} <= names
+    assert {"stage2_perceiver", "stage3_es-ev-s"} <= names
+    assert sum(n.startswith("tiny_") for n in names) >= 4
+    models = set(list_models())
+    for path in files:
+        config = load_config(path)
+        assert config.model.student in models and config.model.teacher in models, path.name
+        assert path.stem.replace("tiny_", "").startswith(config.stage.replace("-", "_")), path.name
+
+
+def test_unknown_key_names_itself_and_the_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"stage": "stage3", "optim": {"lr_warmup": 10}})
+    assert "optim.lr_warmup" in str(err.value) and "warmup_steps" in str(err.value)
+    with pytest.raises(ConfigError, match=r"options\.prompt_in_loop.*valid keys"):
+        config_from_dict({"stage": "stage3", "data": {"format": "saco"}, "options": {"prompt_in_loop": True}})
+    with pytest.raises(ConfigError, match="'bogus'"):
+        config_from_dict({"stage": "stage3", "bogus": 1})
+
+
+def test_bad_values_are_named():
+    with pytest.raises(ConfigError, match=r"'run\.steps'.*integer"):
+        config_from_dict({"stage": "stage1-text", "data": {"format": "text"}, "run": {"steps": "many"}})
+    with pytest.raises(ConfigError, match=r"'data\.format'"):
+        config_from_dict({"stage": "stage2", "data": {"format": "sa1b"}})
+    with pytest.raises(ConfigError, match="'stage'"):
+        config_from_dict({"stage": "stage9"})
+    with pytest.raises(ConfigError, match=r"data\.hflip.*feature_cache"):
+        config_from_dict({"stage": "stage1-image", "data": {"hflip": 0.5}, "options": {"feature_cache": "c"}})
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    config = load_config(
+        CONFIGS / "tiny_stage3.yaml",
+        ["optim.lr=3e-4", "options.train=['detector.*']", "run.stop_at_step=7", "model.student_checkpoint="],
+    )
+    assert config.optim.lr == pytest.approx(3e-4)
+    assert config.options.train == ["detector.*"] and config.run.stop_at_step == 7
+    assert config.model.student_checkpoint is None
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(CONFIGS / "tiny_stage3.yaml", ["optim.lr"])
+    with pytest.raises(ConfigError, match="not 'stage2'"):
+        load_config(CONFIGS / "tiny_stage3.yaml", stage="stage2")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_cosine_schedule_with_warmup():
+    assert cosine_with_warmup(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert cosine_with_warmup(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert cosine_with_warmup(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert cosine_with_warmup(100, 100, 10, 0.1) == pytest.approx(0.1)
+    mid = cosine_with_warmup(55, 100, 10, 0.0)
+    assert mid == pytest.approx(0.5)
