@@ -16,7 +16,6 @@ factory is called again, which loads the weights once more per camera.
 from __future__ import annotations
 
 import dataclasses
-
 import gc
 import logging
 import math
