@@ -36,6 +36,15 @@ def _offline_and_single_threaded():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one intra-op thread than with two threads fighting for 2 shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A tiny random EfficientViT student (112 px input); shared, so treat it as read-only."""

@@ -241,7 +241,7 @@ def test_tracker_graphs_export_through_the_registry_and_match_pytorch(tmp_path, 
             assert row.shape[0] == 3 and row.max_abs <= ATOL, row
         if name == "tracker_step":
             mask_row = rows[0]
-            assert mask_row.shape[1:] == (4 * tracker.grid_size, 4 * tracker.grid_size)
+            assert mask_row.shape[-2:] == (4 * tracker.grid_size, 4 * tracker.grid_size)
 
 
 def test_graph_spec_source_is_validated():

@@ -13,14 +13,7 @@ from efficientsam3_ros.modeling.tracker_config import TrackerConfig, to_edgetam_
 from efficientsam3_ros.modeling.tracker_memory import DenseMemoryCodec, PerceiverMemoryCodec
 from efficientsam3_ros.modeling.tracker_neck import TrackerFrame
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny graphs run faster on one thread than fighting for shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tracker(memory: str) -> TrackerModel:

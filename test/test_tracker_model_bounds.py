@@ -10,13 +10,7 @@ from efficientsam3_ros.modeling.tracker import TrackerModel
 from efficientsam3_ros.modeling.tracker_config import TrackerConfig
 from efficientsam3_ros.modeling.tracker_neck import TrackerFrame
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _frame(cfg: TrackerConfig, grid: int, idx: int, gen: torch.Generator) -> TrackerFrame:

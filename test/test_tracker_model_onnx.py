@@ -17,12 +17,7 @@ from efficientsam3_ros.modeling.tracker_export import StepLayout, export_onnx, t
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("memory", ["perceiver", "dense"])

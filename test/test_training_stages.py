@@ -33,15 +33,6 @@ def tracker_checkpoint(tmp_path_factory):
     return write_tracker_checkpoint(tmp_path_factory.mktemp("tracker") / "tracker.safetensors")
 
 
-@pytest.fixture
-def one_thread():
-    """2 shared cores: one intra-op thread is ~20x faster than two under load for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _config(name: str, tmp_path, *overrides: str):
     return load_config(CONFIGS / f"{name}.yaml", [f"run.output_dir={tmp_path / 'run'}", *overrides])
 

@@ -10,8 +10,10 @@ text encoder change between variants.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..config_utils import check_known_keys
 
 # SAM3's detector heads at full size (transformers' Sam3Config defaults, spelled out so a
 # tiny config can override only what it shrinks).
@@ -140,8 +142,5 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        check_known_keys(cls, data, "model config keys")
         return cls(**copy.deepcopy(data))

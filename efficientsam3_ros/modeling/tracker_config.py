@@ -10,11 +10,12 @@ which sizes to build them at and translates to transformers' config classes.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from transformers import EdgeTamVideoConfig, Sam3TrackerVideoConfig
 
+from ..config_utils import check_known_keys
 from .config import ModelConfig
 
 MEMORY_KINDS = ("perceiver", "dense")
@@ -105,10 +106,7 @@ class TrackerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrackerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown tracker config keys {unknown}; known keys: {sorted(known)}")
+        check_known_keys(cls, data, "tracker config keys")
         return cls(**data)
 
     @classmethod

@@ -8,8 +8,10 @@ rules here are the streaming counterparts of SAM3's; each field says which SAM3 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from ..config_utils import check_known_keys
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,7 @@ class TrackingConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrackingConfig:
         """Build from a YAML/ROS-parameter dict; unknown keys raise so a typo is not silently ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown tracking parameters {unknown}; known: {sorted(known)}")
+        check_known_keys(cls, data, "tracking parameters")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
