@@ -116,7 +116,7 @@ def bench_detector(size: int, repeats: int, tmp: Path, threads: int) -> tuple[li
     detector = get_graph("detector").build(model).eval()
     det_rows, skip_rows = [], []
     with torch.inference_mode():
-        fpn = image(pixels)
+        fpn = image(pixels)[:3]  # fpn_0..2; the 4th output is the trunk (memory tracker input)
         embeds = model.encode_tokens(ids, mask)
         t_b = median_ms(lambda: detector(*fpn, embeds, mask), repeats)
         t_s = median_ms(

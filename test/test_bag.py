@@ -256,6 +256,26 @@ def test_cli_main_builds_model_and_writes_overlay(tmp_path: Path, capsys):
     assert (overlay.encoding, overlay.height, overlay.width) == ("rgb8", 24, 32)
 
 
+def test_cli_memory_option_runs_the_memory_tracker(tmp_path: Path, capsys):
+    bag = tmp_path / "in"
+    write_bag(bag, "sqlite3", n=3)
+    args = [str(bag), "--image-topic", "/cam", "--concept", "red circle", "--model", "es-ev-tiny"]
+    out = tmp_path / "out"
+    assert cli.main([*args, "--memory", "perceiver", "--no-progress", "--out", str(out)]) == EXIT_OK
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["memory"] == "perceiver"
+    assert report["latency_ms"]["track"]["frames"] == 3
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--memory", "lstm", "--out", str(tmp_path / "bad")])
+    assert "invalid choice" in capsys.readouterr().err
+    from efficientsam3_ros.bag.run import build_segmenter
+
+    built = build_segmenter(
+        config(bag, tmp_path / "o2", model="es-ev-tiny", backend="torch-cpu", memory="dense")
+    )
+    assert built.memory is not None and built.memory.config.memory == "dense"
+
+
 # ----------------------------------------------------------------------------- real ROS 2 recordings
 
 

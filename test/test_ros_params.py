@@ -98,3 +98,17 @@ def test_markdown_table_lists_every_parameter():
     table = params.render_markdown_table()
     for spec in params.PARAMS:
         assert f"`{spec.name}`" in table
+
+
+def test_memory_parameter_is_static_validated_and_reaches_the_segmenter(monkeypatch):
+    from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
+    from efficientsam3_ros.ros import core
+
+    spec = next(p for p in params.PARAMS if p.name == "memory")
+    assert spec.default == "none" and not spec.dynamic
+    assert params.validate({**params.defaults(), "memory": "lstm"})
+    assert not params.validate({**params.defaults(), "memory": "perceiver"})
+    seen: dict = {}
+    monkeypatch.setattr(ConceptSegmenter, "from_name", classmethod(lambda cls, name, **kw: seen.update(kw)))
+    core.default_segmenter_factory(params.NodeConfig.from_values({"memory": "dense"}))
+    assert seen["memory"] == "dense"

@@ -41,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: best available)")
     parser.add_argument("--input-size", type=int, default=None, help="model input side in pixels")
     parser.add_argument(
+        "--memory",
+        choices=("none", "perceiver", "dense"),
+        default="none",
+        help="propagate tracks through a memory tracker (random tracker weights: none ship yet; "
+        "default %(default)s)",
+    )
+    parser.add_argument(
         "--every", type=int, default=1, metavar="N", help="process every N-th image (default 1)"
     )
     parser.add_argument(
@@ -76,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         backend=args.backend,
         device=args.device,
         input_size=args.input_size,
+        memory=args.memory,
         every=args.every,
         max_frames=args.max_frames,
         gt=args.gt,

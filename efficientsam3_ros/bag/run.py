@@ -73,6 +73,7 @@ class EvalConfig:
     backend: str = "auto"
     device: str | None = None
     input_size: int | None = None
+    memory: str = "none"  # none | perceiver | dense: propagate tracks through a memory tracker
     every: int = 1
     max_frames: int | None = None
     gt: Path | None = None
@@ -133,6 +134,7 @@ def build_segmenter(config: EvalConfig) -> Segmenter:
         backend=config.backend,
         device=config.device,
         input_size=config.input_size,
+        memory=config.memory,
     )
 
 
@@ -329,6 +331,7 @@ def _run_info(config: EvalConfig, source: BagSource, results_path: Path) -> dict
         "model": config.model,
         "checkpoint": config.checkpoint,
         "backend_requested": config.backend,
+        "memory": config.memory,
         "every": config.every,
         "max_frames": config.max_frames,
         "gt": str(config.gt) if config.gt else None,

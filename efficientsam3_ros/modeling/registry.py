@@ -230,3 +230,52 @@ for _variant, _kwargs in MOBILECLIP_TEXT.items():
         return config
 
     register_model(f"es-ev-m-{_variant}")(_litetext)
+
+
+# ------------------------------------------------------------------ the demo model (issue 8)
+def _demo(config: ModelConfig, queries: int = 16) -> ModelConfig:
+    """Small enough to learn the synthetic colour+shape world on 2 CPU cores (112 px, 32-64 wide)."""
+    config = _tiny(config)
+    config.fpn_dim = 48
+    config.text = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "projection_dim": 48,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
+    config.context_length = 8
+    det = {"hidden_size": 48, "num_attention_heads": 4, "intermediate_size": 96}
+    config.detector = {
+        "geometry_encoder": {**det, "num_layers": 1},
+        "detr_encoder": {**det, "num_layers": 1},
+        "detr_decoder": {**det, "num_layers": 3, "num_queries": queries},
+        "mask_decoder": {"hidden_size": 48, "num_attention_heads": 4},
+    }
+    return config
+
+
+@register_model("demo-teacher")
+def demo_teacher() -> ModelConfig:
+    vit = {**copy.deepcopy(FULL_VIT), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4}
+    vit.update(num_attention_heads=4, window_size=4, global_attn_indexes=[1, 3], pretrain_image_size=112)
+    config = ModelConfig(
+        name="demo-teacher", family="sam3", vit=vit, description="small SAM3 teacher for the synthetic demo world"
+    )
+    config = _demo(config)
+    config.vit["hidden_size"] = 64
+    return config
+
+
+@register_model("demo-student")
+def demo_student() -> ModelConfig:
+    config = ModelConfig(
+        name="demo-student",
+        family="efficientvit",
+        backbone="efficientvit_b0",
+        backbone_kwargs={"widths": (8, 16, 24, 48, 64), "depths": (1, 1, 1, 2, 2), "head_dim": 16},
+        description="slim EfficientViT-B0 student, the demo model (synthetic colour+shape world)",
+    )
+    config = _demo(config)
+    config.vit["hidden_size"] = 64  # the trunk width the neck consumes = the teacher's
+    return config

@@ -4,25 +4,38 @@ The live node, the rosbag evaluator, the CLI, the benchmarks and the tests all
 feed frames into the same object; only the source of the frames differs. It owns
 the cached concept embeddings (computed once per concept change), the per-frame
 orchestration (preprocess -> encode -> detect -> post -> track) and the timings.
+
+With a memory tracker (``memory=TrackerModel``) the track step is SAM3 video's: every live
+track's memory predicts its mask on the new frame (one batched ``propagate`` over all
+tracks), the ConceptTracker associates the detections with those predictions by mask IoU,
+new tracks are conditioned on their detection, re-conditioned tracks on theirs, and the
+memories of removed tracks are dropped. The image encoder still runs once per frame: the
+tracker's neck reads the trunk tokens the backend returns with the FPN levels.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..modeling import EfficientSam3Model
+from ..modeling import EfficientSam3Model, TrackerModel, TrackMemory, build_tracker
 from ..modeling.tokenizer import validate_phrase
-from ..runtime import Backend, RuntimeOptions, select_backend
+from ..modeling.tracker_neck import TrackerFrame
+from ..runtime import Backend, ImageFeatures, RuntimeOptions, select_backend
 from ..runtime.torch_backend import TorchBackend
 from ..tracking import ConceptTracker, TrackingConfig
 from .preprocess import boxes_to_image, masks_to_image, preprocess, validate_image
 from .results import FrameResult, Instance
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_CONCEPTS = 32
+MEMORY_KINDS = ("none", "perceiver", "dense")
 
 
 @dataclass
@@ -47,13 +60,27 @@ class ConceptSegmenter:
         mask_threshold: float = 0.0,
         max_concepts: int = DEFAULT_MAX_CONCEPTS,
         tracker: ConceptTracker | None = None,
+        memory: TrackerModel | None = None,
     ):
+        """``tracker`` gives stable ids; ``memory`` (needs ``tracker``) makes tracks propagate through memory.
+
+        Without ``memory`` a track's prediction for the next frame is its last mask; with it,
+        the mask its memory predicts, which keeps ids through fast motion and short misses.
+        """
+        if memory is not None and tracker is None:
+            raise ValueError(
+                "a memory tracker needs a ConceptTracker for association and ids (tracking=True)"
+            )
         self.model = model.eval()
         self.backend = backend if backend is not None else TorchBackend(model, device=str(self.model_device))
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
         self.max_concepts = max_concepts
         self.tracker = tracker
+        self.memory = memory.eval() if memory is not None else None
+        self._memories: dict[int, TrackMemory] = {}  # live track id -> its memory (memory tracker only)
+        self._memory_frame = 0  # frame index the memories see; never reset, so it only grows per track
+        self.propagate_calls = 0  # batched propagate() calls, for diagnostics and tests
         self._concepts: dict[int, _Concept] = {}
         self._next_concept_id = 0
         self._last_image_size: tuple[int, int] | None = None
@@ -62,7 +89,10 @@ class ConceptSegmenter:
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def fork(self, tracker: ConceptTracker | None = None) -> ConceptSegmenter:
-        """A segmenter for another camera: shares the model, backend and text cache; own concepts and tracks."""
+        """A segmenter for another camera: shares the model, backend, tracker weights and text cache.
+
+        Concepts, tracks and track memories are its own.
+        """
         if tracker is None and self.tracker is not None:
             tracker = ConceptTracker(self.tracker.config)
         other = ConceptSegmenter(
@@ -72,6 +102,7 @@ class ConceptSegmenter:
             mask_threshold=self.mask_threshold,
             max_concepts=self.max_concepts,
             tracker=tracker,
+            memory=self.memory if tracker is not None else None,
         )
         other._text_cache = self._text_cache
         return other
@@ -87,18 +118,37 @@ class ConceptSegmenter:
         input_size: int | None = None,
         tracking: bool | TrackingConfig = True,
         options: RuntimeOptions | None = None,
+        memory: str = "none",
+        memory_checkpoint: str | None = None,
         **kwargs: object,
     ) -> ConceptSegmenter:
         """Build the model (registry or zoo name, checkpoint file, HF directory) and pick a backend.
 
         ``tracking`` attaches a ConceptTracker (stable track ids across frames); pass False for
         single images, or a TrackingConfig to change its thresholds.
+
+        ``memory`` picks how tracks are predicted from frame to frame: ``"none"`` (the default)
+        re-uses a track's last mask; ``"perceiver"`` (EfficientSAM3's Stage-2 memory) and
+        ``"dense"`` (SAM3's) propagate each track through a memory tracker built with
+        ``build_tracker(model.config, memory=...)``. The default is "none" because no trained
+        tracker weights ship yet: the tracker has random weights unless ``memory_checkpoint``
+        (a state dict of ``TrackerModel``, .safetensors or .pt) provides them, and a random
+        tracker's propagated masks are noise that association then has to reject.
         """
         from ..zoo import resolve_model
 
+        if memory not in MEMORY_KINDS:
+            raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {memory!r}")
+        if memory != "none" and tracking is False:
+            raise ValueError(f"memory={memory!r} needs tracking (the memory follows tracks)")
+        if memory == "none" and memory_checkpoint is not None:
+            raise ValueError("memory_checkpoint given but memory='none': pick 'perceiver' or 'dense'")
         model = resolve_model(name, checkpoint, input_size=input_size, device=device or "cpu")
         chain = select_backend(backend, model, options or RuntimeOptions())
-        return cls(model, backend=chain, tracker=make_tracker(tracking), **kwargs)
+        tracker_model = None
+        if memory != "none":
+            tracker_model = build_memory_tracker(model, memory, memory_checkpoint)
+        return cls(model, backend=chain, tracker=make_tracker(tracking), memory=tracker_model, **kwargs)
 
     # ------------------------------------------------------------------- concepts
     @property
@@ -167,9 +217,21 @@ class ConceptSegmenter:
             concept.exemplar_labels.append(1 if pos else 0)
 
     def reset(self) -> None:
-        """Forget all tracks (concepts stay)."""
+        """Forget all tracks and their memories (concepts stay)."""
         if self.tracker is not None:
             self.tracker.reset()
+        self._memories.clear()
+
+    @property
+    def memory_track_ids(self) -> list[int]:
+        """Track ids that hold a memory (equal to the tracker's live ids when a memory tracker is set)."""
+        return sorted(self._memories)
+
+    def memory_bytes(self) -> int:
+        """Bytes of tensor storage all track memories hold now (bounded per track by the tracker)."""
+        if self.memory is None:
+            return 0
+        return self.memory.memory_bytes(list(self._memories.values()))
 
     # ---------------------------------------------------------------------- frames
     @torch.inference_mode()
@@ -198,7 +260,7 @@ class ConceptSegmenter:
             timings["post"] = (time.perf_counter() - t3) * 1e3
         if self.tracker is not None:
             t4 = time.perf_counter()
-            instances = self.tracker.update(instances).instances
+            instances = self._track(instances, features, image_size)
             timings["track"] = (time.perf_counter() - t4) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
         self._last_image_size = image_size
@@ -260,7 +322,73 @@ class ConceptSegmenter:
 
     def _forget_tracks(self, concept_id: int) -> None:
         if self.tracker is not None:
-            self.tracker.remove_concept(concept_id)
+            for tid in self.tracker.remove_concept(concept_id):
+                self._memories.pop(tid, None)
+
+    # ---------------------------------------------------------------- memory tracking
+    def _track(
+        self, detections: list[Instance], features: ImageFeatures, image_size: tuple[int, int]
+    ) -> list[Instance]:
+        """Association (+ propagation and conditioning when a memory tracker is set) for one frame."""
+        assert self.tracker is not None
+        if self.memory is None:
+            return self.tracker.update(detections).instances
+        frame_idx = self._memory_frame
+        self._memory_frame += 1
+        frame: TrackerFrame | None = None  # the tracker neck runs only when some track needs it
+        propagated: dict[int, tuple[np.ndarray, float]] | None = None
+        if self._memories:
+            frame = self._memory_frame_features(features, frame_idx)
+            ids = sorted(self._memories)
+            out = self.memory.propagate([self._memories[tid] for tid in ids], frame)  # all tracks, batched
+            self.propagate_calls += 1
+            masks = masks_to_image(out.mask_logits, image_size, 0.0)
+            scores = torch.sigmoid(out.object_score_logits.float()).tolist()
+            propagated = {tid: (masks[i], float(scores[i])) for i, tid in enumerate(ids)}
+        update = self.tracker.update(detections, propagated)
+        for tid in update.removed_track_ids:
+            self._memories.pop(tid, None)
+        inputs = update.memory_inputs()  # births and re-conditionings, with their detection masks
+        if inputs:
+            if frame is None:
+                frame = self._memory_frame_features(features, frame_idx)
+            for tid, inst in sorted(inputs.items()):
+                track = self._memories.get(tid)
+                if track is None:
+                    track = self._memories[tid] = self.memory.new_track()
+                self.memory.condition(track, frame, self._mask_to_model_input(inst.mask))
+        live = set(self.tracker.track_ids())
+        for tid in [t for t in self._memories if t not in live]:  # e.g. remove_track() outside update
+            del self._memories[tid]
+        return update.instances
+
+    def _memory_frame_features(self, features: ImageFeatures, frame_idx: int) -> TrackerFrame:
+        """The tracker neck on this frame's trunk tokens (computed by the image encoder, not again)."""
+        assert self.memory is not None
+        if features.trunk is None:
+            raise RuntimeError(
+                f"backend {self.backend.name} returned no trunk feature, which the memory tracker needs: "
+                "its image_encoder graph predates the `trunk` output; re-export it (efficientsam3 export) "
+                "or drop onnx_dir to let the cache re-export"
+            )
+        param = next(self.memory.parameters())
+        trunk = features.trunk.to(device=param.device, dtype=torch.float32)
+        return self.memory.encode_frame(trunk, frame_idx)
+
+    def _mask_to_model_input(self, mask: np.ndarray) -> torch.Tensor:
+        """Bool [H, W] image mask -> float [S, S] coverage at the model input (SAM3 resizes, no padding).
+
+        ``condition`` thresholds it at 0.5, so the mask lands on the tracker's input grid
+        as the detector saw the image.
+        """
+        assert self.memory is not None
+        param = next(self.memory.parameters())
+        m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).to(param.device)[None, None]
+        size = self.input_size
+        if tuple(m.shape[-2:]) != (size, size):
+            shrink = m.shape[-2] > size or m.shape[-1] > size
+            m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+        return m[0, 0]
 
 
 def make_tracker(tracking: bool | TrackingConfig) -> ConceptTracker | None:
@@ -268,3 +396,29 @@ def make_tracker(tracking: bool | TrackingConfig) -> ConceptTracker | None:
     if tracking is False:
         return None
     return ConceptTracker(tracking if isinstance(tracking, TrackingConfig) else None)
+
+
+def build_memory_tracker(
+    model: EfficientSam3Model, memory: str, checkpoint: str | None = None
+) -> TrackerModel:
+    """The memory tracker for ``model`` (random weights unless ``checkpoint`` has a TrackerModel state dict)."""
+    tracker = build_tracker(model.config, memory=memory)
+    if checkpoint is None:
+        log.warning(
+            "memory tracker %r has random weights (no trained tracker ships yet): propagated masks are "
+            "not meaningful; pass memory_checkpoint= for trained weights",
+            memory,
+        )
+    else:
+        tracker.load_state_dict(_load_state_dict(checkpoint), strict=True)
+    return tracker.to(next(model.parameters()).device).eval()
+
+
+def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """safetensors, or a torch file loaded with ``weights_only=True`` (no pickled code runs)."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state

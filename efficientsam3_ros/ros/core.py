@@ -74,6 +74,7 @@ def default_segmenter_factory(config: NodeConfig) -> Segmenter:
         backend=config.backend,
         device=config.device or None,
         input_size=config.input_size or None,
+        memory=config.memory,
     )
 
 

@@ -89,6 +89,14 @@ PARAMS: tuple[ParamSpec, ...] = (
         minimum=0,
         maximum=4096,
     ),
+    ParamSpec(
+        "memory",
+        "str",
+        "none",
+        "Track memory: none re-uses a track's last mask; perceiver / dense propagate every track through "
+        "a memory tracker (random weights until trained tracker weights ship).",
+        choices=("none", "perceiver", "dense"),
+    ),
     # inputs (static)
     ParamSpec(
         "image_topics",

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The demo model (models/demo/), from scratch, with the project's own commands only:
+#   1. `efficientsam3 world` writes SA-Co-style concept data (training) and held-out rosbags (evaluation);
+#   2. stage3 trains a small SAM3-architecture teacher ("demo-teacher") from random weights;
+#   3. stage1-image distils the teacher's trunk into the slim EfficientViT student ("demo-student");
+#   4. (optional, DEMO_STAGE2=1) stage2 trains the student's Perceiver memory on SA-V-style clips
+#      (the demo runs without a memory tracker, so its scores do not depend on this step);
+#   5. stage3 fine-tunes the student end to end, distilling the teacher's outputs;
+#   6. `efficientsam3 eval-bag --gt` scores teacher and student on held-out world sequences
+#      (seeds the training data never uses; `efficientsam3 demo` itself uses seed 90210);
+#   7. the student export is copied to models/demo/ (DEMO_INSTALL=0 skips this).
+#
+# Usage: training/demo/recipe.sh [WORK_DIR]      (default: out/demo, git-ignored)
+# Env:   DEMO_THREADS (1: torch threads per process; with 2 shared cores one thread is the fast
+#        setting, two threads under load ran several times slower), DEMO_STAGE2 (0),
+#        DEMO_INSTALL (1), DEMO_SCALE (1.0: multiplies every stage's step count, for quick runs).
+# Measured on 2 shared CPU cores: see models/demo/MODEL_CARD.md.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+CONF="$REPO/training/demo"
+WORK="${1:-$REPO/out/demo}"
+THREADS="${DEMO_THREADS:-1}"
+SCALE="${DEMO_SCALE:-1.0}"
+export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
+
+mkdir -p "$WORK"
+cd "$WORK"
+T0=$(date +%s)
+stamp() { echo "[recipe] $(date -u +%H:%M:%S) (+$(($(date +%s) - T0)) s) $*"; }
+steps() { python -c "import sys; print(max(1, round(int(sys.argv[1]) * float(sys.argv[2]))))" "$1" "$SCALE"; }
+
+CONCEPTS=("red circle" "blue square" "green triangle" "yellow star" "purple hexagon" "orange cross"
+          "red square" "blue circle")  # synthetic.DEFAULT_CONCEPTS, what the demo prompts with
+HELDOUT_SEEDS=(424242 424243 424244)   # never used for training data (training uses seed 1 and 2)
+HELDOUT_FRAMES=60
+
+# ------------------------------------------------------------------------------------- data
+stamp "writing world data"
+[ -f data/saco/annotations.json ] || efficientsam3 world saco data/saco --seed 1 --num 3000
+if [ "${DEMO_STAGE2:-0}" = 1 ]; then
+    [ -d data/sav ] || efficientsam3 world sav data/sav --seed 2 --num 64 --frames 24
+fi
+for seed in "${HELDOUT_SEEDS[@]}"; do
+    [ -f "data/heldout-$seed/gt.json" ] || efficientsam3 world rosbag "data/heldout-$seed" --seed "$seed" \
+        --frames "$HELDOUT_FRAMES"
+done
+
+# ---------------------------------------------------------------------------------- training
+train() {  # STAGE CONFIG [overrides...]; resumable (--resume auto), so a rerun continues
+    local stage=$1 config=$2 n
+    shift 2
+    n=$(python - "$CONF/$config" <<'EOF'
+import sys, yaml
+print(yaml.safe_load(open(sys.argv[1]))["run"]["steps"])
+EOF
+)
+    stamp "$stage ($config)"
+    efficientsam3-train "$stage" --config "$CONF/$config" --resume auto run.steps="$(steps "$n")" "$@"
+}
+train stage3 teacher_stage3.yaml
+train stage1-image student_stage1_image.yaml
+if [ "${DEMO_STAGE2:-0}" = 1 ]; then
+    train stage2 student_stage2.yaml
+fi
+train stage3 student_stage3.yaml
+T_TRAIN=$(($(date +%s) - T0))
+stamp "training done in $T_TRAIN s"
+
+# -------------------------------------------------------------------------------- evaluation
+CONCEPT_ARGS=()
+for c in "${CONCEPTS[@]}"; do CONCEPT_ARGS+=(--concept "$c"); done
+for who in teacher student; do
+    for seed in "${HELDOUT_SEEDS[@]}"; do
+        out="eval/$who-$seed"
+        rm -rf "$out"
+        stamp "eval-bag $who on held-out seed $seed"
+        efficientsam3 eval-bag "data/heldout-$seed/bag" --image-topic /camera/image_raw "${CONCEPT_ARGS[@]}" \
+            --model "runs/$who/export/model.safetensors" --backend torch --device cpu \
+            --gt "data/heldout-$seed/gt.json" --no-progress --out "$out"
+    done
+done
+
+# Summary over the held-out sequences, from eval-bag's report.json: mask IoU = mean_iou over all GT
+# instances (eval-bag's per-concept mean_iou weighted by gt_instances), AP = mean of eval-bag's
+# per-concept COCO mask AP over (sequence, concept) pairs with GT, IDF1/MOTA = mean of the per-sequence
+# tracking "overall" values.
+python - "$T_TRAIN" "${HELDOUT_SEEDS[@]}" <<'EOF' | tee scores.md
+import json, sys
+t_train, seeds = int(sys.argv[1]), sys.argv[2:]
+summary = {"train_wall_s": t_train, "heldout_seeds": [int(s) for s in seeds]}
+rows = []
+for who in ("teacher", "student"):
+    iou_sum = inst = 0.0
+    aps, idf1, mota = [], [], []
+    for seed in seeds:
+        scores = json.load(open(f"eval/{who}-{seed}/report.json"))["scores"]
+        for concept, m in scores["mask_iou"].items():
+            if m.get("gt_instances"):
+                iou_sum += m["mean_iou"] * m["gt_instances"]
+                inst += m["gt_instances"]
+                ap = scores["coco"].get(concept, {}).get("AP")
+                if ap is not None and ap >= 0:
+                    aps.append(ap)
+        overall = scores["tracking"]["overall"]
+        idf1.append(overall["idf1"] or 0.0)
+        mota.append(overall["mota"] or 0.0)
+    res = {"mask_iou": iou_sum / max(inst, 1), "gt_instances": int(inst), "mask_AP": sum(aps) / max(len(aps), 1),
+           "idf1": sum(idf1) / len(idf1), "mota": sum(mota) / len(mota)}
+    summary[who] = res
+    rows.append(f"| {who} | {res['mask_iou']:.3f} | {res['mask_AP']:.3f} | {res['idf1']:.3f} | {res['mota']:.3f} |")
+s, t = summary["student"], summary["teacher"]
+summary["student_over_teacher_iou"] = s["mask_iou"] / max(t["mask_iou"], 1e-9)
+json.dump(summary, open("scores.json", "w"), indent=2)
+print(f"held-out sequences: seeds {', '.join(seeds)}, {summary['teacher']['gt_instances']} GT instances")
+print("| model | mask IoU | mask AP | IDF1 | MOTA |\n| --- | --- | --- | --- | --- |")
+print("\n".join(rows))
+print(f"student / teacher mask IoU: {summary['student_over_teacher_iou']:.3f}; training wall time {t_train} s")
+EOF
+
+# ---------------------------------------------------------------------------------- install
+if [ "${DEMO_INSTALL:-1}" = 1 ]; then
+    mkdir -p "$REPO/models/demo"
+    cp runs/student/export/model.safetensors "$REPO/models/demo/model.safetensors"
+    cp runs/student/export/model.json "$REPO/models/demo/model.json"
+    stamp "installed $REPO/models/demo/model.safetensors ($(du -h "$REPO/models/demo/model.safetensors" | cut -f1))"
+fi
+stamp "recipe done"
