@@ -14,7 +14,7 @@ TensorRT and onnxruntime are imported lazily, inside the backends that need them
 from .base import Backend, BackendUnavailable, ImageFeatures, RuntimeOptions
 from .engine_cache import EngineCache, EngineKey
 from .fallback import AUTO_ORDER, BACKEND_NAMES, FallbackChain, candidate_names, make_backend, select_backend
-from .graphs import DETECTOR_GRAPHS, GRAPHS, GraphSpec, get_graph, register_graph
+from .graphs import DETECTOR_GRAPHS, GRAPHS, TRACKER_GRAPHS, GraphSpec, get_graph, register_graph
 
 __all__ = [
     "AUTO_ORDER",
@@ -29,6 +29,7 @@ __all__ = [
     "GraphSpec",
     "ImageFeatures",
     "RuntimeOptions",
+    "TRACKER_GRAPHS",
     "candidate_names",
     "get_graph",
     "make_backend",
