@@ -3,7 +3,9 @@
 Each function returns a ``ModelConfig``; ``build_model(name)`` turns it into modules.
 Names: ``sam3`` (the teacher), ``es-{rv,tv,ev}-{s,m,l}`` (the nine EfficientSAM3 students:
 RepViT M0.9/M1.1/M2.3, TinyViT 5M/11M/21M, EfficientViT B0/B1/B2), and ``*-tiny`` configs
-of the teacher and of each student family for tests (random weights, 112 px input).
+of the teacher and of each student family for tests (random weights, 112 px input), and
+``demo-teacher`` / ``demo-student``: the small pair the shipped demo model is trained as
+(training/demo/recipe.sh).
 """
 
 from __future__ import annotations
@@ -146,40 +148,36 @@ for _name in STUDENTS:
     register_model(_name)(lambda _n=_name: _student(_n))
 
 
+def _small_text(width: int = 32, projection: int = 32, layers: int = 2, **extra: object) -> dict:
+    """A shrunken text tower (CLIP or MobileCLIP kwargs) for test and demo configs."""
+    return {
+        "hidden_size": width,
+        "intermediate_size": 2 * width,
+        "projection_dim": projection,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 2,
+        **extra,
+    }
+
+
+def _small_detector(width: int, heads: int, decoder_layers: int, queries: int) -> dict:
+    """SAM3's detector heads at toy width: one geometry and one DETR-encoder layer."""
+    layer = {"hidden_size": width, "num_attention_heads": heads, "intermediate_size": 2 * width}
+    return {
+        "geometry_encoder": {**layer, "num_layers": 1},
+        "detr_encoder": {**layer, "num_layers": 1},
+        "detr_decoder": {**layer, "num_layers": decoder_layers, "num_queries": queries},
+        "mask_decoder": {"hidden_size": width, "num_attention_heads": heads},
+    }
+
+
 def _tiny(config: ModelConfig) -> ModelConfig:
     """Shrink everything but the architecture: 112 px input, 32-wide heads, 2-layer text."""
     config.image_size = 112
     config.fpn_dim = 32
     config.vit["hidden_size"] = config.vit.get("hidden_size", 32) if config.family == "sam3" else 32
-    config.text = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "projection_dim": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-    }
-    config.detector = {
-        "geometry_encoder": {
-            "hidden_size": 32,
-            "num_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-        },
-        "detr_encoder": {
-            "hidden_size": 32,
-            "num_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-        },
-        "detr_decoder": {
-            "hidden_size": 32,
-            "num_layers": 2,
-            "num_queries": 16,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-        },
-        "mask_decoder": {"hidden_size": 32, "num_attention_heads": 2},
-    }
+    config.text = _small_text()
+    config.detector = _small_detector(width=32, heads=2, decoder_layers=2, queries=16)
     return config
 
 
@@ -206,15 +204,7 @@ def es_ev_tiny_mobileclip() -> ModelConfig:
     config = _tiny_student("efficientvit")
     config.name = "es-ev-tiny-mobileclip"
     config.text_encoder = "mobileclip"
-    config.text = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "projection_dim": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "use_repmixer_blocks": True,
-        "repmixer_kernel_size": 3,
-    }
+    config.text = _small_text(use_repmixer_blocks=True, repmixer_kernel_size=3)
     config.description = "tiny random EfficientViT student with a MobileCLIP (SAM3-LiteText) text tower"
     return config
 
@@ -237,21 +227,9 @@ def _demo(config: ModelConfig, queries: int = 16) -> ModelConfig:
     """Small enough to learn the synthetic colour+shape world on 2 CPU cores (112 px, 32-64 wide)."""
     config = _tiny(config)
     config.fpn_dim = 48
-    config.text = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "projection_dim": 48,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-    }
+    config.text = _small_text(projection=48, layers=1)
     config.context_length = 8
-    det = {"hidden_size": 48, "num_attention_heads": 4, "intermediate_size": 96}
-    config.detector = {
-        "geometry_encoder": {**det, "num_layers": 1},
-        "detr_encoder": {**det, "num_layers": 1},
-        "detr_decoder": {**det, "num_layers": 3, "num_queries": queries},
-        "mask_decoder": {"hidden_size": 48, "num_attention_heads": 4},
-    }
+    config.detector = _small_detector(width=48, heads=4, decoder_layers=3, queries=queries)
     return config
 
 
@@ -260,7 +238,10 @@ def demo_teacher() -> ModelConfig:
     vit = {**copy.deepcopy(FULL_VIT), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4}
     vit.update(num_attention_heads=4, window_size=4, global_attn_indexes=[1, 3], pretrain_image_size=112)
     config = ModelConfig(
-        name="demo-teacher", family="sam3", vit=vit, description="small SAM3 teacher for the synthetic demo world"
+        name="demo-teacher",
+        family="sam3",
+        vit=vit,
+        description="small SAM3 teacher for the synthetic demo world",
     )
     config = _demo(config)
     config.vit["hidden_size"] = 64

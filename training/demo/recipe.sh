@@ -10,7 +10,8 @@
 #      (seeds the training data never uses; `efficientsam3 demo` itself uses seed 90210);
 #   7. the student export is copied to models/demo/ (DEMO_INSTALL=0 skips this).
 #
-# Usage: training/demo/recipe.sh [WORK_DIR]      (default: out/demo, git-ignored)
+# Usage: training/demo/recipe.sh [WORK_DIR]      (default: out/demo, git-ignored; rerunning resumes)
+#        with the package installed (`efficientsam3`, `efficientsam3-train` on PATH).
 # Env:   DEMO_THREADS (1: torch threads per process; with 2 shared cores one thread is the fast
 #        setting, two threads under load ran several times slower), DEMO_STAGE2 (0),
 #        DEMO_INSTALL (1), DEMO_SCALE (1.0: multiplies every stage's step count, for quick runs).
@@ -121,8 +122,8 @@ EOF
 # ---------------------------------------------------------------------------------- install
 if [ "${DEMO_INSTALL:-1}" = 1 ]; then
     mkdir -p "$REPO/models/demo"
-    cp runs/student/export/model.safetensors "$REPO/models/demo/model.safetensors"
-    cp runs/student/export/model.json "$REPO/models/demo/model.json"
+    install -m 0644 runs/student/export/model.safetensors "$REPO/models/demo/model.safetensors"
+    install -m 0644 runs/student/export/model.json "$REPO/models/demo/model.json"
     stamp "installed $REPO/models/demo/model.safetensors ($(du -h "$REPO/models/demo/model.safetensors" | cut -f1))"
 fi
 stamp "recipe done"
