@@ -154,3 +154,39 @@ def test_encode_frame_uses_image_model_trunk() -> None:
     assert frame.s0.shape == (1, c // 8, 4 * g, 4 * g) and frame.s1.shape == (1, c // 4, 2 * g, 2 * g)
     assert frame.frame_idx == 5
     torch.testing.assert_close(frame.feat, again.feat)
+
+
+def test_step_graph_matches_propagate() -> None:
+    """The exported graph is the same computation propagate() runs (no hidden Python-side state)."""
+    torch.manual_seed(0)
+    model = TrackerModel(get_config("es-ev-tiny"), TrackerConfig.tiny("perceiver")).eval()
+    model.sam.mask_decoder.pred_obj_score_head.proj_out.bias.data.fill_(3.0)
+    from efficientsam3_ros.modeling.tracker_neck import TrackerFrame
+
+    c, g = model.config.hidden_size, model.grid_size
+    frame = TrackerFrame(
+        torch.randn(1, c, g, g),
+        torch.randn(1, c, g, g),
+        torch.randn(1, c // 8, 4 * g, 4 * g),
+        torch.randn(1, c // 4, 2 * g, 2 * g),
+        frame_idx=0,
+    )
+    mask = torch.zeros(112, 112, dtype=torch.bool)
+    mask[10:60, 10:60] = True
+    with torch.inference_mode():
+        track = model.new_track()
+        model.condition(track, frame, mask)
+        frame.frame_idx = 1
+        layout = track.gather(1)
+        direct = model.step_graph(
+            frame.feat,
+            frame.pos,
+            frame.s0,
+            frame.s1,
+            layout.features[None],
+            layout.tpos_index[None],
+            layout.pointers[None],
+            layout.pointer_offsets[None],
+        )
+        out = model.propagate([track], frame)
+    torch.testing.assert_close(out.mask_logits[0], direct[0][0, 0])

@@ -1,20 +1,17 @@
-"""Declarations and ONNX export of the tracker's two per-frame graphs.
+"""Input/output names, static layouts and example inputs of the tracker's two per-frame graphs.
 
 Each graph is exported for one static layout (N tracks, F memory frames, P object
 pointers): TensorRT wants static shapes, and the memory layout changes only while a
-track's memory fills up (its first ``max_object_pointers`` frames). A runtime exports the
-steady-state layout (``steady_state_layout``) and runs warm-up steps in PyTorch, or
-exports one graph per layout it meets. ``TrackerGraphSpec`` lists names and example
-inputs so a runtime's own graph declaration can wrap it.
+track's memory fills up (its first ``max_object_pointers`` frames). The runtime declares
+the graphs (``runtime/graphs.py``: ``tracker_step``, ``tracker_memory_encoder``) from
+these facts and exports them with the same machinery as the detector graphs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from torch import nn
 
 from .tracker import TrackerModel
 
@@ -38,17 +35,6 @@ def steady_state_layout(model: TrackerModel, num_tracks: int, num_cond_frames: i
     cfg = model.config
     cond = min(num_cond_frames, cfg.max_cond_frames)
     return StepLayout(num_tracks, cond + cfg.num_maskmem - 1, cond + cfg.max_object_pointers - 1)
-
-
-@dataclass
-class TrackerGraphSpec:
-    """One exportable graph: the module, its input/output names and example inputs (fp32, CPU)."""
-
-    name: str
-    module: nn.Module
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    example_inputs: tuple[torch.Tensor, ...]
 
 
 def step_example_inputs(
@@ -86,41 +72,3 @@ def memory_example_inputs(
         torch.randn(num_tracks, 1, 4 * g, 4 * g, generator=generator) * 4,
         scores,
     )
-
-
-def tracker_graph_specs(model: TrackerModel, layout: StepLayout) -> list[TrackerGraphSpec]:
-    """Both per-frame graphs for one layout."""
-    return [
-        TrackerGraphSpec(
-            "tracker_step", model.step_graph, STEP_INPUTS, STEP_OUTPUTS, step_example_inputs(model, layout)
-        ),
-        TrackerGraphSpec(
-            "tracker_memory_encoder",
-            model.memory_encoder_graph,
-            MEMORY_INPUTS,
-            MEMORY_OUTPUTS,
-            memory_example_inputs(model, layout.num_tracks),
-        ),
-    ]
-
-
-def export_onnx(spec: TrackerGraphSpec, path: str | Path, *, dynamo: bool = False, opset: int = 18) -> Path:
-    """Export one graph with static shapes.
-
-    ``dynamo=False`` (TorchScript exporter) is the default because it exports these graphs
-    in about a second where torch.export takes tens of seconds on a small CPU; both give
-    onnxruntime parity within 1e-4 (see test/test_tracker_model_onnx.py).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(
-            spec.module.eval(),
-            spec.example_inputs,
-            str(path),
-            input_names=list(spec.input_names),
-            output_names=list(spec.output_names),
-            opset_version=opset,
-            dynamo=dynamo,
-        )
-    return path
