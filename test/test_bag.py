@@ -97,7 +97,7 @@ def config(bag: Path, out: Path, **kw) -> EvalConfig:
         concepts=CONCEPTS,
         out_dir=out,
         progress=False,
-        **kw,
+        **{"model": "es-ev-tiny", **kw},
     )
 
 

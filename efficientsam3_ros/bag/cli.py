@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='text concept to segment, e.g. "red mug"; repeat for several',
     )
     parser.add_argument(
-        "--model", default="es-ev-tiny", help="model name from the zoo (default: %(default)s)"
+        "--model",
+        default="es-ev-s",
+        help="zoo or registry name, checkpoint file or HF directory (default: %(default)s)",
     )
     parser.add_argument("--checkpoint", default=None, help="checkpoint file (default: the model's own)")
     parser.add_argument("--backend", default="auto", help="tensorrt, onnxruntime, torch or auto (default)")

@@ -68,7 +68,7 @@ class EvalConfig:
     image_topic: str
     concepts: list[str]
     out_dir: Path
-    model: str = "es-ev-tiny"
+    model: str = "es-ev-s"
     checkpoint: str | None = None
     backend: str = "auto"
     device: str | None = None
