@@ -18,12 +18,43 @@ from pycocotools.cocoeval import COCOeval
 from efficientsam3_ros.evaluation.records import FrameRecord, normalise_label, rle_for_coco
 
 
-def _coco_from_dataset(dataset: dict[str, Any]) -> COCO:
+def coco_from_dataset(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools COCO object from an in-memory dataset dict (its index printout silenced)."""
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def gt_annotation(
+    ann_id: int, image_id: int, category_id: int, rle: dict, iscrowd: int = 0
+) -> dict[str, Any]:
+    """A COCO ground-truth annotation whose area and box come from its mask RLE."""
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": rle,
+        "area": float(mask_utils.area(rle)),
+        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+        "iscrowd": iscrowd,
+    }
+
+
+def segm_ap(
+    coco_gt: COCO, dets: list[dict[str, Any]], cat_ids: list[int] | None = None
+) -> dict[str, float | None]:
+    """Mask AP, AP50 and AP75 of ``dets`` (COCO results) against ``coco_gt``; None where undefined."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(dets)
+        ev = COCOeval(coco_gt, coco_dt, iouType="segm")
+        if cat_ids is not None:
+            ev.params.catIds = cat_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"AP": _stat(ev.stats[0]), "AP50": _stat(ev.stats[1]), "AP75": _stat(ev.stats[2])}
 
 
 def coco_ap_per_concept(
@@ -45,18 +76,7 @@ def coco_ap_per_concept(
             cat = cat_ids.get(normalise_label(inst.label))
             if cat is None:
                 continue
-            rle = rle_for_coco(inst.rle)
-            gt_anns.append(
-                {
-                    "id": len(gt_anns) + 1,
-                    "image_id": image_id,
-                    "category_id": cat,
-                    "segmentation": rle,
-                    "area": float(mask_utils.area(rle)),
-                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                    "iscrowd": 0,
-                }
-            )
+            gt_anns.append(gt_annotation(len(gt_anns) + 1, image_id, cat, rle_for_coco(inst.rle)))
         for inst in pred[stamp].instances:
             cat = cat_ids.get(normalise_label(inst.label))
             if cat is not None:
@@ -70,7 +90,7 @@ def coco_ap_per_concept(
                     }
                 )
     categories = [{"id": i, "name": name} for name, i in cat_ids.items()]
-    coco_gt = _coco_from_dataset({"images": images, "annotations": gt_anns, "categories": categories})
+    coco_gt = coco_from_dataset({"images": images, "annotations": gt_anns, "categories": categories})
 
     out: dict[str, dict[str, float | int | None]] = {}
     for concept in concepts:
@@ -83,14 +103,7 @@ def coco_ap_per_concept(
         elif not cat_dets:
             result.update({"AP": 0.0, "AP50": 0.0, "AP75": 0.0})
         else:
-            with contextlib.redirect_stdout(io.StringIO()):
-                coco_dt = coco_gt.loadRes(cat_dets)
-                ev = COCOeval(coco_gt, coco_dt, iouType="segm")
-                ev.params.catIds = [cat]
-                ev.evaluate()
-                ev.accumulate()
-                ev.summarize()
-            result.update({"AP": _stat(ev.stats[0]), "AP50": _stat(ev.stats[1]), "AP75": _stat(ev.stats[2])})
+            result.update(segm_ap(coco_gt, cat_dets, [cat]))
         out[concept] = result
     return out
 

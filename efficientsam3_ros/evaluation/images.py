@@ -13,8 +13,6 @@ Works on whatever ``resolve_model`` returns, so every zoo model is evaluated the
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from collections import defaultdict
@@ -24,11 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from ..modeling.efficientsam3 import ConceptFeatures, EfficientSam3Model
 from ..pipeline.preprocess import masks_to_image, preprocess
+from .coco_ap import coco_from_dataset, gt_annotation, segm_ap
 from .masks import match
 
 BOX_PROMPT_TEXT = "visual"
@@ -244,17 +241,7 @@ def _concept_task(model, data, groups, anns_by_image, root: Path, score_threshol
             for a in gts:
                 rle = _gt_rle(a, height, width)
                 gt_rles.append(rle)
-                gt_anns.append(
-                    {
-                        "id": len(gt_anns) + 1,
-                        "image_id": eval_id,
-                        "category_id": cat,
-                        "segmentation": rle,
-                        "area": float(mask_utils.area(rle)),
-                        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                        "iscrowd": int(a.get("iscrowd", 0)),
-                    }
-                )
+                gt_anns.append(gt_annotation(len(gt_anns) + 1, eval_id, cat, rle, int(a.get("iscrowd", 0))))
             n_gt += sum(1 for a in gts if not a.get("iscrowd", 0))
             keep = (scores[j] >= score_threshold).nonzero().flatten().tolist()
             masks = masks_to_image(out.pred_masks[j, keep], (height, width)) if keep else []
@@ -294,19 +281,10 @@ def _coco_ap(images, gt_anns, dets, cat_ids) -> dict[str, float | None]:
         return {"AP": None, "AP50": None, "AP75": None}
     if not dets:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
-    gt = COCO()
-    gt.dataset = {"images": images, "annotations": gt_anns, "categories": [{"id": c} for c in cat_ids]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-        dt = gt.loadRes(dets)
-        ev = COCOeval(gt, dt, iouType="segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {
-        name: (None if ev.stats[i] < 0 else float(ev.stats[i]))
-        for i, name in enumerate(("AP", "AP50", "AP75"))
-    }
+    gt = coco_from_dataset(
+        {"images": images, "annotations": gt_anns, "categories": [{"id": c} for c in cat_ids]}
+    )
+    return segm_ap(gt, dets)
 
 
 def format_table(result: dict[str, Any]) -> str:
