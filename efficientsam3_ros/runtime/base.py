@@ -113,6 +113,7 @@ class Backend(ABC):
 
     name: str = "backend"
     device: torch.device = torch.device("cpu")
+    model: Any  # the PyTorch EfficientSam3Model: exemplar boxes run through it on every backend
 
     @abstractmethod
     def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
@@ -122,7 +123,6 @@ class Backend(ABC):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token ids [K,L] -> projected token features [K,L,C] on CPU (once per concept change)."""
 
-    @abstractmethod
     def detect(
         self,
         features: ImageFeatures,
@@ -131,7 +131,20 @@ class Backend(ABC):
         boxes: torch.Tensor | None = None,
         box_labels: torch.Tensor | None = None,
     ) -> DetectorOutput:
-        """One image's features + K concepts (+ optional exemplar boxes) -> CPU outputs, one call."""
+        """One image's features + K concepts (+ optional exemplar boxes) -> CPU outputs, one call.
+
+        Exemplar boxes need the geometry encoder, which is not exported: on every backend they
+        run through the PyTorch modules (``self.model``); everything else runs the detector graph.
+        """
+        if has_exemplars(boxes):
+            return detect_with_exemplars(self.model, features, embeds, mask, boxes, box_labels)
+        return self.run_detector(features, embeds, mask)
+
+    def run_detector(
+        self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor
+    ) -> DetectorOutput:
+        """The detector graph for K concepts; backends that run graphs implement it (wrappers override detect)."""
+        raise NotImplementedError(f"{type(self).__name__} runs no detector graph")
 
     @property
     def info(self) -> dict[str, Any]:

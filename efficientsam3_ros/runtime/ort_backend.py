@@ -19,9 +19,7 @@ from .base import (
     BackendUnavailable,
     ImageFeatures,
     RuntimeOptions,
-    detect_with_exemplars,
     features_by_name,
-    has_exemplars,
     to_cpu_output,
 )
 from .graphs import DETECTOR_GRAPHS, get_graph
@@ -115,16 +113,9 @@ class OnnxRuntimeBackend(Backend):
         (embeds,) = self._run("text_encoder", {"input_ids": ids, "attention_mask": mask})
         return torch.from_numpy(embeds)
 
-    def detect(
-        self,
-        features: ImageFeatures,
-        embeds: torch.Tensor,
-        mask: torch.Tensor,
-        boxes: torch.Tensor | None = None,
-        box_labels: torch.Tensor | None = None,
+    def run_detector(
+        self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor
     ) -> DetectorOutput:
-        if has_exemplars(boxes):  # geometry encoder not exported: PyTorch
-            return detect_with_exemplars(self.model, features, embeds, mask, boxes, box_labels)
         feeds = {f"fpn_{i}": _np(f, np.float32) for i, f in enumerate(features.fpn)}
         feeds["text_embeds"] = _np(embeds, np.float32)
         feeds["text_mask"] = _np(mask, np.int64)

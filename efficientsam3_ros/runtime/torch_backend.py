@@ -16,8 +16,6 @@ from .base import (
     BackendUnavailable,
     ImageFeatures,
     RuntimeOptions,
-    detect_with_exemplars,
-    has_exemplars,
     to_cpu_output,
 )
 from .graphs import DETECTOR_GRAPHS, get_graph
@@ -57,16 +55,9 @@ class TorchBackend(Backend):
         return embeds.float().cpu()
 
     @torch.inference_mode()
-    def detect(
-        self,
-        features: ImageFeatures,
-        embeds: torch.Tensor,
-        mask: torch.Tensor,
-        boxes: torch.Tensor | None = None,
-        box_labels: torch.Tensor | None = None,
+    def run_detector(
+        self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor
     ) -> DetectorOutput:
-        if has_exemplars(boxes):
-            return detect_with_exemplars(self.model, features, embeds, mask, boxes, box_labels)
         fpn = features.to(self.device).fpn
         with self._ctx():
             out = self.graphs["detector"](*fpn, embeds.to(self.device), mask.to(self.device))

@@ -23,9 +23,7 @@ from .base import (
     BackendUnavailable,
     ImageFeatures,
     RuntimeOptions,
-    detect_with_exemplars,
     features_by_name,
-    has_exemplars,
     to_cpu_output,
 )
 from .engine_cache import EngineCache, EngineKey
@@ -208,16 +206,9 @@ class TensorRTBackend(Backend):
             chunks.append(self.runners["text_encoder"](feeds)[0].float().cpu())
         return torch.cat(chunks)
 
-    def detect(
-        self,
-        features: ImageFeatures,
-        embeds: torch.Tensor,
-        mask: torch.Tensor,
-        boxes: torch.Tensor | None = None,
-        box_labels: torch.Tensor | None = None,
+    def run_detector(
+        self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor
     ) -> DetectorOutput:
-        if has_exemplars(boxes):  # geometry encoder not exported: PyTorch
-            return detect_with_exemplars(self.model, features, embeds, mask, boxes, box_labels)
         parts = []
         fpn = {f"fpn_{i}": f for i, f in enumerate(features.fpn)}
         for s in range(0, embeds.shape[0], self.max_concepts):
