@@ -7,7 +7,14 @@ import time
 import pytest
 import torch
 
-from efficientsam3_ros.modeling import STUDENTS, build_model, count_parameters, get_config, list_models
+from efficientsam3_ros.modeling import (
+    STUDENTS,
+    EfficientSam3Model,
+    build_model,
+    count_parameters,
+    get_config,
+    list_models,
+)
 
 # Paper (EfficientSAM3 Table 1): backbone parameters in millions.
 PAPER_BACKBONE_M = {
@@ -129,3 +136,43 @@ def test_tokenizer_is_offline_clip_bpe_with_context_32(tiny_model):
     assert torch.equal(ids[1][:4], tiny_model.tokenize(["a person"])[0][0][:4])
     with pytest.raises(ValueError, match="empty concept"):
         tiny_model.tokenize([" "])
+
+
+def _box_spread_across_images(model) -> float:
+    """How much the detector's boxes move when only the image changes (0 = blind to the image)."""
+    from efficientsam3_ros.training.stage3 import run_detector
+
+    size = model.config.image_size
+    with torch.no_grad():
+        out = run_detector(model, torch.randn(4, 3, size, size), ["red circle"] * 4)
+    return float(out.pred_boxes.std(0).mean())
+
+
+def test_fan_in_init_lets_a_small_from_scratch_model_see_its_image():
+    # transformers' normal(0.02) at 48 wide: the image barely reaches the decoder (measured ~1e-6),
+    # which is why the demo models start from "fan_in" (measured ~2e-3)
+    torch.manual_seed(0)
+    config = get_config("demo-teacher")
+    assert config.init == "fan_in"
+    seen = _box_spread_across_images(EfficientSam3Model(config))
+    torch.manual_seed(0)
+    config.init = "sam3"
+    blind = _box_spread_across_images(EfficientSam3Model(config))
+    assert seen > 100 * blind
+
+
+def test_unknown_init_scheme_is_refused():
+    config = get_config("es-ev-tiny")
+    config.init = "xavier"
+    with pytest.raises(ValueError, match="unknown init scheme 'xavier'"):
+        EfficientSam3Model(config)
+
+
+def test_student_can_take_a_finer_backbone_stage():
+    # the demo student reads timm's stride-16 stage (backbone_kwargs["out_indices"]); the
+    # nine paper students keep the last stage
+    demo = build_model("demo-student")
+    assert demo.image_trunk.backbone.feature_info.reduction() == [16]
+    assert build_model("es-ev-tiny").image_trunk.backbone.feature_info.reduction() == [32]
+    size = demo.config.image_size
+    assert demo.trunk_features(torch.randn(1, 3, size, size)).shape[-1] == demo.config.grid_size

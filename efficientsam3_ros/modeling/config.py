@@ -110,6 +110,12 @@ class ModelConfig:
     text: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(FULL_CLIP_TEXT))
     context_length: int = 32
     detector: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(FULL_DETECTOR))
+    #: how the SAM3 parts' random weights start: "sam3" = transformers' normal(0.02), the
+    #: scheme SAM3 itself trained from at 256-1024 wide; "fan_in" = PyTorch's per-layer default
+    #: (std ~ 1/sqrt(fan_in)). At 32-64 wide, 0.02 shrinks every projection ~10x, so a model
+    #: trained from scratch starts blind to its image and its queries all alike; "fan_in" keeps
+    #: activations at unit scale. Only matters when training from scratch.
+    init: str = "sam3"
     description: str = ""
 
     @property

@@ -224,19 +224,21 @@ for _variant, _kwargs in MOBILECLIP_TEXT.items():
 
 # ------------------------------------------------------------------ the demo model (issue 8)
 def _demo(config: ModelConfig, queries: int = 16) -> ModelConfig:
-    """Small enough to learn the synthetic colour+shape world on 2 CPU cores (112 px, 32-64 wide)."""
+    """Small enough to learn the synthetic colour+shape world on 2 CPU cores (168 px, 48-64 wide)."""
     config = _tiny(config)
+    config.image_size = 168  # 12x12 trunk grid, 48x48 masks: the world's shapes span 3-7 mask cells
     config.fpn_dim = 48
     config.text = _small_text(projection=48, layers=1)
     config.context_length = 8
     config.detector = _small_detector(width=48, heads=4, decoder_layers=3, queries=queries)
+    config.init = "fan_in"  # trained from scratch at 48-64 wide (see ModelConfig.init)
     return config
 
 
 @register_model("demo-teacher")
 def demo_teacher() -> ModelConfig:
     vit = {**copy.deepcopy(FULL_VIT), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4}
-    vit.update(num_attention_heads=4, window_size=4, global_attn_indexes=[1, 3], pretrain_image_size=112)
+    vit.update(num_attention_heads=4, window_size=4, global_attn_indexes=[1, 3], pretrain_image_size=168)
     config = ModelConfig(
         name="demo-teacher",
         family="sam3",
@@ -254,8 +256,15 @@ def demo_student() -> ModelConfig:
         name="demo-student",
         family="efficientvit",
         backbone="efficientvit_b0",
-        backbone_kwargs={"widths": (8, 16, 24, 48, 64), "depths": (1, 1, 1, 2, 2), "head_dim": 16},
-        description="slim EfficientViT-B0 student, the demo model (synthetic colour+shape world)",
+        # stride-16 output (timm feature index 2; the stride-32 stage is dropped): at 168 px the
+        # last stage would leave a 5x5 map for a 12x12 grid, too coarse for the world's shapes
+        backbone_kwargs={
+            "widths": (8, 16, 32, 64, 64),
+            "depths": (1, 1, 2, 4, 1),
+            "head_dim": 16,
+            "out_indices": (2,),
+        },
+        description="slim stride-16 EfficientViT-B0 student, the demo model (synthetic colour+shape world)",
     )
     config = _demo(config)
     config.vit["hidden_size"] = 64  # the trunk width the neck consumes = the teacher's

@@ -24,9 +24,9 @@ class StudentImageEncoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.patch_size = config.patch_size
-        self.backbone = timm.create_model(
-            config.backbone, pretrained=False, features_only=True, out_indices=(-1,), **config.backbone_kwargs
-        )
+        # the last stage by default; ``backbone_kwargs["out_indices"]`` may pick an earlier, finer one
+        kwargs = {"out_indices": (-1,), **config.backbone_kwargs}
+        self.backbone = timm.create_model(config.backbone, pretrained=False, features_only=True, **kwargs)
         in_channels = self.backbone.feature_info.channels()[-1]
         out_channels = config.trunk_dim
         # Indices 0/1/3 match the released checkpoints' ``head.{0,1,3}`` keys (2 is the activation).
