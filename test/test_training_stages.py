@@ -113,7 +113,38 @@ def test_stage3_loss_drops(datasets, tmp_path, one_thread):
     result = train(_config("tiny_stage3", tmp_path, f"data.root={datasets['saco']}"))
     assert drop_ratio(result.losses()) < 0.75  # measured ~0.58
     keys = set(result.history[-1])
-    assert {"class", "bbox", "giou", "mask_dice", "mask_focal", "presence", "distill"} <= keys
+    assert {"class", "bbox", "giou", "mask_dice", "mask_focal", "presence", "distill", "aux"} <= keys
+    assert all(row["aux"] > 0 for row in result.history)  # the earlier decoder layers are trained too
+
+
+def test_decoder_tap_reads_every_layer_and_its_last_is_the_output():
+    from efficientsam3_ros.training.stage3 import DecoderTap, run_detector
+
+    torch.manual_seed(0)
+    model = build_model("es-ev-tiny")
+    layers = model.config.detector["detr_decoder"]["num_layers"]
+    tap = DecoderTap(model)
+    out = run_detector(model, torch.randn(2, 3, 112, 112), ["red circle", "blue square"])
+    logits, boxes, presence = tap.layers()
+    tap.close()
+    assert (
+        logits.shape == (layers, 2, 16)
+        and boxes.shape == (layers, 2, 16, 4)
+        and presence.shape == (layers, 2)
+    )
+    torch.testing.assert_close(logits[-1], out.pred_logits)
+    torch.testing.assert_close(boxes[-1], out.pred_boxes)
+    torch.testing.assert_close(presence[-1], out.presence_logits[:, 0])
+    assert not (logits[0] - logits[-1]).abs().max() < 1e-6  # the earlier layers are really earlier layers
+    assert not model.detector.detr_decoder._forward_hooks  # closed: later forwards run unobserved
+
+
+def test_aux_weight_zero_trains_the_last_layer_only(datasets, tmp_path, one_thread):
+    config = _config(
+        "tiny_stage3", tmp_path, f"data.root={datasets['saco']}", "run.steps=2", "options.aux_weight=0"
+    )
+    result = train(config)
+    assert all(row["aux"] == 0 for row in result.history)
 
 
 def test_stage3_freeze_patterns_choose_what_trains(datasets, tmp_path, one_thread):

@@ -146,6 +146,9 @@ class ConceptStageOptions:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     distill_weight: float = 0.0  # > 0: add distillation on the teacher's (query-aligned) outputs
+    #: weight of the class/box/presence losses on every earlier decoder layer (DETR's auxiliary
+    #: losses, which SAM3 trains with too); 0 = last layer only
+    aux_weight: float = 1.0
     train: list[str] = field(default_factory=lambda: ["*"])  # fnmatch patterns of parameters that train
     freeze: list[str] = field(default_factory=list)  # patterns frozen even if ``train`` matches them
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
+from torchvision.ops import box_convert
+from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
 
 from ..modeling import EfficientSam3Model
 from .config import ConceptStageOptions, TrainConfig
@@ -48,6 +50,42 @@ def run_detector(model: EfficientSam3Model, pixels: torch.Tensor, phrases: list[
     vision = model.encode_image(pixels)
     text = model.encode_tokens(ids, mask)
     return model.detector(vision_embeds=vision, text_embeds=_Pooled(text), attention_mask=mask)
+
+
+class DecoderTap:
+    """Every DETR-decoder layer's logits, boxes and presence from one Sam3Model forward.
+
+    transformers' Sam3Model returns the last layer only; the auxiliary losses need all of
+    them. Forward hooks read what the model computes anyway (the decoder's per-layer states
+    and the scoring head's per-layer logits); only the per-layer boxes are recomputed, the
+    way Sam3Model computes the last one.
+    """
+
+    def __init__(self, model: EfficientSam3Model):
+        detector = model.detector
+        self._box_head = detector.detr_decoder.box_head
+        self._captured: dict[str, Any] = {}
+        self._handles = [
+            detector.detr_decoder.register_forward_hook(self._keep("decoder")),
+            detector.dot_product_scoring.register_forward_hook(self._keep("logits")),
+        ]
+
+    def _keep(self, key: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self._captured[key] = output
+
+        return hook
+
+    def layers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits [L, B, Q], boxes xyxy [L, B, Q, 4], presence logits [L, B]) of the last forward."""
+        decoder, logits = self._captured["decoder"], self._captured["logits"]
+        offsets = self._box_head(decoder.intermediate_hidden_states)
+        boxes = box_convert((inverse_sigmoid(decoder.reference_boxes) + offsets).sigmoid(), "cxcywh", "xyxy")
+        return logits.squeeze(-1), boxes, decoder.presence_logits[..., 0]
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 @torch.no_grad()
@@ -91,44 +129,47 @@ class ConceptModule(nn.Module):
         device = next(self.student.parameters()).device
         pixels = torch.stack([s["pixels"] for s in batch]).to(device)
         phrases = [s["phrase"] for s in batch]
-        out = run_detector(self.student, pixels, phrases)
+        tap = DecoderTap(self.student)
+        try:
+            out = run_detector(self.student, pixels, phrases)
+            all_logits, all_boxes, all_presence = tap.layers()
+        finally:
+            tap.close()
         size = pixels.shape[-1]
         mask_size = out.pred_masks.shape[-2:]
-        parts = {k: [] for k in ("class", "bbox", "giou", "mask_dice", "mask_focal")}
-        present = []
+        parts = {k: [] for k in ("class", "bbox", "giou", "mask_dice", "mask_focal", "aux")}
+        present = torch.tensor([1.0 if len(s["boxes"]) else 0.0 for s in batch], device=device)
         for b, sample in enumerate(batch):
             gt_boxes = sample["boxes"].to(device) / size
-            present.append(1.0 if len(gt_boxes) else 0.0)
             if not len(gt_boxes):
                 continue
+            rows, cols = self._query_losses(out.pred_logits[b], out.pred_boxes[b], gt_boxes, parts)
             gt_masks = F.interpolate(
                 sample["masks"].float()[None].to(device), size=mask_size, mode="bilinear"
             )[0]
             gt_masks = (gt_masks > 0.5).float()
-            rows, cols = hungarian_match(out.pred_logits[b], out.pred_boxes[b], gt_boxes, opts)
-            labels = torch.zeros_like(out.pred_logits[b])
-            labels[rows] = 1.0
-            n = max(len(cols), 1)
-            focal = sigmoid_focal_loss(out.pred_logits[b], labels, opts.focal_alpha, opts.focal_gamma)
-            parts["class"].append(focal * labels.numel() / n)
-            l1, giou = box_losses(out.pred_boxes[b, rows], gt_boxes[cols])
-            parts["bbox"].append(l1)
-            parts["giou"].append(giou)
             pred_masks = out.pred_masks[b, rows]
             parts["mask_dice"].append(dice_loss(pred_masks, gt_masks[cols]))
             parts["mask_focal"].append(
                 sigmoid_focal_loss(pred_masks, gt_masks[cols], opts.focal_alpha, opts.focal_gamma)
             )
-        presence = bce_loss(out.presence_logits[:, 0], torch.tensor(present, device=device))
+            if opts.aux_weight > 0 and all_logits.shape[0] > 1:  # earlier layers, each matched on its own
+                aux: dict[str, list[torch.Tensor]] = {"class": [], "bbox": [], "giou": []}
+                for layer in range(all_logits.shape[0] - 1):
+                    self._query_losses(all_logits[layer, b], all_boxes[layer, b], gt_boxes, aux)
+                parts["aux"].append(self._weighted(aux))
+        presence = bce_loss(out.presence_logits[:, 0], present)
+        if opts.aux_weight > 0 and all_presence.shape[0] > 1:
+            aux_presence = bce_loss(all_presence[:-1], present.expand(all_presence.shape[0] - 1, -1))
+            parts["aux"].append(opts.presence_weight * aux_presence)
         zero = out.pred_logits.sum() * 0.0
         mean = {k: torch.stack(v).mean() if v else zero for k, v in parts.items()}
         loss = (
-            opts.class_weight * mean["class"]
-            + opts.bbox_weight * mean["bbox"]
-            + opts.giou_weight * mean["giou"]
+            self._weighted(mean)
             + opts.mask_dice_weight * mean["mask_dice"]
             + opts.mask_focal_weight * mean["mask_focal"]
             + opts.presence_weight * presence
+            + opts.aux_weight * mean["aux"]
             + zero
         )
         logs = {k: float(v.detach()) for k, v in mean.items()}
@@ -138,6 +179,31 @@ class ConceptModule(nn.Module):
             loss = loss + opts.distill_weight * distill
             logs["distill"] = float(distill.detach())
         return loss, logs
+
+    def _query_losses(
+        self, logits: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor, parts: dict[str, list]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Match one decoder layer's queries to a datapoint's instances; append its class and box losses."""
+        opts = self.options
+        rows, cols = hungarian_match(logits, boxes, gt_boxes, opts)
+        labels = torch.zeros_like(logits)
+        labels[rows] = 1.0
+        focal = sigmoid_focal_loss(logits, labels, opts.focal_alpha, opts.focal_gamma)
+        parts["class"].append(focal * labels.numel() / max(len(cols), 1))
+        l1, giou = box_losses(boxes[rows], gt_boxes[cols])
+        parts["bbox"].append(l1)
+        parts["giou"].append(giou)
+        return rows, cols
+
+    def _weighted(self, parts: dict[str, Any]) -> torch.Tensor:
+        """class + box terms with their weights (lists are summed: one entry per aux layer)."""
+        opts = self.options
+        total = {k: sum(v) if isinstance(v, list) else v for k, v in parts.items()}
+        return (
+            opts.class_weight * total["class"]
+            + opts.bbox_weight * total["bbox"]
+            + opts.giou_weight * total["giou"]
+        )
 
     def _distill(self, out: Any, pixels: torch.Tensor, phrases: list[str]) -> torch.Tensor:
         teacher = self._teacher[0]
