@@ -276,6 +276,23 @@ def test_cli_memory_option_runs_the_memory_tracker(tmp_path: Path, capsys):
     assert built.memory is not None and built.memory.config.memory == "dense"
 
 
+def test_cli_score_threshold_reaches_the_pipeline_and_is_validated(tmp_path: Path, capsys):
+    from efficientsam3_ros.bag.run import build_segmenter
+
+    bag = tmp_path / "in"
+    write_bag(bag, "sqlite3", n=2)
+    args = [str(bag), "--image-topic", "/cam", "--concept", "red circle", "--model", "es-ev-tiny"]
+    out = tmp_path / "out"
+    assert cli.main([*args, "--score-threshold", "0.3", "--no-progress", "--out", str(out)]) == EXIT_OK
+    assert json.loads((out / "report.json").read_text())["run"]["score_threshold"] == 0.3
+    assert cli.main([*args, "--score-threshold", "1.5", "--out", str(tmp_path / "bad")]) == EXIT_USAGE
+    assert "--score-threshold must be in [0, 1]" in capsys.readouterr().err
+    built = build_segmenter(
+        config(bag, tmp_path / "o2", model="es-ev-tiny", backend="torch-cpu", score_threshold=0.3)
+    )
+    assert built.score_threshold == 0.3
+
+
 # ----------------------------------------------------------------------------- real ROS 2 recordings
 
 

@@ -273,3 +273,22 @@ def test_report_is_self_contained(tmp_path: Path, gt):
     assert len(images) == 3  # latency, instances, tracks
     assert base64.b64decode(images[0].split('"')[0]).startswith(b"\x89PNG")
     assert "http" not in page.replace("http-equiv", "")  # no external resources
+
+
+def test_overall_scores_weight_iou_by_instances_and_skip_concepts_without_gt():
+    from efficientsam3_ros.evaluation.scoring import overall_scores
+
+    mask_iou = {
+        "red circle": {"mean_iou": 0.9, "gt_instances": 3},
+        "blue square": {"mean_iou": 0.5, "gt_instances": 1},
+        "green star": {"mean_iou": None, "gt_instances": 0},
+    }
+    coco = {"red circle": {"AP": 0.8}, "blue square": {"AP": 0.4}, "green star": {"AP": -1.0}}
+    tracking = {"overall": {"idf1": 0.7, "mota": 0.6}}
+    overall = overall_scores(mask_iou, coco, tracking)
+    assert overall["gt_instances"] == 4
+    assert overall["mask_iou"] == pytest.approx((0.9 * 3 + 0.5) / 4)  # not the per-concept mean 0.7
+    assert overall["mask_ap"] == pytest.approx(0.6)
+    assert (overall["idf1"], overall["mota"]) == (0.7, 0.6)
+    empty = overall_scores({"x": {"mean_iou": None, "gt_instances": 0}}, {}, {})
+    assert empty["mask_iou"] is None and empty["mask_ap"] is None and empty["idf1"] is None

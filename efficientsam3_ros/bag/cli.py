@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default %(default)s)",
     )
     parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        help="drop instances scoring below this (SAM3's and the node's default %(default)s)",
+    )
+    parser.add_argument(
         "--every", type=int, default=1, metavar="N", help="process every N-th image (default 1)"
     )
     parser.add_argument(
@@ -86,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         device=args.device,
         input_size=args.input_size,
         memory=args.memory,
+        score_threshold=args.score_threshold,
         every=args.every,
         max_frames=args.max_frames,
         gt=args.gt,

@@ -74,6 +74,7 @@ class EvalConfig:
     device: str | None = None
     input_size: int | None = None
     memory: str = "none"  # none | perceiver | dense: propagate tracks through a memory tracker
+    score_threshold: float = 0.5  # instances scoring below are dropped (the node's default)
     every: int = 1
     max_frames: int | None = None
     gt: Path | None = None
@@ -135,6 +136,7 @@ def build_segmenter(config: EvalConfig) -> Segmenter:
         device=config.device,
         input_size=config.input_size,
         memory=config.memory,
+        score_threshold=config.score_threshold,
     )
 
 
@@ -169,6 +171,10 @@ def evaluate_bag(
     """
     if config.every < 1:
         return _usage(f"--every must be >= 1, got {config.every}")
+    if not 0.0 <= config.score_threshold <= 1.0:
+        return _usage(
+            f"--score-threshold must be in [0, 1] (scores are probabilities), got {config.score_threshold}"
+        )
     out_dir = Path(config.out_dir)
     results_path = out_dir / "results"
     if results_path.exists():
@@ -332,6 +338,7 @@ def _run_info(config: EvalConfig, source: BagSource, results_path: Path) -> dict
         "checkpoint": config.checkpoint,
         "backend_requested": config.backend,
         "memory": config.memory,
+        "score_threshold": config.score_threshold,
         "every": config.every,
         "max_frames": config.max_frames,
         "gt": str(config.gt) if config.gt else None,

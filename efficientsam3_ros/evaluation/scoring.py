@@ -34,13 +34,47 @@ def score(
     known = {normalise_label(x) for x in gt_labels} | {
         normalise_label(i.label) for f in gt.values() for i in f.instances
     }
+    mask_iou = mask_iou_scores(gt, pred, concepts)
+    coco = coco_ap_per_concept(gt, pred, concepts)
+    tracking = tracking_metrics(gt, pred, concepts, iou_threshold=iou_threshold)
     return {
         "source": source,
         "frames_evaluated": len(common),
         "gt_frames_not_processed": len(set(gt) - common),
         "processed_frames_without_gt": len(set(pred) - common),
         "concepts_without_gt": [c for c in concepts if normalise_label(c) not in known],
-        "mask_iou": mask_iou_scores(gt, pred, concepts),
-        "coco": coco_ap_per_concept(gt, pred, concepts),
-        "tracking": tracking_metrics(gt, pred, concepts, iou_threshold=iou_threshold),
+        "mask_iou": mask_iou,
+        "coco": coco,
+        "tracking": tracking,
+        "overall": overall_scores(mask_iou, coco, tracking),
+    }
+
+
+def overall_scores(
+    mask_iou: dict[str, Any], coco: dict[str, Any], tracking: dict[str, Any]
+) -> dict[str, Any]:
+    """One number per metric for the whole run, the way the demo and the model card quote them.
+
+    mask IoU is averaged over every ground-truth instance (each concept's ``mean_iou`` weighted
+    by its instance count, so a rare concept does not swing it); mask AP is the mean over the
+    concepts that have ground truth; IDF1 / MOTA are the tracker's overall values.
+    """
+    total = instances = 0.0
+    aps = []
+    for concept, per in mask_iou.items():
+        n = per.get("gt_instances") or 0
+        if not n:
+            continue
+        total += per["mean_iou"] * n
+        instances += n
+        ap = (coco.get(concept) or {}).get("AP")
+        if ap is not None and ap >= 0:
+            aps.append(ap)
+    overall = tracking.get("overall") or {}
+    return {
+        "gt_instances": int(instances),
+        "mask_iou": total / instances if instances else None,
+        "mask_ap": sum(aps) / len(aps) if aps else None,
+        "idf1": overall.get("idf1"),
+        "mota": overall.get("mota"),
     }
