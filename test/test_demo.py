@@ -19,6 +19,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert report["scores"]["frames_evaluated"] == 4  # ground truth was paired with every frame
     with Image.open(out / "overlay.gif") as gif:
         assert gif.n_frames == 4
+        width, height = gif.size
+    with Image.open(out / "overlay.png") as still:  # 2 x 2 frames
+        assert still.size == (2 * width, 2 * height)
+    assert "all concepts" in printed  # the overall row (IoU over every GT instance)
     assert (out / "eval" / "report.html").read_text().startswith("<!DOCTYPE html>")
 
 
@@ -27,3 +31,14 @@ def test_demo_refuses_to_overwrite_without_flag(tmp_path, capsys):
     (out / "world").mkdir(parents=True)
     assert main(["demo", "--out", str(out), "--frames", "4", "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_contact_sheet_picks_evenly_spaced_frames_first_and_last():
+    from efficientsam3_ros.commands.demo import contact_sheet
+
+    frames = [Image.new("RGB", (4, 3), (i, 0, 0)) for i in range(10)]
+    sheet = contact_sheet(frames, tiles=4, columns=2)
+    assert sheet.size == (8, 6)
+    picked = [sheet.getpixel((x, y))[0] for y in (0, 3) for x in (0, 4)]
+    assert picked == [0, 3, 6, 9]
+    assert contact_sheet(frames[:1], tiles=4).size == (4, 3)

@@ -78,13 +78,19 @@ def run(args: argparse.Namespace) -> int:
     if outcome.error:
         raise CliError(outcome.error)
     gif = args.out / "overlay.gif"
-    frames = overlay_gif(outcome.results_bag, f"{DEFAULT_TOPIC}/overlay", gif)
+    frames = overlay_gif(outcome.results_bag, f"{DEFAULT_TOPIC}/overlay", gif, sheet=args.out / "overlay.png")
     print_summary(outcome.report, gif, frames, outcome)
     return outcome.exit_code
 
 
-def overlay_gif(results_bag: Path, topic: str, out: Path, fps: float = 10.0) -> int:
-    """Animated GIF of the overlay images in the results bag; returns the frame count."""
+def overlay_gif(
+    results_bag: Path, topic: str, out: Path, fps: float = 10.0, sheet: Path | None = None, tiles: int = 4
+) -> int:
+    """Animated GIF of the overlay images in the results bag; returns the frame count.
+
+    ``sheet``: also a still PNG of ``tiles`` evenly spaced frames side by side (2 x 2), for
+    places a GIF does not go (issue trackers, the README's picture).
+    """
     from PIL import Image
     from rosbags.highlevel import AnyReader
 
@@ -97,7 +103,23 @@ def overlay_gif(results_bag: Path, topic: str, out: Path, fps: float = 10.0) -> 
             images.append(Image.fromarray(messages.msg_to_rgb(reader.deserialize(raw, conn.msgtype))))
     if images:
         images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        if sheet is not None:
+            contact_sheet(images, tiles).save(sheet)
     return len(images)
+
+
+def contact_sheet(images: list, tiles: int = 4, columns: int = 2):
+    """``tiles`` evenly spaced images (the last one included) on a grid, ``columns`` wide."""
+    from PIL import Image
+
+    count = min(tiles, len(images))
+    picks = [images[round(i * (len(images) - 1) / max(count - 1, 1))] for i in range(count)]
+    width, height = picks[0].size
+    rows = -(-count // columns)
+    sheet = Image.new("RGB", (width * min(columns, count), height * rows))
+    for i, image in enumerate(picks):
+        sheet.paste(image, ((i % columns) * width, (i // columns) * height))
+    return sheet
 
 
 def print_summary(report: dict, gif: Path, gif_frames: int, outcome) -> None:
@@ -122,6 +144,12 @@ def print_summary(report: dict, gif: Path, gif_frames: int, outcome) -> None:
             f"  {concept:<16}{iou['gt_instances']:>8}{fmt(iou.get('mean_iou')):>10}{fmt(ap):>9}"
             f"{fmt(trk.get('idf1')):>7}{fmt(trk.get('mota')):>7}"
         )
+    overall = scores.get("overall") or {}
+    if overall.get("gt_instances"):
+        print(
+            f"  {'all concepts':<16}{overall['gt_instances']:>8}{fmt(overall.get('mask_iou')):>10}"
+            f"{fmt(overall.get('mask_ap')):>9}{fmt(overall.get('idf1')):>7}{fmt(overall.get('mota')):>7}"
+        )
     print(f"  report               {outcome.report_html}")
     print(f"  results bag          {outcome.results_bag}")
-    print(f"  overlay animation    {gif} ({gif_frames} frames)")
+    print(f"  overlay animation    {gif} ({gif_frames} frames; still: {gif.with_suffix('.png')})")
