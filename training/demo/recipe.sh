@@ -12,8 +12,8 @@
 #
 # Usage: training/demo/recipe.sh [WORK_DIR]      (default: out/demo, git-ignored; rerunning resumes)
 #        with the package installed (`efficientsam3`, `efficientsam3-train` on PATH).
-# Env:   DEMO_THREADS (1: torch threads per process; with 2 shared cores one thread is the fast
-#        setting, two threads under load ran several times slower), DEMO_STAGE2 (0),
+# Env:   DEMO_THREADS (2: torch threads; the stages run one after another, so on an idle 2-core
+#        machine 2 is the fast setting; use 1 if something else keeps a core busy), DEMO_STAGE2 (0),
 #        DEMO_INSTALL (1), DEMO_SCALE (1.0: multiplies every stage's step count, for quick runs).
 # Measured on 2 shared CPU cores: see models/demo/MODEL_CARD.md.
 set -euo pipefail
@@ -21,7 +21,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CONF="$REPO/training/demo"
 WORK="${1:-$REPO/out/demo}"
-THREADS="${DEMO_THREADS:-1}"
+THREADS="${DEMO_THREADS:-2}"
 SCALE="${DEMO_SCALE:-1.0}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 
@@ -82,32 +82,21 @@ for who in teacher student; do
     done
 done
 
-# Summary over the held-out sequences, from eval-bag's report.json: mask IoU = mean_iou over all GT
-# instances (eval-bag's per-concept mean_iou weighted by gt_instances), AP = mean of eval-bag's
-# per-concept COCO mask AP over (sequence, concept) pairs with GT, IDF1/MOTA = mean of the per-sequence
-# tracking "overall" values.
+# Summary over the held-out sequences, from each eval-bag report's "overall" scores (mask IoU
+# over every GT instance, mean per-concept mask AP, tracker IDF1 / MOTA; see
+# evaluation.scoring.overall_scores), pooled over the sequences: IoU weighted by instances,
+# the rest averaged per sequence.
 python - "$T_TRAIN" "${HELDOUT_SEEDS[@]}" <<'EOF' | tee scores.md
 import json, sys
 t_train, seeds = int(sys.argv[1]), sys.argv[2:]
 summary = {"train_wall_s": t_train, "heldout_seeds": [int(s) for s in seeds]}
 rows = []
 for who in ("teacher", "student"):
-    iou_sum = inst = 0.0
-    aps, idf1, mota = [], [], []
-    for seed in seeds:
-        scores = json.load(open(f"eval/{who}-{seed}/report.json"))["scores"]
-        for concept, m in scores["mask_iou"].items():
-            if m.get("gt_instances"):
-                iou_sum += m["mean_iou"] * m["gt_instances"]
-                inst += m["gt_instances"]
-                ap = scores["coco"].get(concept, {}).get("AP")
-                if ap is not None and ap >= 0:
-                    aps.append(ap)
-        overall = scores["tracking"]["overall"]
-        idf1.append(overall["idf1"] or 0.0)
-        mota.append(overall["mota"] or 0.0)
-    res = {"mask_iou": iou_sum / max(inst, 1), "gt_instances": int(inst), "mask_AP": sum(aps) / max(len(aps), 1),
-           "idf1": sum(idf1) / len(idf1), "mota": sum(mota) / len(mota)}
+    runs = [json.load(open(f"eval/{who}-{seed}/report.json"))["scores"]["overall"] for seed in seeds]
+    inst = sum(r["gt_instances"] for r in runs)
+    mean = lambda key: sum(r[key] or 0.0 for r in runs) / len(runs)  # noqa: E731
+    res = {"mask_iou": sum((r["mask_iou"] or 0.0) * r["gt_instances"] for r in runs) / max(inst, 1),
+           "gt_instances": inst, "mask_AP": mean("mask_ap"), "idf1": mean("idf1"), "mota": mean("mota")}
     summary[who] = res
     rows.append(f"| {who} | {res['mask_iou']:.3f} | {res['mask_AP']:.3f} | {res['idf1']:.3f} | {res['mota']:.3f} |")
 s, t = summary["student"], summary["teacher"]
