@@ -4,7 +4,8 @@
 #   2. stage3 trains a small SAM3-architecture teacher ("demo-teacher") from random weights;
 #   3. stage1-image distils the teacher's trunk into the slim EfficientViT student ("demo-student");
 #   4. (optional, DEMO_STAGE2=1) stage2 trains the student's Perceiver memory on SA-V-style clips
-#      (the demo runs without a memory tracker, so its scores do not depend on this step);
+#      (the demo runs without a memory tracker, so its scores do not depend on this step; it does
+#      not learn yet: the tracker's SAM heads stay random, see models/demo/MODEL_CARD.md);
 #   5. stage3 fine-tunes the student end to end, distilling the teacher's outputs;
 #   6. `efficientsam3 eval-bag --gt` scores teacher and student on held-out world sequences
 #      (seeds the training data never uses; `efficientsam3 demo` itself uses seed 90210);
