@@ -256,10 +256,15 @@ def test_cli_main_builds_model_and_writes_overlay(tmp_path: Path, capsys):
     assert (overlay.encoding, overlay.height, overlay.width) == ("rgb8", 24, 32)
 
 
-def test_cli_memory_option_runs_the_memory_tracker(tmp_path: Path, capsys):
+def tiny_model_cli(tmp_path: Path, n: int) -> tuple[Path, list[str]]:
+    """An n-frame sqlite3 bag and the eval-bag arguments that run es-ev-tiny on it."""
     bag = tmp_path / "in"
-    write_bag(bag, "sqlite3", n=3)
-    args = [str(bag), "--image-topic", "/cam", "--concept", "red circle", "--model", "es-ev-tiny"]
+    write_bag(bag, "sqlite3", n=n)
+    return bag, [str(bag), "--image-topic", "/cam", "--concept", "red circle", "--model", "es-ev-tiny"]
+
+
+def test_cli_memory_option_runs_the_memory_tracker(tmp_path: Path, capsys):
+    bag, args = tiny_model_cli(tmp_path, n=3)
     out = tmp_path / "out"
     assert cli.main([*args, "--memory", "perceiver", "--no-progress", "--out", str(out)]) == EXIT_OK
     report = json.loads((out / "report.json").read_text())
@@ -279,9 +284,7 @@ def test_cli_memory_option_runs_the_memory_tracker(tmp_path: Path, capsys):
 def test_cli_score_threshold_reaches_the_pipeline_and_is_validated(tmp_path: Path, capsys):
     from efficientsam3_ros.bag.run import build_segmenter
 
-    bag = tmp_path / "in"
-    write_bag(bag, "sqlite3", n=2)
-    args = [str(bag), "--image-topic", "/cam", "--concept", "red circle", "--model", "es-ev-tiny"]
+    bag, args = tiny_model_cli(tmp_path, n=2)
     out = tmp_path / "out"
     assert cli.main([*args, "--score-threshold", "0.3", "--no-progress", "--out", str(out)]) == EXIT_OK
     assert json.loads((out / "report.json").read_text())["run"]["score_threshold"] == 0.3

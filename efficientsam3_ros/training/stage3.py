@@ -157,7 +157,7 @@ class ConceptModule(nn.Module):
                 aux: dict[str, list[torch.Tensor]] = {"class": [], "bbox": [], "giou": []}
                 for layer in range(all_logits.shape[0] - 1):
                     self._query_losses(all_logits[layer, b], all_boxes[layer, b], gt_boxes, aux)
-                parts["aux"].append(self._weighted(aux))
+                parts["aux"].append(self._weighted({k: sum(v) for k, v in aux.items()}))
         presence = bce_loss(out.presence_logits[:, 0], present)
         if opts.aux_weight > 0 and all_presence.shape[0] > 1:
             aux_presence = bce_loss(all_presence[:-1], present.expand(all_presence.shape[0] - 1, -1))
@@ -195,14 +195,13 @@ class ConceptModule(nn.Module):
         parts["giou"].append(giou)
         return rows, cols
 
-    def _weighted(self, parts: dict[str, Any]) -> torch.Tensor:
-        """class + box terms with their weights (lists are summed: one entry per aux layer)."""
+    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The class + box terms with their loss weights."""
         opts = self.options
-        total = {k: sum(v) if isinstance(v, list) else v for k, v in parts.items()}
         return (
-            opts.class_weight * total["class"]
-            + opts.bbox_weight * total["bbox"]
-            + opts.giou_weight * total["giou"]
+            opts.class_weight * terms["class"]
+            + opts.bbox_weight * terms["bbox"]
+            + opts.giou_weight * terms["giou"]
         )
 
     def _distill(self, out: Any, pixels: torch.Tensor, phrases: list[str]) -> torch.Tensor:
