@@ -281,6 +281,58 @@ def test_cli_memory_option_runs_the_memory_tracker(tmp_path: Path, capsys):
     assert built.memory is not None and built.memory.config.memory == "dense"
 
 
+def test_cli_memory_checkpoint_loads_the_trained_tracker(tmp_path: Path, capsys):
+    """--memory-checkpoint: a stage-2 tracker file reaches the pipeline (and the report); a wrong one is refused."""
+    import torch
+
+    from efficientsam3_ros.bag.run import build_segmenter
+    from efficientsam3_ros.modeling import build_tracker, get_config
+    from efficientsam3_ros.training.export import export_model
+
+    image_config = get_config("es-ev-tiny")
+    tracker = build_tracker(image_config, memory="perceiver")
+    with torch.no_grad():
+        for param in tracker.parameters():
+            param.fill_(0.125)
+    path = export_model(
+        tracker,
+        tmp_path / "tracker.safetensors",
+        extra={"image_config": image_config.to_dict(), "kind": "tracker"},
+    )
+    bag, args = tiny_model_cli(tmp_path, n=2)
+    out = tmp_path / "out"
+    run_args = [*args, "--memory", "perceiver", "--memory-checkpoint", str(path), "--no-progress"]
+    assert cli.main([*run_args, "--out", str(out)]) == EXIT_OK
+    assert json.loads((out / "report.json").read_text())["run"]["memory_checkpoint"] == str(path)
+    built = build_segmenter(
+        config(
+            bag,
+            tmp_path / "o2",
+            model="es-ev-tiny",
+            backend="torch-cpu",
+            memory="perceiver",
+            memory_checkpoint=str(path),
+        )
+    )
+    assert all(bool((p == 0.125).all()) for p in built.memory.parameters())
+    assert (
+        cli.main(
+            [
+                *args,
+                "--memory",
+                "dense",
+                "--memory-checkpoint",
+                str(path),
+                "--no-progress",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        != EXIT_OK
+    )
+    assert "'perceiver'-memory tracker, not 'dense'" in capsys.readouterr().err
+
+
 def test_cli_score_threshold_reaches_the_pipeline_and_is_validated(tmp_path: Path, capsys):
     from efficientsam3_ros.bag.run import build_segmenter
 
@@ -290,6 +342,15 @@ def test_cli_score_threshold_reaches_the_pipeline_and_is_validated(tmp_path: Pat
     assert json.loads((out / "report.json").read_text())["run"]["score_threshold"] == 0.3
     assert cli.main([*args, "--score-threshold", "1.5", "--out", str(tmp_path / "bad")]) == EXIT_USAGE
     assert "--score-threshold must be in [0, 1]" in capsys.readouterr().err
+    assert cli.main([*args, "--new-track-threshold", "-0.1", "--out", str(tmp_path / "bad")]) == EXIT_USAGE
+    assert "--new-track-threshold must be in [0, 1]" in capsys.readouterr().err
+    out2 = tmp_path / "out2"
+    assert cli.main([*args, "--new-track-threshold", "0.4", "--no-progress", "--out", str(out2)]) == EXIT_OK
+    assert json.loads((out2 / "report.json").read_text())["run"]["new_track_threshold"] == 0.4
+    tracked = build_segmenter(
+        config(bag, tmp_path / "o3", model="es-ev-tiny", backend="torch-cpu", new_track_threshold=0.4)
+    )
+    assert tracked.tracker.config.new_det_threshold == 0.4
     built = build_segmenter(
         config(bag, tmp_path / "o2", model="es-ev-tiny", backend="torch-cpu", score_threshold=0.3)
     )

@@ -42,3 +42,21 @@ def test_contact_sheet_picks_evenly_spaced_frames_first_and_last():
     picked = [sheet.getpixel((x, y))[0] for y in (0, 3) for x in (0, 4)]
     assert picked == [0, 3, 6, 9]
     assert contact_sheet(frames[:1], tiles=4).size == (4, 3)
+
+
+def test_demo_with_the_memory_tracker(tmp_path, capsys):
+    """--memory perceiver runs the shipped stage-2 tracker; another model must name its own tracker."""
+    from efficientsam3_ros.commands.demo import DEMO_DIR
+
+    out = tmp_path / "demo"
+    if (DEMO_DIR / "tracker.safetensors").is_file():
+        assert (
+            main(["demo", "--out", str(out), "--frames", "3", "--no-progress", "--memory", "perceiver"]) == 0
+        )
+        report = json.loads((out / "eval" / "report.json").read_text())
+        assert report["run"]["memory"] == "perceiver"
+        assert report["run"]["memory_checkpoint"].endswith("tracker.safetensors")
+        assert "track memory         perceiver" in capsys.readouterr().out
+    args = ["demo", "--out", str(tmp_path / "x"), "--model", "es-ev-tiny", "--memory", "perceiver"]
+    assert main(args) == 2
+    assert "--memory-checkpoint" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from efficientsam3_ros.synthetic import (
     write_sav,
 )
 from efficientsam3_ros.synthetic import cli as world_cli
+from efficientsam3_ros.synthetic.writers import CocoBuilder
 
 # a busy world: many objects, frequent entries and exits, so every event shows up in a short video
 BUSY = WorldConfig(num_objects=(4, 5), num_distractors=(2, 3), p_enter=0.2, p_leave=0.06, speed=0.02)
@@ -286,3 +287,31 @@ def test_cli_writes_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert {(i["width"], i["height"]) for i in doc["images"]} == {(160, 120)}
     with pytest.raises(ValueError):
         write_dataset("nope", tmp_path)
+
+
+def test_saco_negatives_are_the_hardest_absent_targets_first() -> None:
+    """A frame's negatives are absent target phrases sharing a word with what is there, before any other."""
+    frame = render_scene((4, 1))
+    present = {o.concept for o in frame.objects}
+    words = {w for c in present for w in c.split()}
+    builder = CocoBuilder(per_phrase=True, negatives_per_image=3, seed=4, targets=DEFAULT_CONCEPTS)
+    builder.add(frame, "000001.jpg")
+    negatives = [im["text_input"] for im in builder.images if im["text_input"] not in present]
+    assert len(negatives) == 3 and len(set(negatives)) == 3
+    hard_targets = [c for c in DEFAULT_CONCEPTS if c not in present and set(c.split()) & words]
+    expected_from_targets = min(3, len(hard_targets))
+    assert sum(c in hard_targets for c in negatives) == expected_from_targets
+    assert all(set(c.split()) & words for c in negatives[:expected_from_targets])
+    with pytest.raises(ValueError, match="negatives_per_image"):
+        CocoBuilder(per_phrase=True, negatives_per_image=-1)
+
+
+def test_world_cli_writes_the_requested_negatives(tmp_path: Path) -> None:
+    main = world_cli.main
+    assert main(["saco", str(tmp_path), "--seed", "3", "--num", "2", "--negatives", "2"]) == 0
+    doc = json.loads((tmp_path / "annotations.json").read_text())
+    positive = {a["image_id"] for a in doc["annotations"]}
+    assert sum(im["id"] not in positive for im in doc["images"]) == 4
+    assert doc["info"]["negatives_per_image"] == 2
+    with pytest.raises(SystemExit):
+        main(["saco", str(tmp_path / "x"), "--negatives", "-1"])

@@ -190,3 +190,21 @@ def test_step_graph_matches_propagate() -> None:
         )
         out = model.propagate([track], frame)
     torch.testing.assert_close(out.mask_logits[0], direct[0][0, 0])
+
+
+def test_a_model_config_sizes_its_own_tracker() -> None:
+    """The demo models carry a small tracker (ModelConfig.tracker); a from-scratch one starts with fan-in weights."""
+    from efficientsam3_ros.modeling.tracker import build_tracker
+
+    demo = get_config("demo-student")
+    tracker = build_tracker(demo, memory="perceiver")
+    assert tracker.config.hidden_size == 64 and tracker.tokens_per_memory_frame == 32
+    assert tracker.tokens_per_memory_frame < demo.grid_size**2  # the Perceiver compresses the 12x12 grid
+    assert build_tracker(get_config("es-ev-s"), memory="perceiver").config.hidden_size == 256  # SAM3's sizes
+    # fan-in init: a 64-wide Linear has std ~ 1/sqrt(3 * 64), far above transformers' 0.02
+    weight = tracker.sam.mask_decoder.transformer.layers[0].self_attn.q_proj.weight
+    assert weight.std() > 0.05
+    misspelt = copy.deepcopy(demo)
+    misspelt.tracker = {"hiden_size": 64}
+    with pytest.raises(ValueError, match="tracker config keys"):
+        build_tracker(misspelt)

@@ -287,3 +287,38 @@ def test_cli_runs_and_reports_bad_keys(datasets, tmp_path, capsys, one_thread):
     assert "optim.lr_warmup" in err and "warmup_steps" in err
     assert cli_main(["stage3", "--config", str(config)]) == 2
     assert "stage1-text" in capsys.readouterr().err
+
+
+def test_stage2_on_ground_truth_trains_a_whole_tracker_that_the_pipeline_loads(
+    datasets, tmp_path, one_thread
+):
+    """target: gt + train ["*"] (the demo recipe's stage 2): no dense teacher, every tracker part learns,
+    and the export loads through ConceptSegmenter's memory_checkpoint with its own sizes."""
+    from efficientsam3_ros.modeling.checkpoint_files import CheckpointError as FileError
+    from efficientsam3_ros.modeling.tracker_checkpoint import load_tracker
+    from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
+    from efficientsam3_ros.training.stage2 import MemoryDistillStage
+
+    config = _config(
+        "tiny_stage2", tmp_path, f"data.root={datasets['sav']}", "options.target=gt", 'options.train=["*"]'
+    )
+    result = train(config)
+    assert drop_ratio(result.losses()) < 0.8
+    from efficientsam3_ros.training.distributed import DistContext
+
+    stage = MemoryDistillStage(config, DistContext())
+    assert stage.module._frozen[0] is None, "no dense teacher is built for target: gt"
+    trained = load_file(str(result.export_path))
+    assert any(k.startswith("sam.mask_decoder.") for k in trained) and any(
+        k.startswith("tracker_neck.") for k in trained
+    )
+    seg = ConceptSegmenter.from_name(
+        "es-ev-tiny", backend="torch-cpu", memory="perceiver", memory_checkpoint=str(result.export_path)
+    )
+    for key, value in seg.memory.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    with pytest.raises(FileError, match="'perceiver'-memory tracker, not 'dense'"):
+        load_tracker(result.export_path, seg.model.config, memory="dense")
+    other = build_model("demo-student").config
+    with pytest.raises(FileError, match="is a tracker for es-ev-tiny"):
+        load_tracker(result.export_path, other)

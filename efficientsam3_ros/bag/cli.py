@@ -46,14 +46,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--memory",
         choices=("none", "perceiver", "dense"),
         default="none",
-        help="propagate tracks through a memory tracker (random tracker weights: none ship yet; "
-        "default %(default)s)",
+        help="propagate tracks through a memory tracker (default %(default)s; give its weights "
+        "with --memory-checkpoint, else they are random)",
+    )
+    parser.add_argument(
+        "--memory-checkpoint",
+        default=None,
+        metavar="FILE",
+        help="trained tracker for --memory (a stage-2 export, e.g. models/demo/tracker.safetensors)",
     )
     parser.add_argument(
         "--score-threshold",
         type=float,
         default=0.5,
         help="drop instances scoring below this (SAM3's and the node's default %(default)s)",
+    )
+    parser.add_argument(
+        "--new-track-threshold",
+        type=float,
+        default=0.7,
+        help="a detection starts a new track only at this score (SAM3's new_det_thresh, default %(default)s)",
     )
     parser.add_argument(
         "--every", type=int, default=1, metavar="N", help="process every N-th image (default 1)"
@@ -92,7 +104,9 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         device=args.device,
         input_size=args.input_size,
         memory=args.memory,
+        memory_checkpoint=args.memory_checkpoint,
         score_threshold=args.score_threshold,
+        new_track_threshold=args.new_track_threshold,
         every=args.every,
         max_frames=args.max_frames,
         gt=args.gt,

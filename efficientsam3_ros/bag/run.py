@@ -74,7 +74,9 @@ class EvalConfig:
     device: str | None = None
     input_size: int | None = None
     memory: str = "none"  # none | perceiver | dense: propagate tracks through a memory tracker
+    memory_checkpoint: str | None = None  # trained tracker weights (stage-2 export) for ``memory``
     score_threshold: float = 0.5  # instances scoring below are dropped (the node's default)
+    new_track_threshold: float = 0.7  # a detection starts a track only at this score (SAM3's new_det_thresh)
     every: int = 1
     max_frames: int | None = None
     gt: Path | None = None
@@ -128,6 +130,7 @@ class _RunState:
 def build_segmenter(config: EvalConfig) -> Segmenter:
     """The real pipeline; imported here so reading and scoring bags never needs torch."""
     from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
+    from efficientsam3_ros.tracking import TrackingConfig
 
     return ConceptSegmenter.from_name(
         config.model,
@@ -136,7 +139,9 @@ def build_segmenter(config: EvalConfig) -> Segmenter:
         device=config.device,
         input_size=config.input_size,
         memory=config.memory,
+        memory_checkpoint=config.memory_checkpoint,
         score_threshold=config.score_threshold,
+        tracking=TrackingConfig(new_det_threshold=config.new_track_threshold),
     )
 
 
@@ -171,10 +176,12 @@ def evaluate_bag(
     """
     if config.every < 1:
         return _usage(f"--every must be >= 1, got {config.every}")
-    if not 0.0 <= config.score_threshold <= 1.0:
-        return _usage(
-            f"--score-threshold must be in [0, 1] (scores are probabilities), got {config.score_threshold}"
-        )
+    for flag, value in (
+        ("--score-threshold", config.score_threshold),
+        ("--new-track-threshold", config.new_track_threshold),
+    ):
+        if not 0.0 <= value <= 1.0:
+            return _usage(f"{flag} must be in [0, 1] (scores are probabilities), got {value}")
     out_dir = Path(config.out_dir)
     results_path = out_dir / "results"
     if results_path.exists():
@@ -338,7 +345,9 @@ def _run_info(config: EvalConfig, source: BagSource, results_path: Path) -> dict
         "checkpoint": config.checkpoint,
         "backend_requested": config.backend,
         "memory": config.memory,
+        "memory_checkpoint": config.memory_checkpoint,
         "score_threshold": config.score_threshold,
+        "new_track_threshold": config.new_track_threshold,
         "every": config.every,
         "max_frames": config.max_frames,
         "gt": str(config.gt) if config.gt else None,

@@ -12,6 +12,7 @@ from .instance import InstancePredictor
 from .memory import TrackMemory
 from .registry import STUDENTS, build_model, count_parameters, get_config, list_models, register_model
 from .tracker import TrackerModel, TrackerOutput, build_tracker
+from .tracker_checkpoint import load_tracker
 from .tracker_config import TrackerConfig
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "TrackerOutput",
     "build_model",
     "build_tracker",
+    "load_tracker",
     "count_parameters",
     "get_config",
     "list_models",

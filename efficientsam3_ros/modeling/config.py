@@ -116,6 +116,9 @@ class ModelConfig:
     #: trained from scratch starts blind to its image and its queries all alike; "fan_in" keeps
     #: activations at unit scale. Only matters when training from scratch.
     init: str = "sam3"
+    #: TrackerConfig fields that differ from SAM3's tracker for this model (empty: SAM3's sizes).
+    #: Small models need a small tracker: 256+256 Perceiver latents would outnumber a 12x12 grid.
+    tracker: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
     @property

@@ -69,7 +69,7 @@ class EfficientSam3Model(nn.Module):
         super().__init__()
         self.config = config
         self.detector = Sam3Model(_to_sam3_config(config))
-        _initialise(self.detector, config.init)
+        initialise_weights(self.detector, config.init)
         if config.is_student:
             self.detector.vision_encoder.backbone = StudentImageEncoder(config)
         if config.text_encoder == "mobileclip":
@@ -174,13 +174,13 @@ def _detector_output(out) -> DetectorOutput:
     )
 
 
-def _initialise(detector: nn.Module, scheme: str) -> None:
+def initialise_weights(root: nn.Module, scheme: str) -> None:
     """Re-draw the random weights under ``scheme`` (see ModelConfig.init); "sam3" keeps transformers' init."""
     if scheme == "sam3":
         return
     if scheme != "fan_in":
         raise ValueError(f"unknown init scheme {scheme!r}; use 'sam3' or 'fan_in'")
-    for module in detector.modules():
+    for module in root.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)):
             module.reset_parameters()
 

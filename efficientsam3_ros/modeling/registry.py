@@ -232,7 +232,25 @@ def _demo(config: ModelConfig, queries: int = 16) -> ModelConfig:
     config.context_length = 8
     config.detector = _small_detector(width=48, heads=4, decoder_layers=3, queries=queries)
     config.init = "fan_in"  # trained from scratch at 48-64 wide (see ModelConfig.init)
+    config.tracker = dict(DEMO_TRACKER)
     return config
+
+
+#: The demo models' tracker: 64 wide like their trunk, 16 + 16 Perceiver latents per memory
+#: frame (a 12x12 grid holds only 144 tokens; SAM3's 256 + 256 would not compress anything).
+DEMO_TRACKER: dict[str, object] = {
+    "hidden_size": 64,
+    "memory_attention_layers": 2,
+    "memory_attention_mlp": 128,
+    "mask_decoder_heads": 4,
+    "mask_decoder_mlp": 128,
+    "iou_head_hidden": 64,
+    "memory_fuser_intermediate": 128,
+    "num_latents_1d": 16,
+    "num_latents_2d": 16,
+    "perceiver_layers": 1,
+    "perceiver_mlp": 64,
+}
 
 
 @register_model("demo-teacher")

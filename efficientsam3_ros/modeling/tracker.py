@@ -26,6 +26,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import Sam3TrackerVideoModel
 
 from .config import ModelConfig
+from .efficientsam3 import initialise_weights
 from .memory import MemoryLayout, TrackMemory
 from .tracker_config import TrackerConfig, default_tracker_config, to_edgetam_config, to_sam3_tracker_config
 from .tracker_graphs import MemoryEncoderGraph, TrackStepGraph, run_sam_heads, select_best_mask
@@ -64,6 +65,7 @@ class TrackerModel(nn.Module):
             self.memory_codec: nn.Module = PerceiverMemoryCodec(edgetam, self.grid_size)
         else:
             self.memory_codec = DenseMemoryCodec(self.grid_size, config.memory_dim)
+        initialise_weights(self, image_config.init)  # a from-scratch image model's tracker starts alike
         self.memory_dtype = getattr(torch, config.memory_dtype)
         # Graph wrappers share this model's submodules; a tuple keeps them out of the state dict.
         self._graphs = (
@@ -111,8 +113,11 @@ class TrackerModel(nn.Module):
         cfg = self.config
         return TrackMemory(cfg.num_maskmem, cfg.max_cond_frames, cfg.max_object_pointers)
 
-    def condition(self, track: TrackMemory, frame: TrackerFrame, mask: torch.Tensor) -> None:
+    def condition(self, track: TrackMemory, frame: TrackerFrame, mask: torch.Tensor) -> TrackerOutput:
         """Add a conditioning frame from a detection mask ([h, w], bool / probability / logits > 0 = object).
+
+        Returns the mask decoder's answer to the mask prompt (one track), which training
+        supervises when the decoder itself learns (stage 2 ``options.condition_weight``).
 
         Mirrors SAM3's mask-as-output path: the object pointer comes from the mask decoder
         prompted with the (downsampled) mask on the raw frame feature; the memory is encoded
@@ -128,7 +133,7 @@ class TrackerModel(nn.Module):
         outputs = run_sam_heads(
             self.sam, frame.feat, frame.s0, frame.s1, mask_input=prompt, multimask_output=True
         )
-        _, _, _, pointer = select_best_mask(self.sam, *outputs)
+        low_res, iou, object_score, pointer = select_best_mask(self.sam, *outputs)
         appearing = bool(binary.any())
         if not appearing:  # SAM3 decides presence from the mask itself on this path
             pointer = self.sam.no_object_pointer.expand_as(pointer)
@@ -136,6 +141,7 @@ class TrackerModel(nn.Module):
         hard = (_resize(full, self.memory_encoder_graph.mask_memory_size) > 0.5).to(full.dtype)
         tokens = self.memory_encoder_graph(frame.feat, (hard * 2 - 1) * _HARD_LOGIT, score)
         track.add_conditioning(frame.frame_idx, tokens[0].to(self.memory_dtype), pointer[0])
+        return TrackerOutput(low_res[:, 0], object_score[:, 0], iou[:, 0])
 
     def propagate(self, tracks: list[TrackMemory], frame: TrackerFrame) -> TrackerOutput:
         """Advance every track to ``frame``: batched step + memory encoding, grouped by memory layout."""

@@ -130,8 +130,11 @@ class TrackerConfig:
 
 
 def default_tracker_config(image_config: ModelConfig, memory: str = "perceiver") -> TrackerConfig:
-    """The tracker that goes with an image model: tiny for the ``*-tiny`` test models, else full size."""
-    return TrackerConfig.tiny(memory) if image_config.name.endswith("-tiny") else TrackerConfig(memory=memory)
+    """The tracker that goes with an image model: tiny for the ``*-tiny`` test models, else SAM3's
+    sizes with the model's own ``ModelConfig.tracker`` overrides (the demo models' small tracker)."""
+    if image_config.name.endswith("-tiny"):
+        return TrackerConfig.tiny(memory)
+    return TrackerConfig.from_dict({**image_config.tracker, "memory": memory})
 
 
 def to_sam3_tracker_config(image_config: ModelConfig, config: TrackerConfig) -> Sam3TrackerVideoConfig:

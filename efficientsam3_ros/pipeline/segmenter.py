@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..modeling import EfficientSam3Model, TrackerModel, TrackMemory, build_tracker
 from ..modeling.tokenizer import validate_phrase
+from ..modeling.tracker_checkpoint import load_tracker
 from ..modeling.tracker_neck import TrackerFrame
 from ..runtime import Backend, ImageFeatures, RuntimeOptions, select_backend
 from ..runtime.torch_backend import TorchBackend
@@ -130,10 +131,12 @@ class ConceptSegmenter:
         ``memory`` picks how tracks are predicted from frame to frame: ``"none"`` (the default)
         re-uses a track's last mask; ``"perceiver"`` (EfficientSAM3's Stage-2 memory) and
         ``"dense"`` (SAM3's) propagate each track through a memory tracker built with
-        ``build_tracker(model.config, memory=...)``. The default is "none" because no trained
-        tracker weights ship yet: the tracker has random weights unless ``memory_checkpoint``
-        (a state dict of ``TrackerModel``, .safetensors or .pt) provides them, and a random
-        tracker's propagated masks are noise that association then has to reject.
+        ``build_tracker(model.config, memory=...)``. ``memory_checkpoint`` is a stage-2 tracker
+        file (its own sizes and the image model it was trained on are checked, see
+        ``modeling.tracker_checkpoint``) or a bare ``TrackerModel`` state dict; without one the
+        tracker has random weights, whose propagated masks are noise that association then has
+        to reject. The default is "none": the only trained tracker that ships is the demo
+        model's (``models/demo/tracker.safetensors``).
         """
         from ..zoo import resolve_model
 
@@ -401,24 +404,14 @@ def make_tracker(tracking: bool | TrackingConfig) -> ConceptTracker | None:
 def build_memory_tracker(
     model: EfficientSam3Model, memory: str, checkpoint: str | None = None
 ) -> TrackerModel:
-    """The memory tracker for ``model`` (random weights unless ``checkpoint`` has a TrackerModel state dict)."""
-    tracker = build_tracker(model.config, memory=memory)
+    """The memory tracker for ``model``: a stage-2 tracker file (its own sizes), else random weights."""
     if checkpoint is None:
         log.warning(
-            "memory tracker %r has random weights (no trained tracker ships yet): propagated masks are "
-            "not meaningful; pass memory_checkpoint= for trained weights",
+            "memory tracker %r has random weights: propagated masks are not meaningful; pass "
+            "memory_checkpoint= (a stage-2 tracker file, e.g. models/demo/tracker.safetensors)",
             memory,
         )
+        tracker = build_tracker(model.config, memory=memory)
     else:
-        tracker.load_state_dict(_load_state_dict(checkpoint), strict=True)
+        tracker = load_tracker(checkpoint, model.config, memory)
     return tracker.to(next(model.parameters()).device).eval()
-
-
-def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """safetensors, or a torch file loaded with ``weights_only=True`` (no pickled code runs)."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--memory",
         choices=("perceiver", "dense"),
         default="perceiver",
-        help="tracker memory of the tracker_* graphs (random tracker weights: none ship yet)",
+        help="tracker memory of the tracker_* graphs (random tracker weights)",
     )
     parser.add_argument(
         "--tracks",

@@ -22,6 +22,13 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _concepts(text: str) -> tuple[str, ...]:
     items = tuple(c.strip() for c in text.split(",") if c.strip())
     unknown = [c for c in items if c not in CONCEPTS]
@@ -67,6 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--annotate-every", type=int, default=1, help="sav: annotate every k-th frame (SA-V uses 4)"
     )
+    parser.add_argument(
+        "--negatives",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="saco: absent noun phrases per image, hardest first (same colour or shape as a present "
+        "object; default %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> WorldConfig:
@@ -93,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         extra.update(storage=args.storage, topic=args.topic)
         if args.fps is not None:
             extra["fps"] = args.fps
+    elif args.kind == "saco":
+        extra["negatives_per_image"] = args.negatives
     elif args.kind == "sav":
         extra["annotate_every"] = args.annotate_every
         if args.fps is not None:

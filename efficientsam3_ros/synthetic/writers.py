@@ -240,9 +240,14 @@ class CocoBuilder:
     Plain COCO (``per_phrase=False``): one ``images`` entry per frame, every visible object annotated.
     SA-Co style (``per_phrase=True``): one ``images`` entry per (image, noun phrase) pair carrying
     ``"text_input"``; the positive pairs are the concepts present, plus ``negatives_per_image``
-    absent concepts (preferring ones that share a colour or shape word with a present object:
-    hard negatives) with no annotations, as SA-Co marks negatives. A pair's annotations are
+    absent concepts with no annotations, as SA-Co marks negatives. A pair's annotations are
     exactly the instances of its phrase, so pycocotools' COCOeval works per category.
+
+    Negatives are drawn hardest first: absent ``targets`` (the phrases users of the world
+    prompt with) that share a colour or shape word with a present object, then any absent
+    concept sharing a word, then any absent concept. Why: a deployed model is prompted with
+    every target on every frame, so "orange cross" on a frame holding an orange circle is the
+    mistake that costs; a negative drawn at random from all 36 phrases seldom teaches it.
     """
 
     def __init__(
@@ -252,10 +257,14 @@ class CocoBuilder:
         concepts: Sequence[str] | None = None,
         seed: int = 0,
         track_ids: bool = False,
+        targets: Sequence[str] = (),
     ) -> None:
+        if negatives_per_image < 0:
+            raise ValueError(f"negatives_per_image must be >= 0, got {negatives_per_image}")
         self.per_phrase = per_phrase
         self.negatives_per_image = negatives_per_image
         self.pool = list(concepts or CONCEPTS)
+        self.targets = set(targets)
         self.rng = np.random.default_rng([seed, 0x5AC0])
         self.track_ids = track_ids
         self.images: list[dict[str, Any]] = []
@@ -280,16 +289,26 @@ class CocoBuilder:
             self._annotate(frame.objects, image_id)
             return
         present = sorted({o.concept for o in frame.objects}, key=CONCEPTS.index)
-        words = {w for c in present for w in c.split(" ")}
-        absent = [c for c in self.pool if c not in present]
-        hard = [c for c in absent if set(c.split(" ")) & words]
-        choose_from = hard if len(hard) >= self.negatives_per_image else absent
-        k = min(self.negatives_per_image, len(choose_from))
-        picks = sorted(self.rng.choice(len(choose_from), size=k, replace=False).tolist()) if k else []
-        for phrase in present + [choose_from[j] for j in picks]:
+        for phrase in present + self._negatives(present):
             image_id = len(self.images) + 1
             self.images.append({"id": image_id, **base, "text_input": phrase, "image_index": index})
             self._annotate(frame.of_concept(phrase), image_id)
+
+    def _negatives(self, present: list[str]) -> list[str]:
+        """``negatives_per_image`` absent phrases, hardest tier first (see the class docstring)."""
+        words = {w for c in present for w in c.split(" ")}
+        absent = [c for c in self.pool if c not in present]
+        hard = [c for c in absent if set(c.split(" ")) & words]
+        tiers = [[c for c in hard if c in self.targets], [c for c in hard if c not in self.targets]]
+        tiers.append([c for c in absent if c not in hard])
+        picked: list[str] = []
+        for tier in tiers:
+            k = min(self.negatives_per_image - len(picked), len(tier))
+            if k > 0:
+                picked += [
+                    tier[j] for j in sorted(self.rng.choice(len(tier), size=k, replace=False).tolist())
+                ]
+        return sorted(picked, key=CONCEPTS.index)
 
     def document(self, info: dict[str, Any] | None = None) -> dict[str, Any]:
         """The finished COCO dict (``info`` first when given)."""
@@ -312,7 +331,9 @@ def write_coco(
     """
     cfg = config or WorldConfig()
     out = Path(out_dir)
-    builder = CocoBuilder(per_phrase=per_phrase, negatives_per_image=negatives_per_image, seed=seed)
+    builder = CocoBuilder(
+        per_phrase=per_phrase, negatives_per_image=negatives_per_image, seed=seed, targets=cfg.concepts
+    )
     for n in range(1, num_images + 1):
         frame = render_scene((seed, n), cfg)
         name = f"images/{n:06d}.jpg"
@@ -322,6 +343,8 @@ def write_coco(
         "description": "SA-Co-style synthetic concept world" if per_phrase else "synthetic concept world",
         **_config_info(cfg, seed),
     }
+    if per_phrase:
+        info["negatives_per_image"] = negatives_per_image
     doc = builder.document(info)
     path = out / "annotations.json"
     _dump(doc, path)
@@ -329,10 +352,21 @@ def write_coco(
 
 
 def write_saco(
-    out_dir: str | Path, seed: int = 0, num_images: int = 8, config: WorldConfig | None = None
+    out_dir: str | Path,
+    seed: int = 0,
+    num_images: int = 8,
+    config: WorldConfig | None = None,
+    negatives_per_image: int = 1,
 ) -> Path:
     """SA-Co-style concept dataset: :func:`write_coco` with one entry per (image, noun phrase) pair."""
-    return write_coco(out_dir, seed=seed, num_images=num_images, config=config, per_phrase=True)
+    return write_coco(
+        out_dir,
+        seed=seed,
+        num_images=num_images,
+        config=config,
+        per_phrase=True,
+        negatives_per_image=negatives_per_image,
+    )
 
 
 # --------------------------------------------------------------------------- rosbag2

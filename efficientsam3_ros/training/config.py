@@ -127,6 +127,9 @@ class VideoStageOptions:
     focal_weight: float = 20.0
     iou_weight: float = 1.0
     object_weight: float = 1.0  # BCE on the object-score logit (is the object visible)
+    #: weight of the same losses on the conditioning frame (the decoder's answer to the mask
+    #: prompt); 0 keeps SAM3's trained decoder out of it, > 0 helps a decoder trained from scratch
+    condition_weight: float = 0.0
     train: list[str] = field(default_factory=lambda: ["sam.memory_attention.*", "memory_codec.*"])
 
 

@@ -23,8 +23,7 @@ from torch import nn
 
 from ..modeling import EfficientSam3Model
 from ..modeling.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
-
-TRACKER_FORMAT = "efficientsam3_ros_tracker"
+from ..modeling.tracker_checkpoint import TRACKER_FORMAT
 
 
 def export_model(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:

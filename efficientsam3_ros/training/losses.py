@@ -126,3 +126,8 @@ def iou_prediction_loss(
         return pred_iou.sum() * 0.0
     actual = mask_iou(pred_logits.detach(), targets)
     return F.mse_loss(pred_iou.float(), actual)
+
+
+def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """sum(weights[k] * terms[k]) over the keys of ``weights``: one place for "loss = weighted parts"."""
+    return sum((weight * terms[key] for key, weight in weights.items()), torch.zeros(()))

@@ -6,11 +6,14 @@ both trackers; both then propagate through the remaining frames. The student (Ed
 what the teacher (7 x 72 x 72 dense memory tokens) predicts: Dice + focal on the mask
 logits, MSE between the predicted and the actual IoU of the student's mask (SAM's IoU
 head loss), and BCE on the object-score logit. ``options.target: gt`` trains on the
-clip's masks instead. Gradients flow back through the memory bank across frames.
+clip's masks instead (no dense tracker is built then). Gradients flow back through the
+memory bank across frames.
 
 Only ``options.train`` parameters update (default: ``sam.memory_attention.*`` and
 ``memory_codec.*``); the image model, tracker neck, prompt encoder, mask decoder and
-memory encoder stay SAM3's (copied from the teacher tracker).
+memory encoder stay SAM3's (copied from the teacher tracker). Where no SAM3 tracker
+exists (the demo world's from-scratch models), ``options.train: ["*"]`` with
+``target: gt`` trains the whole tracker on the clips' masks instead.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling import EfficientSam3Model
-from ..modeling.tracker import TrackerModel
+from ..modeling.tracker import TrackerModel, TrackerOutput
 from .config import TrainConfig, VideoStageOptions
 from .data import build_dataset
 from .distributed import DistContext
 from .export import export_model, transfer_matching
-from .losses import bce_loss, dice_loss, iou_prediction_loss, sigmoid_focal_loss
+from .losses import bce_loss, dice_loss, iou_prediction_loss, sigmoid_focal_loss, weighted_sum
 from .models import build_student, build_tracker, freeze
 from .trainer import StageRunner, set_trainable
 
@@ -37,7 +40,7 @@ class MemoryDistillModule(nn.Module):
     def __init__(
         self,
         student: TrackerModel,
-        teacher: TrackerModel,
+        teacher: TrackerModel | None,
         image_model: EfficientSam3Model,
         options: VideoStageOptions,
         trainable: list[str],
@@ -70,41 +73,72 @@ class MemoryDistillModule(nn.Module):
             gt = clip["masks"].to(device)  # [T, N, S, S]
             with torch.no_grad():
                 tokens = image_model.encode_image(frames).last_hidden_state
-                t_frames = [teacher.encode_frame(tokens[t : t + 1], t) for t in range(len(frames))]
-                s_frames = [self.student.encode_frame(tokens[t : t + 1], t) for t in range(len(frames))]
+                t_frames = (
+                    [teacher.encode_frame(tokens[t : t + 1], t) for t in range(len(frames))]
+                    if teacher is not None
+                    else []
+                )
+            # the student's neck runs with grad: it trains when options.train selects it
+            s_frames = [self.student.encode_frame(tokens[t : t + 1], t) for t in range(len(frames))]
             n = gt.shape[1]
             s_tracks = [self.student.new_track() for _ in range(n)]
-            t_tracks = [teacher.new_track() for _ in range(n)]
+            t_tracks = [teacher.new_track() for _ in range(n)] if teacher is not None else []
+            conditioned = []
             for i in range(n):
-                self.student.condition(s_tracks[i], s_frames[0], gt[0, i])
-                with torch.no_grad():
-                    teacher.condition(t_tracks[i], t_frames[0], gt[0, i])
+                conditioned.append(self.student.condition(s_tracks[i], s_frames[0], gt[0, i]))
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher.condition(t_tracks[i], t_frames[0], gt[0, i])
+            if opts.condition_weight > 0:  # the decoder's answer to the mask prompt, against that mask
+                cond = TrackerOutput(
+                    torch.cat([c.mask_logits for c in conditioned]),
+                    torch.cat([c.object_score_logits for c in conditioned]),
+                    torch.cat([c.iou_scores for c in conditioned]),
+                )
+                terms = self._frame_losses(cond, self._resized(gt[0], cond), clip["visible"][0].to(device))
+                loss = loss + opts.condition_weight * self._weighted(terms)
             for t in range(1, len(frames)):
                 out = self.student.propagate(s_tracks, s_frames[t])
-                with torch.no_grad():
-                    ref = teacher.propagate(t_tracks, t_frames[t])
-                if opts.target == "teacher":
+                if teacher is not None:
+                    with torch.no_grad():
+                        ref = teacher.propagate(t_tracks, t_frames[t])
                     target = (ref.mask_logits > 0).float()
                     present = ref.object_score_logits > 0
                 else:
-                    size = out.mask_logits.shape[-2:]
-                    target = (F.interpolate(gt[t].float()[:, None], size=size, mode="bilinear") > 0.5)[
-                        :, 0
-                    ].float()
+                    target = self._resized(gt[t], out)
                     present = clip["visible"][t].to(device)
-                # an absent-scored track's mask is NO_OBJ_SCORE (-1024): clamp so its (constant) loss stays O(1)
-                logits = out.mask_logits.clamp(-32.0, 32.0)
-                dice = dice_loss(logits[present], target[present])
-                focal = sigmoid_focal_loss(logits, target)
-                iou = iou_prediction_loss(out.iou_scores[present], logits[present], target[present])
-                obj = bce_loss(out.object_score_logits, present.float())
-                loss = loss + opts.dice_weight * dice + opts.focal_weight * focal + opts.iou_weight * iou
-                loss = loss + opts.object_weight * obj
-                for key, value in zip(totals, (dice, focal, iou, obj)):
+                terms = self._frame_losses(out, target, present)
+                loss = loss + self._weighted(terms)
+                for key, value in terms.items():
                     totals[key] += float(value.detach())
                 steps += 1
         steps = max(steps, 1)
         return loss / steps, {k: v / steps for k, v in totals.items()}
+
+    @staticmethod
+    def _resized(masks: torch.Tensor, like: TrackerOutput) -> torch.Tensor:
+        """Ground-truth masks [N, S, S] at the tracker's mask resolution, binary float."""
+        size = like.mask_logits.shape[-2:]
+        return (F.interpolate(masks.float()[:, None], size=size, mode="bilinear") > 0.5)[:, 0].float()
+
+    @staticmethod
+    def _frame_losses(
+        out: TrackerOutput, target: torch.Tensor, present: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """SAM's mask, IoU-prediction and object-score losses for one frame's tracks."""
+        # an absent-scored track's mask is NO_OBJ_SCORE (-1024): clamp so its (constant) loss stays O(1)
+        logits = out.mask_logits.clamp(-32.0, 32.0)
+        return {
+            "dice": dice_loss(logits[present], target[present]),
+            "focal": sigmoid_focal_loss(logits, target),
+            "iou": iou_prediction_loss(out.iou_scores[present], logits[present], target[present]),
+            "object": bce_loss(out.object_score_logits, present.float()),
+        }
+
+    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        opts = self.options
+        weights = {"dice": opts.dice_weight, "focal": opts.focal_weight, "iou": opts.iou_weight}
+        return weighted_sum(terms, {**weights, "object": opts.object_weight})
 
 
 class MemoryDistillStage(StageRunner):
@@ -113,9 +147,11 @@ class MemoryDistillStage(StageRunner):
         options: VideoStageOptions = config.options
         # the image model feeding both trackers: a stage-1 student (model.student + student_checkpoint)
         image_model = freeze(build_student(config)).to(ctx.device)
-        teacher = freeze(build_tracker(image_model, "dense", config)).to(ctx.device)
         student = build_tracker(image_model, "perceiver", config)
-        transfer_matching(teacher, student)  # shared SAM heads and memory encoder start as SAM3's
+        teacher = None
+        if options.target == "teacher":
+            teacher = freeze(build_tracker(image_model, "dense", config)).to(ctx.device)
+            transfer_matching(teacher, student)  # shared SAM heads and memory encoder start as SAM3's
         trainable = set_trainable(student, options.train)
         if not trainable:
             raise ValueError(f"options.train patterns {options.train} match no tracker parameter")

@@ -31,7 +31,15 @@ from .config import ConceptStageOptions, TrainConfig
 from .data import build_dataset
 from .distributed import DistContext
 from .export import export_model
-from .losses import bce_loss, box_losses, dice_loss, pairwise_giou, sigmoid_focal_loss, soft_bce_loss
+from .losses import (
+    bce_loss,
+    box_losses,
+    dice_loss,
+    pairwise_giou,
+    sigmoid_focal_loss,
+    soft_bce_loss,
+    weighted_sum,
+)
 from .models import build_student, build_teacher
 from .trainer import StageRunner, set_trainable
 
@@ -159,21 +167,25 @@ class ConceptModule(nn.Module):
                     self._query_losses(all_logits[layer, b], all_boxes[layer, b], gt_boxes, aux)
                 parts["aux"].append(self._weighted({k: sum(v) for k, v in aux.items()}))
         presence = bce_loss(out.presence_logits[:, 0], present)
-        if opts.aux_weight > 0 and all_presence.shape[0] > 1:
-            aux_presence = bce_loss(all_presence[:-1], present.expand(all_presence.shape[0] - 1, -1))
-            parts["aux"].append(opts.presence_weight * aux_presence)
         zero = out.pred_logits.sum() * 0.0
+        # earlier layers' presence, summed over layers like their class/box terms (a batch-level
+        # term: kept out of the per-datapoint mean so it is not diluted by the batch's positives)
+        aux_presence = zero
+        if opts.aux_weight > 0 and all_presence.shape[0] > 1:
+            layers = all_presence.shape[0] - 1
+            aux_presence = layers * bce_loss(all_presence[:-1], present.expand(layers, -1))
         mean = {k: torch.stack(v).mean() if v else zero for k, v in parts.items()}
         loss = (
             self._weighted(mean)
             + opts.mask_dice_weight * mean["mask_dice"]
             + opts.mask_focal_weight * mean["mask_focal"]
             + opts.presence_weight * presence
-            + opts.aux_weight * mean["aux"]
+            + opts.aux_weight * (mean["aux"] + opts.presence_weight * aux_presence)
             + zero
         )
         logs = {k: float(v.detach()) for k, v in mean.items()}
         logs["presence"] = float(presence.detach())
+        logs["aux_presence"] = float(aux_presence.detach())
         if opts.distill_weight > 0:
             distill = self._distill(out, pixels, phrases)
             loss = loss + opts.distill_weight * distill
@@ -198,10 +210,8 @@ class ConceptModule(nn.Module):
     def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """The class + box terms with their loss weights."""
         opts = self.options
-        return (
-            opts.class_weight * terms["class"]
-            + opts.bbox_weight * terms["bbox"]
-            + opts.giou_weight * terms["giou"]
+        return weighted_sum(
+            terms, {"class": opts.class_weight, "bbox": opts.bbox_weight, "giou": opts.giou_weight}
         )
 
     def _distill(self, out: Any, pixels: torch.Tensor, phrases: list[str]) -> torch.Tensor:

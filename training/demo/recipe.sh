@@ -3,19 +3,18 @@
 #   1. `efficientsam3 world` writes SA-Co-style concept data (training) and held-out rosbags (evaluation);
 #   2. stage3 trains a small SAM3-architecture teacher ("demo-teacher") from random weights;
 #   3. stage1-image distils the teacher's trunk into the slim EfficientViT student ("demo-student");
-#   4. (optional, DEMO_STAGE2=1) stage2 trains the student's Perceiver memory on SA-V-style clips
-#      (the demo runs without a memory tracker, so its scores do not depend on this step; it does
-#      not learn yet: the tracker's SAM heads stay random, see models/demo/MODEL_CARD.md);
+#   4. stage2 trains the student's Perceiver-memory tracker on SA-V-style world clips (the whole
+#      tracker, on the clips' masks: no SAM3 tracker exists to distil from in this world);
 #   5. stage3 fine-tunes the student end to end, distilling the teacher's outputs;
-#   6. `efficientsam3 eval-bag --gt` scores teacher and student on held-out world sequences
-#      (seeds the training data never uses; `efficientsam3 demo` itself uses seed 90210);
-#   7. the student export is copied to models/demo/ (DEMO_INSTALL=0 skips this).
+#   6. `efficientsam3 eval-bag --gt` scores teacher and student (without and with the memory
+#      tracker) on held-out world sequences (seeds the training data never uses;
+#      `efficientsam3 demo` itself uses seed 90210);
+#   7. the student and tracker exports are copied to models/demo/ (DEMO_INSTALL=0 skips this).
 #
 # Usage: training/demo/recipe.sh [WORK_DIR]      (default: out/demo, git-ignored; rerunning resumes)
 #        with the package installed (`efficientsam3`, `efficientsam3-train` on PATH).
 # Env:   DEMO_THREADS (2: torch threads; the stages run one after another, so on an idle 2-core
-#        machine 2 is the fast setting; use 1 if something else keeps a core busy), DEMO_STAGE2 (0),
-#        DEMO_INSTALL (1), DEMO_SCALE (1.0: multiplies every stage's step count, for quick runs).
+#        machine 2 is the fast setting; use 1 if something else keeps a core busy), DEMO_INSTALL (1), DEMO_SCALE (1.0: multiplies every stage's step count, for quick runs).
 # Measured on 2 shared CPU cores: see models/demo/MODEL_CARD.md.
 set -euo pipefail
 
@@ -36,13 +35,16 @@ CONCEPTS=("red circle" "blue square" "green triangle" "yellow star" "purple hexa
           "red square" "blue circle")  # synthetic.DEFAULT_CONCEPTS, what the demo prompts with
 HELDOUT_SEEDS=(424242 424243 424244)   # never used for training data (training uses seed 1 and 2)
 HELDOUT_FRAMES=60
+# The demo model's operating point (commands/demo.py: DEMO_SCORE_THRESHOLD, DEMO_NEW_TRACK_THRESHOLD),
+# chosen on a validation sequence (seed 5); every row below is scored at it.
+THRESHOLDS=(--score-threshold 0.25 --new-track-threshold 0.35)
 
 # ------------------------------------------------------------------------------------- data
 stamp "writing world data"
-[ -f data/saco/annotations.json ] || efficientsam3 world saco data/saco --seed 1 --num 3000
-if [ "${DEMO_STAGE2:-0}" = 1 ]; then
-    [ -d data/sav ] || efficientsam3 world sav data/sav --seed 2 --num 64 --frames 24
-fi
+# --negatives 3: three absent phrases per image, hardest first (an absent target sharing a colour
+# or shape with a present object: "orange cross" beside an orange circle)
+[ -f data/saco/annotations.json ] || efficientsam3 world saco data/saco --seed 1 --num 3000 --negatives 3
+[ -f data/sav/sav_000160_manual.json ] || efficientsam3 world sav data/sav --seed 2 --num 160 --frames 24
 for seed in "${HELDOUT_SEEDS[@]}"; do
     [ -f "data/heldout-$seed/gt.json" ] || efficientsam3 world rosbag "data/heldout-$seed" --seed "$seed" \
         --frames "$HELDOUT_FRAMES"
@@ -62,9 +64,7 @@ EOF
 }
 train stage3 teacher_stage3.yaml
 train stage1-image student_stage1_image.yaml
-if [ "${DEMO_STAGE2:-0}" = 1 ]; then
-    train stage2 student_stage2.yaml
-fi
+train stage2 student_stage2.yaml
 train stage3 student_stage3.yaml
 T_TRAIN=$(($(date +%s) - T0))
 stamp "training done in $T_TRAIN s"
@@ -72,13 +72,18 @@ stamp "training done in $T_TRAIN s"
 # -------------------------------------------------------------------------------- evaluation
 CONCEPT_ARGS=()
 for c in "${CONCEPTS[@]}"; do CONCEPT_ARGS+=(--concept "$c"); done
-for who in teacher student; do
+TRACKER=runs/student-stage2/export/model.safetensors
+for who in teacher student student+memory; do
+    memory=(); model="runs/$who/export/model.safetensors"
+    if [ "$who" = student+memory ]; then
+        memory=(--memory perceiver --memory-checkpoint "$TRACKER"); model=runs/student/export/model.safetensors
+    fi
     for seed in "${HELDOUT_SEEDS[@]}"; do
         out="eval/$who-$seed"
         rm -rf "$out"
         stamp "eval-bag $who on held-out seed $seed"
         efficientsam3 eval-bag "data/heldout-$seed/bag" --image-topic /camera/image_raw "${CONCEPT_ARGS[@]}" \
-            --model "runs/$who/export/model.safetensors" --backend torch --device cpu \
+            --model "$model" "${memory[@]}" "${THRESHOLDS[@]}" --backend torch --device cpu \
             --gt "data/heldout-$seed/gt.json" --no-progress --out "$out"
     done
 done
@@ -92,7 +97,7 @@ import json, sys
 t_train, seeds = int(sys.argv[1]), sys.argv[2:]
 summary = {"train_wall_s": t_train, "heldout_seeds": [int(s) for s in seeds]}
 rows = []
-for who in ("teacher", "student"):
+for who in ("teacher", "student", "student+memory"):
     runs = [json.load(open(f"eval/{who}-{seed}/report.json"))["scores"]["overall"] for seed in seeds]
     inst = sum(r["gt_instances"] for r in runs)
     mean = lambda key: sum(r[key] or 0.0 for r in runs) / len(runs)  # noqa: E731
@@ -114,6 +119,8 @@ if [ "${DEMO_INSTALL:-1}" = 1 ]; then
     mkdir -p "$REPO/models/demo"
     install -m 0644 runs/student/export/model.safetensors "$REPO/models/demo/model.safetensors"
     install -m 0644 runs/student/export/model.json "$REPO/models/demo/model.json"
+    install -m 0644 "$TRACKER" "$REPO/models/demo/tracker.safetensors"
+    install -m 0644 "${TRACKER%.safetensors}.json" "$REPO/models/demo/tracker.json"
     stamp "installed $REPO/models/demo/model.safetensors ($(du -h "$REPO/models/demo/model.safetensors" | cut -f1))"
 fi
 stamp "recipe done"
