@@ -21,14 +21,14 @@ SEED, FRAMES = 90210, 8
 # tracker (see models/demo/MODEL_CARD.md); floors sit just under them. Whoever ships new weights
 # measures them and updates both: until then a present model fails this test rather than
 # passing vacuously.
-# The tracker's floor only guards its plumbing: its propagation has not learned yet (model card).
+# (The tracker propagates only weakly yet, so its row is lower: see the model card.)
 MEASURED: dict[str, dict[str, float | None]] = {
     "none": {"mask_iou": 0.764, "idf1": 0.800},
-    "perceiver": {"mask_iou": 0.764, "idf1": 0.100},
+    "perceiver": {"mask_iou": 0.452, "idf1": 0.100},
 }
 FLOORS: dict[str, dict[str, float | None]] = {
     "none": {"mask_iou": 0.70, "idf1": 0.70},
-    "perceiver": {"mask_iou": 0.70, "idf1": 0.05},
+    "perceiver": {"mask_iou": 0.40, "idf1": 0.05},
 }
 
 pytestmark = pytest.mark.skipif(
