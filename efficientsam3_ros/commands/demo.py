@@ -81,14 +81,18 @@ def run(args: argparse.Namespace) -> int:
             if not args.overwrite:
                 raise CliError(f"{folder} already exists; pass --overwrite or choose another --out")
             shutil.rmtree(folder)
+    thresholds: dict[str, float] = {}  # empty: eval-bag's own (SAM3's) defaults
     if args.model:
         model, checkpoint, note = args.model, args.checkpoint, f"model {args.model}"
-        thresholds = (0.5, 0.7)
     else:
         model, checkpoint, note = default_model()
-        thresholds = (DEMO_SCORE_THRESHOLD, DEMO_NEW_TRACK_THRESHOLD)
-    score_threshold = thresholds[0] if args.score_threshold is None else args.score_threshold
-    new_track_threshold = thresholds[1] if args.new_track_threshold is None else args.new_track_threshold
+        thresholds = {
+            "score_threshold": DEMO_SCORE_THRESHOLD,
+            "new_track_threshold": DEMO_NEW_TRACK_THRESHOLD,
+        }
+    for name in ("score_threshold", "new_track_threshold"):
+        if getattr(args, name) is not None:
+            thresholds[name] = getattr(args, name)
     memory_checkpoint = args.memory_checkpoint
     if args.memory != "none" and memory_checkpoint is None:
         tracker = DEMO_DIR / "tracker.safetensors"
@@ -112,8 +116,7 @@ def run(args: argparse.Namespace) -> int:
         device="cpu",
         memory=args.memory,
         memory_checkpoint=memory_checkpoint,
-        score_threshold=score_threshold,
-        new_track_threshold=new_track_threshold,
+        **thresholds,
         gt=gt_json,
         overlay=True,
         progress=not args.no_progress,
