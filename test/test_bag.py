@@ -287,18 +287,14 @@ def test_cli_memory_checkpoint_loads_the_trained_tracker(tmp_path: Path, capsys)
 
     from efficientsam3_ros.bag.run import build_segmenter
     from efficientsam3_ros.modeling import build_tracker, get_config
-    from efficientsam3_ros.training.export import export_model
+    from efficientsam3_ros.training.export import export_tracker
 
     image_config = get_config("es-ev-tiny")
     tracker = build_tracker(image_config, memory="perceiver")
     with torch.no_grad():
         for param in tracker.parameters():
             param.fill_(0.125)
-    path = export_model(
-        tracker,
-        tmp_path / "tracker.safetensors",
-        extra={"image_config": image_config.to_dict(), "kind": "tracker"},
-    )
+    path = export_tracker(tracker, tmp_path / "tracker.safetensors")
     bag, args = tiny_model_cli(tmp_path, n=2)
     out = tmp_path / "out"
     run_args = [*args, "--memory", "perceiver", "--memory-checkpoint", str(path), "--no-progress"]

@@ -46,10 +46,10 @@ def test_contact_sheet_picks_evenly_spaced_frames_first_and_last():
 
 def test_demo_with_the_memory_tracker(tmp_path, capsys):
     """--memory perceiver runs the shipped stage-2 tracker; another model must name its own tracker."""
-    from efficientsam3_ros.commands.demo import DEMO_DIR
+    from efficientsam3_ros.commands.demo import demo_dir
 
     out = tmp_path / "demo"
-    if (DEMO_DIR / "tracker.safetensors").is_file():
+    if (demo_dir() / "tracker.safetensors").is_file():
         assert (
             main(["demo", "--out", str(out), "--frames", "3", "--no-progress", "--memory", "perceiver"]) == 0
         )

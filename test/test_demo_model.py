@@ -38,10 +38,12 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_demo_model_loads():
+    from efficientsam3_ros.modeling.registry import DEMO_OPERATING_POINT
     from efficientsam3_ros.zoo import resolve_model
 
     model = resolve_model(str(DEMO_WEIGHTS))
     assert model.config.name == "demo-student"
+    assert model.config.operating_point == DEMO_OPERATING_POINT  # the shipped file carries it
     assert model.config.image_size % model.config.patch_size == 0
     assert DEMO_WEIGHTS.stat().st_size < 20 * 1024 * 1024
 
@@ -60,7 +62,6 @@ def test_demo_tracker_loads_for_the_demo_model():
 @pytest.mark.parametrize("memory", ["none", "perceiver"])
 def test_demo_model_scores_on_held_out_sequence(tmp_path, one_thread, memory):
     from efficientsam3_ros.bag.run import EvalConfig, evaluate_bag
-    from efficientsam3_ros.commands.demo import DEMO_NEW_TRACK_THRESHOLD, DEMO_SCORE_THRESHOLD
     from efficientsam3_ros.synthetic import DEFAULT_CONCEPTS, WorldConfig
     from efficientsam3_ros.synthetic.writers import DEFAULT_TOPIC, write_rosbag
 
@@ -79,8 +80,6 @@ def test_demo_model_scores_on_held_out_sequence(tmp_path, one_thread, memory):
             model=str(DEMO_WEIGHTS),
             memory=memory,
             memory_checkpoint=str(DEMO_TRACKER) if memory != "none" else None,
-            score_threshold=DEMO_SCORE_THRESHOLD,  # the demo model's operating point
-            new_track_threshold=DEMO_NEW_TRACK_THRESHOLD,
             backend="torch-cpu",
             device="cpu",
             gt=gt,
@@ -88,6 +87,12 @@ def test_demo_model_scores_on_held_out_sequence(tmp_path, one_thread, memory):
         )
     )
     assert outcome.exit_code == 0, outcome.error
+    run = outcome.report["run"]  # no thresholds given: the model's own operating point
+    assert (run["score_threshold"], run["new_track_threshold"], run["crop_masks_to_boxes"]) == (
+        0.25,
+        0.35,
+        True,
+    )
     scores = outcome.report["scores"]
     assert scores["frames_evaluated"] == FRAMES
     overall = scores["overall"]

@@ -176,3 +176,25 @@ def test_student_can_take_a_finer_backbone_stage():
     assert build_model("es-ev-tiny").image_trunk.backbone.feature_info.reduction() == [32]
     size = demo.config.image_size
     assert demo.trunk_features(torch.randn(1, 3, size, size)).shape[-1] == demo.config.grid_size
+
+
+def test_operating_point_travels_with_the_config():
+    from efficientsam3_ros.modeling import ModelConfig, OperatingPoint, get_config
+    from efficientsam3_ros.modeling.registry import DEMO_OPERATING_POINT
+
+    assert get_config("es-ev-s").operating_point == OperatingPoint(0.5, 0.7, False)  # SAM3's
+    demo = get_config("demo-student")
+    assert demo.operating_point == DEMO_OPERATING_POINT and DEMO_OPERATING_POINT.crop_masks_to_boxes
+    data = demo.to_dict()
+    assert data["operating_point"] == {
+        "score_threshold": 0.25,
+        "new_track_threshold": 0.35,
+        "crop_masks_to_boxes": True,
+    }
+    assert ModelConfig.from_dict(data) == demo
+    del data["operating_point"]  # a file written before operating points existed: SAM3's
+    assert ModelConfig.from_dict(data).operating_point == OperatingPoint()
+    with pytest.raises(ValueError, match=r"operating_point.score_threshold must be in \[0, 1\]"):
+        ModelConfig.from_dict({**data, "operating_point": {"score_threshold": 1.5}})
+    with pytest.raises(ValueError, match="unknown operating_point keys"):
+        ModelConfig.from_dict({**data, "operating_point": {"score": 0.3}})

@@ -139,3 +139,54 @@ def test_tracking_keeps_ids_on_a_static_scene(tiny_model, rgb_image):
     seg.reset()
     third = seg.process(rgb_image).instances
     assert min(i.track_id for i in third) > max(i.track_id for i in first)  # ids never reused
+
+
+def test_crop_masks_to_boxes_clears_what_lies_outside_each_box():
+    from efficientsam3_ros.pipeline.preprocess import BOX_CROP_MARGIN, BOX_CROP_PIXELS, crop_masks_to_boxes
+
+    masks = np.zeros((2, 50, 80), dtype=bool)
+    masks[:, 10:20, 10:20] = True  # object A
+    masks[:, 30:40, 50:70] = True  # object B, same concept: both queries painted both
+    boxes = np.array([[10, 10, 20, 20], [50, 30, 70, 40]], dtype=np.float32)
+    cropped = crop_masks_to_boxes(masks, boxes)
+    assert cropped[0, 10:20, 10:20].all() and not cropped[0, 30:40, 50:70].any()
+    assert cropped[1, 30:40, 50:70].all() and not cropped[1, 10:20, 10:20].any()
+    # the margin keeps an edge the box missed by a pixel or two, and nothing further out
+    edge = np.zeros((1, 50, 80), dtype=bool)
+    edge[0, 15, :] = True
+    kept = crop_masks_to_boxes(edge, boxes[:1])[0, 15]
+    reach = BOX_CROP_MARGIN * 10 + BOX_CROP_PIXELS  # 3 px either side of the 10 px box
+    assert kept[int(10 - reach)] and not kept[int(10 - reach) - 1]
+    assert kept[int(20 + reach) - 1] and not kept[int(20 + reach)]
+    assert crop_masks_to_boxes(masks[:0], boxes[:0]).shape == (0, 50, 80)
+
+
+def test_segmenter_runs_at_the_models_operating_point(tiny_model, rgb_image, monkeypatch):
+    from efficientsam3_ros.modeling import OperatingPoint
+    from efficientsam3_ros.pipeline.preprocess import BOX_CROP_MARGIN, BOX_CROP_PIXELS
+
+    assert ConceptSegmenter(tiny_model).operating_point == {
+        "score_threshold": 0.5,
+        "crop_masks_to_boxes": False,
+    }
+    point = OperatingPoint(score_threshold=0.0, new_track_threshold=0.35, crop_masks_to_boxes=True)
+    monkeypatch.setattr(tiny_model.config, "operating_point", point)
+    own = ConceptSegmenter.from_name("es-ev-tiny", backend="torch")  # a fresh model: SAM3's point
+    assert own.score_threshold == 0.5 and own.tracker.config.new_det_threshold == 0.7
+    seg = ConceptSegmenter(tiny_model, tracker=None)
+    assert (seg.score_threshold, seg.crop_masks_to_boxes) == (0.0, True)
+    assert ConceptSegmenter(tiny_model, score_threshold=0.6).score_threshold == 0.6  # the caller wins
+    seg.set_concepts(["person", "red mug"])
+    instances = seg.process(rgb_image).instances
+    assert instances, "score threshold 0 keeps every query"
+    height, width = rgb_image.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    for inst in instances:  # every mask lies inside its own (grown) box
+        x0, y0, x1, y1 = inst.box_xyxy
+        gx, gy = BOX_CROP_MARGIN * (x1 - x0) + BOX_CROP_PIXELS, BOX_CROP_MARGIN * (y1 - y0) + BOX_CROP_PIXELS
+        inside = (xs >= x0 - gx) & (xs <= x1 + gx) & (ys >= y0 - gy) & (ys <= y1 + gy)
+        assert not (inst.mask & ~inside).any()
+    uncropped = ConceptSegmenter(tiny_model, tracker=None, crop_masks_to_boxes=False)
+    uncropped.set_concepts(["person", "red mug"])
+    spilled = [i for i in uncropped.process(rgb_image).instances if i.mask.sum() > 0]
+    assert sum(int(i.mask.sum()) for i in spilled) > sum(int(i.mask.sum()) for i in instances)

@@ -207,6 +207,12 @@ def test_parameters_dynamic_and_static():
     ok, reason = core.set_parameters({"score_threshold": 2.0})
     assert not ok and "<= 1.0" in reason
     assert seg.score_threshold == 0.25, "a refused change applies nothing"
+    # -1 (the defaults): the model's own operating point (the tiny model carries SAM3's)
+    ok, reason = core.set_parameters({"score_threshold": -1.0, "track_new_threshold": -1.0})
+    assert ok, reason
+    point = seg.model.config.operating_point
+    assert seg.score_threshold == point.score_threshold == 0.5
+    assert seg.tracker.config.new_det_threshold == point.new_track_threshold == 0.7
     ok, _ = core.set_parameters({"concepts": ["dog"]})
     assert ok and list(core.concepts().values()) == ["dog"]
     ok, reason = core.set_parameters({"concepts": [""]})

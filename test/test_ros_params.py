@@ -100,6 +100,13 @@ def test_markdown_table_lists_every_parameter():
         assert f"`{spec.name}`" in table
 
 
+def test_readme_parameter_table_is_the_generated_one():
+    readme = (ROOT / "README.md").read_text()
+    assert params.render_markdown_table().strip() in readme, (
+        "README's parameter table is stale: paste params.render_markdown_table() over it"
+    )
+
+
 def test_memory_parameter_is_static_validated_and_reaches_the_segmenter(monkeypatch):
     from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
     from efficientsam3_ros.ros import core

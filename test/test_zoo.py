@@ -170,3 +170,16 @@ def test_models_cli_list_info_verify(tmp_path: Path, capsys: pytest.CaptureFixtu
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(CliError, match="truncated"):
         _models("verify", str(path))
+
+
+def test_shipped_path_finds_the_source_tree_then_an_installed_share_copy(tmp_path, monkeypatch):
+    from efficientsam3_ros.zoo.manifest import shipped_path
+
+    repo_models = Path(__file__).resolve().parents[1] / "models"
+    assert shipped_path("zoo.yaml") == repo_models / "zoo.yaml"
+    name = "only-in-share-7f3a"
+    assert shipped_path(name) == repo_models / name  # nowhere: the source-tree path, for the error message
+    share = tmp_path / "install" / "share" / "efficientsam3_ros" / "models" / name
+    share.mkdir(parents=True)
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "install"))  # what a sourced colcon workspace sets
+    assert shipped_path(name) == share

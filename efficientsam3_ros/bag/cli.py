@@ -58,14 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--score-threshold",
         type=float,
-        default=0.5,
-        help="drop instances scoring below this (SAM3's and the node's default %(default)s)",
+        default=None,
+        help="drop instances scoring below this (default: the model's operating point, SAM3's 0.5 "
+        "unless the model carries its own)",
     )
     parser.add_argument(
         "--new-track-threshold",
         type=float,
-        default=0.7,
-        help="a detection starts a new track only at this score (SAM3's new_det_thresh, default %(default)s)",
+        default=None,
+        help="a detection starts a new track only at this score (default: the model's operating point, "
+        "SAM3's new_det_thresh 0.7 unless the model carries its own)",
     )
     parser.add_argument(
         "--every", type=int, default=1, metavar="N", help="process every N-th image (default 1)"

@@ -75,8 +75,9 @@ class EvalConfig:
     input_size: int | None = None
     memory: str = "none"  # none | perceiver | dense: propagate tracks through a memory tracker
     memory_checkpoint: str | None = None  # trained tracker weights (stage-2 export) for ``memory``
-    score_threshold: float = 0.5  # instances scoring below are dropped (the node's default)
-    new_track_threshold: float = 0.7  # a detection starts a track only at this score (SAM3's new_det_thresh)
+    # None: the model's operating point (ModelConfig.operating_point; SAM3's 0.5 / 0.7 by default)
+    score_threshold: float | None = None  # instances scoring below are dropped
+    new_track_threshold: float | None = None  # a detection starts a track only at this score
     every: int = 1
     max_frames: int | None = None
     gt: Path | None = None
@@ -132,6 +133,11 @@ def build_segmenter(config: EvalConfig) -> Segmenter:
     from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
     from efficientsam3_ros.tracking import TrackingConfig
 
+    tracking = (
+        True
+        if config.new_track_threshold is None
+        else TrackingConfig(new_det_threshold=config.new_track_threshold)
+    )
     return ConceptSegmenter.from_name(
         config.model,
         checkpoint=config.checkpoint,
@@ -141,7 +147,7 @@ def build_segmenter(config: EvalConfig) -> Segmenter:
         memory=config.memory,
         memory_checkpoint=config.memory_checkpoint,
         score_threshold=config.score_threshold,
-        tracking=TrackingConfig(new_det_threshold=config.new_track_threshold),
+        tracking=tracking,
     )
 
 
@@ -180,7 +186,7 @@ def evaluate_bag(
         ("--score-threshold", config.score_threshold),
         ("--new-track-threshold", config.new_track_threshold),
     ):
-        if not 0.0 <= value <= 1.0:
+        if value is not None and not 0.0 <= value <= 1.0:
             return _usage(f"{flag} must be in [0, 1] (scores are probabilities), got {value}")
     out_dir = Path(config.out_dir)
     results_path = out_dir / "results"
@@ -227,6 +233,7 @@ def evaluate_bag(
             reset()  # a bag starts with no tracks, even when the segmenter served another bag before
         segmenter.set_concepts(list(config.concepts))
         backend = dict(segmenter.backend_info)
+        run_info.update(getattr(segmenter, "operating_point", {}))  # the thresholds actually used
 
         storage = config.storage or source.info.storage
         run_info["results_storage"] = storage

@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 
 DEMO_SEED = 90210  # held out: the demo model's training recipe never uses this seed
-#: The demo model's operating point, chosen on a validation sequence (world seed 5, not a
-#: held-out one; models/demo/MODEL_CARD.md): trained on hard negatives, its true detections
-#: score 0.3-0.6, under SAM3's 0.5 / 0.7, while absent concepts stay under 0.25.
-DEMO_SCORE_THRESHOLD = 0.25
-DEMO_NEW_TRACK_THRESHOLD = 0.35
-DEMO_DIR = Path(__file__).resolve().parents[2] / "models" / "demo"
+
+
+def demo_dir() -> Path:
+    """The shipped demo model's folder: ``models/demo`` of the source tree, or the colcon-installed copy."""
+    from ..zoo.manifest import shipped_path
+
+    return shipped_path("demo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,15 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--score-threshold",
         type=float,
         default=None,
-        help=f"drop instances under this score (default: the demo model's {DEMO_SCORE_THRESHOLD}, "
-        "else SAM3's 0.5)",
+        help="drop instances under this score (default: the model's operating point; the demo "
+        "model's is in its model.json)",
     )
     parser.add_argument(
         "--new-track-threshold",
         type=float,
         default=None,
-        help=f"score a detection needs to start a track (default: the demo model's "
-        f"{DEMO_NEW_TRACK_THRESHOLD}, else SAM3's 0.7)",
+        help="score a detection needs to start a track (default: the model's operating point)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the world/ and eval/ folders in --out"
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def default_model() -> tuple[str, str | None, str]:
     """(model, checkpoint, note): the shipped demo model if present, else the tiny random one."""
-    weights = DEMO_DIR / "model.safetensors"
+    weights = demo_dir() / "model.safetensors"
     if weights.is_file():
         return str(weights), None, f"demo model {weights}"
     return (
@@ -81,21 +81,13 @@ def run(args: argparse.Namespace) -> int:
             if not args.overwrite:
                 raise CliError(f"{folder} already exists; pass --overwrite or choose another --out")
             shutil.rmtree(folder)
-    thresholds: dict[str, float] = {}  # empty: eval-bag's own (SAM3's) defaults
     if args.model:
         model, checkpoint, note = args.model, args.checkpoint, f"model {args.model}"
     else:
         model, checkpoint, note = default_model()
-        thresholds = {
-            "score_threshold": DEMO_SCORE_THRESHOLD,
-            "new_track_threshold": DEMO_NEW_TRACK_THRESHOLD,
-        }
-    for name in ("score_threshold", "new_track_threshold"):
-        if getattr(args, name) is not None:
-            thresholds[name] = getattr(args, name)
     memory_checkpoint = args.memory_checkpoint
     if args.memory != "none" and memory_checkpoint is None:
-        tracker = DEMO_DIR / "tracker.safetensors"
+        tracker = demo_dir() / "tracker.safetensors"
         if args.model or not tracker.is_file():
             raise CliError(
                 f"--memory {args.memory} needs trained tracker weights: pass --memory-checkpoint "
@@ -116,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         device="cpu",
         memory=args.memory,
         memory_checkpoint=memory_checkpoint,
-        **thresholds,
+        score_threshold=args.score_threshold,
+        new_track_threshold=args.new_track_threshold,
         gt=gt_json,
         overlay=True,
         progress=not args.no_progress,
@@ -177,8 +170,10 @@ def print_summary(report: dict, gif: Path, gif_frames: int, outcome) -> None:
     print(f"  backend              {backend.get('backend', '?')}")
     run = report.get("run", {})
     print(f"  track memory         {run.get('memory', 'none')}")
+    crop = ", masks cropped to their boxes" if run.get("crop_masks_to_boxes") else ""
     print(
         f"  thresholds           score {run.get('score_threshold')}, new track {run.get('new_track_threshold')}"
+        + crop
     )
     scores = report.get("scores") or {}
     ious, coco, tracking = scores.get("mask_iou", {}), scores.get("coco", {}), scores.get("tracking", {})

@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input-size", type=int, default=None, help="model input side (default: the model's)"
     )
     parser.add_argument(
-        "--score-threshold", type=float, default=0.5, help="keep instances scoring above this"
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="keep instances scoring above this (default: the model's operating point, SAM3's 0.5 "
+        "unless the model carries its own)",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument(

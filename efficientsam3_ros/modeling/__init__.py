@@ -6,7 +6,7 @@ trunk feature, one bounded ``TrackMemory`` per track) and ``InstancePredictor`` 
 point/box prompts on the tracker's heads).
 """
 
-from .config import ModelConfig
+from .config import ModelConfig, OperatingPoint
 from .efficientsam3 import ConceptFeatures, DetectorOutput, EfficientSam3Model
 from .instance import InstancePredictor
 from .memory import TrackMemory
@@ -22,6 +22,7 @@ __all__ = [
     "EfficientSam3Model",
     "InstancePredictor",
     "ModelConfig",
+    "OperatingPoint",
     "TrackMemory",
     "TrackerConfig",
     "TrackerModel",

@@ -90,6 +90,41 @@ MOBILECLIP_TEXT: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Where a model's scores become published instances, carried with the model.
+
+    SAM3's own values by default. A model trained to another calibration carries its own, so
+    every front door (node, ``segment``, ``eval-bag``, ``demo``) runs it where it was measured
+    unless the user says otherwise: the demo model, trained on hard negatives, scores its true
+    detections 0.3-0.6, under SAM3's 0.5 / 0.7 (models/demo/MODEL_CARD.md).
+    """
+
+    score_threshold: float = 0.5
+    """Instances scoring below are dropped (SAM3's ``score_threshold_detection``)."""
+
+    new_track_threshold: float = 0.7
+    """A detection starts a new track only at this score (SAM3 video's ``new_det_thresh``)."""
+
+    crop_masks_to_boxes: bool = False
+    """Zero each mask outside its own predicted box (plus a small margin). SAM3 does not: its
+    masks are sharp. A small model's coarse mask head paints every same-concept object into
+    each query's mask; its boxes stay per instance, so cropping separates the instances."""
+
+    def __post_init__(self) -> None:
+        for name in ("score_threshold", "new_track_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"operating_point.{name} must be in [0, 1] (scores are probabilities), got {value}"
+                )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OperatingPoint:
+        check_known_keys(cls, data, "operating_point keys")
+        return cls(**data)
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to build one EfficientSAM3 model.
@@ -119,6 +154,8 @@ class ModelConfig:
     #: TrackerConfig fields that differ from SAM3's tracker for this model (empty: SAM3's sizes).
     #: Small models need a small tracker: 256+256 Perceiver latents would outnumber a 12x12 grid.
     tracker: dict[str, Any] = field(default_factory=dict)
+    #: the thresholds and mask clean-up this model is run at (files written before it existed: SAM3's)
+    operating_point: OperatingPoint = field(default_factory=OperatingPoint)
     description: str = ""
 
     @property
@@ -152,4 +189,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         check_known_keys(cls, data, "model config keys")
-        return cls(**copy.deepcopy(data))
+        data = copy.deepcopy(data)
+        if isinstance(data.get("operating_point"), dict):
+            data["operating_point"] = OperatingPoint.from_dict(data["operating_point"])
+        return cls(**data)

@@ -54,6 +54,29 @@ def masks_to_image(
     return (up[:, 0] > threshold).cpu().numpy()
 
 
+#: How far a mask may reach past its own box when cropped (fraction of the box side; plus
+#: BOX_CROP_PIXELS), so a slightly tight box does not shave the object's edge.
+BOX_CROP_MARGIN = 0.1
+BOX_CROP_PIXELS = 2.0
+
+
+def crop_masks_to_boxes(masks: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+    """Bool masks [N, H, W] with everything outside each one's pixel box [N, 4] (grown a little) cleared.
+
+    Pixel (x, y) covers [x, x + 1): it stays when its centre lies inside the grown box.
+    """
+    if len(masks) == 0:
+        return masks
+    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+    grow_x = BOX_CROP_MARGIN * (boxes[:, 2] - boxes[:, 0]) + BOX_CROP_PIXELS
+    grow_y = BOX_CROP_MARGIN * (boxes[:, 3] - boxes[:, 1]) + BOX_CROP_PIXELS
+    xs = np.arange(masks.shape[2], dtype=np.float32) + 0.5
+    ys = np.arange(masks.shape[1], dtype=np.float32) + 0.5
+    cols = (xs >= (boxes[:, :1] - grow_x[:, None])) & (xs <= (boxes[:, 2:3] + grow_x[:, None]))  # [N, W]
+    rows = (ys >= (boxes[:, 1:2] - grow_y[:, None])) & (ys <= (boxes[:, 3:4] + grow_y[:, None]))  # [N, H]
+    return masks & rows[:, :, None] & cols[:, None, :]
+
+
 def boxes_to_image(boxes_xyxy_norm: torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:
     """[N, 4] normalised xyxy -> float32 pixel xyxy clipped to the image."""
     height, width = image_size

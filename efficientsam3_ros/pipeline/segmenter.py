@@ -30,7 +30,7 @@ from ..modeling.tracker_neck import TrackerFrame
 from ..runtime import Backend, ImageFeatures, RuntimeOptions, select_backend
 from ..runtime.torch_backend import TorchBackend
 from ..tracking import ConceptTracker, TrackingConfig
-from .preprocess import boxes_to_image, masks_to_image, preprocess, validate_image
+from .preprocess import boxes_to_image, crop_masks_to_boxes, masks_to_image, preprocess, validate_image
 from .results import FrameResult, Instance
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,9 @@ class ConceptSegmenter:
         model: EfficientSam3Model,
         *,
         backend: Backend | None = None,
-        score_threshold: float = 0.5,
+        score_threshold: float | None = None,
         mask_threshold: float = 0.0,
+        crop_masks_to_boxes: bool | None = None,
         max_concepts: int = DEFAULT_MAX_CONCEPTS,
         tracker: ConceptTracker | None = None,
         memory: TrackerModel | None = None,
@@ -67,6 +68,9 @@ class ConceptSegmenter:
 
         Without ``memory`` a track's prediction for the next frame is its last mask; with it,
         the mask its memory predicts, which keeps ids through fast motion and short misses.
+        ``score_threshold`` and ``crop_masks_to_boxes`` left at None take the model's operating
+        point (``model.config.operating_point``: SAM3's 0.5 and no cropping, unless the model
+        was trained to another).
         """
         if memory is not None and tracker is None:
             raise ValueError(
@@ -74,8 +78,12 @@ class ConceptSegmenter:
             )
         self.model = model.eval()
         self.backend = backend if backend is not None else TorchBackend(model, device=str(self.model_device))
-        self.score_threshold = score_threshold
+        point = model.config.operating_point
+        self.score_threshold = point.score_threshold if score_threshold is None else score_threshold
         self.mask_threshold = mask_threshold
+        self.crop_masks_to_boxes = (
+            point.crop_masks_to_boxes if crop_masks_to_boxes is None else crop_masks_to_boxes
+        )
         self.max_concepts = max_concepts
         self.tracker = tracker
         self.memory = memory.eval() if memory is not None else None
@@ -101,6 +109,7 @@ class ConceptSegmenter:
             backend=self.backend,
             score_threshold=self.score_threshold,
             mask_threshold=self.mask_threshold,
+            crop_masks_to_boxes=self.crop_masks_to_boxes,
             max_concepts=self.max_concepts,
             tracker=tracker,
             memory=self.memory if tracker is not None else None,
@@ -126,7 +135,8 @@ class ConceptSegmenter:
         """Build the model (registry or zoo name, checkpoint file, HF directory) and pick a backend.
 
         ``tracking`` attaches a ConceptTracker (stable track ids across frames); pass False for
-        single images, or a TrackingConfig to change its thresholds.
+        single images, or a TrackingConfig to change its thresholds (True: SAM3's rules, with the
+        model's operating point for starting a track).
 
         ``memory`` picks how tracks are predicted from frame to frame: ``"none"`` (the default)
         re-uses a track's last mask; ``"perceiver"`` (EfficientSAM3's Stage-2 memory) and
@@ -151,7 +161,8 @@ class ConceptSegmenter:
         tracker_model = None
         if memory != "none":
             tracker_model = build_memory_tracker(model, memory, memory_checkpoint)
-        return cls(model, backend=chain, tracker=make_tracker(tracking), memory=tracker_model, **kwargs)
+        tracker = make_tracker(tracking, model.config.operating_point.new_track_threshold)
+        return cls(model, backend=chain, tracker=tracker, memory=tracker_model, **kwargs)
 
     # ------------------------------------------------------------------- concepts
     @property
@@ -161,6 +172,17 @@ class ConceptSegmenter:
     @property
     def input_size(self) -> int:
         return self.model.config.image_size
+
+    @property
+    def operating_point(self) -> dict[str, object]:
+        """The thresholds and mask clean-up this segmenter runs at (for reports)."""
+        point: dict[str, object] = {
+            "score_threshold": self.score_threshold,
+            "crop_masks_to_boxes": self.crop_masks_to_boxes,
+        }
+        if self.tracker is not None:
+            point["new_track_threshold"] = self.tracker.config.new_det_threshold
+        return point
 
     @property
     def backend_info(self) -> dict:
@@ -311,6 +333,8 @@ class ConceptSegmenter:
             keep = keep[scores[k, keep].argsort(descending=True)]
             masks = masks_to_image(out.pred_masks[k, keep], image_size, self.mask_threshold)
             boxes = boxes_to_image(out.pred_boxes[k, keep], image_size)
+            if self.crop_masks_to_boxes:
+                masks = crop_masks_to_boxes(masks, boxes)
             for j in range(len(keep)):
                 instances.append(
                     Instance(
@@ -394,11 +418,18 @@ class ConceptSegmenter:
         return m[0, 0]
 
 
-def make_tracker(tracking: bool | TrackingConfig) -> ConceptTracker | None:
-    """``True`` -> default SAM3-video rules, a config -> those rules, ``False`` -> no tracking."""
+def make_tracker(
+    tracking: bool | TrackingConfig, new_track_threshold: float | None = None
+) -> ConceptTracker | None:
+    """``True`` -> SAM3-video rules (births at ``new_track_threshold`` when given, e.g. the
+    model's operating point), a config -> those rules, ``False`` -> no tracking."""
     if tracking is False:
         return None
-    return ConceptTracker(tracking if isinstance(tracking, TrackingConfig) else None)
+    if isinstance(tracking, TrackingConfig):
+        return ConceptTracker(tracking)
+    if new_track_threshold is None:
+        return ConceptTracker()
+    return ConceptTracker(TrackingConfig(new_det_threshold=new_track_threshold))
 
 
 def build_memory_tracker(

@@ -493,13 +493,22 @@ def mask_probability_to_logit(probability: float) -> float:
 
 
 def _apply_thresholds(segmenter: Segmenter, config: NodeConfig) -> None:
-    segmenter.score_threshold = float(config.score_threshold)
+    """Push the threshold parameters into the pipeline; a negative one means the model's own."""
+    from ..modeling.config import OperatingPoint
+
+    model = getattr(segmenter, "model", None)
+    point = getattr(getattr(model, "config", None), "operating_point", None) or OperatingPoint()
+
+    def own(value: float, name: str) -> float:
+        return float(value) if value >= 0 else float(getattr(point, name))
+
+    segmenter.score_threshold = own(config.score_threshold, "score_threshold")
     segmenter.mask_threshold = mask_probability_to_logit(config.mask_threshold)
     tracker = getattr(segmenter, "tracker", None)
     if tracker is not None:  # the tracking config is immutable: swap in an updated copy
         tracker.config = dataclasses.replace(
             tracker.config,
-            new_det_threshold=float(config.track_new_threshold),
+            new_det_threshold=own(config.track_new_threshold, "new_track_threshold"),
             assoc_iou_threshold=float(config.track_match_iou),
             max_missed_frames=int(config.track_max_missed_frames),
             max_tracks=int(config.max_tracks),

@@ -138,10 +138,11 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "score_threshold",
         "float",
-        0.5,
-        "Minimum instance score to publish.",
+        -1.0,
+        "Minimum instance score to publish; -1: the model's own operating point (SAM3's 0.5 unless "
+        "the model carries another, e.g. the demo model's 0.25).",
         dynamic=True,
-        minimum=0.0,
+        minimum=-1.0,
         maximum=1.0,
     ),
     ParamSpec(
@@ -156,10 +157,11 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "track_new_threshold",
         "float",
-        0.7,
-        "Score a detection needs to start a new track (SAM3 video: 0.7).",
+        -1.0,
+        "Score a detection needs to start a new track; -1: the model's own operating point "
+        "(SAM3 video's 0.7 unless the model carries another).",
         dynamic=True,
-        minimum=0.0,
+        minimum=-1.0,
         maximum=1.0,
     ),
     ParamSpec(

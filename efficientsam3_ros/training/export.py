@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..modeling import EfficientSam3Model
+from ..modeling import EfficientSam3Model, TrackerModel
 from ..modeling.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
 from ..modeling.tracker_checkpoint import TRACKER_FORMAT
 
@@ -45,6 +45,14 @@ def export_model(model: nn.Module, path: str | Path, extra: dict[str, Any] | Non
     os.replace(sidecar_path(tmp), sidecar_path(path))
     os.replace(tmp, path)
     return path
+
+
+def export_tracker(tracker: TrackerModel, path: str | Path) -> Path:
+    """A stage-2 tracker file: its weights, its TrackerConfig and the image model it reads
+    (``modeling.tracker_checkpoint.load_tracker`` checks that one against the model it joins)."""
+    return export_model(
+        tracker, path, extra={"image_config": tracker.image_config.to_dict(), "kind": "tracker"}
+    )
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = False) -> list[str]:

@@ -30,7 +30,7 @@ from ..modeling.tracker import TrackerModel, TrackerOutput
 from .config import TrainConfig, VideoStageOptions
 from .data import build_dataset
 from .distributed import DistContext
-from .export import export_model, transfer_matching
+from .export import export_tracker, transfer_matching
 from .losses import bce_loss, dice_loss, iou_prediction_loss, sigmoid_focal_loss, weighted_sum
 from .models import build_student, build_tracker, freeze
 from .trainer import StageRunner, set_trainable
@@ -159,10 +159,4 @@ class MemoryDistillStage(StageRunner):
         self.module = MemoryDistillModule(student, teacher, image_model, options, trainable)
 
     def export(self, path: Path) -> Path:
-        image_config = self._image_config()
-        return export_model(
-            self.module.student, path, extra={"image_config": image_config, "kind": "tracker"}
-        )
-
-    def _image_config(self) -> dict:
-        return self.module._frozen[1].config.to_dict()
+        return export_tracker(self.module.student, path)

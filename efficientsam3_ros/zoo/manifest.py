@@ -63,11 +63,17 @@ def default_zoo_path() -> Path:
     env = os.environ.get(ZOO_ENV)
     if env:
         return Path(env)
+    return shipped_path("zoo.yaml")
+
+
+def shipped_path(relative: str) -> Path:
+    """``models/<relative>`` as shipped: the source tree's (editable installs), else the copy a
+    colcon build installs to ``share/efficientsam3_ros/models``; the source-tree path if neither exists."""
     here = Path(__file__).resolve()
-    candidates = [here.parents[2] / "models" / "zoo.yaml", here.parents[1] / "models" / "zoo.yaml"]
-    candidates += [Path(p) / "share" / "efficientsam3_ros" / "models" / "zoo.yaml" for p in _prefixes()]
+    candidates = [here.parents[2] / "models" / relative, here.parents[1] / "models" / relative]
+    candidates += [Path(p) / "share" / "efficientsam3_ros" / "models" / relative for p in _prefixes()]
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.exists():
             return candidate
     return candidates[0]
 

@@ -35,9 +35,9 @@ CONCEPTS=("red circle" "blue square" "green triangle" "yellow star" "purple hexa
           "red square" "blue circle")  # synthetic.DEFAULT_CONCEPTS, what the demo prompts with
 HELDOUT_SEEDS=(424242 424243 424244)   # never used for training data (training uses seed 1 and 2)
 HELDOUT_FRAMES=60
-# The demo model's operating point (commands/demo.py: DEMO_SCORE_THRESHOLD, DEMO_NEW_TRACK_THRESHOLD),
-# chosen on a validation sequence (seed 5); every row below is scored at it.
-THRESHOLDS=(--score-threshold 0.25 --new-track-threshold 0.35)
+# Every row below is scored at the model's own operating point (score and new-track thresholds,
+# masks cropped to boxes), which the demo models carry in their config (registry.DEMO_OPERATING_POINT,
+# chosen on a validation sequence, seed 5) and so in every export.
 
 # ------------------------------------------------------------------------------------- data
 stamp "writing world data"
@@ -83,7 +83,7 @@ for who in teacher student student+memory; do
         rm -rf "$out"
         stamp "eval-bag $who on held-out seed $seed"
         efficientsam3 eval-bag "data/heldout-$seed/bag" --image-topic /camera/image_raw "${CONCEPT_ARGS[@]}" \
-            --model "$model" "${memory[@]}" "${THRESHOLDS[@]}" --backend torch --device cpu \
+            --model "$model" "${memory[@]}" --backend torch --device cpu \
             --gt "data/heldout-$seed/gt.json" --no-progress --out "$out"
     done
 done
