@@ -46,6 +46,10 @@ def test_bad_values_are_named():
         config_from_dict({"stage": "stage9"})
     with pytest.raises(ConfigError, match=r"data\.hflip.*feature_cache"):
         config_from_dict({"stage": "stage1-image", "data": {"hflip": 0.5}, "options": {"feature_cache": "c"}})
+    with pytest.raises(ConfigError, match=r"data\.phrases_per_image.*only stage3"):
+        config_from_dict({"stage": "stage2", "data": {"format": "sav", "phrases_per_image": 4}})
+    with pytest.raises(ConfigError, match=r"data\.phrases_per_image.*at least 1"):
+        config_from_dict({"stage": "stage3", "data": {"format": "saco", "phrases_per_image": 0}})
 
 
 def test_overrides_parse_yaml_values(tmp_path):

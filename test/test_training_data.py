@@ -156,3 +156,31 @@ def test_sampler_resumes_mid_epoch_and_shards_ranks():
     assert not {i for i, _ in r0} & {i for i, _ in r1}
     with pytest.raises(ValueError, match="batch"):
         ResumableBatchSampler(3, 4)
+
+
+def test_grouped_sampler_keeps_an_images_phrases_together_and_still_resumes():
+    keys = [f"img{i // 5}" for i in range(40)]  # 8 images x 5 phrases
+    sampler = ResumableBatchSampler(40, 8, seed=3, group_keys=keys, group_size=4)
+    it = iter(sampler)
+    epoch = [[i for i, _ in next(it)] for _ in range(sampler.batches_per_epoch)]
+    drawn = [i for batch in epoch for i in batch]
+    assert len(drawn) == len(set(drawn)) == 40  # every datapoint once per epoch
+    # runs of up to 4 phrases of one image sit together: a batch of 8 spans at most 4 images
+    # (two runs of 4, or shorter runs), where independent draws would span about 6
+    distinct = [len({keys[i] for i in batch}) for batch in epoch]
+    assert max(distinct) <= 4 and sum(distinct) / len(distinct) < 3.5
+    next_epoch = [[i for i, _ in next(it)] for _ in range(2)]
+    resumed = iter(ResumableBatchSampler(40, 8, seed=3, start_batch=3, group_keys=keys, group_size=4))
+    assert [[i for i, _ in next(resumed)] for _ in range(4)] == (epoch + next_epoch)[3:7]
+    r0, r1 = (
+        {
+            i
+            for i, _ in next(
+                iter(ResumableBatchSampler(40, 8, rank=r, world_size=2, group_keys=keys, group_size=4))
+            )
+        }
+        for r in (0, 1)
+    )
+    assert not r0 & r1
+    with pytest.raises(ValueError, match="group_keys"):
+        ResumableBatchSampler(40, 8, group_keys=keys[:-1], group_size=4)

@@ -7,6 +7,7 @@ last 10 of 50 steps must be below a fraction of the mean of the first 10.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 
@@ -145,6 +146,34 @@ def test_aux_weight_zero_trains_the_last_layer_only(datasets, tmp_path, one_thre
     )
     result = train(config)
     assert all(row["aux"] == 0 for row in result.history)
+
+
+def test_stage3_with_phrases_grouped_per_image_trains(datasets, tmp_path, one_thread):
+    from efficientsam3_ros.training.stage3 import ConceptModule
+
+    seen = []
+    original = ConceptModule.forward
+
+    def counting(self, batch, generator):
+        seen.append((len(batch), len({s["key"] for s in batch})))
+        return original(self, batch, generator)
+
+    config = _config(
+        "tiny_stage3",
+        tmp_path,
+        f"data.root={datasets['saco']}",
+        "data.limit=null",
+        "run.steps=3",
+        "run.batch_size=4",
+        "data.phrases_per_image=4",
+    )
+    ConceptModule.forward = counting
+    try:
+        result = train(config)
+    finally:
+        ConceptModule.forward = original
+    assert result.step == 3 and all(math.isfinite(x) for x in result.losses())
+    assert all(n == 4 for n, _ in seen) and any(images < 4 for _, images in seen)
 
 
 def test_stage3_freeze_patterns_choose_what_trains(datasets, tmp_path, one_thread):
@@ -322,3 +351,29 @@ def test_stage2_on_ground_truth_trains_a_whole_tracker_that_the_pipeline_loads(
     other = build_model("demo-student").config
     with pytest.raises(FileError, match="is a tracker for es-ev-tiny"):
         load_tracker(result.export_path, other)
+
+
+def test_stage3_encodes_each_distinct_image_once_with_the_same_outputs():
+    from efficientsam3_ros.training.stage3 import distinct_images, run_detector
+
+    torch.manual_seed(0)
+    model = build_model("es-ev-tiny").eval()
+    a, b = torch.randn(3, 112, 112), torch.randn(3, 112, 112)
+    batch = [
+        {"key": "a.jpg", "pixels": a, "phrase": "red circle"},
+        {"key": "b.jpg", "pixels": b, "phrase": "red circle"},
+        {"key": "a.jpg", "pixels": a.clone(), "phrase": "blue square"},
+        {"key": "a.jpg", "pixels": a.flip(-1), "phrase": "green star"},  # flipped: an image of its own
+    ]
+    images, index = distinct_images(batch)
+    assert images.shape[0] == 3 and index.tolist() == [0, 1, 0, 2]
+    phrases = [s["phrase"] for s in batch]
+    calls = []
+    hook = model.image_trunk.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
+    with torch.no_grad():
+        shared = run_detector(model, images, phrases, index)
+        hook.remove()
+        repeated = run_detector(model, torch.stack([s["pixels"] for s in batch]), phrases)
+    assert calls == [3]  # three images through the trunk for four datapoints
+    torch.testing.assert_close(shared.pred_logits, repeated.pred_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(shared.pred_masks, repeated.pred_masks, rtol=1e-4, atol=1e-4)

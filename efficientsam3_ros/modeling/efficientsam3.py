@@ -12,6 +12,7 @@ and ``detect`` per frame, batched over all active concepts.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -132,14 +133,8 @@ class EfficientSam3Model(nn.Module):
         k = len(concepts)
         if image_features.fpn_hidden_states[0].shape[0] != 1:
             raise ValueError("detect() takes the features of one image; call it once per image")
-        expanded = Sam3VisionEncoderOutput(
-            fpn_hidden_states=tuple(f.expand(k, -1, -1, -1) for f in image_features.fpn_hidden_states),
-            fpn_position_encoding=tuple(
-                p.expand(k, -1, -1, -1) for p in image_features.fpn_position_encoding
-            ),
-        )
         out = self.detector(
-            vision_embeds=expanded,
+            vision_embeds=map_image_features(image_features, lambda f: f.expand(k, -1, -1, -1)),
             text_embeds=_TextEmbeds(concepts.embeds),
             attention_mask=concepts.mask,
             input_boxes=input_boxes,
@@ -156,6 +151,20 @@ class EfficientSam3Model(nn.Module):
             pixel_values=pixels, input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
         )
         return _detector_output(out)
+
+
+def map_image_features(
+    features: Sam3VisionEncoderOutput, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> Sam3VisionEncoderOutput:
+    """The FPN levels and their position encodings (what the detector reads) with ``fn`` applied.
+
+    One image's features serve several prompts: ``detect`` expands them to one row per concept,
+    stage-3 training gathers one row per datapoint (``f[index]``) from each distinct image.
+    """
+    return Sam3VisionEncoderOutput(
+        fpn_hidden_states=tuple(fn(f) for f in features.fpn_hidden_states),
+        fpn_position_encoding=tuple(fn(p) for p in features.fpn_position_encoding),
+    )
 
 
 class _TextEmbeds:

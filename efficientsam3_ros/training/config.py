@@ -58,6 +58,9 @@ class DataSection:
     clip_length: int = 4  # stage 2: frames per training clip
     max_objects: int = 4  # stage 2 objects per clip / stage1 prompts per image
     negatives_per_image: int = 1  # COCO -> concept pairs: absent category names per image
+    # stage 3: batch up to this many of one image's phrases side by side; the image is encoded once
+    # for all of them (SAM3 trains many phrases per image), so a step costs less; 1 = independent draws
+    phrases_per_image: int = 1
     limit: int | None = None  # use only the first N records (debugging)
     num_workers: int = 0
 
@@ -314,6 +317,12 @@ def _check_values(config: TrainConfig) -> None:
     need(0.0 <= config.data.hflip <= 1.0, "data.hflip", "a probability in [0, 1]")
     need(config.data.clip_length >= 2, "data.clip_length", "at least 2 frames (1 prompt + 1 tracked)")
     need(config.data.max_objects >= 1, "data.max_objects", "at least 1")
+    need(config.data.phrases_per_image >= 1, "data.phrases_per_image", "at least 1 (1: no grouping)")
+    need(
+        config.data.phrases_per_image == 1 or config.stage == "stage3",
+        "data.phrases_per_image",
+        "only stage3 encodes an image once for several phrases; leave it at 1",
+    )
     need(config.run.steps >= 1, "run.steps", "at least 1")
     need(config.run.batch_size >= 1, "run.batch_size", "at least 1")
     need(config.run.checkpoint_every >= 1, "run.checkpoint_every", "at least 1")

@@ -27,6 +27,7 @@ from torchvision.ops import box_convert
 from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
 
 from ..modeling import EfficientSam3Model
+from ..modeling.efficientsam3 import map_image_features
 from .config import ConceptStageOptions, TrainConfig
 from .data import build_dataset
 from .distributed import DistContext
@@ -51,13 +52,46 @@ class _Pooled:
         self.pooler_output = pooler_output
 
 
-def run_detector(model: EfficientSam3Model, pixels: torch.Tensor, phrases: list[str]) -> Any:
-    """B images with one phrase each, batched through the detector (training path, with grad)."""
+def run_detector(
+    model: EfficientSam3Model,
+    pixels: torch.Tensor,
+    phrases: list[str],
+    image_index: torch.Tensor | None = None,
+) -> Any:
+    """B datapoints (an image and one phrase each), batched through the detector (training path, with grad).
+
+    ``pixels`` holds one row per datapoint, or, with ``image_index`` ([B], datapoint -> row), one row
+    per distinct image: each image is then encoded once however many of its phrases the batch holds.
+    """
     ids, mask = model.tokenize(phrases)
     ids, mask = ids.to(pixels.device), mask.to(pixels.device)
     vision = model.encode_image(pixels)
+    if image_index is not None:
+        index = image_index.to(pixels.device)
+        vision = map_image_features(vision, lambda f: f.index_select(0, index))
     text = model.encode_tokens(ids, mask)
     return model.detector(vision_embeds=vision, text_embeds=_Pooled(text), attention_mask=mask)
+
+
+def distinct_images(batch: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels [U, 3, S, S] of the batch's distinct images, index [B] of each datapoint's row).
+
+    Datapoints of one image (same ``key``) share a row only when their pixels are identical: a
+    flip augmentation drawn for one of them makes it an image of its own.
+    """
+    rows: list[torch.Tensor] = []
+    by_key: dict[str | None, list[int]] = {}
+    index = []
+    for sample in batch:
+        pixels = sample["pixels"]
+        key = sample.get("key")
+        same = next((r for r in by_key.get(key, []) if torch.equal(rows[r], pixels)), None)
+        if same is None:
+            same = len(rows)
+            rows.append(pixels)
+            by_key.setdefault(key, []).append(same)
+        index.append(same)
+    return torch.stack(rows), torch.tensor(index, dtype=torch.int64)
 
 
 class DecoderTap:
@@ -135,15 +169,16 @@ class ConceptModule(nn.Module):
     def forward(self, batch: list[dict[str, Any]], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         opts = self.options
         device = next(self.student.parameters()).device
-        pixels = torch.stack([s["pixels"] for s in batch]).to(device)
+        images, image_index = distinct_images(batch)
+        images = images.to(device)
         phrases = [s["phrase"] for s in batch]
         tap = DecoderTap(self.student)
         try:
-            out = run_detector(self.student, pixels, phrases)
+            out = run_detector(self.student, images, phrases, image_index)
             all_logits, all_boxes, all_presence = tap.layers()
         finally:
             tap.close()
-        size = pixels.shape[-1]
+        size = images.shape[-1]
         mask_size = out.pred_masks.shape[-2:]
         parts = {k: [] for k in ("class", "bbox", "giou", "mask_dice", "mask_focal", "aux")}
         present = torch.tensor([1.0 if len(s["boxes"]) else 0.0 for s in batch], device=device)
@@ -187,7 +222,7 @@ class ConceptModule(nn.Module):
         logs["presence"] = float(presence.detach())
         logs["aux_presence"] = float(aux_presence.detach())
         if opts.distill_weight > 0:
-            distill = self._distill(out, pixels, phrases)
+            distill = self._distill(out, images, phrases, image_index)
             loss = loss + opts.distill_weight * distill
             logs["distill"] = float(distill.detach())
         return loss, logs
@@ -214,10 +249,12 @@ class ConceptModule(nn.Module):
             terms, {"class": opts.class_weight, "bbox": opts.bbox_weight, "giou": opts.giou_weight}
         )
 
-    def _distill(self, out: Any, pixels: torch.Tensor, phrases: list[str]) -> torch.Tensor:
+    def _distill(
+        self, out: Any, images: torch.Tensor, phrases: list[str], image_index: torch.Tensor
+    ) -> torch.Tensor:
         teacher = self._teacher[0]
         with torch.no_grad():
-            ref = run_detector(teacher, pixels, phrases)
+            ref = run_detector(teacher, images, phrases, image_index)
         return (
             soft_bce_loss(out.pred_logits, ref.pred_logits.sigmoid())
             + soft_bce_loss(out.presence_logits, ref.presence_logits.sigmoid())

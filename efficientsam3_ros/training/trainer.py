@@ -135,6 +135,13 @@ def build_stage(config: TrainConfig, ctx: DistContext) -> StageRunner:
     return classes[config.stage](config, ctx)
 
 
+def _group_keys(dataset: Any, phrases_per_image: int) -> list[str] | None:
+    """Each sample's image key, when batches should hold several phrases of one image."""
+    if phrases_per_image <= 1:
+        return None
+    return [dataset.key(i) for i in range(len(dataset))]
+
+
 def _batches(loader: DataLoader) -> Iterator[Any]:
     yield from loader
 
@@ -204,6 +211,8 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
         ctx.world_size,
         seed=run.seed,
         start_batch=start * optim.grad_accum,
+        group_keys=_group_keys(stage.dataset, config.data.phrases_per_image),
+        group_size=config.data.phrases_per_image,
     )
     loader = DataLoader(
         stage.dataset,

@@ -5,7 +5,8 @@
 #   3. stage1-image distils the teacher's trunk into the slim EfficientViT student ("demo-student");
 #   4. stage2 trains the student's Perceiver-memory tracker on SA-V-style world clips (the whole
 #      tracker, on the clips' masks: no SAM3 tracker exists to distil from in this world);
-#   5. stage3 fine-tunes the student end to end, distilling the teacher's outputs;
+#   5. stage3 fine-tunes the student end to end on the world's ground truth (several phrases of
+#      one image per batch, so each image is encoded once for all of them);
 #   6. `efficientsam3 eval-bag --gt` scores teacher and student (without and with the memory
 #      tracker) on held-out world sequences (seeds the training data never uses;
 #      `efficientsam3 demo` itself uses seed 90210);
