@@ -1,0 +1,34 @@
+"""The benchmarks still run against the current code (their numbers live in the README).
+
+A benchmark that silently broke would leave stale numbers behind; this runs one at its
+smallest setting and checks what it reports, never its timings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_step_bench_groups_an_images_phrases(capsys, one_thread):
+    bench = _load("training_step")
+    assert bench.main(["--steps", "1", "--threads", "1", "--models", "demo-student"]) == 0
+    out = capsys.readouterr().out
+    per_batch = {}
+    for line in out.splitlines():
+        if "images per batch" in line:  # "  phrases_per_image 4:  160.0 ms/step (4.2 images per batch of 12)"
+            group = int(line.split(":")[0].split()[-1])
+            per_batch[group] = float(line.split("(")[1].split()[0])
+    assert set(per_batch) == {1, 4}, out
+    # grouped batches hold fewer distinct images: what makes the step cheaper
+    assert per_batch[4] < per_batch[1] <= 12, out
+    assert "faster than 1" in out
