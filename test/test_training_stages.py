@@ -148,7 +148,7 @@ def test_aux_weight_zero_trains_the_last_layer_only(datasets, tmp_path, one_thre
     assert all(row["aux"] == 0 for row in result.history)
 
 
-def test_stage3_with_phrases_grouped_per_image_trains(datasets, tmp_path, one_thread):
+def test_stage3_with_phrases_grouped_per_image_trains(datasets, tmp_path, one_thread, monkeypatch):
     from efficientsam3_ros.training.stage3 import ConceptModule
 
     seen = []
@@ -157,6 +157,8 @@ def test_stage3_with_phrases_grouped_per_image_trains(datasets, tmp_path, one_th
     def counting(self, batch, generator):
         seen.append((len(batch), len({s["key"] for s in batch})))
         return original(self, batch, generator)
+
+    monkeypatch.setattr(ConceptModule, "forward", counting)
 
     config = _config(
         "tiny_stage3",
@@ -167,11 +169,7 @@ def test_stage3_with_phrases_grouped_per_image_trains(datasets, tmp_path, one_th
         "run.batch_size=4",
         "data.phrases_per_image=4",
     )
-    ConceptModule.forward = counting
-    try:
-        result = train(config)
-    finally:
-        ConceptModule.forward = original
+    result = train(config)
     assert result.step == 3 and all(math.isfinite(x) for x in result.losses())
     assert all(n == 4 for n, _ in seen) and any(images < 4 for _, images in seen)
 

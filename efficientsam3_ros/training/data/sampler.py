@@ -61,11 +61,13 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
             seed=seed,
             drop_last=False,
         )
-        # batches per epoch on this rank (the last partial batch is dropped so every step has a full batch)
-        self.batches_per_epoch = max(1, self._inner.num_samples // batch_size)
-        if self._groups is not None:  # grouped: whole batches are dealt to the ranks in turn
+        # batches per epoch on this rank (the last partial batch is dropped so every step has a full
+        # batch); grouped, whole batches are dealt to the ranks in turn
+        if self._groups is None:
+            self.batches_per_epoch = self._inner.num_samples // batch_size
+        else:
             self.batches_per_epoch = dataset_len // batch_size // world_size
-        if self._inner.num_samples < batch_size or self.batches_per_epoch < 1:
+        if self.batches_per_epoch < 1:
             raise ValueError(
                 f"{dataset_len} samples over {world_size} ranks cannot fill a batch of {batch_size}; "
                 "lower run.batch_size"
