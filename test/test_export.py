@@ -74,6 +74,29 @@ def test_graph_wrappers_equal_the_model_api(tiny_model):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+def test_high_res_student_image_graph_matches_the_model_in_onnxruntime(tmp_path):
+    """ModelConfig.high_res_features: the exported image encoder carries the fusion (non-zero here)."""
+    from efficientsam3_ros.modeling import EfficientSam3Model, get_config
+
+    config = get_config("es-ev-tiny")
+    config.high_res_features = True
+    torch.manual_seed(0)
+    model = EfficientSam3Model(config).eval()
+    with torch.no_grad():
+        for param in model.detector.vision_encoder.high_res_fusion.parameters():
+            param.normal_()
+        pixels = torch.rand(1, 3, 112, 112) * 2 - 1
+        ref = model.encode_image(pixels)
+        *fpn, trunk = get_graph("image_encoder").build(model)(pixels)
+    for a, b in zip(fpn, ref.fpn_hidden_states[:3], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(trunk, ref.last_hidden_state, rtol=0, atol=0)
+    spec = get_graph("image_encoder")
+    path = export_graph(spec, model, tmp_path / "image_encoder.onnx")
+    for row in parity_check(spec, model, _session_runner(path, spec)):
+        assert row.max_abs <= ATOL, row
+
+
 def test_check_graph_rejects_a_graph_with_other_names(exported):
     spec = get_graph("text_encoder")
     wrong = GraphSpec("text_encoder", spec.build, ("ids", "mask"), spec.output_names, spec.example_inputs)

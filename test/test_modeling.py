@@ -172,7 +172,8 @@ def test_student_can_take_a_finer_backbone_stage():
     # the demo student reads timm's stride-16 stage (backbone_kwargs["out_indices"]); the
     # nine paper students keep the last stage
     demo = build_model("demo-student")
-    assert demo.image_trunk.backbone.feature_info.reduction() == [16]
+    # stride 16 is the trunk; 4 and 8 are the finer maps its high_res_features hand the FPN
+    assert demo.image_trunk.backbone.feature_info.reduction() == [4, 8, 16]
     assert build_model("es-ev-tiny").image_trunk.backbone.feature_info.reduction() == [32]
     size = demo.config.image_size
     assert demo.trunk_features(torch.randn(1, 3, size, size)).shape[-1] == demo.config.grid_size
@@ -198,3 +199,42 @@ def test_operating_point_travels_with_the_config():
         ModelConfig.from_dict({**data, "operating_point": {"score_threshold": 1.5}})
     with pytest.raises(ValueError, match="unknown operating_point keys"):
         ModelConfig.from_dict({**data, "operating_point": {"score": 0.3}})
+
+
+def _high_res_tiny(**overrides) -> EfficientSam3Model:
+    config = get_config("es-ev-tiny")
+    config.high_res_features = True
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    return EfficientSam3Model(config).eval()
+
+
+def test_high_res_features_start_as_the_plain_student_then_sharpen_the_fine_levels():
+    fused = _high_res_tiny()
+    plain = build_model("es-ev-tiny").eval()
+    missing, unexpected = plain.load_state_dict(fused.state_dict(), strict=False)
+    assert not missing and unexpected and all(".high_res_fusion." in k for k in unexpected)
+    pixels = torch.rand(1, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        before = fused.encode_image(pixels).fpn_hidden_states
+        ref = plain.encode_image(pixels).fpn_hidden_states
+        # zero-initialised: weights trained without the fusion (a stage-1 export) behave as before
+        for a, b in zip(before, ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        for param in fused.detector.vision_encoder.high_res_fusion.parameters():
+            param.normal_()
+        after = fused.encode_image(pixels).fpn_hidden_states
+    changed = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
+    assert changed == [True, True, True, False]  # the levels the detector reads, not the unused 0.5x
+    assert fused(pixels, ["red mug"]).pred_masks.shape == (1, 16, 32, 32)
+
+
+def test_high_res_features_need_a_multi_stage_student_trunk():
+    config = get_config("demo-teacher")
+    config.high_res_features = True
+    with pytest.raises(ValueError, match="high_res_features needs a multi-stage student trunk"):
+        EfficientSam3Model(config)
+    kwargs = {**get_config("es-ev-tiny").backbone_kwargs, "out_indices": (1,)}
+    with pytest.raises(ValueError, match="pick a later trunk stage"):
+        _high_res_tiny(backbone_kwargs=kwargs)

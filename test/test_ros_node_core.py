@@ -327,10 +327,22 @@ def test_diagnostics_report_rates_drops_and_backend():
 
 def test_tracking_parameters_reach_the_tracker_at_run_time():
     core = make_core()
-    ok, why = core.set_parameters({"track_new_threshold": 0.9, "max_tracks": 3, "track_max_missed_frames": 4})
+    ok, why = core.set_parameters(
+        {
+            "track_new_threshold": 0.9,
+            "max_tracks": 3,
+            "track_max_missed_frames": 4,
+            "track_stale_mask_frames": 2,
+        }
+    )
     assert ok, why
     for seg in core._segmenters():
         cfg = seg.tracker.config
-        assert (cfg.new_det_threshold, cfg.max_tracks, cfg.max_missed_frames) == (0.9, 3, 4)
+        assert (cfg.new_det_threshold, cfg.max_tracks, cfg.max_missed_frames, cfg.stale_mask_frames) == (
+            0.9,
+            3,
+            4,
+            2,
+        )
     ok, why = core.set_parameters({"track_match_iou": 0.05})
     assert not ok and "track_match_iou" in why

@@ -116,11 +116,9 @@ def test_mid_overlap_detection_neither_matches_nor_births():
     mid = rect(0, 5, 10, 15)
     assert mask_iou_matrix([mid], [A])[0, 0] == pytest.approx(1 / 3)
     up = trk.update([det(mid, score=0.99)])
-    assert up.new_track_ids == []
-    assert [(i.track_id, i.state) for i in up.instances] == [(1, TrackState.PREDICTED)]
-    np.testing.assert_array_equal(up.instances[0].mask, A)  # last mask, not the detection
+    assert up.new_track_ids == [] and up.instances == []  # no match, no birth, no stale mask
     assert trk.stats.dropped_detections == 1
-    assert len(trk) == 1
+    assert len(trk) == 1  # the track lives on unreported
 
 
 def test_overlapping_births_in_one_frame_keep_the_best():
@@ -187,7 +185,7 @@ def test_same_mask_two_concepts_gives_two_tracks():
         2: (1, TrackState.TRACKED),
     }
     # A concept-1 detection never matches (nor is blocked by) a concept-0 track.
-    trk = ConceptTracker()
+    trk = ConceptTracker(TrackingConfig(stale_mask_frames=1))
     trk.update([det(A, concept=0)])
     up = trk.update([det(A, concept=1)])
     assert {i.track_id: (i.concept_id, i.state) for i in up.instances} == {
@@ -200,7 +198,7 @@ def test_same_mask_two_concepts_gives_two_tracks():
 
 
 def test_occlusion_survival_then_removal():
-    cfg = TrackingConfig(max_missed_frames=5, young_track_frames=3)
+    cfg = TrackingConfig(max_missed_frames=5, young_track_frames=3, stale_mask_frames=5)
     trk = ConceptTracker(cfg)
     for _ in range(4):  # past youth
         trk.update([det(A)])
@@ -229,9 +227,25 @@ def test_default_occlusion_budget():
     cfg = trk.config
     for _ in range(cfg.young_track_frames):
         trk.update([det(A)])
-    for _ in range(cfg.max_missed_frames):
-        assert trk.update([]).instances[0].state == TrackState.PREDICTED
+    for _ in range(cfg.max_missed_frames):  # alive, not published (no memory: its mask is stale)
+        up = trk.update([])
+        assert up.instances == [] and up.removed_track_ids == []
     assert trk.update([]).removed_track_ids == [1]
+
+
+def test_stale_masks_are_published_only_for_the_first_misses():
+    trk = ConceptTracker(TrackingConfig(young_track_frames=0, max_missed_frames=6, stale_mask_frames=2))
+    trk.update([det(A)])
+    published = [len(trk.update([]).instances) for _ in range(4)]
+    assert published == [1, 1, 0, 0]
+    # the hidden track still continues when its object is detected again, with its id
+    assert [(i.track_id, i.state) for i in trk.update([det(A_SHIFT)]).instances] == [(1, TrackState.TRACKED)]
+    assert [len(trk.update([]).instances) for _ in range(3)] == [1, 1, 0]  # a fresh window
+    # a propagated mask is published whatever the window
+    up = trk.update([], propagated={1: (A, 0.4)})
+    assert [(i.track_id, i.state, i.score) for i in up.instances] == [(1, TrackState.PREDICTED, 0.4)]
+    with pytest.raises(ValueError, match="stale_mask_frames must be >= 0"):
+        TrackingConfig(stale_mask_frames=-1)
 
 
 def test_young_track_removed_faster():
@@ -388,8 +402,14 @@ def test_predicted_with_empty_propagated_mask_is_hidden_but_alive():
     up = trk.update([], propagated={1: (np.zeros(SHAPE, bool), 0.1)})
     assert up.instances == [] and up.removed_track_ids == []
     assert trk.track_ids() == [1]
-    up = trk.update([])  # no propagation: falls back to the last non-empty mask
-    np.testing.assert_array_equal(up.instances[0].mask, A)
+    trk.update([det(A_SHIFT)])
+    up = trk.update([], propagated={1: (np.zeros(SHAPE, bool), 0.1)})
+    assert up.instances == [] and trk.track_ids() == [1]
+    # no propagation: predicted by (and, inside stale_mask_frames, published with) the last non-empty mask
+    trk = ConceptTracker(TrackingConfig(young_track_frames=0, stale_mask_frames=3))
+    trk.update([det(A)])
+    trk.update([], propagated={1: (np.zeros(SHAPE, bool), 0.1)})
+    np.testing.assert_array_equal(trk.update([]).instances[0].mask, A)
 
 
 def test_bad_masks_are_rejected():

@@ -156,6 +156,12 @@ class ModelConfig:
     tracker: dict[str, Any] = field(default_factory=dict)
     #: the thresholds and mask clean-up this model is run at (files written before it existed: SAM3's)
     operating_point: OperatingPoint = field(default_factory=OperatingPoint)
+    #: students only: add the trunk's stride-4 and stride-8 stage maps to the FPN levels the
+    #: detector reads (zero-initialised 1x1 convs; SAM2 feeds its mask decoder the same way).
+    #: SAM3's neck builds every level from the stride-14 grid alone, which leaves a small model's
+    #: masks as blobs and its shapes hard to tell apart; a multi-stage student trunk computes finer
+    #: maps anyway (modeling.student_encoder.HighResFusion). Off: the paper's student.
+    high_res_features: bool = False
     description: str = ""
 
     @property

@@ -23,7 +23,7 @@ from transformers.models.sam3_lite_text.configuration_sam3_lite_text import Sam3
 from transformers.models.sam3_lite_text.modeling_sam3_lite_text import Sam3LiteTextTextModel
 
 from .config import ModelConfig
-from .student_encoder import StudentImageEncoder
+from .student_encoder import HighResVisionModel, StudentImageEncoder
 from .tokenizer import ConceptTokenizer
 
 # Stand-ins built only so that transformers' Sam3Model constructs without allocating the
@@ -71,7 +71,17 @@ class EfficientSam3Model(nn.Module):
         self.config = config
         self.detector = Sam3Model(_to_sam3_config(config))
         initialise_weights(self.detector, config.init)
-        if config.is_student:
+        if config.high_res_features and not config.is_student:
+            raise ValueError(
+                f"{config.name}: high_res_features needs a multi-stage student trunk; SAM3's ViT has one scale"
+            )
+        if config.high_res_features:
+            vision_config = self.detector.vision_encoder.config
+            self.detector.vision_encoder = HighResVisionModel(
+                vision_config, StudentImageEncoder(config), config.fpn_dim
+            )
+            initialise_weights(self.detector.vision_encoder.neck, config.init)
+        elif config.is_student:
             self.detector.vision_encoder.backbone = StudentImageEncoder(config)
         if config.text_encoder == "mobileclip":
             text_cfg = Sam3LiteTextTextConfig(max_position_embeddings=config.context_length, **config.text)

@@ -296,4 +296,9 @@ def demo_student() -> ModelConfig:
     )
     config = _demo(config)
     config.vit["hidden_size"] = 64  # the trunk width the neck consumes = the teacher's
+    # the trunk's stride-4/8 maps (42 and 21 px at 168) join the FPN levels: the world's shapes
+    # are 2-4 trunk cells wide, too coarse to keep a square's corners, which are what tells it
+    # from a circle of the same colour (most of the student's false positives) and what its
+    # masks lose
+    config.high_res_features = True
     return config

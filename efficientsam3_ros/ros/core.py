@@ -511,6 +511,7 @@ def _apply_thresholds(segmenter: Segmenter, config: NodeConfig) -> None:
             new_det_threshold=own(config.track_new_threshold, "new_track_threshold"),
             assoc_iou_threshold=float(config.track_match_iou),
             max_missed_frames=int(config.track_max_missed_frames),
+            stale_mask_frames=int(config.track_stale_mask_frames),
             max_tracks=int(config.max_tracks),
         )
 

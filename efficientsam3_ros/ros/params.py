@@ -93,8 +93,9 @@ PARAMS: tuple[ParamSpec, ...] = (
         "memory",
         "str",
         "none",
-        "Track memory: none re-uses a track's last mask; perceiver / dense propagate every track through "
-        "a memory tracker (random weights until trained tracker weights ship).",
+        "Track memory: none matches detections to a track's last mask (not published once missed); "
+        "perceiver / dense propagate every track through a memory tracker (random weights until "
+        "trained tracker weights ship).",
         choices=("none", "perceiver", "dense"),
     ),
     # inputs (static)
@@ -178,6 +179,16 @@ PARAMS: tuple[ParamSpec, ...] = (
         "int",
         30,
         "Frames an unmatched track survives (occlusion) before it is removed.",
+        dynamic=True,
+        minimum=0,
+        maximum=10000,
+    ),
+    ParamSpec(
+        "track_stale_mask_frames",
+        "int",
+        0,
+        "Misses for which an unmatched track without a memory-propagated mask is still published, "
+        "as PREDICTED with its last mask; 0: never (the track stays alive for re-association, unpublished).",
         dynamic=True,
         minimum=0,
         maximum=10000,

@@ -111,13 +111,19 @@ class ImageEncoderGraph(nn.Module):
         if [layer.scale_factor for layer in layers] != [4.0, 2.0, 1.0]:
             raise ValueError("expected SAM3's neck with scale factors 4, 2, 1 (and 0.5)")
         self.fpn_layers = nn.ModuleList(layers)
+        # students with ModelConfig.high_res_features: the trunk's finer stages join the levels
+        self.high_res_fusion = getattr(vision, "high_res_fusion", None)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        hidden = self.trunk(pixels).last_hidden_state  # [B, g*g, C_trunk]
+        trunk = self.trunk(pixels)
+        hidden = trunk.last_hidden_state  # [B, g*g, C_trunk]
         b = hidden.shape[0]
         h, w = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
         spatial = hidden.reshape(b, h, w, hidden.shape[-1]).permute(0, 3, 1, 2)
-        f0, f1, f2 = (layer(spatial) for layer in self.fpn_layers)
+        levels = tuple(layer(spatial) for layer in self.fpn_layers)
+        if self.high_res_fusion is not None:
+            levels = self.high_res_fusion(levels, trunk.hidden_states)
+        f0, f1, f2 = levels
         return f0, f1, f2, hidden
 
 

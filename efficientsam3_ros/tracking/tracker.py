@@ -17,7 +17,8 @@ Rules, in the order they are applied each frame (parameters in :class:`TrackingC
    ``recondition_every`` frames passed since the track was last conditioned.
 4. An unmatched track is PREDICTED. It is removed after more than ``max_missed_frames``
    consecutive misses, or, while young (age < ``young_track_frames``), after more than
-   ``young_track_max_missed`` misses in total.
+   ``young_track_max_missed`` misses in total. It is reported with its propagated mask, or
+   with its last mask for its first ``stale_mask_frames`` misses, else not at all.
 5. An unmatched detection with score >= ``new_det_threshold`` whose IoU with every track of its
    concept (and every track born before it this frame) is < ``max_iou_for_new`` starts a track
    (NEW), highest score first, while fewer than ``max_tracks`` tracks live; the rest are refused.
@@ -299,8 +300,8 @@ class ConceptTracker:
                 if tid in pred_score and mask.any():
                     track.mask = mask
                     track.box = box_from_mask(mask)
-                elif tid in pred_score:  # memory lost the object: keep last mask, report nothing
-                    continue
+                elif tid in pred_score or track.missed > cfg.stale_mask_frames:
+                    continue  # memory lost the object, or the last mask is stale: keep it, report nothing
                 out_mask[tid] = (track.mask, track.box, score, TrackState.PREDICTED)
                 continue
             removed.append(tid)
