@@ -238,3 +238,14 @@ def test_high_res_features_need_a_multi_stage_student_trunk():
     kwargs = {**get_config("es-ev-tiny").backbone_kwargs, "out_indices": (1,)}
     with pytest.raises(ValueError, match="pick a later trunk stage"):
         _high_res_tiny(backbone_kwargs=kwargs)
+
+
+def test_high_res_fusion_learns_from_zero():
+    """Zero-initialised convs still get gradients (input x upstream), so stage 3 can train them."""
+    from efficientsam3_ros.training.stage3 import run_detector
+
+    model = _high_res_tiny().train()
+    out = run_detector(model, torch.rand(2, 3, 112, 112) * 2 - 1, ["red mug", "chair"])
+    (out.pred_masks.sum() + out.pred_logits.sum()).backward()
+    grads = [conv.weight.grad for conv in model.detector.vision_encoder.high_res_fusion.projections]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
