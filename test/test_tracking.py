@@ -402,9 +402,6 @@ def test_predicted_with_empty_propagated_mask_is_hidden_but_alive():
     up = trk.update([], propagated={1: (np.zeros(SHAPE, bool), 0.1)})
     assert up.instances == [] and up.removed_track_ids == []
     assert trk.track_ids() == [1]
-    trk.update([det(A_SHIFT)])
-    up = trk.update([], propagated={1: (np.zeros(SHAPE, bool), 0.1)})
-    assert up.instances == [] and trk.track_ids() == [1]
     # no propagation: predicted by (and, inside stale_mask_frames, published with) the last non-empty mask
     trk = ConceptTracker(TrackingConfig(young_track_frames=0, stale_mask_frames=3))
     trk.update([det(A)])

@@ -32,8 +32,8 @@ class StudentImageEncoder(nn.Module):
         self.patch_size = config.patch_size
         # the last stage by default; ``backbone_kwargs["out_indices"]`` may pick an earlier, finer one
         kwargs = {"out_indices": (-1,), **config.backbone_kwargs}
-        self.num_high_res = 2 if config.high_res_features else 0
-        if self.num_high_res:
+        num_high_res = 2 if config.high_res_features else 0
+        if num_high_res:
             (trunk_stage,) = kwargs["out_indices"]
             if trunk_stage in (0, 1):
                 raise ValueError(
@@ -43,7 +43,7 @@ class StudentImageEncoder(nn.Module):
             kwargs["out_indices"] = (0, 1, trunk_stage)
         self.backbone = timm.create_model(config.backbone, pretrained=False, features_only=True, **kwargs)
         #: channels of the finer stage maps ``forward`` returns as ``hidden_states`` (finest first)
-        self.high_res_channels: list[int] = self.backbone.feature_info.channels()[: self.num_high_res]
+        self.high_res_channels: list[int] = self.backbone.feature_info.channels()[:num_high_res]
         in_channels = self.backbone.feature_info.channels()[-1]
         out_channels = config.trunk_dim
         # Indices 0/1/3 match the released checkpoints' ``head.{0,1,3}`` keys (2 is the activation).
