@@ -2,6 +2,7 @@
 
     python bench/training_step.py              # demo-student and demo-teacher, 12 steps each way (~20 s, 2 cores)
     python bench/training_step.py --steps 4    # quicker, noisier
+    python bench/training_step.py --detr-levels   # demo-student: DETR encoder on the 1x vs the 2x level
 
 SA-Co lists each image once per noun phrase. With ``data.phrases_per_image: 1`` a batch of 12
 datapoints is 12 independent draws, so about 12 different images go through the image encoder;
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from efficientsam3_ros.modeling import build_model
+from efficientsam3_ros.modeling import EfficientSam3Model, build_model, get_config
 from efficientsam3_ros.synthetic.writers import write_dataset
 from efficientsam3_ros.training.config import ConceptStageOptions
 from efficientsam3_ros.training.data import ConceptDataset, ResumableBatchSampler
@@ -39,34 +40,43 @@ def batches(dataset: ConceptDataset, batch_size: int, group_size: int, seed: int
         yield [dataset[ref] for ref in refs]
 
 
-def time_model(
-    name: str, dataset: ConceptDataset, steps: int, batch_size: int, groups: list[int]
-) -> dict[int, float]:
-    torch.manual_seed(0)
-    module = ConceptModule(build_model(name), None, ConceptStageOptions(focal_alpha=0.5))
-    module.train()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+def time_steps(
+    variants: dict[str, tuple[EfficientSam3Model, int]], dataset: ConceptDataset, steps: int, batch_size: int
+) -> dict[str, float]:
+    """Median ms per optimizer step of each ``label: (model, phrases_per_image)``, interleaved."""
+    runs = {}
+    for label, (model, group) in variants.items():
+        module = ConceptModule(model, None, ConceptStageOptions(focal_alpha=0.5)).train()
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+        runs[label] = (module, optimizer, batches(dataset, batch_size, group, seed=1))
     generator = torch.Generator().manual_seed(0)
-    streams = {g: batches(dataset, batch_size, g, seed=1) for g in groups}
-    times: dict[int, list[float]] = {g: [] for g in groups}
-    images: dict[int, list[int]] = {g: [] for g in groups}
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    images: dict[str, list[int]] = {label: [] for label in variants}
     for step in range(steps + 1):  # step 0 warms up
-        for g in groups:
-            batch = next(streams[g])
+        for label, (module, optimizer, stream) in runs.items():
+            batch = next(stream)
             t = time.perf_counter()
             loss, _ = module(batch, generator)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             if step:
-                times[g].append((time.perf_counter() - t) * 1e3)
-                images[g].append(len({s["key"] for s in batch}))
-    for g in groups:
+                times[label].append((time.perf_counter() - t) * 1e3)
+                images[label].append(len({s["key"] for s in batch}))
+    for label in variants:
         print(
-            f"  phrases_per_image {g}: {statistics.median(times[g]):7.1f} ms/step "
-            f"({statistics.mean(images[g]):.1f} images per batch of {batch_size})"
+            f"  {label}: {statistics.median(times[label]):7.1f} ms/step "
+            f"({statistics.mean(images[label]):.1f} images per batch of {batch_size})"
         )
-    return {g: statistics.median(times[g]) for g in groups}
+    return {label: statistics.median(times[label]) for label in variants}
+
+
+def _model(name: str, **overrides: object) -> EfficientSam3Model:
+    config = get_config(name)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    return build_model(config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,20 +85,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["demo-student", "demo-teacher"])
+    parser.add_argument(
+        "--detr-levels",
+        action="store_true",
+        help="instead: demo-student with the DETR encoder on the 1x vs the 2x level (ModelConfig.detr_level_scale)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    groups = [1, 4]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "saco"
         write_dataset("saco", root, seed=1, num=60, negatives_per_image=3)  # as the demo recipe's data
-        dataset = ConceptDataset(root, build_model(args.models[0]).config.image_size)
+        dataset = ConceptDataset(root, get_config(args.models[0]).image_size)
         print(
             f"{len(dataset)} datapoints over 60 images; {args.threads} threads; median of {args.steps} steps"
         )
+        if args.detr_levels:
+            print("demo-student, phrases_per_image 4")
+            variants = {
+                f"detr_level_scale {s}": (_model("demo-student", detr_level_scale=s), 4) for s in (1.0, 2.0)
+            }
+            ms = time_steps(variants, dataset, args.steps, args.batch_size)
+            print(
+                f"  -> the 2x level's steps take {ms['detr_level_scale 2.0'] / ms['detr_level_scale 1.0']:.2f}x as long"
+            )
+            return 0
         for name in args.models:
             print(name)
-            ms = time_model(name, dataset, args.steps, args.batch_size, groups)
-            print(f"  -> phrases_per_image 4 steps {ms[1] / ms[4]:.2f}x faster than 1")
+            variants = {f"phrases_per_image {g}": (_model(name), g) for g in (1, 4)}
+            ms = time_steps(variants, dataset, args.steps, args.batch_size)
+            print(
+                f"  -> phrases_per_image 4 steps {ms['phrases_per_image 1'] / ms['phrases_per_image 4']:.2f}x faster than 1"
+            )
     return 0
 
 

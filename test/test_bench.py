@@ -32,3 +32,12 @@ def test_training_step_bench_groups_an_images_phrases(capsys, one_thread):
     # grouped batches hold fewer distinct images: what makes the step cheaper
     assert per_batch[4] < per_batch[1] <= 12, out
     assert "faster than 1" in out
+
+
+def test_training_step_bench_times_the_detr_levels_side_by_side(capsys, one_thread):
+    bench = _load("training_step")
+    assert bench.main(["--steps", "1", "--threads", "1", "--detr-levels"]) == 0
+    out = capsys.readouterr().out
+    timed = [line.split(":")[0].strip() for line in out.splitlines() if "ms/step" in line]
+    assert timed == ["detr_level_scale 1.0", "detr_level_scale 2.0"], out
+    assert "the 2x level's steps take" in out

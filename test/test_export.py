@@ -74,12 +74,15 @@ def test_graph_wrappers_equal_the_model_api(tiny_model):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_high_res_student_image_graph_matches_the_model_in_onnxruntime(tmp_path):
-    """ModelConfig.high_res_features: the exported image encoder carries the fusion (non-zero here)."""
+@pytest.mark.parametrize("detr_level_scale", [1.0, 2.0])
+def test_high_res_student_graphs_match_the_model_in_onnxruntime(tmp_path, detr_level_scale):
+    """The demo student's knobs: the exported image encoder carries the fusion (non-zero here),
+    and with ``detr_level_scale`` 2 its third level and the detector graph's input are the 2x grid."""
     from efficientsam3_ros.modeling import EfficientSam3Model, get_config
 
     config = get_config("es-ev-tiny")
     config.high_res_features = True
+    config.detr_level_scale = detr_level_scale
     torch.manual_seed(0)
     model = EfficientSam3Model(config).eval()
     with torch.no_grad():
@@ -88,13 +91,22 @@ def test_high_res_student_image_graph_matches_the_model_in_onnxruntime(tmp_path)
         pixels = torch.rand(1, 3, 112, 112) * 2 - 1
         ref = model.encode_image(pixels)
         *fpn, trunk = get_graph("image_encoder").build(model)(pixels)
+        concepts = model.encode_concepts(["red mug", "person"])
+        ref_det = model.detect(ref, concepts)
+        got_det = get_graph("detector").build(model)(*fpn, concepts.embeds, concepts.mask)
+    g = config.grid_size
+    assert [f.shape[-1] for f in fpn] == [4 * g, 2 * g, int(detr_level_scale * g)]
     for a, b in zip(fpn, ref.fpn_hidden_states[:3], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(trunk, ref.last_hidden_state, rtol=0, atol=0)
-    spec = get_graph("image_encoder")
-    path = export_graph(spec, model, tmp_path / "image_encoder.onnx")
-    for row in parity_check(spec, model, _session_runner(path, spec)):
-        assert row.max_abs <= ATOL, row
+    expected = (ref_det.pred_masks, ref_det.pred_boxes, ref_det.pred_logits, ref_det.presence_logits)
+    for a, b in zip(got_det, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    for name in ("image_encoder", "detector"):
+        spec = get_graph(name)
+        path = export_graph(spec, model, tmp_path / f"{name}.onnx")
+        for row in parity_check(spec, model, _session_runner(path, spec), num_concepts=2):
+            assert row.max_abs <= ATOL, row
 
 
 def test_check_graph_rejects_a_graph_with_other_names(exported):

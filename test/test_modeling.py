@@ -240,6 +240,37 @@ def test_high_res_features_need_a_multi_stage_student_trunk():
         _high_res_tiny(backbone_kwargs=kwargs)
 
 
+def test_detr_level_scale_two_gives_the_detector_a_finer_grid():
+    from efficientsam3_ros.training.export import transfer_matching
+
+    fine = _high_res_tiny(detr_level_scale=2.0)
+    g = fine.config.grid_size
+    pixels = torch.rand(1, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        levels = fine.encode_image(pixels).fpn_hidden_states
+        assert [f.shape[-1] for f in levels[:3]] == [4 * g, 2 * g, 2 * g]
+        out = fine(pixels, ["red mug"])
+    assert out.pred_masks.shape == (1, 16, 4 * g, 4 * g)  # the masks keep their 4x grid
+    # the DETR encoder now holds (2g)^2 tokens: its level is what the boxes and scores come from
+    layer = fine.detector.vision_encoder.neck.fpn_layers[2]
+    with torch.no_grad():
+        layer.proj2.weight.normal_()
+        assert not torch.equal(fine(pixels, ["red mug"]).pred_boxes, out.pred_boxes)
+    # a 1x-level model's weights fit everything but that level's own FPN layer
+    plain = _high_res_tiny()
+    copied = transfer_matching(plain, fine)
+    differs = sorted(k for k, v in plain.state_dict().items() if fine.state_dict()[k].shape != v.shape)
+    assert copied == len(plain.state_dict()) - len(differs)
+    assert differs and all(k.startswith("detector.vision_encoder.neck.fpn_layers.2.") for k in differs)
+
+
+def test_detr_level_scale_must_be_a_level_sam3s_neck_builds():
+    config = get_config("es-ev-tiny")
+    config.detr_level_scale = 0.5
+    with pytest.raises(ValueError, match="detr_level_scale 0.5 is not one of"):
+        EfficientSam3Model(config)
+
+
 def test_high_res_fusion_learns_from_zero():
     """Zero-initialised convs still get gradients (input x upstream), so stage 3 can train them."""
     from efficientsam3_ros.training.stage3 import run_detector

@@ -375,3 +375,22 @@ def test_stage3_encodes_each_distinct_image_once_with_the_same_outputs():
     assert calls == [3]  # three images through the trunk for four datapoints
     torch.testing.assert_close(shared.pred_logits, repeated.pred_logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(shared.pred_masks, repeated.pred_masks, rtol=1e-4, atol=1e-4)
+
+
+def test_a_trackers_random_start_depends_on_the_run_seed_only(tmp_path):
+    """Image-model flags draw different amounts of randomness while the student is built; the
+    tracker that stage 2 trains from scratch must not change with them (nor with anything else
+    drawn before it), only with ``run.seed``."""
+    from efficientsam3_ros.training.models import build_tracker
+
+    config = _config("tiny_stage2", tmp_path)
+    image_model = build_model("es-ev-tiny")
+    first = build_tracker(image_model, "perceiver", config).state_dict()
+    torch.rand(1000)  # what building a bigger image model would have drawn
+    again = build_tracker(image_model, "perceiver", config).state_dict()
+    config.run.seed += 1
+    other = build_tracker(image_model, "perceiver", config).state_dict()
+    random_start = [k for k, v in first.items() if v.is_floating_point() and v.numel() > 1 and v.std() > 0]
+    assert random_start
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in random_start)

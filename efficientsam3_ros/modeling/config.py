@@ -125,6 +125,10 @@ class OperatingPoint:
         return cls(**data)
 
 
+#: ModelConfig.detr_level_scale values: SAM3's 1x level, or the 2x one (a finer detector grid)
+DETR_LEVEL_SCALES = (1.0, 2.0)
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to build one EfficientSAM3 model.
@@ -162,6 +166,11 @@ class ModelConfig:
     #: masks as blobs and its shapes hard to tell apart; a multi-stage student trunk computes finer
     #: maps anyway (modeling.student_encoder.HighResFusion). Off: the paper's student.
     high_res_features: bool = False
+    #: the scale of the FPN level the DETR encoder reads (and so every box, score and presence
+    #: logit), relative to the trunk grid: 1.0 is SAM3 (stride 14); 2.0 gives the detector a
+    #: 2x finer grid (stride 7, 4x the tokens) for small models whose objects are only a few
+    #: trunk cells wide. The mask decoder's finer levels (4x, 2x) are unchanged.
+    detr_level_scale: float = 1.0
     description: str = ""
 
     @property
@@ -172,6 +181,16 @@ class ModelConfig:
     def trunk_dim(self) -> int:
         """Channels of the trunk feature the neck consumes (1024 for SAM3)."""
         return int(self.vit["hidden_size"])
+
+    @property
+    def fpn_level_scales(self) -> tuple[float, float, float]:
+        """Scales of the three FPN levels the detector reads, finest first (the last feeds the DETR encoder)."""
+        if self.detr_level_scale not in DETR_LEVEL_SCALES:
+            raise ValueError(
+                f"{self.name}: detr_level_scale {self.detr_level_scale} is not one of {DETR_LEVEL_SCALES} "
+                "(1.0: SAM3's trunk-grid level; 2.0: the 2x level, a finer detector grid)"
+            )
+        return (4.0, 2.0, float(self.detr_level_scale))
 
     @property
     def grid_size(self) -> int:

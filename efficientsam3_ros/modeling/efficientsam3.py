@@ -210,7 +210,7 @@ def _to_sam3_config(config: ModelConfig) -> Sam3Config:
     if config.is_student:
         # Only the neck reads the trunk config (hidden_size, patch_size); the trunk itself is swapped.
         vit.update(num_hidden_layers=0, intermediate_size=8, num_attention_heads=1, pretrain_image_size=14)
-    grid = config.grid_size
+    grid, scales = config.grid_size, config.fpn_level_scales
     vision = {
         "backbone_config": {
             "model_type": "sam3_vit_model",
@@ -219,7 +219,9 @@ def _to_sam3_config(config: ModelConfig) -> Sam3Config:
             **vit,
         },
         "fpn_hidden_size": config.fpn_dim,
-        "backbone_feature_sizes": [[grid * 4, grid * 4], [grid * 2, grid * 2], [grid, grid]],
+        # three levels the detector reads + one SAM3 drops unread (Sam3Model reads fpn[:-1])
+        "scale_factors": [*scales, 0.5],
+        "backbone_feature_sizes": [[int(grid * s), int(grid * s)] for s in scales],
     }
     text = dict(config.text) if config.text_encoder == "clip" else dict(_PLACEHOLDER_TEXT)
     text.update(max_position_embeddings=config.context_length, hidden_act="gelu")

@@ -7,8 +7,9 @@ function whatever executes it. Adding a graph (the tracker does) is one
 ``register_graph(GraphSpec(...))`` call.
 
 Graphs of the detector path:
-* ``image_encoder``: pixels [1,3,S,S] -> fpn_0 [1,C,4g,4g], fpn_1 [1,C,2g,2g], fpn_2 [1,C,g,g],
-  trunk [1,g*g,C_trunk] (the trunk tokens, for the memory tracker's own neck)
+* ``image_encoder``: pixels [1,3,S,S] -> fpn_0 [1,C,4g,4g], fpn_1 [1,C,2g,2g], fpn_2 [1,C,g,g]
+  (or [1,C,2g,2g] with ``ModelConfig.detr_level_scale`` 2), trunk [1,g*g,C_trunk] (the trunk
+  tokens, for the memory tracker's own neck)
 * ``text_encoder``: input_ids [K,L], attention_mask [K,L] (int64) -> text_embeds [K,L,C]
 * ``detector``: fpn_0..2 of ONE image + text_embeds [K,L,C] + text_mask [K,L]
   -> pred_masks [K,Q,4g,4g], pred_boxes [K,Q,4], pred_logits [K,Q], presence_logits [K,1].
@@ -107,9 +108,10 @@ class ImageEncoderGraph(nn.Module):
         vision = model.detector.vision_encoder
         self.trunk = vision.backbone
         self.patch_size = model.config.patch_size
-        layers = [layer for layer in vision.neck.fpn_layers if layer.scale_factor in (4.0, 2.0, 1.0)]
-        if [layer.scale_factor for layer in layers] != [4.0, 2.0, 1.0]:
-            raise ValueError("expected SAM3's neck with scale factors 4, 2, 1 (and 0.5)")
+        scales = list(model.config.fpn_level_scales)
+        layers = list(vision.neck.fpn_layers)[:3]  # the fourth (0.5x) level is never read
+        if [layer.scale_factor for layer in layers] != scales:
+            raise ValueError(f"expected SAM3's neck with scale factors {scales} (and 0.5)")
         self.fpn_layers = nn.ModuleList(layers)
         # students with ModelConfig.high_res_features: the trunk's finer stages join the levels
         self.high_res_fusion = getattr(vision, "high_res_fusion", None)
@@ -242,7 +244,8 @@ def _tokens(model: EfficientSam3Model, k: int) -> tuple[torch.Tensor, ...]:
 def _detector_inputs(model: EfficientSam3Model, k: int) -> tuple[torch.Tensor, ...]:
     c, g = model.config.fpn_dim, model.config.grid_size
     p = _param(model)
-    fpn = tuple(torch.randn(1, c, g * m, g * m, device=p.device) for m in (4, 2, 1))
+    sides = [int(g * m) for m in model.config.fpn_level_scales]
+    fpn = tuple(torch.randn(1, c, n, n, device=p.device) for n in sides)
     ids, mask = _tokens(model, k)
     with torch.no_grad():
         embeds = model.encode_tokens(ids, mask)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch import nn
 
 from ..modeling import EfficientSam3Model, build_model
@@ -57,8 +58,15 @@ def build_student(
 
 
 def build_tracker(image_model: EfficientSam3Model, memory: str, config: TrainConfig) -> TrackerModel:
-    """A tracker sized for ``image_model`` with SAM3's tracker weights where they fit (``model.tracker_checkpoint``)."""
-    tracker = TrackerModel(image_model.config, default_tracker_config(image_model.config, memory))
+    """A tracker sized for ``image_model`` with SAM3's tracker weights where they fit (``model.tracker_checkpoint``).
+
+    Its random start is drawn from ``run.seed`` alone, on a forked RNG: otherwise it would
+    depend on how many random numbers building the image model drew first, and any change to
+    the image architecture would silently re-draw a tracker trained from scratch.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.run.seed)
+        tracker = TrackerModel(image_model.config, default_tracker_config(image_model.config, memory))
     if config.model.tracker_checkpoint:
         load_weights(tracker, config.model.tracker_checkpoint)
     elif not image_model.config.name.endswith("-tiny"):

@@ -15,7 +15,8 @@
 # Usage: training/demo/recipe.sh [WORK_DIR]      (default: out/demo, git-ignored; rerunning resumes)
 #        with the package installed (`efficientsam3`, `efficientsam3-train` on PATH).
 # Env:   DEMO_THREADS (2: torch threads; the stages run one after another, so on an idle 2-core
-#        machine 2 is the fast setting; use 1 if something else keeps a core busy), DEMO_INSTALL (1), DEMO_SCALE (1.0: multiplies every stage's step count, for quick runs).
+#        machine 2 is the fast setting; use 1 if something else keeps a core busy; the weights differ
+#        in the last bits with another thread count: the shipped files were made with 2), DEMO_INSTALL (1), DEMO_SCALE (1.0: multiplies every stage's step count, for quick runs).
 # Measured on 2 shared CPU cores: see models/demo/MODEL_CARD.md.
 set -euo pipefail
 
