@@ -16,6 +16,7 @@ step time of each and their ratio. Weights are random (time does not depend on t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -72,11 +73,8 @@ def time_steps(
 
 
 def _model(name: str, **overrides: object) -> EfficientSam3Model:
-    config = get_config(name)
-    for key, value in overrides.items():
-        setattr(config, key, value)
     torch.manual_seed(0)
-    return build_model(config)
+    return build_model(dataclasses.replace(get_config(name), **overrides))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "saco"
         write_dataset("saco", root, seed=1, num=60, negatives_per_image=3)  # as the demo recipe's data
-        dataset = ConceptDataset(root, get_config(args.models[0]).image_size)
+        first = "demo-student" if args.detr_levels else args.models[0]
+        dataset = ConceptDataset(root, get_config(first).image_size)
         print(
             f"{len(dataset)} datapoints over 60 images; {args.threads} threads; median of {args.steps} steps"
         )

@@ -251,11 +251,16 @@ def test_detr_level_scale_two_gives_the_detector_a_finer_grid():
         assert [f.shape[-1] for f in levels[:3]] == [4 * g, 2 * g, 2 * g]
         out = fine(pixels, ["red mug"])
     assert out.pred_masks.shape == (1, 16, 4 * g, 4 * g)  # the masks keep their 4x grid
-    # the DETR encoder now holds (2g)^2 tokens: its level is what the boxes and scores come from
-    layer = fine.detector.vision_encoder.neck.fpn_layers[2]
+    # the DETR encoder (whose output every box, score and presence logit comes from) reads the 2x grid
+    seen: list[tuple[int, ...]] = []
+    hook = fine.detector.detr_encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["vision_features"][0].shape[-2:])),
+        with_kwargs=True,
+    )
     with torch.no_grad():
-        layer.proj2.weight.normal_()
-        assert not torch.equal(fine(pixels, ["red mug"]).pred_boxes, out.pred_boxes)
+        fine(pixels, ["red mug"])
+    hook.remove()
+    assert seen == [(2 * g, 2 * g)]
     # a 1x-level model's weights fit everything but that level's own FPN layer
     plain = _high_res_tiny()
     copied = transfer_matching(plain, fine)
@@ -265,10 +270,15 @@ def test_detr_level_scale_two_gives_the_detector_a_finer_grid():
 
 
 def test_detr_level_scale_must_be_a_level_sam3s_neck_builds():
+    from efficientsam3_ros.modeling import ModelConfig
+
     config = get_config("es-ev-tiny")
     config.detr_level_scale = 0.5
     with pytest.raises(ValueError, match="detr_level_scale 0.5 is not one of"):
         EfficientSam3Model(config)
+    data = {**get_config("es-ev-tiny").to_dict(), "detr_level_scale": True}  # a YAML "yes", not 1.0
+    with pytest.raises(ValueError, match="detr_level_scale True is not one of"):
+        ModelConfig.from_dict(data)  # refused when the file is read, before anything is built
 
 
 def test_high_res_fusion_learns_from_zero():

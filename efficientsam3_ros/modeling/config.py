@@ -185,7 +185,7 @@ class ModelConfig:
     @property
     def fpn_level_scales(self) -> tuple[float, float, float]:
         """Scales of the three FPN levels the detector reads, finest first (the last feeds the DETR encoder)."""
-        if self.detr_level_scale not in DETR_LEVEL_SCALES:
+        if isinstance(self.detr_level_scale, bool) or self.detr_level_scale not in DETR_LEVEL_SCALES:
             raise ValueError(
                 f"{self.name}: detr_level_scale {self.detr_level_scale} is not one of {DETR_LEVEL_SCALES} "
                 "(1.0: SAM3's trunk-grid level; 2.0: the 2x level, a finer detector grid)"
@@ -217,4 +217,6 @@ class ModelConfig:
         data = copy.deepcopy(data)
         if isinstance(data.get("operating_point"), dict):
             data["operating_point"] = OperatingPoint.from_dict(data["operating_point"])
-        return cls(**data)
+        config = cls(**data)
+        config.fpn_level_scales  # noqa: B018 -- validates detr_level_scale when the file is read, not at build time
+        return config

@@ -77,8 +77,8 @@ class StudentImageEncoder(nn.Module):
 class HighResFusion(nn.Module):
     """Adds the trunk's finer stage maps to the FPN levels the detector reads, one 1x1 conv per level.
 
-    Level 0 (4x the trunk grid) takes the stride-4 map, levels 1 and 2 (2x, 1x) the stride-8
-    one: levels 0-1 are what the mask decoder paints from, level 2 is all the DETR encoder (and
+    Level 0 (4x the trunk grid) takes the stride-4 map, levels 1 and 2 (2x, and 1x or 2x by
+    ``ModelConfig.detr_level_scale``) the stride-8 one: levels 0-1 are what the mask decoder paints from, level 2 is all the DETR encoder (and
     so the boxes, scores and presence) sees, and a shape's corners are what tells a square from
     a circle of the same colour. The convs start at zero, so a model gains the fusion without
     changing its outputs: weights trained without it (a stage-1 export, the teacher's heads)

@@ -11,7 +11,8 @@ tensor-in/tensor-out:
   image encoder and the detector of one frame); any backend accepts any device.
 
 Shapes (S = input size, g = S / 14, C = fpn dim, K = concepts, L = 32 tokens, Q = queries):
-``encode_image([1,3,S,S]) -> ImageFeatures(fpn=([1,C,4g,4g], [1,C,2g,2g], [1,C,g,g]), trunk=[1,g*g,C_trunk])``,
+``encode_image([1,3,S,S]) -> ImageFeatures(fpn=([1,C,4g,4g], [1,C,2g,2g], [1,C,g,g]), trunk=[1,g*g,C_trunk])``
+(the third level is [1,C,2g,2g] for a model with ``detr_level_scale`` 2),
 ``encode_text(ids[K,L] int64, mask[K,L] int64) -> [K,L,C]``,
 ``detect(features, embeds[K,L,C], mask[K,L], boxes=None, box_labels=None) -> DetectorOutput`` with
 ``pred_masks [K,Q,4g,4g]``, ``pred_boxes [K,Q,4]`` (normalised xyxy), ``pred_logits [K,Q]``,
@@ -62,7 +63,9 @@ class ImageFeatures:
     still runs once per frame. It is None only for graphs exported before it was an output.
     """
 
-    fpn: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # strides 3.5, 7, 14 of the input
+    fpn: tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor
+    ]  # strides 3.5, 7, 14 of the input (14 -> 7: detr_level_scale 2)
     trunk: torch.Tensor | None = None  # [1, g*g, C_trunk] trunk tokens (the tracker neck's input)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ImageFeatures:

@@ -64,8 +64,8 @@ def build_tracker(image_model: EfficientSam3Model, memory: str, config: TrainCon
     depend on how many random numbers building the image model drew first, and any change to
     the image architecture would silently re-draw a tracker trained from scratch.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.run.seed)
+    with torch.random.fork_rng(devices=[]):  # the CPU generator only: the tracker is built there
+        torch.default_generator.manual_seed(config.run.seed)
         tracker = TrackerModel(image_model.config, default_tracker_config(image_model.config, memory))
     if config.model.tracker_checkpoint:
         load_weights(tracker, config.model.tracker_checkpoint)
