@@ -55,6 +55,20 @@ def tiny_model():
 
 
 @pytest.fixture
+def high_res_tiny():
+    """Builds the tiny student with ``high_res_features`` (+ other ModelConfig fields), seeded, in eval mode."""
+    import dataclasses
+
+    from efficientsam3_ros.modeling import build_model, get_config
+
+    def build(**overrides: object):
+        torch.manual_seed(0)
+        return build_model(dataclasses.replace(get_config("es-ev-tiny"), high_res_features=True, **overrides))
+
+    return build
+
+
+@pytest.fixture
 def rgb_image() -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(90, 130, 3), dtype=np.uint8)

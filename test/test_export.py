@@ -75,16 +75,10 @@ def test_graph_wrappers_equal_the_model_api(tiny_model):
 
 
 @pytest.mark.parametrize("detr_level_scale", [1.0, 2.0])
-def test_high_res_student_graphs_match_the_model_in_onnxruntime(tmp_path, detr_level_scale):
+def test_high_res_student_graphs_match_the_model_in_onnxruntime(tmp_path, high_res_tiny, detr_level_scale):
     """The demo student's knobs: the exported image encoder carries the fusion (non-zero here),
     and with ``detr_level_scale`` 2 its third level and the detector graph's input are the 2x grid."""
-    from efficientsam3_ros.modeling import EfficientSam3Model, get_config
-
-    config = get_config("es-ev-tiny")
-    config.high_res_features = True
-    config.detr_level_scale = detr_level_scale
-    torch.manual_seed(0)
-    model = EfficientSam3Model(config).eval()
+    model = high_res_tiny(detr_level_scale=detr_level_scale)
     with torch.no_grad():
         for param in model.detector.vision_encoder.high_res_fusion.parameters():
             param.normal_()
@@ -94,7 +88,7 @@ def test_high_res_student_graphs_match_the_model_in_onnxruntime(tmp_path, detr_l
         concepts = model.encode_concepts(["red mug", "person"])
         ref_det = model.detect(ref, concepts)
         got_det = get_graph("detector").build(model)(*fpn, concepts.embeds, concepts.mask)
-    g = config.grid_size
+    g = model.config.grid_size
     assert [f.shape[-1] for f in fpn] == [4 * g, 2 * g, int(detr_level_scale * g)]
     for a, b in zip(fpn, ref.fpn_hidden_states[:3], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -201,17 +201,8 @@ def test_operating_point_travels_with_the_config():
         ModelConfig.from_dict({**data, "operating_point": {"score": 0.3}})
 
 
-def _high_res_tiny(**overrides) -> EfficientSam3Model:
-    config = get_config("es-ev-tiny")
-    config.high_res_features = True
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    torch.manual_seed(0)
-    return EfficientSam3Model(config).eval()
-
-
-def test_high_res_features_start_as_the_plain_student_then_sharpen_the_fine_levels():
-    fused = _high_res_tiny()
+def test_high_res_features_start_as_the_plain_student_then_sharpen_the_fine_levels(high_res_tiny):
+    fused = high_res_tiny()
     plain = build_model("es-ev-tiny").eval()
     missing, unexpected = plain.load_state_dict(fused.state_dict(), strict=False)
     assert not missing and unexpected and all(".high_res_fusion." in k for k in unexpected)
@@ -230,20 +221,20 @@ def test_high_res_features_start_as_the_plain_student_then_sharpen_the_fine_leve
     assert fused(pixels, ["red mug"]).pred_masks.shape == (1, 16, 32, 32)
 
 
-def test_high_res_features_need_a_multi_stage_student_trunk():
+def test_high_res_features_need_a_multi_stage_student_trunk(high_res_tiny):
     config = get_config("demo-teacher")
     config.high_res_features = True
     with pytest.raises(ValueError, match="high_res_features needs a multi-stage student trunk"):
         EfficientSam3Model(config)
     kwargs = {**get_config("es-ev-tiny").backbone_kwargs, "out_indices": (1,)}
     with pytest.raises(ValueError, match="pick a later trunk stage"):
-        _high_res_tiny(backbone_kwargs=kwargs)
+        high_res_tiny(backbone_kwargs=kwargs)
 
 
-def test_detr_level_scale_two_gives_the_detector_a_finer_grid():
+def test_detr_level_scale_two_gives_the_detector_a_finer_grid(high_res_tiny):
     from efficientsam3_ros.training.export import transfer_matching
 
-    fine = _high_res_tiny(detr_level_scale=2.0)
+    fine = high_res_tiny(detr_level_scale=2.0)
     g = fine.config.grid_size
     pixels = torch.rand(1, 3, 112, 112) * 2 - 1
     with torch.no_grad():
@@ -262,7 +253,7 @@ def test_detr_level_scale_two_gives_the_detector_a_finer_grid():
     hook.remove()
     assert seen == [(2 * g, 2 * g)]
     # a 1x-level model's weights fit everything but that level's own FPN layer
-    plain = _high_res_tiny()
+    plain = high_res_tiny()
     copied = transfer_matching(plain, fine)
     differs = sorted(k for k, v in plain.state_dict().items() if fine.state_dict()[k].shape != v.shape)
     assert copied == len(plain.state_dict()) - len(differs)
@@ -281,11 +272,11 @@ def test_detr_level_scale_must_be_a_level_sam3s_neck_builds():
         ModelConfig.from_dict(data)  # refused when the file is read, before anything is built
 
 
-def test_high_res_fusion_learns_from_zero():
+def test_high_res_fusion_learns_from_zero(high_res_tiny):
     """Zero-initialised convs still get gradients (input x upstream), so stage 3 can train them."""
     from efficientsam3_ros.training.stage3 import run_detector
 
-    model = _high_res_tiny().train()
+    model = high_res_tiny().train()
     out = run_detector(model, torch.rand(2, 3, 112, 112) * 2 - 1, ["red mug", "chair"])
     (out.pred_masks.sum() + out.pred_logits.sum()).backward()
     grads = [conv.weight.grad for conv in model.detector.vision_encoder.high_res_fusion.projections]

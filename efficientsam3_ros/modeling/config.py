@@ -193,6 +193,11 @@ class ModelConfig:
         return (4.0, 2.0, float(self.detr_level_scale))
 
     @property
+    def fpn_level_sides(self) -> tuple[int, int, int]:
+        """Sides of those three levels at ``image_size`` (48, 24, 12 for the demo models)."""
+        return tuple(int(self.grid_size * scale) for scale in self.fpn_level_scales)
+
+    @property
     def grid_size(self) -> int:
         """Side of the trunk feature map: 72 at 1008 input with patch 14."""
         return self.image_size // self.patch_size

@@ -210,7 +210,6 @@ def _to_sam3_config(config: ModelConfig) -> Sam3Config:
     if config.is_student:
         # Only the neck reads the trunk config (hidden_size, patch_size); the trunk itself is swapped.
         vit.update(num_hidden_layers=0, intermediate_size=8, num_attention_heads=1, pretrain_image_size=14)
-    grid, scales = config.grid_size, config.fpn_level_scales
     vision = {
         "backbone_config": {
             "model_type": "sam3_vit_model",
@@ -220,8 +219,8 @@ def _to_sam3_config(config: ModelConfig) -> Sam3Config:
         },
         "fpn_hidden_size": config.fpn_dim,
         # three levels the detector reads + one SAM3 drops unread (Sam3Model reads fpn[:-1])
-        "scale_factors": [*scales, 0.5],
-        "backbone_feature_sizes": [[int(grid * s), int(grid * s)] for s in scales],
+        "scale_factors": [*config.fpn_level_scales, 0.5],
+        "backbone_feature_sizes": [[side, side] for side in config.fpn_level_sides],
     }
     text = dict(config.text) if config.text_encoder == "clip" else dict(_PLACEHOLDER_TEXT)
     text.update(max_position_embeddings=config.context_length, hidden_act="gelu")

@@ -63,9 +63,8 @@ class ImageFeatures:
     still runs once per frame. It is None only for graphs exported before it was an output.
     """
 
-    fpn: tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor
-    ]  # strides 3.5, 7, 14 of the input (14 -> 7: detr_level_scale 2)
+    # strides 3.5, 7, 14 of the input (the last 7 with ModelConfig.detr_level_scale 2)
+    fpn: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     trunk: torch.Tensor | None = None  # [1, g*g, C_trunk] trunk tokens (the tracker neck's input)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ImageFeatures:

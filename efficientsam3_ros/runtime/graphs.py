@@ -242,10 +242,8 @@ def _tokens(model: EfficientSam3Model, k: int) -> tuple[torch.Tensor, ...]:
 
 
 def _detector_inputs(model: EfficientSam3Model, k: int) -> tuple[torch.Tensor, ...]:
-    c, g = model.config.fpn_dim, model.config.grid_size
-    p = _param(model)
-    sides = [int(g * m) for m in model.config.fpn_level_scales]
-    fpn = tuple(torch.randn(1, c, n, n, device=p.device) for n in sides)
+    c, p = model.config.fpn_dim, _param(model)
+    fpn = tuple(torch.randn(1, c, n, n, device=p.device) for n in model.config.fpn_level_sides)
     ids, mask = _tokens(model, k)
     with torch.no_grad():
         embeds = model.encode_tokens(ids, mask)
