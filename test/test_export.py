@@ -30,7 +30,8 @@ def exported(tiny_model, tmp_path_factory) -> dict[str, Path]:
 
 def _session_runner(path: Path, spec: GraphSpec):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda inputs: session.run(None, {n: x.numpy() for n, x in zip(spec.input_names, inputs)})
+    names = [i.name for i in session.get_inputs()]  # the exported interface (check_graph verified it)
+    return lambda inputs: session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
 
 
 @pytest.mark.parametrize("name", DETECTOR_GRAPHS)
@@ -238,20 +239,32 @@ def test_exporter_module_defaults_to_a_supported_opset():
 
 
 # ------------------------------------------------------------------------------ tracker graphs
-@pytest.mark.parametrize("memory", ["perceiver", "dense"])
+@pytest.mark.parametrize("memory", ["perceiver", "dense", "perceiver+prompt"])
 def test_tracker_graphs_export_through_the_registry_and_match_pytorch(tmp_path, memory):
-    """tracker_step / tracker_memory_encoder are registered graphs: export_graph + parity_check work."""
-    from efficientsam3_ros.modeling import build_model, build_tracker
+    """tracker_step / tracker_memory_encoder are registered graphs: export_graph + parity_check work.
+
+    "+prompt": a tracker that prompts with each track's previous mask exports one more input.
+    """
+    import dataclasses
+
+    import onnx
+
+    from efficientsam3_ros.modeling import build_model
+    from efficientsam3_ros.modeling.tracker import TrackerModel
+    from efficientsam3_ros.modeling.tracker_config import TrackerConfig
     from efficientsam3_ros.modeling.tracker_export import (
         MEMORY_INPUTS,
         MEMORY_OUTPUTS,
+        PROMPT_INPUT,
         STEP_INPUTS,
         STEP_OUTPUTS,
     )
     from efficientsam3_ros.runtime.graphs import TRACKER_GRAPHS
 
     torch.manual_seed(0)
-    tracker = build_tracker(build_model("es-ev-tiny").config, memory=memory)
+    kind, _, prompt = memory.partition("+")
+    config = dataclasses.replace(TrackerConfig.tiny(kind), prompt_previous_mask=bool(prompt))
+    tracker = TrackerModel(build_model("es-ev-tiny").config, config).eval()
     # random heads score objects ~0; push them present so the masks are not constant
     tracker.sam.mask_decoder.pred_obj_score_head.proj_out.bias.data.fill_(3.0)
     assert (get_graph("tracker_step").input_names, get_graph("tracker_step").output_names) == (
@@ -269,6 +282,8 @@ def test_tracker_graphs_export_through_the_registry_and_match_pytorch(tmp_path, 
         for row in rows:
             assert row.shape[0] == 3 and row.max_abs <= ATOL, row
         if name == "tracker_step":
+            inputs = tuple(i.name for i in onnx.load(str(path)).graph.input)
+            assert inputs == spec.inputs_for(tracker) == STEP_INPUTS + ((PROMPT_INPUT,) if prompt else ())
             mask_row = rows[0]
             assert mask_row.shape[-2:] == (4 * tracker.grid_size, 4 * tracker.grid_size)
 
@@ -290,6 +305,35 @@ def test_export_command_exports_tracker_graphs(tmp_path, capsys):
     assert rc == 0, captured.err
     assert "mask_logits" in captured.out and "memory_tokens" in captured.out
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["tracker"] == {"memory": "dense", "tracks": 2}
+    assert manifest["tracker"] == {"memory": "dense", "tracks": 2, "checkpoint": None}
     session = ort.InferenceSession(str(tmp_path / "tracker_step.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[4].shape[0] == 2  # memory [N=2, F, T, Dm]: static track count
+
+
+def test_export_command_exports_a_trained_tracker_file(tmp_path, capsys):
+    """--tracker-checkpoint exports a stage-2 file with its own config (here: the previous-mask prompt)."""
+    import dataclasses
+    import json
+
+    from efficientsam3_ros.modeling import build_model
+    from efficientsam3_ros.modeling.tracker import TrackerModel
+    from efficientsam3_ros.modeling.tracker_config import TrackerConfig
+    from efficientsam3_ros.modeling.tracker_export import PROMPT_INPUT
+    from efficientsam3_ros.training.export import export_tracker
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(TrackerConfig.tiny("perceiver"), prompt_previous_mask=True)
+    image = build_model("es-ev-tiny", input_size=56).config
+    tracker_file = export_tracker(TrackerModel(image, config).eval(), tmp_path / "tracker.safetensors")
+    argv = ["--model", "es-ev-tiny", "--input-size", "56", "--graphs", "tracker_step"]
+    argv += ["--tracker-checkpoint", str(tracker_file)]
+    assert _cli([*argv, "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["tracker"]["checkpoint"] == str(tracker_file)
+    session = ort.InferenceSession(
+        str(tmp_path / "out" / "tracker_step.onnx"), providers=["CPUExecutionProvider"]
+    )
+    assert session.get_inputs()[-1].name == PROMPT_INPUT
+    capsys.readouterr()
+    assert _cli([*argv, "--out", str(tmp_path / "dense"), "--memory", "dense"]) == 2
+    assert "--tracker-checkpoint" in capsys.readouterr().err  # a perceiver file is not a dense tracker

@@ -187,11 +187,12 @@ def test_operating_point_travels_with_the_config():
     demo = get_config("demo-student")
     assert demo.operating_point == DEMO_OPERATING_POINT and DEMO_OPERATING_POINT.crop_masks_to_boxes
     data = demo.to_dict()
-    assert data["operating_point"] == {
+    assert {k: v for k, v in data["operating_point"].items() if k != "memory_tracking"} == {
         "score_threshold": 0.25,
         "new_track_threshold": 0.35,
         "crop_masks_to_boxes": True,
     }
+    assert data["operating_point"]["memory_tracking"]["recondition_score"] == 0.35
     assert ModelConfig.from_dict(data) == demo
     del data["operating_point"]  # a file written before operating points existed: SAM3's
     assert ModelConfig.from_dict(data).operating_point == OperatingPoint()
@@ -199,6 +200,11 @@ def test_operating_point_travels_with_the_config():
         ModelConfig.from_dict({**data, "operating_point": {"score_threshold": 1.5}})
     with pytest.raises(ValueError, match="unknown operating_point keys"):
         ModelConfig.from_dict({**data, "operating_point": {"score": 0.3}})
+    # the memory-tracking rules are TrackingConfig fields, checked when the file is read
+    with pytest.raises(ValueError, match=r"operating_point.memory_tracking: unknown tracking parameters"):
+        ModelConfig.from_dict({**data, "operating_point": {"memory_tracking": {"recondition": 0.3}}})
+    with pytest.raises(ValueError, match=r"operating_point.memory_tracking: recondition_score must be"):
+        ModelConfig.from_dict({**data, "operating_point": {"memory_tracking": {"recondition_score": 3}}})
 
 
 def test_high_res_features_start_as_the_plain_student_then_sharpen_the_fine_levels(high_res_tiny):

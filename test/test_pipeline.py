@@ -120,6 +120,21 @@ def test_fork_shares_model_and_text_cache_but_not_state(segmenter, rgb_image):
     assert segmenter.frames_processed == 1 and other.frames_processed == 0
 
 
+def test_make_tracker_applies_the_memory_rules_only_with_a_memory():
+    """The operating point's memory_tracking rules change a tracker only when a memory runs."""
+    from efficientsam3_ros.modeling import OperatingPoint
+    from efficientsam3_ros.pipeline.segmenter import make_tracker
+    from efficientsam3_ros.tracking import TrackingConfig
+
+    point = OperatingPoint(new_track_threshold=0.4, memory_tracking={"max_missed_frames": 3})
+    plain, memory = make_tracker(True, point), make_tracker(True, point, memory=True)
+    assert plain.config == TrackingConfig(new_det_threshold=0.4)
+    assert memory.config == TrackingConfig(new_det_threshold=0.4, max_missed_frames=3)
+    given = TrackingConfig(max_missed_frames=9)
+    assert make_tracker(given, point, memory=True).config is given  # the caller's rules win
+    assert make_tracker(False, point, memory=True) is None
+
+
 def test_tracking_keeps_ids_on_a_static_scene(tiny_model, rgb_image):
     from efficientsam3_ros.pipeline import TrackState
     from efficientsam3_ros.pipeline.segmenter import make_tracker

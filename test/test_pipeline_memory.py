@@ -228,3 +228,26 @@ def test_from_name_builds_the_memory_tracker(tmp_path: Path):
     )
     weight = next(loaded.memory.parameters())
     assert bool((weight == 0.25).all())
+
+
+def test_a_models_memory_tracking_rules_reach_the_tracker(tmp_path: Path):
+    """from_name reads memory_tracking from the model file's operating point and applies it only
+    with a memory tracker; a new-track threshold given by the caller still wins."""
+    from efficientsam3_ros.modeling import OperatingPoint, build_model
+    from efficientsam3_ros.modeling.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("es-ev-tiny")
+    model.config.operating_point = OperatingPoint(
+        new_track_threshold=0.4, memory_tracking={"max_missed_frames": 3, "associate_last_mask": True}
+    )
+    path = save_checkpoint(model, tmp_path / "model.safetensors")
+    plain = ConceptSegmenter.from_name(str(path), backend="torch-cpu")
+    assert plain.tracker.config == TrackingConfig(new_det_threshold=0.4)
+    assert "tracking" not in plain.operating_point
+    seg = ConceptSegmenter.from_name(
+        str(path), backend="torch-cpu", memory="perceiver", new_track_threshold=0.2
+    )
+    rules = seg.tracker.config
+    assert (rules.new_det_threshold, rules.max_missed_frames, rules.associate_last_mask) == (0.2, 3, True)
+    assert seg.operating_point["tracking"] == rules.to_dict()  # what eval-bag's report records

@@ -118,4 +118,10 @@ def test_memory_parameter_is_static_validated_and_reaches_the_segmenter(monkeypa
     seen: dict = {}
     monkeypatch.setattr(ConceptSegmenter, "from_name", classmethod(lambda cls, name, **kw: seen.update(kw)))
     core.default_segmenter_factory(params.NodeConfig.from_values({"memory": "dense"}))
-    assert seen["memory"] == "dense"
+    assert seen["memory"] == "dense" and seen["memory_checkpoint"] is None  # random weights
+    tracker = "models/demo/tracker.safetensors"
+    values = {"memory": "perceiver", "memory_checkpoint": tracker}
+    core.default_segmenter_factory(params.NodeConfig.from_values(values))
+    assert (seen["memory"], seen["memory_checkpoint"]) == ("perceiver", tracker)
+    core.default_segmenter_factory(params.NodeConfig.from_values({"memory_checkpoint": tracker}))
+    assert seen["memory_checkpoint"] is None  # memory none: the file is not loaded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -16,9 +17,10 @@ from efficientsam3_ros.modeling.tracker_neck import TrackerFrame
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _tracker(memory: str) -> TrackerModel:
+def _tracker(memory: str, prompt_previous_mask: bool = False) -> TrackerModel:
     torch.manual_seed(0)
-    model = TrackerModel(get_config("es-ev-tiny"), TrackerConfig.tiny(memory)).eval()
+    config = dataclasses.replace(TrackerConfig.tiny(memory), prompt_previous_mask=prompt_previous_mask)
+    model = TrackerModel(get_config("es-ev-tiny"), config).eval()
     # random heads give object scores ~0; push them positive so masks and pointers are not constants
     model.sam.mask_decoder.pred_obj_score_head.proj_out.bias.data.fill_(3.0)
     return model
@@ -95,10 +97,10 @@ def test_propagate_shapes_and_memory_growth(memory: str) -> None:
     assert layout.pointer_offsets.tolist() == [4.0, 1.0, 2.0, 3.0]
 
 
-@pytest.mark.parametrize("memory", ["perceiver", "dense"])
-def test_batched_equals_one_by_one_with_mixed_ages(memory: str) -> None:
+@pytest.mark.parametrize(("memory", "prompt"), [("perceiver", False), ("dense", False), ("perceiver", True)])
+def test_batched_equals_one_by_one_with_mixed_ages(memory: str, prompt: bool) -> None:
     """Batching over tracks (grouped by memory layout) must not change any track's result."""
-    model = _tracker(memory)
+    model = _tracker(memory, prompt)
     size = model.image_config.image_size
     with torch.inference_mode():
         tracks = [model.new_track() for _ in range(3)]
@@ -130,6 +132,69 @@ def test_condition_empty_mask_stores_no_object_pointer() -> None:
     torch.testing.assert_close(empty.cond[0][2], model.sam.no_object_pointer[0])
     assert not torch.allclose(full.cond[0][2], model.sam.no_object_pointer[0])
     assert not torch.allclose(empty.cond[0][1], full.cond[0][1])  # the mask reaches the memory
+
+
+def test_previous_mask_prompt_names_the_object() -> None:
+    """With prompt_previous_mask a track keeps its last non-empty mask and the decoder reads it.
+
+    Two tracks with the same memory but different kept masks must propagate differently; that
+    is what lets a tracker trained from scratch tell objects apart (models/demo/MODEL_CARD.md).
+    """
+    model = _tracker("perceiver", prompt_previous_mask=True)
+    size, side = model.image_config.image_size, 4 * model.grid_size
+    with torch.inference_mode():
+        track = model.new_track()
+        model.condition(track, _frame(model, 0), _box_mask(size, 10, 10, 60, 60))
+        kept = track.prompt_mask
+        assert kept is not None and kept.dtype == torch.bool and kept.shape == (side, side)
+        scale = side / size
+        rows, cols = kept.nonzero().unbind(1)
+        assert rows.min() >= int(10 * scale) - 1 and rows.max() <= int(60 * scale) + 1
+        assert cols.min() >= int(10 * scale) - 1 and cols.max() <= int(60 * scale) + 1
+        other = copy.deepcopy(track)
+        other.prompt_mask = torch.zeros_like(kept)
+        other.prompt_mask[-10:, -10:] = True  # same memory, another place named
+        frame = _frame(model, 1, seed=1)
+        out = model.propagate([track, other], frame)
+    assert not torch.allclose(out.mask_logits[0], out.mask_logits[1])
+    new_mask = out.mask_logits[0] > 0
+    if new_mask.any():  # the kept mask follows the track's own output
+        assert torch.equal(track.prompt_mask, new_mask)
+    plain = _tracker("perceiver")
+    with torch.inference_mode():
+        untouched = plain.new_track()
+        plain.condition(untouched, _frame(plain, 0), _box_mask(size, 10, 10, 60, 60))
+    assert untouched.prompt_mask is None  # SAM3's trackers keep nothing extra
+
+
+def test_previous_mask_prompt_keeps_the_last_mask_when_the_object_is_lost() -> None:
+    model = _tracker("perceiver", prompt_previous_mask=True)
+    model.sam.mask_decoder.pred_obj_score_head.proj_out.bias.data.fill_(-30.0)  # every frame: absent
+    size = model.image_config.image_size
+    with torch.inference_mode():
+        track = model.new_track()
+        model.condition(track, _frame(model, 0), _box_mask(size, 10, 10, 60, 60))
+        kept = track.prompt_mask.clone()
+        out = model.propagate([track], _frame(model, 1, seed=1))
+    assert not (out.mask_logits > 0).any()
+    assert torch.equal(track.prompt_mask, kept)
+
+
+def test_step_graph_refuses_a_prompt_it_was_not_built_for() -> None:
+    for prompt in (False, True):
+        model = _tracker("perceiver", prompt)
+        size = model.image_config.image_size
+        with torch.inference_mode():
+            track = model.new_track()
+            model.condition(track, _frame(model, 0), _box_mask(size, 10, 10, 60, 60))
+            layout = track.gather(1)
+            frame = _frame(model, 1, seed=1)
+            args = [frame.feat, frame.pos, frame.s0, frame.s1, layout.features[None].float()]
+            args += [layout.tpos_index[None], layout.pointers[None], layout.pointer_offsets[None]]
+            if not prompt:  # a prompt given to a SAM3-style step
+                args.append(torch.zeros(1, 1, 4 * model.grid_size, 4 * model.grid_size))
+            with pytest.raises(ValueError, match="prompt_masks must be given exactly"):
+                model.step_graph(*args)
 
 
 def test_propagate_requires_conditioning() -> None:

@@ -159,6 +159,29 @@ def test_propagated_mask_is_the_prediction():
     assert trk.stats.births == 1
 
 
+def test_associate_last_mask_rescues_a_rough_propagation():
+    """A propagated mask half off the object (IoU 1/3 with the detection) does not match it; with
+    associate_last_mask the track's last mask (IoU 0.82) does, and the id survives."""
+    rough = rect(0, 5, 10, 15)  # IoU with A_SHIFT = 50 / 150
+    sam3 = ConceptTracker()
+    sam3.update([det(A)])
+    up = sam3.update([det(A_SHIFT)], propagated={1: (rough, 0.9)})
+    # neither a match (1/3 < 0.5) nor a birth (1/3 >= 0.1): the detection is dropped
+    assert [i.state for i in up.instances] == [TrackState.PREDICTED] and sam3.stats.dropped_detections == 1
+    rule = ConceptTracker(TrackingConfig(associate_last_mask=True))
+    rule.update([det(A)])
+    up = rule.update([det(A_SHIFT)], propagated={1: (rough, 0.9)})
+    assert [(i.track_id, i.state) for i in up.instances] == [(1, TrackState.TRACKED)]
+    assert rule.stats.dropped_detections == 0
+    # without a memory tracker the prediction is the last mask already: the rule changes nothing
+    plain, rule = ConceptTracker(), ConceptTracker(TrackingConfig(associate_last_mask=True))
+    for frame in ([A], [A_SHIFT], [C], [A_SHIFT, B]):
+        ours, theirs = rule.update([det(m) for m in frame]), plain.update([det(m) for m in frame])
+        assert [(i.track_id, i.state) for i in ours.instances] == [
+            (i.track_id, i.state) for i in theirs.instances
+        ]
+
+
 def test_output_mask_source():
     prop = rect(0, 0, 10, 9)  # IoU with A_SHIFT = 80 / 110, below recondition_iou
     trk = ConceptTracker()

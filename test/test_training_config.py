@@ -52,6 +52,21 @@ def test_bad_values_are_named():
         config_from_dict({"stage": "stage3", "data": {"format": "saco", "phrases_per_image": 0}})
 
 
+def test_stage2_tracker_overrides_are_checked():
+    """options.tracker holds TrackerConfig fields: a misspelt one, or a value of the wrong kind, is named."""
+    stage2 = {"stage": "stage2", "data": {"format": "sav"}}
+    config = config_from_dict(
+        {**stage2, "options": {"target": "gt", "tracker": {"prompt_previous_mask": True}}}
+    )
+    assert config.options.tracker == {"prompt_previous_mask": True}
+    with pytest.raises(ConfigError, match=r"options\.tracker.*\['promt_previous_mask'\]"):
+        config_from_dict({**stage2, "options": {"tracker": {"promt_previous_mask": True}}})
+    with pytest.raises(ConfigError, match=r"options\.tracker.*expected a mapping"):
+        config_from_dict({**stage2, "options": {"tracker": ["prompt_previous_mask"]}})
+    with pytest.raises(ConfigError, match=r"options\.tracker\.memory.*options\.target: gt"):
+        config_from_dict({**stage2, "options": {"target": "teacher", "tracker": {"memory": "dense"}}})
+
+
 def test_overrides_parse_yaml_values(tmp_path):
     config = load_config(
         CONFIGS / "tiny_stage3.yaml",

@@ -331,6 +331,11 @@ def test_stage2_on_ground_truth_trains_a_whole_tracker_that_the_pipeline_loads(
     )
     result = train(config)
     assert drop_ratio(result.losses()) < 0.8
+    # the export comes with its propagation scores: does the tracker follow its own objects?
+    scores = json.loads((result.export_path.parent / "propagation.json").read_text())
+    assert scores["clips"] >= 1 and scores["track_frames"] >= 1
+    assert all(0.0 <= scores[k] <= 1.0 for k in ("own_dice", "other_dice", "own_wins", "copy_dice"))
+    assert scores["follows_its_object"] == (scores["own_dice"] > scores["other_dice"])
     from efficientsam3_ros.training.distributed import DistContext
 
     stage = MemoryDistillStage(config, DistContext())
@@ -349,6 +354,26 @@ def test_stage2_on_ground_truth_trains_a_whole_tracker_that_the_pipeline_loads(
     other = build_model("demo-student").config
     with pytest.raises(FileError, match="is a tracker for es-ev-tiny"):
         load_tracker(result.export_path, other)
+
+
+def test_stage2_trains_a_tracker_that_prompts_with_its_previous_mask(datasets, tmp_path, one_thread):
+    """options.tracker reaches the tracker being trained, and its export carries it to the pipeline."""
+    from efficientsam3_ros.modeling.tracker_checkpoint import load_tracker
+
+    config = _config(
+        "tiny_stage2",
+        tmp_path,
+        f"data.root={datasets['sav']}",
+        "options.target=gt",
+        'options.train=["*"]',
+        "options.tracker={prompt_previous_mask: true}",
+    )
+    result = train(config)
+    assert drop_ratio(result.losses()) < 0.8
+    meta = json.loads(result.export_path.with_suffix(".json").read_text())
+    assert meta["config"]["prompt_previous_mask"] is True
+    tracker = load_tracker(result.export_path, build_model("es-ev-tiny").config)
+    assert tracker.config.prompt_previous_mask and tracker.step_graph.prompt_previous_mask
 
 
 def test_stage3_encodes_each_distinct_image_once_with_the_same_outputs():

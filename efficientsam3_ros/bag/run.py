@@ -131,13 +131,7 @@ class _RunState:
 def build_segmenter(config: EvalConfig) -> Segmenter:
     """The real pipeline; imported here so reading and scoring bags never needs torch."""
     from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
-    from efficientsam3_ros.tracking import TrackingConfig
 
-    tracking = (
-        True
-        if config.new_track_threshold is None
-        else TrackingConfig(new_det_threshold=config.new_track_threshold)
-    )
     return ConceptSegmenter.from_name(
         config.model,
         checkpoint=config.checkpoint,
@@ -147,7 +141,7 @@ def build_segmenter(config: EvalConfig) -> Segmenter:
         memory=config.memory,
         memory_checkpoint=config.memory_checkpoint,
         score_threshold=config.score_threshold,
-        tracking=tracking,
+        new_track_threshold=config.new_track_threshold,
     )
 
 

@@ -111,6 +111,13 @@ class OperatingPoint:
     masks are sharp. A small model's coarse mask head paints every same-concept object into
     each query's mask; its boxes stay per instance, so cropping separates the instances."""
 
+    memory_tracking: dict[str, Any] = field(default_factory=dict)
+    """``TrackingConfig`` fields this model was validated with when a memory tracker runs (none
+    without one). SAM3's rules assume SAM3's calibration and a tracker trained at scale: with
+    the demo model, whose detections score under SAM3's 0.8 re-conditioning threshold and
+    whose small tracker propagates less sharply than its detector segments, they leave a
+    memory conditioned on one frame for ever (models/demo/MODEL_CARD.md)."""
+
     def __post_init__(self) -> None:
         for name in ("score_threshold", "new_track_threshold"):
             value = getattr(self, name)
@@ -118,6 +125,12 @@ class OperatingPoint:
                 raise ValueError(
                     f"operating_point.{name} must be in [0, 1] (scores are probabilities), got {value}"
                 )
+        from ..tracking.config import TrackingConfig  # a plain dataclass: no torch, no numpy work
+
+        try:
+            TrackingConfig.from_dict(dict(self.memory_tracking))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"operating_point.memory_tracking: {err}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OperatingPoint:

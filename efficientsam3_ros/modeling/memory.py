@@ -27,6 +27,7 @@ class MemoryLayout:
     tpos_index: torch.Tensor  # [F] int64 row of memory_temporal_positional_encoding per frame
     pointers: torch.Tensor  # [P, C] object pointers
     pointer_offsets: torch.Tensor  # [P] float frame distance of each pointer
+    prompt_mask: torch.Tensor | None = None  # [4g, 4g] bool: the track's last non-empty mask, if kept
 
     @property
     def key(self) -> tuple[int, int]:
@@ -44,6 +45,8 @@ class TrackMemory:
         self.recent: deque[tuple[int, torch.Tensor]] = deque(maxlen=max(num_maskmem - 1, 0))
         self.recent_pointers: deque[tuple[int, torch.Tensor]] = deque(maxlen=max(max_object_pointers - 1, 0))
         self.last_frame_idx: int | None = None
+        #: the last non-empty mask [4g, 4g] (bool), kept only for trackers that prompt with it
+        self.prompt_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         """Memory frames held (conditioning + recent)."""
@@ -98,6 +101,7 @@ class TrackMemory:
             tpos_index=torch.tensor([i for i, _ in frames], dtype=torch.int64),
             pointers=torch.stack([p for _, p in pointers]),
             pointer_offsets=torch.tensor([o for o, _ in pointers], dtype=torch.float32),
+            prompt_mask=self.prompt_mask,
         )
 
     def tensors(self) -> list[torch.Tensor]:
@@ -105,6 +109,8 @@ class TrackMemory:
         held = [t for _, feats, ptr in self.cond for t in (feats, ptr)]
         held += [feats for _, feats in self.recent]
         held += [ptr for _, ptr in self.recent_pointers]
+        if self.prompt_mask is not None:
+            held.append(self.prompt_mask)
         return held
 
     def nbytes(self) -> int:

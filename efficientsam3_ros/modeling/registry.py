@@ -240,9 +240,23 @@ def _demo(config: ModelConfig, queries: int = 16) -> ModelConfig:
 #: The demo models' operating point, chosen on a validation sequence (world seed 5, not a
 #: held-out one; models/demo/MODEL_CARD.md): trained on hard negatives, their true detections
 #: score 0.3-0.6, under SAM3's 0.5 / 0.7, while absent concepts stay under 0.25; their 48x48
-#: masks spill onto same-concept neighbours, which their boxes cut away.
+#: masks spill onto same-concept neighbours, which their boxes cut away. With the memory
+#: tracker (chosen on the same sequence): re-condition a track on every detection it matches at
+#: the new-track score, report and match on the detection's mask (the tracker's propagation is
+#: rougher), drop a young track at its first miss, and coast a mature one on memory for 5 frames.
 DEMO_OPERATING_POINT = OperatingPoint(
-    score_threshold=0.25, new_track_threshold=0.35, crop_masks_to_boxes=True
+    score_threshold=0.25,
+    new_track_threshold=0.35,
+    crop_masks_to_boxes=True,
+    memory_tracking={
+        "recondition_score": 0.35,
+        "recondition_every": 1,
+        "recondition_iou": 0.5,
+        "associate_last_mask": True,
+        "use_propagated_masks": False,
+        "young_track_max_missed": 0,
+        "max_missed_frames": 5,
+    },
 )
 
 

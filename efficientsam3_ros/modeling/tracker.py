@@ -29,7 +29,13 @@ from .config import ModelConfig
 from .efficientsam3 import initialise_weights
 from .memory import MemoryLayout, TrackMemory
 from .tracker_config import TrackerConfig, default_tracker_config, to_edgetam_config, to_sam3_tracker_config
-from .tracker_graphs import MemoryEncoderGraph, TrackStepGraph, run_sam_heads, select_best_mask
+from .tracker_graphs import (
+    MemoryEncoderGraph,
+    TrackStepGraph,
+    mask_prompt,
+    run_sam_heads,
+    select_best_mask,
+)
 from .tracker_memory import DenseMemoryCodec, PerceiverMemoryCodec
 from .tracker_neck import TrackerFrame, TrackerNeck, trunk_tokens_of
 
@@ -70,7 +76,11 @@ class TrackerModel(nn.Module):
         # Graph wrappers share this model's submodules; a tuple keeps them out of the state dict.
         self._graphs = (
             TrackStepGraph(
-                self.sam, self.sam.memory_attention, self.memory_codec, config.memory == "perceiver"
+                self.sam,
+                self.sam.memory_attention,
+                self.memory_codec,
+                config.memory == "perceiver",
+                config.prompt_previous_mask,
             ),
             MemoryEncoderGraph(self.sam, self.memory_codec),
         )
@@ -127,14 +137,16 @@ class TrackerModel(nn.Module):
             raise ValueError(f"mask must be [h, w]; got {tuple(mask.shape)}")
         threshold = 0.5 if mask.dtype.is_floating_point and bool(mask.min() >= 0) else 0
         binary = (mask > threshold).to(frame.feat.dtype)
+        appearing = bool(binary.any())
         size = self.image_config.image_size
         full = _resize(binary[None, None], (size, size))
-        prompt = _resize(self.sam.mask_downsample(full), self.sam.prompt_encoder.mask_input_size)
+        prompt = mask_prompt(self.sam, full, size)
+        if self.config.prompt_previous_mask and appearing:
+            track.prompt_mask = _resize(full, (4 * self.grid_size,) * 2)[0, 0] > 0.5
         outputs = run_sam_heads(
             self.sam, frame.feat, frame.s0, frame.s1, mask_input=prompt, multimask_output=True
         )
         low_res, iou, object_score, pointer = select_best_mask(self.sam, *outputs)
-        appearing = bool(binary.any())
         if not appearing:  # SAM3 decides presence from the mask itself on this path
             pointer = self.sam.no_object_pointer.expand_as(pointer)
         score = torch.full((1, 1), 10.0 if appearing else -10.0, dtype=frame.feat.dtype)
@@ -157,13 +169,26 @@ class TrackerModel(nn.Module):
         scores: list[torch.Tensor | None] = [None] * len(tracks)
         ious: list[torch.Tensor | None] = [None] * len(tracks)
         for indices in groups.values():
-            batch = _stack_layouts([layouts[i] for i in indices], frame.feat.dtype)
+            group = [layouts[i] for i in indices]
+            batch = _stack_layouts(group, frame.feat.dtype)
+            if self.config.prompt_previous_mask:
+                batch += (self._prompt_masks(group, frame.feat),)
             low_res, iou, score, pointer = self.step_graph(frame.feat, frame.pos, frame.s0, frame.s1, *batch)
             tokens = self.memory_encoder_graph(frame.feat, low_res, score)
             for j, i in enumerate(indices):
                 tracks[i].add_tracked(frame.frame_idx, tokens[j].to(self.memory_dtype), pointer[j])
                 masks[i], scores[i], ious[i] = low_res[j, 0], score[j, 0], iou[j, 0]
+                if self.config.prompt_previous_mask and bool((low_res[j, 0] > 0).any()):
+                    tracks[i].prompt_mask = (low_res[j, 0] > 0).detach()  # lost: keep the last one seen
         return TrackerOutput(torch.stack(masks), torch.stack(scores), torch.stack(ious))
+
+    def _prompt_masks(self, layouts: list[MemoryLayout], like: torch.Tensor) -> torch.Tensor:
+        """[N, 1, 4g, 4g] float prompts from each track's kept mask (empty where it has none)."""
+        side = 4 * self.grid_size
+        empty = torch.zeros(side, side, dtype=like.dtype, device=like.device)
+        return torch.stack([empty if m.prompt_mask is None else m.prompt_mask.to(like) for m in layouts])[
+            :, None
+        ]
 
     # ------------------------------------------------------------------- sizes
     def memory_bytes(self, tracks: list[TrackMemory] | None = None) -> int:

@@ -53,6 +53,12 @@ class TrackerConfig:
     perceiver_heads: int = 1
     # dtype the per-track memory is stored in (SAM3 stores bf16); the graphs compute in fp32
     memory_dtype: str = "bfloat16"
+    #: Also prompt the mask decoder, on every tracked frame, with the track's previous mask
+    #: (MaskTrack-style), not only on conditioning frames. SAM3 does not (False): its memory
+    #: attention, trained at scale, tells objects apart on its own. A tracker trained from
+    #: scratch in minutes does not: the demo's first ones propagated the same mask for every
+    #: object. The prompt names the object, so the memory only has to follow it.
+    prompt_previous_mask: bool = False
 
     def __post_init__(self) -> None:
         if self.memory not in MEMORY_KINDS:

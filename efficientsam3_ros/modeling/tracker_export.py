@@ -16,6 +16,7 @@ import torch
 from .tracker import TrackerModel
 
 STEP_INPUTS = ("feat", "pos", "s0", "s1", "memory", "memory_tpos", "pointers", "pointer_offsets")
+PROMPT_INPUT = "prompt_masks"  # only for trackers with TrackerConfig.prompt_previous_mask
 STEP_OUTPUTS = ("mask_logits", "iou_scores", "object_score_logits", "object_pointers")
 MEMORY_INPUTS = ("feat", "mask_logits", "object_score_logits")
 MEMORY_OUTPUTS = ("memory_tokens",)
@@ -28,6 +29,11 @@ class StepLayout:
     num_tracks: int
     num_memory_frames: int
     num_pointers: int
+
+
+def step_input_names(model: TrackerModel) -> tuple[str, ...]:
+    """The step graph's inputs for ``model``: ``prompt_masks`` last when it prompts with the previous mask."""
+    return STEP_INPUTS + ((PROMPT_INPUT,) if model.config.prompt_previous_mask else ())
 
 
 def steady_state_layout(model: TrackerModel, num_tracks: int, num_cond_frames: int = 1) -> StepLayout:
@@ -49,7 +55,7 @@ def step_example_inputs(
 
     tpos = torch.arange(f, dtype=torch.int64).remainder(model.config.num_maskmem).expand(n, f).contiguous()
     offsets = torch.arange(1, p + 1, dtype=torch.float32).expand(n, p).contiguous()
-    return (
+    inputs = (
         rand(1, c, g, g),
         rand(1, c, g, g),
         rand(1, c // 8, 4 * g, 4 * g),
@@ -59,6 +65,9 @@ def step_example_inputs(
         rand(n, p, c),
         offsets,
     )
+    if model.config.prompt_previous_mask:  # binary masks, as the tracker keeps them
+        inputs += ((rand(n, 1, 4 * g, 4 * g) > 0.5).float(),)
+    return inputs
 
 
 def memory_example_inputs(

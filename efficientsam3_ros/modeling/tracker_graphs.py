@@ -92,23 +92,48 @@ def select_best_mask(
     return low_res, best_iou, score, pointer
 
 
+def mask_prompt(sam: Sam3TrackerVideoModel, masks: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Binary masks [N, 1, h, w] (any size) -> the prompt encoder's mask input, as SAM3 makes it.
+
+    SAM3's mask-as-output path: the mask at input resolution through ``mask_downsample``
+    (stride 4), then to the prompt encoder's ``mask_input_size``. Re-binarised after resizing
+    so a low-res mask gives the same prompt as the full-size one it came from.
+    """
+    if tuple(masks.shape[-2:]) != (image_size, image_size):
+        masks = (F.interpolate(masks, size=(image_size, image_size), mode="bilinear") > 0.5).to(masks.dtype)
+    prompt = sam.mask_downsample(masks)
+    size = tuple(sam.prompt_encoder.mask_input_size)
+    if tuple(prompt.shape[-2:]) != size:
+        prompt = F.interpolate(prompt, size=size, mode="bilinear", align_corners=False)
+    return prompt
+
+
 class TrackStepGraph(nn.Module):
     """Memory attention + mask decoder for N tracks with the same memory layout (F frames, P pointers).
 
     Inputs: the frame's ``feat``/``pos`` [1, C, g, g], ``s0`` [1, C/8, 4g, 4g], ``s1`` [1, C/4, 2g, 2g];
     per track ``memory`` [N, F, T, Dm], ``memory_tpos`` [N, F] (int64 temporal slot per memory
     frame), ``pointers`` [N, P, C] and ``pointer_offsets`` [N, P] (frame distance, float).
+    With ``prompt_previous_mask`` one more input, ``prompt_masks`` [N, 1, 4g, 4g] (each track's
+    previous binary mask), prompts the mask decoder as a conditioning mask would.
     Outputs: mask logits [N, 1, 4g, 4g], iou [N, 1], object score logits [N, 1], pointers [N, C].
     """
 
     def __init__(
-        self, sam: Sam3TrackerVideoModel, memory_attention: nn.Module, codec: nn.Module, perceiver: bool
+        self,
+        sam: Sam3TrackerVideoModel,
+        memory_attention: nn.Module,
+        codec: nn.Module,
+        perceiver: bool,
+        prompt_previous_mask: bool = False,
     ):
         super().__init__()
         self.sam = sam
         self.memory_attention = memory_attention
         self.codec = codec
         self.perceiver = perceiver
+        self.prompt_previous_mask = prompt_previous_mask
+        self.image_size = int(sam.config.image_size)
         self.num_maskmem = sam.num_maskmem
         self.max_object_pointers = sam.config.max_object_pointers_in_encoder
         self.mem_dim = sam.mem_dim
@@ -144,7 +169,13 @@ class TrackStepGraph(nn.Module):
         memory_tpos: torch.Tensor,
         pointers: torch.Tensor,
         pointer_offsets: torch.Tensor,
+        prompt_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if (prompt_masks is not None) != self.prompt_previous_mask:
+            raise ValueError(
+                "prompt_masks must be given exactly when the tracker prompts with the previous mask "
+                f"(TrackerConfig.prompt_previous_mask = {self.prompt_previous_mask})"
+            )
         n, frames = memory.shape[:2]
         _, channels, height, width = feat.shape
         keys, keys_pos, num_pointer_tokens = self.memory_tokens(
@@ -166,7 +197,8 @@ class TrackStepGraph(nn.Module):
             .transpose(1, 2)
             .reshape(n, channels, height, width)
         )
-        outputs = run_sam_heads(self.sam, conditioned, s0, s1, multimask_output=True)
+        prompt = None if prompt_masks is None else mask_prompt(self.sam, prompt_masks, self.image_size)
+        outputs = run_sam_heads(self.sam, conditioned, s0, s1, mask_input=prompt, multimask_output=True)
         return select_best_mask(self.sam, *outputs)
 
 

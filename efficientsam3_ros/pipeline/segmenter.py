@@ -15,6 +15,7 @@ tracker's neck reads the trunk tokens the backend returns with the FPN levels.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..modeling import EfficientSam3Model, TrackerModel, TrackMemory, build_tracker
+from ..modeling.config import OperatingPoint
 from ..modeling.tokenizer import validate_phrase
 from ..modeling.tracker_checkpoint import load_tracker
 from ..modeling.tracker_neck import TrackerFrame
@@ -130,13 +132,15 @@ class ConceptSegmenter:
         options: RuntimeOptions | None = None,
         memory: str = "none",
         memory_checkpoint: str | None = None,
+        new_track_threshold: float | None = None,
         **kwargs: object,
     ) -> ConceptSegmenter:
         """Build the model (registry or zoo name, checkpoint file, HF directory) and pick a backend.
 
         ``tracking`` attaches a ConceptTracker (stable track ids across frames); pass False for
         single images, or a TrackingConfig to change its thresholds (True: SAM3's rules, with the
-        model's operating point for starting a track).
+        model's operating point for starting a track and re-conditioning its memory;
+        ``new_track_threshold`` overrides the former).
 
         ``memory`` picks how tracks are predicted from frame to frame: ``"none"`` (the default)
         re-uses a track's last mask; ``"perceiver"`` (EfficientSAM3's Stage-2 memory) and
@@ -161,7 +165,10 @@ class ConceptSegmenter:
         tracker_model = None
         if memory != "none":
             tracker_model = build_memory_tracker(model, memory, memory_checkpoint)
-        tracker = make_tracker(tracking, model.config.operating_point.new_track_threshold)
+        point = model.config.operating_point
+        if new_track_threshold is not None:
+            point = dataclasses.replace(point, new_track_threshold=new_track_threshold)
+        tracker = make_tracker(tracking, point, memory=tracker_model is not None)
         return cls(model, backend=chain, tracker=tracker, memory=tracker_model, **kwargs)
 
     # ------------------------------------------------------------------- concepts
@@ -182,6 +189,8 @@ class ConceptSegmenter:
         }
         if self.tracker is not None:
             point["new_track_threshold"] = self.tracker.config.new_det_threshold
+            if self.memory is not None:  # the rules a memory tracker runs under
+                point["tracking"] = self.tracker.config.to_dict()
         return point
 
     @property
@@ -419,17 +428,19 @@ class ConceptSegmenter:
 
 
 def make_tracker(
-    tracking: bool | TrackingConfig, new_track_threshold: float | None = None
+    tracking: bool | TrackingConfig, point: OperatingPoint | None = None, memory: bool = False
 ) -> ConceptTracker | None:
-    """``True`` -> SAM3-video rules (births at ``new_track_threshold`` when given, e.g. the
-    model's operating point), a config -> those rules, ``False`` -> no tracking."""
+    """``True`` -> SAM3-video rules at the model's operating ``point`` when given (the score that
+    starts a track; with a ``memory`` tracker also its ``memory_tracking`` rules), a config ->
+    those rules, ``False`` -> no tracking."""
     if tracking is False:
         return None
     if isinstance(tracking, TrackingConfig):
         return ConceptTracker(tracking)
-    if new_track_threshold is None:
+    if point is None:
         return ConceptTracker()
-    return ConceptTracker(TrackingConfig(new_det_threshold=new_track_threshold))
+    rules = dict(point.memory_tracking) if memory else {}
+    return ConceptTracker(TrackingConfig(**{"new_det_threshold": point.new_track_threshold, **rules}))
 
 
 def build_memory_tracker(

@@ -75,6 +75,7 @@ def default_segmenter_factory(config: NodeConfig) -> Segmenter:
         device=config.device or None,
         input_size=config.input_size or None,
         memory=config.memory,
+        memory_checkpoint=(config.memory_checkpoint or None) if config.memory != "none" else None,
     )
 
 

@@ -94,9 +94,15 @@ PARAMS: tuple[ParamSpec, ...] = (
         "str",
         "none",
         "Track memory: none matches detections to a track's last mask (not published once missed); "
-        "perceiver / dense propagate every track through a memory tracker (random weights until "
-        "trained tracker weights ship).",
+        "perceiver / dense propagate every track through a memory tracker (memory_checkpoint).",
         choices=("none", "perceiver", "dense"),
+    ),
+    ParamSpec(
+        "memory_checkpoint",
+        "str",
+        "",
+        "Stage-2 tracker file for memory (e.g. the demo's models/demo/tracker.safetensors); "
+        "empty: random tracker weights, whose propagated masks are noise.",
     ),
     # inputs (static)
     ParamSpec(

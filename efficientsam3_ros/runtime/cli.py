@@ -4,7 +4,7 @@
         --precision fp32 --input-size 504
 
 writes ``<out>/{image_encoder,text_encoder,detector}.onnx`` (``--graphs tracker_step,...`` adds the
-memory tracker's graphs, static at ``--tracks`` tracks, random tracker weights) (+ ``engines/`` for
+memory tracker's graphs, static at ``--tracks`` tracks; ``--tracker-checkpoint`` a stage-2 file, else random weights) (+ ``engines/`` for
 ``--format tensorrt``) and ``<out>/manifest.json``, then runs every graph on random inputs
 against the PyTorch modules and prints max abs / relative error per output. The node loads
 the folder with the ``onnx_dir`` option. Exit codes: 0 ok, 1 parity above tolerance,
@@ -60,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tracker memory of the tracker_* graphs (random tracker weights)",
     )
     parser.add_argument(
+        "--tracker-checkpoint",
+        type=Path,
+        help="a stage-2 tracker file (e.g. models/demo/tracker.safetensors) for the tracker_* graphs; "
+        "its own sizes and memory kind (must match --memory); random tracker weights if omitted",
+    )
+    parser.add_argument(
         "--tracks",
         type=int,
         default=2,
@@ -100,8 +106,9 @@ def _validate(args: argparse.Namespace) -> list[str]:
     unknown = [g for g in graphs if g not in GRAPHS]
     if unknown or not graphs:
         raise ExportError(f"unknown --graphs {unknown}; known: {', '.join(GRAPHS)}")
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        raise ExportError(f"--checkpoint {args.checkpoint} does not exist")
+    for flag, path in (("--checkpoint", args.checkpoint), ("--tracker-checkpoint", args.tracker_checkpoint)):
+        if path is not None and not path.is_file():
+            raise ExportError(f"{flag} {path} does not exist")
     if args.format == "tensorrt":
         from .base import BackendUnavailable
         from .trt_backend import import_tensorrt
@@ -122,6 +129,20 @@ def _load_checkpoint(model: Any, path: Path) -> None:
     from ..modeling.checkpoint import load_checkpoint
 
     load_checkpoint(model, path)
+
+
+def _tracker_for(model: Any, args: argparse.Namespace) -> Any:
+    """The tracker the tracker_* graphs export: a stage-2 file, else random weights of the model's size."""
+    from ..modeling import load_tracker
+    from ..modeling.checkpoint_files import CheckpointError
+    from ..modeling.tracker import build_tracker
+
+    if args.tracker_checkpoint is None:
+        return build_tracker(model.config, memory=args.memory)
+    try:
+        return load_tracker(args.tracker_checkpoint, model.config, args.memory)
+    except CheckpointError as err:
+        raise ExportError(f"--tracker-checkpoint: {err}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -145,9 +166,7 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sources: dict[str, Any] = {"image": model}
     if any(get_graph(n).source == "tracker" for n in graphs):
-        from ..modeling.tracker import build_tracker
-
-        sources["tracker"] = build_tracker(model.config, memory=args.memory)
+        sources["tracker"] = _tracker_for(model, args)
     tracks = args.tracks
     paths: dict[str, Path] = {}
     for name in tqdm(graphs, desc="export onnx", unit="graph", file=sys.stderr):
@@ -187,7 +206,15 @@ def _run(args: argparse.Namespace) -> int:
         "engines": engines,
         "parity": [r.__dict__ for r in rows],
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-        "tracker": {"memory": args.memory, "tracks": tracks} if "tracker" in sources else None,
+        "tracker": (
+            {
+                "memory": args.memory,
+                "tracks": tracks,
+                "checkpoint": str(args.tracker_checkpoint or "") or None,
+            }
+            if "tracker" in sources
+            else None
+        ),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=list))
     print(f"wrote {len(paths)} graphs to {out} in {time.perf_counter() - t0:.1f} s")
@@ -208,12 +235,12 @@ def _parity_sizes(spec: Any, opt_concepts: int, tracks: int) -> tuple[int, ...]:
 def _onnx_runners(paths: dict[str, Path]) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from .graphs import get_graph
-
     runners = {}
     for name, path in paths.items():
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = get_graph(name).input_names
+        names = tuple(
+            i.name for i in session.get_inputs()
+        )  # the exported interface (check_graph verified it)
 
         def run(inputs: tuple, s: Any = session, names: tuple = names) -> list:
             return s.run(None, {n: x.detach().cpu().numpy() for n, x in zip(names, inputs)})
@@ -223,12 +250,12 @@ def _onnx_runners(paths: dict[str, Path]) -> dict[str, Any]:
 
 
 def _trt_runners(paths: dict[str, Path], args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    import onnx
     import tensorrt as trt
     import torch
     from tqdm import tqdm
 
     from .engine_cache import EngineCache, EngineKey
-    from .graphs import get_graph
     from .onnx_cache import file_sha256
     from .trt_backend import TrtRunner, build_engine, profile_shapes, profile_string
 
@@ -247,7 +274,7 @@ def _trt_runners(paths: dict[str, Path], args: argparse.Namespace) -> tuple[dict
         )
         engines[name] = cache.paths(name, key)[0].name
         runner = TrtRunner(data, device)
-        names = get_graph(name).input_names
+        names = tuple(i.name for i in onnx.load(str(path), load_external_data=False).graph.input)
 
         def run(inputs: tuple, r: TrtRunner = runner, names: tuple = names) -> list:
             return r(dict(zip(names, inputs)))

@@ -47,6 +47,7 @@ def export_graph(
     path.parent.mkdir(parents=True, exist_ok=True)
     module = spec.build(model).eval()
     inputs = spec.example_inputs(model, num_concepts)
+    input_names = spec.inputs_for(model)
     tmp = path.with_suffix(".tmp.onnx")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python ints: shapes are static by design
@@ -55,7 +56,7 @@ def export_graph(
                 module,
                 inputs,
                 str(tmp),
-                input_names=list(spec.input_names),
+                input_names=list(input_names),
                 output_names=list(spec.output_names),
                 dynamic_axes=spec.dynamic_axes or None,
                 opset_version=opset,
@@ -67,7 +68,7 @@ def export_graph(
                 module,
                 inputs,
                 str(tmp),
-                input_names=list(spec.input_names),
+                input_names=list(input_names),
                 output_names=list(spec.output_names),
                 dynamic_axes=spec.dynamic_axes or None,
                 opset_version=opset,
@@ -76,22 +77,29 @@ def export_graph(
             )
         else:
             raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
-    check_graph(tmp, spec)
+    check_graph(tmp, spec, input_names)
     tmp.replace(path)
     return path
 
 
-def check_graph(path: Path, spec: GraphSpec | None = None) -> onnx.ModelProto:
-    """onnx.checker plus the declared interface: the graph has exactly the spec's inputs/outputs."""
+def check_graph(
+    path: Path, spec: GraphSpec | None = None, input_names: tuple[str, ...] | None = None
+) -> onnx.ModelProto:
+    """onnx.checker plus the declared interface: the graph has exactly the spec's inputs/outputs.
+
+    ``input_names``: what the exported model's inputs are (``spec.inputs_for(model)``) when
+    they depend on its config; default ``spec.input_names``.
+    """
     onnx.checker.check_model(str(path), full_check=True)
     proto = onnx.load(str(path), load_external_data=False)
     if spec is not None:
+        expected = input_names if input_names is not None else spec.input_names
         ins = tuple(i.name for i in proto.graph.input)
         outs = tuple(o.name for o in proto.graph.output)
-        if ins != spec.input_names or outs != spec.output_names:
+        if ins != expected or outs != spec.output_names:
             raise ValueError(
                 f"{path}: graph has inputs {ins} and outputs {outs}, "
-                f"expected {spec.input_names} -> {spec.output_names}"
+                f"expected {expected} -> {spec.output_names}"
             )
     return proto
 

@@ -57,10 +57,17 @@ class GraphSpec:
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     description: str = ""
     source: str = "image"
+    #: (model) -> input names, for a graph whose inputs depend on the model's config;
+    #: None: always ``input_names``
+    input_names_of: Callable[[Any], tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.source not in GRAPH_SOURCES:
             raise ValueError(f"GraphSpec.source must be one of {GRAPH_SOURCES}, got {self.source!r}")
+
+    def inputs_for(self, model: Any) -> tuple[str, ...]:
+        """This graph's input names for ``model`` (``input_names`` unless they depend on its config)."""
+        return self.input_names_of(model) if self.input_names_of is not None else self.input_names
 
     @property
     def dynamic_inputs(self) -> dict[str, dict[int, str]]:
@@ -312,6 +319,12 @@ def _tracker_step_inputs(tracker: Any, n: int) -> tuple[torch.Tensor, ...]:
     return step_example_inputs(tracker, steady_state_layout(tracker, n))
 
 
+def _tracker_step_input_names(tracker: Any) -> tuple[str, ...]:
+    from ..modeling.tracker_export import step_input_names
+
+    return step_input_names(tracker)
+
+
 def _tracker_memory_inputs(tracker: Any, n: int) -> tuple[torch.Tensor, ...]:
     from ..modeling.tracker_export import memory_example_inputs
 
@@ -325,8 +338,10 @@ register_graph(
         input_names=("feat", "pos", "s0", "s1", "memory", "memory_tpos", "pointers", "pointer_offsets"),
         output_names=("mask_logits", "iou_scores", "object_score_logits", "object_pointers"),
         example_inputs=_tracker_step_inputs,
-        description="memory attention + mask decoder, N tracks with full memories (static shapes)",
+        description="memory attention + mask decoder, N tracks with full memories (static shapes); "
+        "+ prompt_masks for a tracker that prompts with each track's previous mask",
         source="tracker",
+        input_names_of=_tracker_step_input_names,
     )
 )
 register_graph(

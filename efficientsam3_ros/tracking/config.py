@@ -82,6 +82,12 @@ class TrackingConfig:
     where the track is re-conditioned, which report the detection's mask as SAM3 does. False
     reports the detection's mask whenever a track is matched."""
 
+    associate_last_mask: bool = False
+    """Also match a detection against the track's last published mask, not only against the
+    mask its memory propagated (the higher IoU of the two counts). SAM3 uses the propagated mask
+    alone; a small memory tracker's propagation can be rougher than the last detection, and
+    then a detection that overlaps the object well is dropped as "neither match nor new"."""
+
     stale_mask_frames: int = 0
     """An unmatched track with no propagated mask this frame (no memory tracker runs, or it gave
     none for this track) is published as PREDICTED with its last mask for at most this many

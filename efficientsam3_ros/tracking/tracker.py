@@ -234,6 +234,9 @@ class ConceptTracker:
             ious = np.zeros((len(det_idx), len(tids)))
             if tids:
                 ious = packed_iou(packed, PackedMasks([pred_mask[t] for t in tids], cfg.iou_downsample))
+                if cfg.associate_last_mask and pred_score:
+                    last = PackedMasks([self._tracks[t].mask for t in tids], cfg.iou_downsample)
+                    ious = np.maximum(ious, packed_iou(packed, last))
                 gated = np.where(ious >= cfg.assoc_iou_threshold, ious, 0.0)
                 rows, cols = linear_sum_assignment(gated, maximize=True)
                 for r, c in zip(rows, cols):

@@ -126,6 +126,10 @@ class VideoStageOptions:
     """stage2: Perceiver memory (+ memory attention) against the dense-memory tracker on clips."""
 
     target: str = "teacher"  # teacher (distillation) | gt (the clip's masks)
+    #: TrackerConfig fields that override the image model's tracker for the one being trained,
+    #: e.g. {prompt_previous_mask: true} or {memory: dense} (dense only with target gt: the
+    #: dense tracker is what distillation copies); misspelt fields are refused
+    tracker: dict[str, Any] = field(default_factory=dict)
     dice_weight: float = 1.0
     focal_weight: float = 20.0
     iou_weight: float = 1.0
@@ -280,6 +284,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"bad value for '{key}': expected a list, got {value!r}")
         return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"bad value for '{key}': expected a mapping, got {value!r}")
+        return {_coerce(key_hint, k, key): _coerce(value_hint, v, f"{key}.{k}") for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -353,3 +362,14 @@ def _check_values(config: TrainConfig) -> None:
         need(0.0 <= options.point_prob <= 1.0, "options.point_prob", "a probability in [0, 1]")
     if config.stage == "stage2":
         need(options.target in ("teacher", "gt"), "options.target", "use 'teacher' or 'gt'")
+        from ..modeling.tracker_config import (
+            TrackerConfig,  # transformers: only when a stage-2 config is read
+        )
+
+        unknown = sorted(set(options.tracker) - {f.name for f in fields(TrackerConfig)})
+        need(not unknown, "options.tracker", f"has no TrackerConfig fields {unknown}")
+        need(
+            options.tracker.get("memory", "perceiver") == "perceiver" or options.target == "gt",
+            "options.tracker.memory",
+            "a dense tracker trains on the clip masks only (options.target: gt): the teacher is dense itself",
+        )

@@ -9,13 +9,15 @@ heads), so they live in one place.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..modeling import EfficientSam3Model, build_model
 from ..modeling.tracker import TrackerModel
-from ..modeling.tracker_config import default_tracker_config
+from ..modeling.tracker_config import TrackerConfig, default_tracker_config
 from .config import TrainConfig
 from .export import load_weights, transfer_matching
 
@@ -57,8 +59,16 @@ def build_student(
     return model
 
 
-def build_tracker(image_model: EfficientSam3Model, memory: str, config: TrainConfig) -> TrackerModel:
+def build_tracker(
+    image_model: EfficientSam3Model,
+    memory: str,
+    config: TrainConfig,
+    overrides: dict[str, Any] | None = None,
+) -> TrackerModel:
     """A tracker sized for ``image_model`` with SAM3's tracker weights where they fit (``model.tracker_checkpoint``).
+
+    ``overrides``: TrackerConfig fields that replace the image model's defaults (stage 2's
+    ``options.tracker``); ``memory`` there wins over the argument.
 
     Its random start is drawn from ``run.seed`` alone, on a forked RNG: otherwise it would
     depend on how many random numbers building the image model drew first, and any change to
@@ -66,7 +76,10 @@ def build_tracker(image_model: EfficientSam3Model, memory: str, config: TrainCon
     """
     with torch.random.fork_rng(devices=[]):  # the CPU generator only: the tracker is built there
         torch.default_generator.manual_seed(config.run.seed)
-        tracker = TrackerModel(image_model.config, default_tracker_config(image_model.config, memory))
+        tracker_config = default_tracker_config(image_model.config, memory)
+        if overrides:
+            tracker_config = TrackerConfig.from_dict({**asdict(tracker_config), **overrides})
+        tracker = TrackerModel(image_model.config, tracker_config)
     if config.model.tracker_checkpoint:
         load_weights(tracker, config.model.tracker_checkpoint)
     elif not image_model.config.name.endswith("-tiny"):

@@ -18,6 +18,8 @@ exists (the demo world's from-scratch models), ``options.train: ["*"]`` with
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,10 @@ from .distributed import DistContext
 from .export import export_tracker, transfer_matching
 from .losses import bce_loss, dice_loss, iou_prediction_loss, sigmoid_focal_loss, weighted_sum
 from .models import build_student, build_tracker, freeze
+from .propagation import REPORT_CLIPS, score_propagation
 from .trainer import StageRunner, set_trainable
+
+log = logging.getLogger(__name__)
 
 
 class MemoryDistillModule(nn.Module):
@@ -147,7 +152,7 @@ class MemoryDistillStage(StageRunner):
         options: VideoStageOptions = config.options
         # the image model feeding both trackers: a stage-1 student (model.student + student_checkpoint)
         image_model = freeze(build_student(config)).to(ctx.device)
-        student = build_tracker(image_model, "perceiver", config)
+        student = build_tracker(image_model, "perceiver", config, options.tracker)
         teacher = None
         if options.target == "teacher":
             teacher = freeze(build_tracker(image_model, "dense", config)).to(ctx.device)
@@ -159,4 +164,21 @@ class MemoryDistillStage(StageRunner):
         self.module = MemoryDistillModule(student, teacher, image_model, options, trainable)
 
     def export(self, path: Path) -> Path:
-        return export_tracker(self.module.student, path)
+        """The tracker file, and next to it ``propagation.json``: does it follow its own objects?"""
+        exported = export_tracker(self.module.student, path)
+        tracker, (_, image_model) = self.module.student, self.module._frozen
+        was_training = tracker.training
+        tracker.eval()
+        count = min(REPORT_CLIPS, len(self.dataset))
+        clips = (self.dataset[(i, self.config.run.seed)] for i in range(count))
+        scores = score_propagation(image_model, tracker, ((c["pixels"], c["masks"]) for c in clips))
+        tracker.train(was_training)
+        (exported.parent / "propagation.json").write_text(json.dumps(scores.as_dict(), indent=1))
+        log.info("stage2: %s", scores.summary())
+        if not scores.follows_its_object:
+            log.warning(
+                "stage2: the tracker does not follow the object it is given (its masks match another "
+                "object better than its own): more steps, or options.tracker: {prompt_previous_mask: "
+                "true} for a tracker trained from scratch (models/demo/MODEL_CARD.md)"
+            )
+        return exported

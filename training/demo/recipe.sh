@@ -3,10 +3,11 @@
 #   1. `efficientsam3 world` writes SA-Co-style concept data (training) and held-out rosbags (evaluation);
 #   2. stage3 trains a small SAM3-architecture teacher ("demo-teacher") from random weights;
 #   3. stage1-image distils the teacher's trunk into the slim EfficientViT student ("demo-student");
-#   4. stage2 trains the student's Perceiver-memory tracker on SA-V-style world clips (the whole
-#      tracker, on the clips' masks: no SAM3 tracker exists to distil from in this world);
-#   5. stage3 fine-tunes the student end to end on the world's ground truth (several phrases of
+#   4. stage3 fine-tunes the student end to end on the world's ground truth (several phrases of
 #      one image per batch, so each image is encoded once for all of them);
+#   5. stage2 trains the student's Perceiver-memory tracker on SA-V-style world clips (the whole
+#      tracker, on the clips' masks: no SAM3 tracker exists to distil from in this world), on the
+#      final student's trunk, the one it is deployed with (stage 3 does not read the tracker);
 #   6. `efficientsam3 eval-bag --gt` scores teacher and student (without and with the memory
 #      tracker) on held-out world sequences (seeds the training data never uses;
 #      `efficientsam3 demo` itself uses seed 90210);
@@ -66,15 +67,16 @@ EOF
 }
 train stage3 teacher_stage3.yaml
 train stage1-image student_stage1_image.yaml
-train stage2 student_stage2.yaml
 train stage3 student_stage3.yaml
+train stage2 student_stage2.yaml  # runs/tracker (the name changed with the order: an older
+                                  # runs/student-stage2 holds a tracker of the stage-1 trunk)
 T_TRAIN=$(($(date +%s) - T0))
 stamp "training done in $T_TRAIN s"
 
 # -------------------------------------------------------------------------------- evaluation
 CONCEPT_ARGS=()
 for c in "${CONCEPTS[@]}"; do CONCEPT_ARGS+=(--concept "$c"); done
-TRACKER=runs/student-stage2/export/model.safetensors
+TRACKER=runs/tracker/export/model.safetensors
 for who in teacher student student+memory; do
     memory=(); model="runs/$who/export/model.safetensors"
     if [ "$who" = student+memory ]; then
