@@ -16,3 +16,26 @@ def check_known_keys(cls: type, data: dict[str, Any], what: str) -> None:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
+
+
+_SCALARS = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def check_scalar_types(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise ValueError for a value whose kind does not match its field's scalar annotation.
+
+    YAML and JSON hand over strings and numbers as written: ``"false"`` for a bool field would
+    otherwise switch it on, and ``True`` for a number would count as 1. Fields of other types
+    are left to the config's own checks.
+    """
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        kind, value = _SCALARS.get(str(f.type)), data[f.name]
+        if kind is None:
+            continue
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ValueError(f"{what} {f.name} must be of type {f.type}, got {value!r}")

@@ -31,7 +31,7 @@ FLOORS: dict[str, dict[str, float | None]] = {
     "perceiver": {"mask_iou": 0.75, "idf1": 0.70},
 }
 # training.propagation.score_propagation of the shipped tracker on world clips 700-711 (4 frames,
-# every object of the first frame): Dice with its own object 0.809, with the best other 0.065.
+# every object of the first frame): Dice with its own object 0.805, with the best other 0.063.
 # The tracker shipped before scored 0.244 / 0.353: it followed another object better than its own.
 PROPAGATION_SEEDS = range(700, 712)
 PROPAGATION_FLOORS = {"own_dice": 0.75, "other_dice_max": 0.15}
@@ -98,6 +98,9 @@ def test_demo_model_scores_on_held_out_sequence(tmp_path, one_thread, memory):
         0.35,
         True,
     )
+    if memory != "none":  # the tracker ran, under the model's memory rules
+        assert run["memory"] == memory and run["memory_checkpoint"] == str(DEMO_TRACKER)
+        assert run["tracking"]["recondition_score"] == 0.35 and run["tracking"]["associate_last_mask"]
     scores = outcome.report["scores"]
     assert scores["frames_evaluated"] == FRAMES
     overall = scores["overall"]
@@ -139,3 +142,27 @@ def test_demo_tracker_follows_the_object_it_is_given(one_thread):
     assert scores.follows_its_object, scores.summary()
     assert scores.own_dice >= PROPAGATION_FLOORS["own_dice"], scores.summary()
     assert scores.other_dice <= PROPAGATION_FLOORS["other_dice_max"], scores.summary()
+
+
+def test_demo_tracker_exports_and_matches_pytorch(tmp_path):
+    """The shipped tracker's graphs (with its prompt input) export and agree with PyTorch in onnxruntime."""
+    import onnxruntime as ort
+
+    from efficientsam3_ros.modeling import load_tracker
+    from efficientsam3_ros.runtime.export import export_graph, parity_check
+    from efficientsam3_ros.runtime.graphs import TRACKER_GRAPHS, get_graph
+    from efficientsam3_ros.zoo import resolve_model
+
+    tracker = load_tracker(DEMO_TRACKER, resolve_model(str(DEMO_WEIGHTS)).config)
+    for name in TRACKER_GRAPHS:
+        spec = get_graph(name)
+        path = export_graph(spec, tracker, tmp_path / f"{name}.onnx", num_concepts=2)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        assert tuple(names) == spec.inputs_for(tracker)
+
+        def run(inputs, s=session, names=names):
+            return s.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
+
+        for row in parity_check(spec, tracker, run, num_concepts=2):
+            assert row.max_rel <= 1e-3, row  # the re-thresholded prompt failed here (rel 0.33)

@@ -205,6 +205,12 @@ def test_operating_point_travels_with_the_config():
         ModelConfig.from_dict({**data, "operating_point": {"memory_tracking": {"recondition": 0.3}}})
     with pytest.raises(ValueError, match=r"operating_point.memory_tracking: recondition_score must be"):
         ModelConfig.from_dict({**data, "operating_point": {"memory_tracking": {"recondition_score": 3}}})
+    with pytest.raises(ValueError, match="must not set new_det_threshold"):  # that is new_track_threshold
+        ModelConfig.from_dict({**data, "operating_point": {"memory_tracking": {"new_det_threshold": 0.9}}})
+    rules = {"max_missed_frames": 5}
+    point = OperatingPoint(memory_tracking=rules)
+    rules["max_missed_frames"] = 99  # the point holds its own copy
+    assert point.memory_tracking == {"max_missed_frames": 5} and hash(point) == hash(OperatingPoint())
 
 
 def test_high_res_features_start_as_the_plain_student_then_sharpen_the_fine_levels(high_res_tiny):

@@ -45,7 +45,9 @@ def test_scores_tell_own_object_from_another(shift, follows):
     tracker.truth, tracker.shift = truth, shift
     pixels = torch.randn(len(truth), 3, 56, 56)
     one_object = (pixels, truth[:, :1])  # skipped: "another object" needs one
-    scores = score_propagation(image, tracker, [(pixels, truth), one_object])
+    absent_first = truth.clone()
+    absent_first[0, 1] = False  # object 1 has no first mask: left out, so one object is left
+    scores = score_propagation(image, tracker, [(pixels, truth), one_object, (pixels, absent_first)])
     assert scores.clips == 1 and scores.track_frames == 4  # 2 tracks x 2 propagated frames
     assert scores.follows_its_object is follows
     high, low = (scores.own_dice, scores.other_dice) if follows else (scores.other_dice, scores.own_dice)

@@ -346,3 +346,30 @@ def test_tracking_parameters_reach_the_tracker_at_run_time():
         )
     ok, why = core.set_parameters({"track_match_iou": 0.05})
     assert not ok and "track_match_iou" in why
+    ok, why = core.set_parameters({"track_max_missed_frames": -1, "track_match_iou": -1.0})
+    assert ok, why
+    for seg in core._segmenters():  # -1: back to the model's own (SAM3's 30 / 0.5 for this model)
+        assert (seg.tracker.config.max_missed_frames, seg.tracker.config.assoc_iou_threshold) == (30, 0.5)
+
+
+def test_node_keeps_the_models_memory_rules_unless_a_parameter_is_set(tmp_path):
+    """With a memory tracker the model's memory_tracking rules hold; the -1 defaults do not undo them."""
+    from efficientsam3_ros.modeling import OperatingPoint, build_model
+    from efficientsam3_ros.modeling.checkpoint import save_checkpoint
+
+    model = build_model("es-ev-tiny")
+    model.config.operating_point = OperatingPoint(
+        memory_tracking={"max_missed_frames": 3, "recondition_every": 1}
+    )
+    path = str(save_checkpoint(model, tmp_path / "model.safetensors"))
+
+    def factory(config):
+        return pipeline.ConceptSegmenter.from_name(path, backend="torch-cpu", memory="perceiver")
+
+    core = NodeCore({"concepts": ["person"]}, segmenter_factory=factory, typestore=TS)
+    core.configure()
+    (seg,) = core._segmenters()
+    assert (seg.tracker.config.max_missed_frames, seg.tracker.config.recondition_every) == (3, 1)
+    ok, why = core.set_parameters({"track_max_missed_frames": 7})
+    assert ok, why
+    assert (seg.tracker.config.max_missed_frames, seg.tracker.config.recondition_every) == (7, 1)

@@ -24,14 +24,19 @@ def _frame(cfg: TrackerConfig, grid: int, idx: int, gen: torch.Generator) -> Tra
     )
 
 
-@pytest.mark.parametrize(("memory", "num_frames"), [("perceiver", 1000), ("dense", 250)])
-def test_long_run_memory_is_bounded(memory: str, num_frames: int) -> None:
+@pytest.mark.parametrize(
+    ("memory", "num_frames", "prompt"),
+    [("perceiver", 1000, False), ("dense", 250, False), ("perceiver", 300, True)],
+)
+def test_long_run_memory_is_bounded(memory: str, num_frames: int, prompt: bool) -> None:
     """Bytes, tensor count and memory layout stop growing once the memory is full, re-conditioning included.
 
     1000 frames for the Perceiver (the shipping config); the dense teacher gets 250, which
-    already saturates every deque (conditioning frames fill by frame 150).
+    already saturates every deque (conditioning frames fill by frame 150). A tracker that prompts
+    with its previous mask also keeps one [4g, 4g] mask, which the bound must count.
     """
     cfg = TrackerConfig.tiny(memory)
+    cfg.prompt_previous_mask = prompt
     cfg.memory_attention_layers = 1  # the bound is about bookkeeping; one layer keeps the run fast
     torch.manual_seed(0)
     model = TrackerModel(get_config("es-ev-tiny"), cfg).eval()
@@ -57,7 +62,7 @@ def test_long_run_memory_is_bounded(memory: str, num_frames: int) -> None:
     assert len(set(saturated)) == 1, "memory kept changing size after every deque was full"
     assert saturated[0] == (
         full_bytes,
-        2 * cfg.max_cond_frames + cfg.num_maskmem - 1 + cfg.max_object_pointers - 1,
+        2 * cfg.max_cond_frames + cfg.num_maskmem - 1 + cfg.max_object_pointers - 1 + int(prompt),
         cfg.max_memory_frames(),
     )
     assert len(track.cond) == cfg.max_cond_frames

@@ -61,6 +61,10 @@ def test_stage2_tracker_overrides_are_checked():
     assert config.options.tracker == {"prompt_previous_mask": True}
     with pytest.raises(ConfigError, match=r"options\.tracker.*\['promt_previous_mask'\]"):
         config_from_dict({**stage2, "options": {"tracker": {"promt_previous_mask": True}}})
+    with pytest.raises(ConfigError, match=r"options\.tracker.*prompt_previous_mask must be of type bool"):
+        config_from_dict({**stage2, "options": {"tracker": {"prompt_previous_mask": "false"}}})
+    with pytest.raises(ConfigError, match=r"options\.tracker.*perfect square"):
+        config_from_dict({**stage2, "options": {"tracker": {"num_latents_2d": 10}}})
     with pytest.raises(ConfigError, match=r"options\.tracker.*expected a mapping"):
         config_from_dict({**stage2, "options": {"tracker": ["prompt_previous_mask"]}})
     with pytest.raises(ConfigError, match=r"options\.tracker\.memory.*options\.target: gt"):

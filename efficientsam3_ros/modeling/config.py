@@ -111,7 +111,7 @@ class OperatingPoint:
     masks are sharp. A small model's coarse mask head paints every same-concept object into
     each query's mask; its boxes stay per instance, so cropping separates the instances."""
 
-    memory_tracking: dict[str, Any] = field(default_factory=dict)
+    memory_tracking: dict[str, Any] = field(default_factory=dict, hash=False)
     """``TrackingConfig`` fields this model was validated with when a memory tracker runs (none
     without one). SAM3's rules assume SAM3's calibration and a tracker trained at scale: with
     the demo model, whose detections score under SAM3's 0.8 re-conditioning threshold and
@@ -127,10 +127,25 @@ class OperatingPoint:
                 )
         from ..tracking.config import TrackingConfig  # a plain dataclass: no torch, no numpy work
 
+        if not isinstance(self.memory_tracking, dict):
+            raise ValueError(
+                f"operating_point.memory_tracking must be a mapping, got {self.memory_tracking!r}"
+            )
+        if "new_det_threshold" in self.memory_tracking:
+            raise ValueError(
+                "operating_point.memory_tracking must not set new_det_threshold: new_track_threshold is "
+                "the birth score, with or without memory"
+            )
         try:
             TrackingConfig.from_dict(dict(self.memory_tracking))
         except (TypeError, ValueError) as err:
             raise ValueError(f"operating_point.memory_tracking: {err}") from None
+        # a private copy: one point is shared by every config built from it, and it is frozen
+        object.__setattr__(self, "memory_tracking", dict(self.memory_tracking))
+
+    def tracking_rules(self, memory: bool) -> dict[str, Any]:
+        """``TrackingConfig`` fields this point sets: the birth score, and with a memory tracker its rules."""
+        return {"new_det_threshold": self.new_track_threshold, **(self.memory_tracking if memory else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OperatingPoint:

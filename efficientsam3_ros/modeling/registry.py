@@ -274,6 +274,8 @@ DEMO_TRACKER: dict[str, object] = {
     "num_latents_2d": 16,
     "perceiver_layers": 1,
     "perceiver_mlp": 64,
+    # trained from scratch in minutes, its memory alone did not tell objects apart (model card)
+    "prompt_previous_mask": True,
 }
 
 

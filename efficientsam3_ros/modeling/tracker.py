@@ -141,8 +141,10 @@ class TrackerModel(nn.Module):
         size = self.image_config.image_size
         full = _resize(binary[None, None], (size, size))
         prompt = mask_prompt(self.sam, full, size)
-        if self.config.prompt_previous_mask and appearing:
-            track.prompt_mask = _resize(full, (4 * self.grid_size,) * 2)[0, 0] > 0.5
+        if self.config.prompt_previous_mask:
+            kept = _resize(full, (4 * self.grid_size,) * 2)[0, 0] > 0.5
+            if kept.any():  # an object too small for the 4g grid keeps the mask it had
+                track.prompt_mask = kept
         outputs = run_sam_heads(
             self.sam, frame.feat, frame.s0, frame.s1, mask_input=prompt, multimask_output=True
         )

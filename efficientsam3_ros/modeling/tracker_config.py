@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import EdgeTamVideoConfig, Sam3TrackerVideoConfig
 
-from ..config_utils import check_known_keys
+from ..config_utils import check_known_keys, check_scalar_types
 from .config import ModelConfig
 
 MEMORY_KINDS = ("perceiver", "dense")
@@ -99,13 +99,15 @@ class TrackerConfig:
         return self.max_cond_frames + self.num_maskmem - 1
 
     def memory_bytes_per_track(self, grid_size: int) -> int:
-        """Upper bound on one track's stored memory: full frames (storage dtype) + fp32 object pointers."""
+        """Upper bound on one track's stored memory: full frames (storage dtype) + fp32 object pointers
+        (+ the kept bool [4g, 4g] mask of a tracker that prompts with it)."""
         itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[self.memory_dtype]
         frames = (
             self.max_memory_frames() * self.tokens_per_memory_frame(grid_size) * self.memory_dim * itemsize
         )
         pointers = (self.max_cond_frames + self.max_object_pointers - 1) * self.hidden_size * 4
-        return frames + pointers
+        prompt = (4 * grid_size) ** 2 if self.prompt_previous_mask else 0
+        return frames + pointers + prompt
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +115,7 @@ class TrackerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrackerConfig:
         check_known_keys(cls, data, "tracker config keys")
+        check_scalar_types(cls, data, "tracker config")
         return cls(**data)
 
     @classmethod

@@ -96,11 +96,12 @@ def mask_prompt(sam: Sam3TrackerVideoModel, masks: torch.Tensor, image_size: int
     """Binary masks [N, 1, h, w] (any size) -> the prompt encoder's mask input, as SAM3 makes it.
 
     SAM3's mask-as-output path: the mask at input resolution through ``mask_downsample``
-    (stride 4), then to the prompt encoder's ``mask_input_size``. Re-binarised after resizing
-    so a low-res mask gives the same prompt as the full-size one it came from.
+    (stride 4), then to the prompt encoder's ``mask_input_size``. A low-res mask is upsampled
+    bilinearly and left soft at its edges: thresholding it again would make the exported graph
+    disagree with PyTorch wherever the upsampled value lands on 0.5 up to rounding.
     """
     if tuple(masks.shape[-2:]) != (image_size, image_size):
-        masks = (F.interpolate(masks, size=(image_size, image_size), mode="bilinear") > 0.5).to(masks.dtype)
+        masks = F.interpolate(masks, size=(image_size, image_size), mode="bilinear", align_corners=False)
     prompt = sam.mask_downsample(masks)
     size = tuple(sam.prompt_encoder.mask_input_size)
     if tuple(prompt.shape[-2:]) != size:

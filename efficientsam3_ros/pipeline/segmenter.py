@@ -439,8 +439,7 @@ def make_tracker(
         return ConceptTracker(tracking)
     if point is None:
         return ConceptTracker()
-    rules = dict(point.memory_tracking) if memory else {}
-    return ConceptTracker(TrackingConfig(**{"new_det_threshold": point.new_track_threshold, **rules}))
+    return ConceptTracker(TrackingConfig(**point.tracking_rules(memory)))
 
 
 def build_memory_tracker(

@@ -496,6 +496,7 @@ def mask_probability_to_logit(probability: float) -> float:
 def _apply_thresholds(segmenter: Segmenter, config: NodeConfig) -> None:
     """Push the threshold parameters into the pipeline; a negative one means the model's own."""
     from ..modeling.config import OperatingPoint
+    from ..tracking.config import TrackingConfig
 
     model = getattr(segmenter, "model", None)
     point = getattr(getattr(model, "config", None), "operating_point", None) or OperatingPoint()
@@ -507,11 +508,14 @@ def _apply_thresholds(segmenter: Segmenter, config: NodeConfig) -> None:
     segmenter.mask_threshold = mask_probability_to_logit(config.mask_threshold)
     tracker = getattr(segmenter, "tracker", None)
     if tracker is not None:  # the tracking config is immutable: swap in an updated copy
+        # -1 parameters mean the model's own rules (with a memory tracker, its memory rules)
+        rules = TrackingConfig(**point.tracking_rules(getattr(segmenter, "memory", None) is not None))
+        iou, missed = float(config.track_match_iou), int(config.track_max_missed_frames)
         tracker.config = dataclasses.replace(
-            tracker.config,
+            rules,
             new_det_threshold=own(config.track_new_threshold, "new_track_threshold"),
-            assoc_iou_threshold=float(config.track_match_iou),
-            max_missed_frames=int(config.track_max_missed_frames),
+            assoc_iou_threshold=iou if iou >= 0 else rules.assoc_iou_threshold,
+            max_missed_frames=missed if missed >= 0 else rules.max_missed_frames,
             stale_mask_frames=int(config.track_stale_mask_frames),
             max_tracks=int(config.max_tracks),
         )

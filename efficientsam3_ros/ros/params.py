@@ -32,6 +32,7 @@ class ParamSpec:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    model_default: bool = False  # -1 is also accepted and means "the model's own value"
 
     def validate(self, value: Any) -> str | None:
         """Return why ``value`` is not acceptable for this parameter, or None when it is."""
@@ -44,6 +45,8 @@ class ParamSpec:
             return None
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
             return f"{self.name} must be {self.kind}, got {type(value).__name__}"
+        if self.model_default and value == -1:
+            return None
         if self.minimum is not None and value < self.minimum:
             return f"{self.name} must be >= {self.minimum}, got {value}"
         if self.maximum is not None and value > self.maximum:
@@ -58,7 +61,8 @@ class ParamSpec:
         if self.choices:
             return " | ".join(self.choices)
         if self.minimum is not None or self.maximum is not None:
-            return f"[{self.minimum if self.minimum is not None else ''}, {self.maximum if self.maximum is not None else ''}]"
+            bounds = f"[{self.minimum if self.minimum is not None else ''}, {self.maximum if self.maximum is not None else ''}]"
+            return f"-1 or {bounds}" if self.model_default else bounds
         return ""
 
 
@@ -174,20 +178,23 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "track_match_iou",
         "float",
-        0.5,
-        "Mask IoU at which a detection continues an existing track (SAM3 video: 0.5).",
+        -1.0,
+        "Mask IoU at which a detection continues an existing track; -1: the model's own (SAM3 video: 0.5).",
         dynamic=True,
         minimum=0.1,
         maximum=1.0,
+        model_default=True,
     ),
     ParamSpec(
         "track_max_missed_frames",
         "int",
-        30,
-        "Frames an unmatched track survives (occlusion) before it is removed.",
+        -1,
+        "Frames an unmatched track survives (occlusion) before it is removed; -1: the model's own "
+        "(SAM3: 30; the demo model with memory: 5).",
         dynamic=True,
         minimum=0,
         maximum=10000,
+        model_default=True,
     ),
     ParamSpec(
         "track_stale_mask_frames",

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--memory",
         choices=("perceiver", "dense"),
         default="perceiver",
-        help="tracker memory of the tracker_* graphs (random tracker weights)",
+        help="tracker memory of the tracker_* graphs (random weights unless --tracker-checkpoint)",
     )
     parser.add_argument(
         "--tracker-checkpoint",

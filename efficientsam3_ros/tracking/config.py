@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..config_utils import check_known_keys
+from ..config_utils import check_known_keys, check_scalar_types
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ class TrackingConfig:
     """Also match a detection against the track's last published mask, not only against the
     mask its memory propagated (the higher IoU of the two counts). SAM3 uses the propagated mask
     alone; a small memory tracker's propagation can be rougher than the last detection, and
-    then a detection that overlaps the object well is dropped as "neither match nor new"."""
+    then a detection that overlaps the object well is dropped as "neither match nor new". The
+    same (higher) IoU is what ``recondition_iou`` then checks."""
 
     stale_mask_frames: int = 0
     """An unmatched track with no propagated mask this frame (no memory tracker runs, or it gave
@@ -107,6 +108,7 @@ class TrackingConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrackingConfig:
         """Build from a YAML/ROS-parameter dict; unknown keys raise so a typo is not silently ignored."""
         check_known_keys(cls, data, "tracking parameters")
+        check_scalar_types(cls, data, "tracking parameter")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

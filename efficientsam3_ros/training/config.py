@@ -368,6 +368,10 @@ def _check_values(config: TrainConfig) -> None:
 
         unknown = sorted(set(options.tracker) - {f.name for f in fields(TrackerConfig)})
         need(not unknown, "options.tracker", f"has no TrackerConfig fields {unknown}")
+        try:  # the values too (kinds and ranges), before any model is built
+            TrackerConfig.from_dict({**TrackerConfig().to_dict(), **options.tracker})
+        except ValueError as err:
+            need(False, "options.tracker", str(err))
         need(
             options.tracker.get("memory", "perceiver") == "perceiver" or options.target == "gt",
             "options.tracker.memory",

@@ -67,12 +67,14 @@ def score_propagation(
     """Condition on every object of frame 0, propagate all through the clip, score each frame.
 
     ``clips``: (pixels [T, 3, S, S] as the image model takes them, masks [T, N, S, S] bool),
-    the SA-V reader's ``pixels`` / ``masks``. Clips with fewer than two objects are skipped:
-    "its own object or another" needs another.
+    the SA-V reader's ``pixels`` / ``masks``. Objects absent from frame 0 are left out, and
+    clips with fewer than two objects left are skipped: "its own object or another" needs
+    another.
     """
     device = next(tracker.parameters()).device
     own, other, copy, clips_scored = [], [], [], 0
     for pixels, masks in clips:
+        masks = masks[:, masks[0].flatten(1).any(-1)]  # only objects there is a first mask for
         if masks.shape[1] < 2:
             continue
         clips_scored += 1

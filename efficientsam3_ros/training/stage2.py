@@ -167,12 +167,12 @@ class MemoryDistillStage(StageRunner):
         """The tracker file, and next to it ``propagation.json``: does it follow its own objects?"""
         exported = export_tracker(self.module.student, path)
         tracker, (_, image_model) = self.module.student, self.module._frozen
-        was_training = tracker.training
-        tracker.eval()
+        was_training = self.module.training
+        self.module.eval()
         count = min(REPORT_CLIPS, len(self.dataset))
-        clips = (self.dataset[(i, self.config.run.seed)] for i in range(count))
+        clips = (self.dataset[(i, self.config.run.seed)] for i in range(count))  # training clips
         scores = score_propagation(image_model, tracker, ((c["pixels"], c["masks"]) for c in clips))
-        tracker.train(was_training)
+        self.module.train(was_training)
         (exported.parent / "propagation.json").write_text(json.dumps(scores.as_dict(), indent=1))
         log.info("stage2: %s", scores.summary())
         if not scores.follows_its_object:
