@@ -21,6 +21,13 @@ def check_known_keys(cls: type, data: dict[str, Any], what: str) -> None:
 _SCALARS = {"bool": bool, "int": int, "float": float, "str": str}
 
 
+def fits_kind(value: Any, kind: type) -> bool:
+    """``value`` fits a bool / int / float / str field: a bool is no number, an int is a float."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return True
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
 def check_scalar_types(cls: type, data: dict[str, Any], what: str) -> None:
     """Raise ValueError for a value whose kind does not match its field's scalar annotation.
 
@@ -32,10 +39,5 @@ def check_scalar_types(cls: type, data: dict[str, Any], what: str) -> None:
         if f.name not in data:
             continue
         kind, value = _SCALARS.get(str(f.type)), data[f.name]
-        if kind is None:
-            continue
-        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
+        if kind is not None and not fits_kind(value, kind):
             raise ValueError(f"{what} {f.name} must be of type {f.type}, got {value!r}")

@@ -180,8 +180,10 @@ class TrackerModel(nn.Module):
             for j, i in enumerate(indices):
                 tracks[i].add_tracked(frame.frame_idx, tokens[j].to(self.memory_dtype), pointer[j])
                 masks[i], scores[i], ious[i] = low_res[j, 0], score[j, 0], iou[j, 0]
-                if self.config.prompt_previous_mask and bool((low_res[j, 0] > 0).any()):
-                    tracks[i].prompt_mask = (low_res[j, 0] > 0).detach()  # lost: keep the last one seen
+                if self.config.prompt_previous_mask:
+                    seen = low_res[j, 0].detach() > 0
+                    if bool(seen.any()):  # lost (nothing seen): keep the last mask
+                        tracks[i].prompt_mask = seen
         return TrackerOutput(torch.stack(masks), torch.stack(scores), torch.stack(ious))
 
     def _prompt_masks(self, layouts: list[MemoryLayout], like: torch.Tensor) -> torch.Tensor:

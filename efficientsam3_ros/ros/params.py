@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config_utils import fits_kind
+
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 RELIABILITY = ("best_effort", "reliable")
 TRANSPORTS = ("raw", "compressed", "both")
@@ -43,7 +45,7 @@ class ParamSpec:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 return f"{self.name} must be a list of strings"
             return None
-        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        if not fits_kind(value, expected):
             return f"{self.name} must be {self.kind}, got {type(value).__name__}"
         if self.model_default and value == -1:
             return None

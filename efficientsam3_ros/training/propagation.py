@@ -51,6 +51,13 @@ class PropagationScores:
         )
 
 
+def masks_at(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bool masks [..., S, S] at the tracker's mask size [..., h, w] (bilinear, then > 0.5)."""
+    lead = masks.shape[:-2]
+    resized = F.interpolate(masks.float().reshape(-1, 1, *masks.shape[-2:]), size=size, mode="bilinear")
+    return (resized > 0.5).reshape(*lead, *size)
+
+
 def _dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Hard Dice of one mask [h, w] against K targets [K, h, w] -> [K]."""
     inter = (pred[None] & target).flatten(1).sum(-1).float()
@@ -86,8 +93,7 @@ def score_propagation(
             tracker.condition(track, frames[0], mask)
         for t in range(1, len(frames)):
             out = tracker.propagate(tracks, frames[t])
-            side = out.mask_logits.shape[-2:]
-            truth = F.interpolate(masks[t - 1 : t + 1].float(), size=side, mode="bilinear") > 0.5
+            truth = masks_at(masks[t - 1 : t + 1], tuple(out.mask_logits.shape[-2:]))
             for i, logits in enumerate(out.mask_logits):
                 if not truth[1, i].any():
                     continue  # gone: nothing to follow

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..modeling import EfficientSam3Model
@@ -35,7 +34,7 @@ from .distributed import DistContext
 from .export import export_tracker, transfer_matching
 from .losses import bce_loss, dice_loss, iou_prediction_loss, sigmoid_focal_loss, weighted_sum
 from .models import build_student, build_tracker, freeze
-from .propagation import REPORT_CLIPS, score_propagation
+from .propagation import REPORT_CLIPS, masks_at, score_propagation
 from .trainer import StageRunner, set_trainable
 
 log = logging.getLogger(__name__)
@@ -123,8 +122,7 @@ class MemoryDistillModule(nn.Module):
     @staticmethod
     def _resized(masks: torch.Tensor, like: TrackerOutput) -> torch.Tensor:
         """Ground-truth masks [N, S, S] at the tracker's mask resolution, binary float."""
-        size = like.mask_logits.shape[-2:]
-        return (F.interpolate(masks.float()[:, None], size=size, mode="bilinear") > 0.5)[:, 0].float()
+        return masks_at(masks, tuple(like.mask_logits.shape[-2:])).float()
 
     @staticmethod
     def _frame_losses(
