@@ -44,6 +44,37 @@ class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+def add_operating_point_arguments(parser: argparse.ArgumentParser, tracking: bool = True) -> None:
+    """The thresholds every command that runs a model takes; each defaults to the model's own.
+
+    A model carries its operating point (``ModelConfig.operating_point``: SAM3's 0.5 / 0.7 / 0.5
+    unless it was trained to another, e.g. the demo model), so a flag left out runs it where it
+    was measured. ``tracking`` adds ``--new-track-threshold`` (commands that track).
+    """
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="drop instances scoring below this (default: the model's operating point, SAM3's 0.5 "
+        "unless the model carries its own)",
+    )
+    if tracking:
+        parser.add_argument(
+            "--new-track-threshold",
+            type=float,
+            default=None,
+            help="a detection starts a new track only at this score (default: the model's operating "
+            "point, SAM3's new_det_thresh 0.7 unless the model carries its own)",
+        )
+    parser.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=None,
+        help="mask probability above which a pixel belongs to the instance (default: the model's "
+        "operating point, SAM3's 0.5 unless the model carries its own)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="efficientsam3", description="EfficientSAM3 concept segmentation and tracking for robots."

@@ -353,6 +353,23 @@ def test_cli_score_threshold_reaches_the_pipeline_and_is_validated(tmp_path: Pat
     assert built.score_threshold == 0.3
 
 
+def test_cli_mask_threshold_reaches_the_pipeline_and_is_validated(tmp_path: Path, capsys):
+    from efficientsam3_ros.bag.run import build_segmenter
+
+    bag, args = tiny_model_cli(tmp_path, n=2)
+    out = tmp_path / "out"
+    assert cli.main([*args, "--mask-threshold", "0.2", "--no-progress", "--out", str(out)]) == EXIT_OK
+    assert json.loads((out / "report.json").read_text())["run"]["mask_threshold"] == 0.2
+    assert cli.main([*args, "--mask-threshold", "1.2", "--out", str(tmp_path / "bad")]) == EXIT_USAGE
+    assert "--mask-threshold must be in [0, 1]" in capsys.readouterr().err
+    default = build_segmenter(config(bag, tmp_path / "o1", model="es-ev-tiny", backend="torch-cpu"))
+    assert default.mask_threshold == 0.5  # the tiny model carries SAM3's point
+    built = build_segmenter(
+        config(bag, tmp_path / "o2", model="es-ev-tiny", backend="torch-cpu", mask_threshold=0.2)
+    )
+    assert built.mask_threshold == 0.2
+
+
 # ----------------------------------------------------------------------------- real ROS 2 recordings
 
 

@@ -63,6 +63,12 @@ def test_segment_writes_overlay_and_json(tmp_path, image_file, capsys):
     first = payload["instances"][0]
     assert set(first) == {"concept_id", "concept", "score", "box_xyxy", "mask_rle"}
     assert rle_to_mask(first["mask_rle"]).shape == (90, 130)
+    # a lower mask threshold reads larger masks from the same queries
+    low = tmp_path / "low" / "overlay.png"
+    assert main([*argv[:-4], "--out", str(low), "--score-threshold", "0.0", "--mask-threshold", "0.05"]) == 0
+    grown = json.loads(low.with_suffix(".json").read_text())["instances"]
+    area = lambda instances: sum(int(rle_to_mask(i["mask_rle"]).sum()) for i in instances)  # noqa: E731
+    assert len(grown) == 32 and area(grown) > area(payload["instances"])
 
 
 @pytest.mark.parametrize(

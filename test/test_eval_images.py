@@ -145,6 +145,18 @@ def test_concept_task_oracle_is_perfect_and_wrong_masks_are_not(tiny, fixture: s
     assert bad["matched_mean_iou"] is None or bad["matched_mean_iou"] < 0.9
 
 
+def test_concept_task_reads_masks_at_the_models_mask_threshold(tiny, saco: Path, monkeypatch) -> None:
+    from efficientsam3_ros.modeling import OperatingPoint
+
+    # the oracle's mask logits are +10 on the object: a threshold above sigmoid(10) leaves nothing
+    monkeypatch.setattr(tiny.config, "operating_point", OperatingPoint(mask_threshold=0.99999))
+    empty = ev.evaluate_images(_Oracle(tiny, saco, "oracle"), saco, saco.parent, task="concept")
+    assert empty["AP"] < 0.1 and empty["matched_mean_iou"] is None
+    monkeypatch.setattr(tiny.config, "operating_point", OperatingPoint(mask_threshold=0.99))
+    kept = ev.evaluate_images(_Oracle(tiny, saco, "oracle"), saco, saco.parent, task="concept")
+    assert kept["AP"] == pytest.approx(1.0)
+
+
 def test_concept_task_real_model_and_cli(tiny, saco: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     from efficientsam3_ros.commands import eval_images
 

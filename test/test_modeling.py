@@ -186,11 +186,14 @@ def test_operating_point_travels_with_the_config():
     assert get_config("es-ev-s").operating_point == OperatingPoint(0.5, 0.7, False)  # SAM3's
     demo = get_config("demo-student")
     assert demo.operating_point == DEMO_OPERATING_POINT and DEMO_OPERATING_POINT.crop_masks_to_boxes
+    teacher = get_config("demo-teacher").operating_point  # its own mask cut, the rest shared
+    assert teacher.mask_threshold == 0.047 and teacher.score_threshold == DEMO_OPERATING_POINT.score_threshold
     data = demo.to_dict()
     assert {k: v for k, v in data["operating_point"].items() if k != "memory_tracking"} == {
         "score_threshold": 0.25,
         "new_track_threshold": 0.35,
         "crop_masks_to_boxes": True,
+        "mask_threshold": 0.01,
     }
     assert data["operating_point"]["memory_tracking"]["recondition_score"] == 0.35
     assert ModelConfig.from_dict(data) == demo
@@ -198,6 +201,8 @@ def test_operating_point_travels_with_the_config():
     assert ModelConfig.from_dict(data).operating_point == OperatingPoint()
     with pytest.raises(ValueError, match=r"operating_point.score_threshold must be in \[0, 1\]"):
         ModelConfig.from_dict({**data, "operating_point": {"score_threshold": 1.5}})
+    with pytest.raises(ValueError, match=r"operating_point.mask_threshold must be in \[0, 1\]"):
+        ModelConfig.from_dict({**data, "operating_point": {"mask_threshold": -0.2}})
     with pytest.raises(ValueError, match="unknown operating_point keys"):
         ModelConfig.from_dict({**data, "operating_point": {"score": 0.3}})
     # the memory-tracking rules are TrackingConfig fields, checked when the file is read

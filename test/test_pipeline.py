@@ -182,6 +182,7 @@ def test_segmenter_runs_at_the_models_operating_point(tiny_model, rgb_image, mon
 
     assert ConceptSegmenter(tiny_model).operating_point == {
         "score_threshold": 0.5,
+        "mask_threshold": 0.5,
         "crop_masks_to_boxes": False,
     }
     point = OperatingPoint(score_threshold=0.0, new_track_threshold=0.35, crop_masks_to_boxes=True)
@@ -205,3 +206,26 @@ def test_segmenter_runs_at_the_models_operating_point(tiny_model, rgb_image, mon
     uncropped.set_concepts(["person", "red mug"])
     spilled = [i for i in uncropped.process(rgb_image).instances if i.mask.sum() > 0]
     assert sum(int(i.mask.sum()) for i in spilled) > sum(int(i.mask.sum()) for i in instances)
+
+
+def test_mask_threshold_is_a_probability_taken_from_the_operating_point(tiny_model, rgb_image, monkeypatch):
+    from efficientsam3_ros.modeling import OperatingPoint
+    from efficientsam3_ros.pipeline.preprocess import probability_to_logit
+
+    assert probability_to_logit(0.5) == 0.0 and probability_to_logit(0.01) == pytest.approx(-4.595, abs=1e-3)
+    assert np.isfinite(probability_to_logit(0.0)) and np.isfinite(probability_to_logit(1.0))
+    areas = {}
+    for threshold in (0.9, 0.5, 0.01):
+        point = OperatingPoint(score_threshold=0.0, mask_threshold=threshold)
+        monkeypatch.setattr(tiny_model.config, "operating_point", point)
+        seg = ConceptSegmenter(tiny_model, tracker=None)
+        assert seg.mask_threshold == threshold and seg.operating_point["mask_threshold"] == threshold
+        seg.set_concepts(["person"])
+        areas[threshold] = [int(i.mask.sum()) for i in seg.process(rgb_image).instances]
+    # the same queries (score threshold 0 keeps all), each mask grows as the threshold falls
+    assert len(areas[0.9]) == len(areas[0.5]) == len(areas[0.01]) > 0
+    assert all(a <= b <= c for a, b, c in zip(areas[0.9], areas[0.5], areas[0.01]))
+    assert sum(areas[0.01]) > sum(areas[0.9])
+    assert ConceptSegmenter(tiny_model, tracker=None, mask_threshold=0.3).mask_threshold == 0.3  # caller wins
+    with pytest.raises(ValueError, match=r"mask_threshold is a probability in \[0, 1\], got 2.0"):
+        ConceptSegmenter(tiny_model, tracker=None, mask_threshold=2.0)

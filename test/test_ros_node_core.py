@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from efficientsam3_ros.ros import messages
-from efficientsam3_ros.ros.core import ACTIVE, INACTIVE, UNCONFIGURED, NodeCore, mask_probability_to_logit
+from efficientsam3_ros.ros.core import ACTIVE, INACTIVE, UNCONFIGURED, NodeCore
 
 pipeline = pytest.importorskip(
     "efficientsam3_ros.pipeline", reason="the pipeline (ConceptSegmenter) is needed"
@@ -200,7 +200,7 @@ def test_parameters_dynamic_and_static():
     ok, reason = core.set_parameters({"score_threshold": 0.25, "mask_threshold": 0.75, "max_rate_hz": 5.0})
     assert ok, reason
     assert seg.score_threshold == 0.25
-    assert seg.mask_threshold == pytest.approx(mask_probability_to_logit(0.75)) and seg.mask_threshold > 0
+    assert seg.mask_threshold == 0.75  # a probability, as the parameter is
     assert core.scheduler.max_rate_hz == 5.0
     ok, reason = core.set_parameters({"model": "es-rv-s"})
     assert not ok and "unconfigured" in reason
@@ -208,10 +208,13 @@ def test_parameters_dynamic_and_static():
     assert not ok and "<= 1.0" in reason
     assert seg.score_threshold == 0.25, "a refused change applies nothing"
     # -1 (the defaults): the model's own operating point (the tiny model carries SAM3's)
-    ok, reason = core.set_parameters({"score_threshold": -1.0, "track_new_threshold": -1.0})
+    ok, reason = core.set_parameters(
+        {"score_threshold": -1.0, "track_new_threshold": -1.0, "mask_threshold": -1.0}
+    )
     assert ok, reason
     point = seg.model.config.operating_point
     assert seg.score_threshold == point.score_threshold == 0.5
+    assert seg.mask_threshold == point.mask_threshold == 0.5
     assert seg.tracker.config.new_det_threshold == point.new_track_threshold == 0.7
     ok, _ = core.set_parameters({"concepts": ["dog"]})
     assert ok and list(core.concepts().values()) == ["dog"]

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_config_yaml_is_generated_from_the_table():
     text = (ROOT / "config" / "efficientsam3.yaml").read_text()
     assert text == params.render_yaml(), (
-        "regenerate: python -c 'from efficientsam3_ros.ros import params; ...'"
+        "regenerate: python -c 'from efficientsam3_ros.ros import params; "
+        'open("config/efficientsam3.yaml", "w").write(params.render_yaml())\''
     )
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,11 +112,33 @@ def test_stage2_loss_drops(datasets, tracker_checkpoint, tmp_path, one_thread):
 
 
 def test_stage3_loss_drops(datasets, tmp_path, one_thread):
-    result = train(_config("tiny_stage3", tmp_path, f"data.root={datasets['saco']}"))
+    config = _config("tiny_stage3", tmp_path, f"data.root={datasets['saco']}")
+    result = train(config)
     assert drop_ratio(result.losses()) < 0.75  # measured ~0.58
+    env = json.loads((Path(config.run.output_dir) / "environment.json").read_text())["starts"]
+    assert len(env) == 1 and torch.__version__.startswith(env[0]["packages"]["torch"])  # 2.14.1(+cu130)
+    assert env[0]["torch_threads"] == 1 and env[0]["world_size"] == 1
     keys = set(result.history[-1])
     assert {"class", "bbox", "giou", "mask_dice", "mask_focal", "presence", "distill", "aux"} <= keys
     assert all(row["aux"] > 0 for row in result.history)  # the earlier decoder layers are trained too
+
+
+def test_a_resume_in_another_environment_is_recorded_and_warned(tmp_path, caplog, monkeypatch):
+    from efficientsam3_ros.training import environment
+    from efficientsam3_ros.training.distributed import DistContext
+
+    ctx = DistContext()
+    environment.record_environment(tmp_path, ctx)
+    with caplog.at_level("WARNING"):
+        environment.record_environment(tmp_path, ctx)  # the same machine and packages: quiet
+    assert not caplog.records
+    real = environment._version
+    monkeypatch.setattr(environment, "_version", lambda name: "99.0" if name == "timm" else real(name))
+    with caplog.at_level("WARNING"):
+        environment.record_environment(tmp_path, ctx)
+    assert "timm" in caplog.text and "-> 99.0" in caplog.text and "not be bit-identical" in caplog.text
+    starts = json.loads((tmp_path / "environment.json").read_text())["starts"]
+    assert [s["packages"]["timm"] for s in starts] == [real("timm"), real("timm"), "99.0"]
 
 
 def test_decoder_tap_reads_every_layer_and_its_last_is_the_output():
@@ -172,6 +195,36 @@ def test_stage3_with_phrases_grouped_per_image_trains(datasets, tmp_path, one_th
     result = train(config)
     assert result.step == 3 and all(math.isfinite(x) for x in result.losses())
     assert all(n == 4 for n, _ in seen) and any(images < 4 for _, images in seen)
+
+
+@pytest.mark.parametrize("at_input", [False, True])
+def test_stage3_mask_losses_at_the_head_or_at_the_input_size(
+    datasets, tmp_path, one_thread, monkeypatch, at_input
+):
+    from efficientsam3_ros.training import stage3
+
+    shapes = []
+    original = stage3.dice_loss
+
+    def recording(logits, targets):
+        shapes.append((tuple(logits.shape[-2:]), tuple(targets.shape[-2:])))
+        return original(logits, targets)
+
+    monkeypatch.setattr(stage3, "dice_loss", recording)
+    config = _config(
+        "tiny_stage3",
+        tmp_path,
+        f"data.root={datasets['saco']}",
+        "run.steps=2",
+        f"options.mask_loss_at_input={str(at_input).lower()}",
+    )
+    result = train(config)
+    assert result.step == 2 and all(math.isfinite(x) for x in result.losses())
+    model_config = build_model(config.model.student).config
+    size = config.model.input_size or model_config.image_size
+    head = 4 * size // model_config.patch_size  # the mask head's 4g x 4g (g: the patch grid side)
+    expected = (size, size) if at_input else (head, head)
+    assert shapes and all(pred == truth == expected for pred, truth in shapes)
 
 
 def test_stage3_freeze_patterns_choose_what_trains(datasets, tmp_path, one_thread):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from efficientsam3_ros.bag.run import EvalConfig, evaluate_bag
 from efficientsam3_ros.bag.sink import STORAGES
+from efficientsam3_ros.cli import add_operating_point_arguments
 
 DESCRIPTION = (
     "Run EfficientSAM3 over an image topic of a rosbag2 (sqlite3 or mcap) and write OUTDIR/results "
@@ -55,20 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="trained tracker for --memory (a stage-2 export, e.g. models/demo/tracker.safetensors)",
     )
-    parser.add_argument(
-        "--score-threshold",
-        type=float,
-        default=None,
-        help="drop instances scoring below this (default: the model's operating point, SAM3's 0.5 "
-        "unless the model carries its own)",
-    )
-    parser.add_argument(
-        "--new-track-threshold",
-        type=float,
-        default=None,
-        help="a detection starts a new track only at this score (default: the model's operating point, "
-        "SAM3's new_det_thresh 0.7 unless the model carries its own)",
-    )
+    add_operating_point_arguments(parser)
     parser.add_argument(
         "--every", type=int, default=1, metavar="N", help="process every N-th image (default 1)"
     )
@@ -109,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         memory_checkpoint=args.memory_checkpoint,
         score_threshold=args.score_threshold,
         new_track_threshold=args.new_track_threshold,
+        mask_threshold=args.mask_threshold,
         every=args.every,
         max_frames=args.max_frames,
         gt=args.gt,

@@ -78,6 +78,7 @@ class EvalConfig:
     # None: the model's operating point (ModelConfig.operating_point; SAM3's 0.5 / 0.7 by default)
     score_threshold: float | None = None  # instances scoring below are dropped
     new_track_threshold: float | None = None  # a detection starts a track only at this score
+    mask_threshold: float | None = None  # mask probability above which a pixel is the instance's
     every: int = 1
     max_frames: int | None = None
     gt: Path | None = None
@@ -142,6 +143,7 @@ def build_segmenter(config: EvalConfig) -> Segmenter:
         memory_checkpoint=config.memory_checkpoint,
         score_threshold=config.score_threshold,
         new_track_threshold=config.new_track_threshold,
+        mask_threshold=config.mask_threshold,
     )
 
 
@@ -179,6 +181,7 @@ def evaluate_bag(
     for flag, value in (
         ("--score-threshold", config.score_threshold),
         ("--new-track-threshold", config.new_track_threshold),
+        ("--mask-threshold", config.mask_threshold),
     ):
         if value is not None and not 0.0 <= value <= 1.0:
             return _usage(f"{flag} must be in [0, 1] (scores are probabilities), got {value}")
@@ -349,6 +352,7 @@ def _run_info(config: EvalConfig, source: BagSource, results_path: Path) -> dict
         "memory_checkpoint": config.memory_checkpoint,
         "score_threshold": config.score_threshold,
         "new_track_threshold": config.new_track_threshold,
+        "mask_threshold": config.mask_threshold,
         "every": config.every,
         "max_frames": config.max_frames,
         "gt": str(config.gt) if config.gt else None,

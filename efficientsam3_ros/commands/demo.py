@@ -11,6 +11,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+from ..cli import add_operating_point_arguments
+
 DEMO_SEED = 90210  # held out: the demo model's training recipe never uses this seed
 
 
@@ -36,19 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "mask); the shipped demo tracker is used unless --memory-checkpoint names another",
     )
     parser.add_argument("--memory-checkpoint", default=None, help="tracker weights for --memory perceiver")
-    parser.add_argument(
-        "--score-threshold",
-        type=float,
-        default=None,
-        help="drop instances under this score (default: the model's operating point; the demo "
-        "model's is in its model.json)",
-    )
-    parser.add_argument(
-        "--new-track-threshold",
-        type=float,
-        default=None,
-        help="score a detection needs to start a track (default: the model's operating point)",
-    )
+    add_operating_point_arguments(parser)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the world/ and eval/ folders in --out"
     )
@@ -110,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         memory_checkpoint=memory_checkpoint,
         score_threshold=args.score_threshold,
         new_track_threshold=args.new_track_threshold,
+        mask_threshold=args.mask_threshold,
         gt=gt_json,
         overlay=True,
         progress=not args.no_progress,
@@ -172,8 +163,8 @@ def print_summary(report: dict, gif: Path, gif_frames: int, outcome) -> None:
     print(f"  track memory         {run.get('memory', 'none')}")
     crop = ", masks cropped to their boxes" if run.get("crop_masks_to_boxes") else ""
     print(
-        f"  thresholds           score {run.get('score_threshold')}, new track {run.get('new_track_threshold')}"
-        + crop
+        f"  thresholds           score {run.get('score_threshold')}, new track {run.get('new_track_threshold')}, "
+        f"mask {run.get('mask_threshold')}" + crop
     )
     scores = report.get("scores") or {}
     ious, coco, tracking = scores.get("mask_iou", {}), scores.get("coco", {}), scores.get("tracking", {})

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import add_operating_point_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, help="input image (PNG, JPEG, ...)")
@@ -22,13 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input-size", type=int, default=None, help="model input side (default: the model's)"
     )
-    parser.add_argument(
-        "--score-threshold",
-        type=float,
-        default=None,
-        help="keep instances scoring above this (default: the model's operating point, SAM3's 0.5 "
-        "unless the model carries its own)",
-    )
+    add_operating_point_arguments(parser, tracking=False)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument(
         "--backend",
@@ -75,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             input_size=args.input_size,
             score_threshold=args.score_threshold,
+            mask_threshold=args.mask_threshold,
             tracking=False,
         )
     except (ZooError, CheckpointError, ValueError) as err:

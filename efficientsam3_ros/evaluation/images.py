@@ -24,7 +24,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from ..modeling.efficientsam3 import ConceptFeatures, EfficientSam3Model
-from ..pipeline.preprocess import masks_to_image, preprocess
+from ..pipeline.preprocess import masks_to_image, preprocess, probability_to_logit
 from .coco_ap import coco_from_dataset, gt_annotation, segm_ap
 from .masks import match
 
@@ -209,6 +209,8 @@ def _concept_task(model, data, groups, anns_by_image, root: Path, score_threshol
     matched_ious: list[float] = []
     n_gt = 0
     cache: dict[str, ConceptFeatures] = {}
+    # masks are read where the model's operating point says (SAM3: logit 0; the demo model lower)
+    mask_logit = probability_to_logit(model.config.operating_point.mask_threshold)
 
     def concepts_for(phrases: list[str]) -> ConceptFeatures:
         missing = [p for p in phrases if p not in cache]
@@ -244,7 +246,7 @@ def _concept_task(model, data, groups, anns_by_image, root: Path, score_threshol
                 gt_anns.append(gt_annotation(len(gt_anns) + 1, eval_id, cat, rle, int(a.get("iscrowd", 0))))
             n_gt += sum(1 for a in gts if not a.get("iscrowd", 0))
             keep = (scores[j] >= score_threshold).nonzero().flatten().tolist()
-            masks = masks_to_image(out.pred_masks[j, keep], (height, width)) if keep else []
+            masks = masks_to_image(out.pred_masks[j, keep], (height, width), mask_logit) if keep else []
             pred_rles, pred_scores = [], []
             for q, mask in zip(keep, masks):
                 rle = _encode(mask)

@@ -111,6 +111,12 @@ class OperatingPoint:
     masks are sharp. A small model's coarse mask head paints every same-concept object into
     each query's mask; its boxes stay per instance, so cropping separates the instances."""
 
+    mask_threshold: float = 0.5
+    """Mask probability above which a pixel belongs to the instance (SAM3: 0.5, logit 0). A
+    small model's mask logits need not be calibrated there: the demo model's masks at 0.5 were
+    too small, so it carries the threshold its validation sequences chose
+    (models/demo/MODEL_CARD.md)."""
+
     memory_tracking: dict[str, Any] = field(default_factory=dict, hash=False)
     """``TrackingConfig`` fields this model was validated with when a memory tracker runs (none
     without one). SAM3's rules assume SAM3's calibration and a tracker trained at scale: with
@@ -119,7 +125,7 @@ class OperatingPoint:
     memory conditioned on one frame for ever (models/demo/MODEL_CARD.md)."""
 
     def __post_init__(self) -> None:
-        for name in ("score_threshold", "new_track_threshold"):
+        for name in ("score_threshold", "new_track_threshold", "mask_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(

@@ -7,6 +7,8 @@ original image size, so callers never see model coordinates.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,16 @@ def preprocess(image: np.ndarray, input_size: int, device: torch.device | str = 
             pixels, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True
         )
     return (pixels - PIXEL_MEAN) / PIXEL_STD
+
+
+def probability_to_logit(probability: float) -> float:
+    """A mask probability threshold as the logit the model's mask outputs are compared with.
+
+    Thresholds are set as probabilities (what users reason in; SAM3's 0.5 is logit 0); 0 and 1
+    are clamped so that they stay finite.
+    """
+    p = min(max(float(probability), 1e-6), 1.0 - 1e-6)
+    return math.log(p / (1.0 - p))
 
 
 def masks_to_image(

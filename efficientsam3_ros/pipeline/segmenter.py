@@ -32,7 +32,14 @@ from ..modeling.tracker_neck import TrackerFrame
 from ..runtime import Backend, ImageFeatures, RuntimeOptions, select_backend
 from ..runtime.torch_backend import TorchBackend
 from ..tracking import ConceptTracker, TrackingConfig
-from .preprocess import boxes_to_image, crop_masks_to_boxes, masks_to_image, preprocess, validate_image
+from .preprocess import (
+    boxes_to_image,
+    crop_masks_to_boxes,
+    masks_to_image,
+    preprocess,
+    probability_to_logit,
+    validate_image,
+)
 from .results import FrameResult, Instance
 
 log = logging.getLogger(__name__)
@@ -60,7 +67,7 @@ class ConceptSegmenter:
         *,
         backend: Backend | None = None,
         score_threshold: float | None = None,
-        mask_threshold: float = 0.0,
+        mask_threshold: float | None = None,
         crop_masks_to_boxes: bool | None = None,
         max_concepts: int = DEFAULT_MAX_CONCEPTS,
         tracker: ConceptTracker | None = None,
@@ -70,9 +77,9 @@ class ConceptSegmenter:
 
         Without ``memory`` a track's prediction for the next frame is its last mask; with it,
         the mask its memory predicts, which keeps ids through fast motion and short misses.
-        ``score_threshold`` and ``crop_masks_to_boxes`` left at None take the model's operating
-        point (``model.config.operating_point``: SAM3's 0.5 and no cropping, unless the model
-        was trained to another).
+        ``score_threshold``, ``mask_threshold`` (a probability) and ``crop_masks_to_boxes`` left
+        at None take the model's operating point (``model.config.operating_point``: SAM3's 0.5,
+        0.5 and no cropping, unless the model was trained to another).
         """
         if memory is not None and tracker is None:
             raise ValueError(
@@ -82,7 +89,9 @@ class ConceptSegmenter:
         self.backend = backend if backend is not None else TorchBackend(model, device=str(self.model_device))
         point = model.config.operating_point
         self.score_threshold = point.score_threshold if score_threshold is None else score_threshold
-        self.mask_threshold = mask_threshold
+        self.mask_threshold = point.mask_threshold if mask_threshold is None else mask_threshold
+        if not 0.0 <= self.mask_threshold <= 1.0:
+            raise ValueError(f"mask_threshold is a probability in [0, 1], got {self.mask_threshold}")
         self.crop_masks_to_boxes = (
             point.crop_masks_to_boxes if crop_masks_to_boxes is None else crop_masks_to_boxes
         )
@@ -185,6 +194,7 @@ class ConceptSegmenter:
         """The thresholds and mask clean-up this segmenter runs at (for reports)."""
         point: dict[str, object] = {
             "score_threshold": self.score_threshold,
+            "mask_threshold": self.mask_threshold,
             "crop_masks_to_boxes": self.crop_masks_to_boxes,
         }
         if self.tracker is not None:
@@ -334,13 +344,14 @@ class ConceptSegmenter:
 
     def _postprocess(self, out, concepts: list[_Concept], image_size: tuple[int, int]) -> list[Instance]:
         scores = out.scores
+        mask_logit = probability_to_logit(self.mask_threshold)
         instances: list[Instance] = []
         for k, concept in enumerate(concepts):
             keep = torch.nonzero(scores[k] > self.score_threshold).flatten()
             if keep.numel() == 0:
                 continue
             keep = keep[scores[k, keep].argsort(descending=True)]
-            masks = masks_to_image(out.pred_masks[k, keep], image_size, self.mask_threshold)
+            masks = masks_to_image(out.pred_masks[k, keep], image_size, mask_logit)
             boxes = boxes_to_image(out.pred_boxes[k, keep], image_size)
             if self.crop_masks_to_boxes:
                 masks = crop_masks_to_boxes(masks, boxes)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -487,12 +486,6 @@ class NodeCore:
         return out
 
 
-def mask_probability_to_logit(probability: float) -> float:
-    """The pipeline thresholds mask logits; the parameter is a probability (what users reason in)."""
-    p = min(max(float(probability), 1e-6), 1.0 - 1e-6)
-    return math.log(p / (1.0 - p))
-
-
 def _apply_thresholds(segmenter: Segmenter, config: NodeConfig) -> None:
     """Push the threshold parameters into the pipeline; a negative one means the model's own."""
     from ..modeling.config import OperatingPoint
@@ -505,7 +498,7 @@ def _apply_thresholds(segmenter: Segmenter, config: NodeConfig) -> None:
         return float(value) if value >= 0 else float(getattr(point, name))
 
     segmenter.score_threshold = own(config.score_threshold, "score_threshold")
-    segmenter.mask_threshold = mask_probability_to_logit(config.mask_threshold)
+    segmenter.mask_threshold = own(config.mask_threshold, "mask_threshold")
     tracker = getattr(segmenter, "tracker", None)
     if tracker is not None:  # the tracking config is immutable: swap in an updated copy
         # -1 parameters mean the model's own rules (with a memory tracker, its memory rules)

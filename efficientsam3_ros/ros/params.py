@@ -161,10 +161,11 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "mask_threshold",
         "float",
-        0.5,
-        "Mask probability above which a pixel belongs to the instance.",
+        -1.0,
+        "Mask probability above which a pixel belongs to the instance; -1: the model's own operating "
+        "point (SAM3's 0.5 unless the model carries another, e.g. the demo model's 0.01).",
         dynamic=True,
-        minimum=0.0,
+        minimum=-1.0,
         maximum=1.0,
     ),
     ParamSpec(

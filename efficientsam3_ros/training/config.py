@@ -153,6 +153,11 @@ class ConceptStageOptions:
     presence_weight: float = 1.0
     mask_dice_weight: float = 1.0
     mask_focal_weight: float = 5.0
+    #: mask losses on the predicted logits upsampled (bilinear) to the input size against the
+    #: full-resolution truth, i.e. on the masks as the pipeline reads them, instead of on the
+    #: 4g x 4g head output against the truth resized to it. With the latter the demo model's
+    #: logits came out lopsided (+7 inside, -42 just outside) and its masks read too small at 0.
+    mask_loss_at_input: bool = False
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     distill_weight: float = 0.0  # > 0: add distillation on the teacher's (query-aligned) outputs

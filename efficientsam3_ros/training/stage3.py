@@ -187,11 +187,17 @@ class ConceptModule(nn.Module):
             if not len(gt_boxes):
                 continue
             rows, cols = self._query_losses(out.pred_logits[b], out.pred_boxes[b], gt_boxes, parts)
-            gt_masks = F.interpolate(
-                sample["masks"].float()[None].to(device), size=mask_size, mode="bilinear"
-            )[0]
-            gt_masks = (gt_masks > 0.5).float()
             pred_masks = out.pred_masks[b, rows]
+            if opts.mask_loss_at_input:  # the masks as they are read: logits upsampled to the input
+                gt_masks = sample["masks"].float().to(device)
+                pred_masks = F.interpolate(
+                    pred_masks[:, None], size=gt_masks.shape[-2:], mode="bilinear", align_corners=False
+                )[:, 0]
+            else:
+                gt_masks = F.interpolate(
+                    sample["masks"].float()[None].to(device), size=mask_size, mode="bilinear"
+                )[0]
+                gt_masks = (gt_masks > 0.5).float()
             parts["mask_dice"].append(dice_loss(pred_masks, gt_masks[cols]))
             parts["mask_focal"].append(
                 sigmoid_focal_loss(pred_masks, gt_masks[cols], opts.focal_alpha, opts.focal_gamma)

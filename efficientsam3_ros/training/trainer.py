@@ -40,6 +40,7 @@ from .checkpointing import (
 from .config import TrainConfig
 from .data import ResumableBatchSampler, collate_list
 from .distributed import DistContext, init_distributed
+from .environment import record_environment
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        record_environment(out, ctx)
         n_train = sum(p.numel() for p in params)
         log.info("%s: %d trainable parameters (%.2f M)", config.stage, n_train, n_train / 1e6)
     ddp: nn.Module = module

@@ -38,9 +38,11 @@ CONCEPTS=("red circle" "blue square" "green triangle" "yellow star" "purple hexa
           "red square" "blue circle")  # synthetic.DEFAULT_CONCEPTS, what the demo prompts with
 HELDOUT_SEEDS=(424242 424243 424244)   # never used for training data (training uses seed 1 and 2)
 HELDOUT_FRAMES=60
+VALIDATION_SEEDS=(5 6 7)              # what the operating point was chosen on (not scored here)
 # Every row below is scored at the model's own operating point (score and new-track thresholds,
-# masks cropped to boxes), which the demo models carry in their config (registry.DEMO_OPERATING_POINT,
-# chosen on a validation sequence, seed 5) and so in every export.
+# masks cropped to boxes and cut at mask probability 0.01), which the demo models carry in their
+# config (registry.DEMO_OPERATING_POINT, chosen on validation sequences, seeds 5-7) and so in every
+# export.
 
 # ------------------------------------------------------------------------------------- data
 stamp "writing world data"
@@ -50,6 +52,12 @@ stamp "writing world data"
 [ -f data/sav/sav_000160_manual.json ] || efficientsam3 world sav data/sav --seed 2 --num 160 --frames 24
 for seed in "${HELDOUT_SEEDS[@]}"; do
     [ -f "data/heldout-$seed/gt.json" ] || efficientsam3 world rosbag "data/heldout-$seed" --seed "$seed" \
+        --frames "$HELDOUT_FRAMES"
+done
+# validation bags: `efficientsam3 eval-bag data/val-S/bag ... --gt data/val-S/gt.json --mask-threshold P`
+# (and --score-threshold / --new-track-threshold) is how registry.DEMO_OPERATING_POINT was chosen
+for seed in "${VALIDATION_SEEDS[@]}"; do
+    [ -f "data/val-$seed/gt.json" ] || efficientsam3 world rosbag "data/val-$seed" --seed "$seed" \
         --frames "$HELDOUT_FRAMES"
 done
 
