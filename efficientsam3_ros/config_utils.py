@@ -41,3 +41,16 @@ def check_scalar_types(cls: type, data: dict[str, Any], what: str) -> None:
         kind, value = _SCALARS.get(str(f.type)), data[f.name]
         if kind is not None and not fits_kind(value, kind):
             raise ValueError(f"{what} {f.name} must be of type {f.type}, got {value!r}")
+
+
+def check_mask_threshold(value: float, name: str = "mask_threshold") -> float:
+    """A mask cut is a probability strictly between 0 and 1 (SAM3: 0.5, i.e. logit 0).
+
+    0 or 1 would keep every pixel or none; and a caller still passing a logit (0.0, the cut
+    before it became a probability) is told so instead of getting whole-image masks.
+    """
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(
+            f"{name} is a mask probability strictly between 0 and 1 (SAM3: 0.5, i.e. logit 0), got {value}"
+        )
+    return float(value)

@@ -361,7 +361,7 @@ def test_cli_mask_threshold_reaches_the_pipeline_and_is_validated(tmp_path: Path
     assert cli.main([*args, "--mask-threshold", "0.2", "--no-progress", "--out", str(out)]) == EXIT_OK
     assert json.loads((out / "report.json").read_text())["run"]["mask_threshold"] == 0.2
     assert cli.main([*args, "--mask-threshold", "1.2", "--out", str(tmp_path / "bad")]) == EXIT_USAGE
-    assert "--mask-threshold must be in [0, 1]" in capsys.readouterr().err
+    assert "--mask-threshold is a mask probability strictly between 0 and 1" in capsys.readouterr().err
     default = build_segmenter(config(bag, tmp_path / "o1", model="es-ev-tiny", backend="torch-cpu"))
     assert default.mask_threshold == 0.5  # the tiny model carries SAM3's point
     built = build_segmenter(

@@ -77,6 +77,10 @@ def test_segment_writes_overlay_and_json(tmp_path, image_file, capsys):
         (["--concept", "mug", "--model", "es-ev-tiny"], "does not exist"),
         (["--concept", "   ", "--model", "es-ev-tiny"], "empty concept"),
         (["--concept", "mug", "--model", "no-such-model"], "unknown model"),
+        (
+            ["--concept", "mug", "--model", "no-such-model", "--mask-threshold", "0"],
+            "--mask-threshold is a mask",
+        ),
     ],
 )
 def test_segment_refuses_bad_input(tmp_path, image_file, capsys, argv_tail, message):

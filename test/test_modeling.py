@@ -201,8 +201,8 @@ def test_operating_point_travels_with_the_config():
     assert ModelConfig.from_dict(data).operating_point == OperatingPoint()
     with pytest.raises(ValueError, match=r"operating_point.score_threshold must be in \[0, 1\]"):
         ModelConfig.from_dict({**data, "operating_point": {"score_threshold": 1.5}})
-    with pytest.raises(ValueError, match=r"operating_point.mask_threshold must be in \[0, 1\]"):
-        ModelConfig.from_dict({**data, "operating_point": {"mask_threshold": -0.2}})
+    with pytest.raises(ValueError, match="operating_point.mask_threshold is a mask probability strictly"):
+        ModelConfig.from_dict({**data, "operating_point": {"mask_threshold": 1.0}})
     with pytest.raises(ValueError, match="unknown operating_point keys"):
         ModelConfig.from_dict({**data, "operating_point": {"score": 0.3}})
     # the memory-tracking rules are TrackingConfig fields, checked when the file is read

@@ -227,5 +227,9 @@ def test_mask_threshold_is_a_probability_taken_from_the_operating_point(tiny_mod
     assert all(a <= b <= c for a, b, c in zip(areas[0.9], areas[0.5], areas[0.01]))
     assert sum(areas[0.01]) > sum(areas[0.9])
     assert ConceptSegmenter(tiny_model, tracker=None, mask_threshold=0.3).mask_threshold == 0.3  # caller wins
-    with pytest.raises(ValueError, match=r"mask_threshold is a probability in \[0, 1\], got 2.0"):
-        ConceptSegmenter(tiny_model, tracker=None, mask_threshold=2.0)
+    with pytest.raises(ValueError, match="mask_threshold is a mask probability strictly between 0 and 1"):
+        ConceptSegmenter(tiny_model, tracker=None, mask_threshold=0.0)  # the old logit default
+    seg = ConceptSegmenter(tiny_model, tracker=None)
+    with pytest.raises(ValueError, match="got 1.5"):
+        seg.mask_threshold = 1.5  # checked on every set (the node sets it live)
+    assert seg.mask_threshold == 0.01

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 
@@ -208,13 +209,18 @@ def test_parameters_dynamic_and_static():
     assert not ok and "<= 1.0" in reason
     assert seg.score_threshold == 0.25, "a refused change applies nothing"
     # -1 (the defaults): the model's own operating point (the tiny model carries SAM3's)
+    ok, reason = core.set_parameters({"mask_threshold": 0.0})
+    assert not ok and "mask_threshold must be >= 0.001" in reason  # a cut at 0 keeps every pixel
+    seg.model.config.operating_point = dataclasses.replace(
+        seg.model.config.operating_point, mask_threshold=0.2
+    )
     ok, reason = core.set_parameters(
         {"score_threshold": -1.0, "track_new_threshold": -1.0, "mask_threshold": -1.0}
     )
     assert ok, reason
     point = seg.model.config.operating_point
     assert seg.score_threshold == point.score_threshold == 0.5
-    assert seg.mask_threshold == point.mask_threshold == 0.5
+    assert seg.mask_threshold == point.mask_threshold == 0.2  # the model's own, not a constant
     assert seg.tracker.config.new_det_threshold == point.new_track_threshold == 0.7
     ok, _ = core.set_parameters({"concepts": ["dog"]})
     assert ok and list(core.concepts().values()) == ["dog"]

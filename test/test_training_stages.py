@@ -128,17 +128,22 @@ def test_a_resume_in_another_environment_is_recorded_and_warned(tmp_path, caplog
     from efficientsam3_ros.training.distributed import DistContext
 
     ctx = DistContext()
-    environment.record_environment(tmp_path, ctx)
+    environment.record_environment(tmp_path, ctx, resumed=False)
     with caplog.at_level("WARNING"):
-        environment.record_environment(tmp_path, ctx)  # the same machine and packages: quiet
+        environment.record_environment(tmp_path, ctx, resumed=True)  # the same machine and packages: quiet
     assert not caplog.records
     real = environment._version
     monkeypatch.setattr(environment, "_version", lambda name: "99.0" if name == "timm" else real(name))
     with caplog.at_level("WARNING"):
-        environment.record_environment(tmp_path, ctx)
+        environment.record_environment(tmp_path, ctx, resumed=True)
     assert "timm" in caplog.text and "-> 99.0" in caplog.text and "not be bit-identical" in caplog.text
     starts = json.loads((tmp_path / "environment.json").read_text())["starts"]
     assert [s["packages"]["timm"] for s in starts] == [real("timm"), real("timm"), "99.0"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a fresh run in the same folder starts its own record
+        environment.record_environment(tmp_path, ctx, resumed=False)
+    assert not caplog.records
+    assert len(json.loads((tmp_path / "environment.json").read_text())["starts"]) == 1
 
 
 def test_decoder_tap_reads_every_layer_and_its_last_is_the_output():

@@ -31,6 +31,7 @@ from efficientsam3_ros.bag.source import (
     MessageError,
     header_stamp_ns,
 )
+from efficientsam3_ros.config_utils import check_mask_threshold
 from efficientsam3_ros.evaluation.ground_truth import load_ground_truth
 from efficientsam3_ros.evaluation.records import FrameRecord, InstanceRecord
 from efficientsam3_ros.evaluation.report import write_report
@@ -181,10 +182,14 @@ def evaluate_bag(
     for flag, value in (
         ("--score-threshold", config.score_threshold),
         ("--new-track-threshold", config.new_track_threshold),
-        ("--mask-threshold", config.mask_threshold),
     ):
         if value is not None and not 0.0 <= value <= 1.0:
             return _usage(f"{flag} must be in [0, 1] (scores are probabilities), got {value}")
+    if config.mask_threshold is not None:
+        try:
+            check_mask_threshold(config.mask_threshold, "--mask-threshold")
+        except ValueError as err:
+            return _usage(str(err))
     out_dir = Path(config.out_dir)
     results_path = out_dir / "results"
     if results_path.exists():

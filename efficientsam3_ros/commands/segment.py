@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..cli import CliError
+    from ..config_utils import check_mask_threshold
     from ..modeling.checkpoint_files import CheckpointError
     from ..modeling.tokenizer import validate_phrase
     from ..pipeline import ConceptSegmenter
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         concepts = [validate_phrase(c) for c in args.concept]
+        if args.mask_threshold is not None:  # before the model loads, named as the flag
+            check_mask_threshold(args.mask_threshold, "--mask-threshold")
     except ValueError as err:
         raise CliError(str(err)) from None
     image = load_rgb(args.image)

@@ -185,7 +185,7 @@ def _box_task(model, groups, anns_by_image, root: Path) -> dict[str, Any]:
             out = model.detect(features, concepts, input_boxes=boxes, input_boxes_labels=labels)
             best = out.scores.argmax(dim=1)
             logits = out.pred_masks[torch.arange(k), best]
-            masks = masks_to_image(logits, (height, width))
+            masks = masks_to_image(logits, (height, width), _mask_logit(model))
             for a, mask in zip(batch, masks):
                 iou = _iou(_encode(mask), _gt_rle(a, height, width))
                 ious.append(iou)
@@ -200,6 +200,11 @@ def _box_task(model, groups, anns_by_image, root: Path) -> dict[str, Any]:
     }
 
 
+def _mask_logit(model: EfficientSam3Model) -> float:
+    """Masks are read where the model's operating point cuts them (SAM3: logit 0; the demo model lower)."""
+    return probability_to_logit(model.config.operating_point.mask_threshold)
+
+
 def _concept_task(model, data, groups, anns_by_image, root: Path, score_threshold: float) -> dict[str, Any]:
     saco = is_saco(data)
     categories = {c["id"]: c["name"] for c in data.get("categories", [])}
@@ -209,8 +214,7 @@ def _concept_task(model, data, groups, anns_by_image, root: Path, score_threshol
     matched_ious: list[float] = []
     n_gt = 0
     cache: dict[str, ConceptFeatures] = {}
-    # masks are read where the model's operating point says (SAM3: logit 0; the demo model lower)
-    mask_logit = probability_to_logit(model.config.operating_point.mask_threshold)
+    mask_logit = _mask_logit(model)
 
     def concepts_for(phrases: list[str]) -> ConceptFeatures:
         missing = [p for p in phrases if p not in cache]

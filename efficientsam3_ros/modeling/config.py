@@ -13,7 +13,7 @@ import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..config_utils import check_known_keys
+from ..config_utils import check_known_keys, check_mask_threshold
 
 # SAM3's detector heads at full size (transformers' Sam3Config defaults, spelled out so a
 # tiny config can override only what it shrinks).
@@ -125,12 +125,13 @@ class OperatingPoint:
     memory conditioned on one frame for ever (models/demo/MODEL_CARD.md)."""
 
     def __post_init__(self) -> None:
-        for name in ("score_threshold", "new_track_threshold", "mask_threshold"):
+        for name in ("score_threshold", "new_track_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(
                     f"operating_point.{name} must be in [0, 1] (scores are probabilities), got {value}"
                 )
+        check_mask_threshold(self.mask_threshold, "operating_point.mask_threshold")
         from ..tracking.config import TrackingConfig  # a plain dataclass: no torch, no numpy work
 
         if not isinstance(self.memory_tracking, dict):

@@ -57,13 +57,13 @@ def probability_to_logit(probability: float) -> float:
 
 
 def masks_to_image(
-    mask_logits: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.0
+    mask_logits: torch.Tensor, image_size: tuple[int, int], logit_threshold: float = 0.0
 ) -> np.ndarray:
     """[N, h, w] logits at model resolution -> bool [N, H, W] at the original image size."""
     if mask_logits.shape[0] == 0:
         return np.zeros((0, *image_size), dtype=bool)
     up = F.interpolate(mask_logits[:, None].float(), size=image_size, mode="bilinear", align_corners=False)
-    return (up[:, 0] > threshold).cpu().numpy()
+    return (up[:, 0] > logit_threshold).cpu().numpy()
 
 
 #: How far a mask may reach past its own box when cropped (fraction of the box side; plus

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config_utils import check_mask_threshold
 from ..modeling import EfficientSam3Model, TrackerModel, TrackMemory, build_tracker
 from ..modeling.config import OperatingPoint
 from ..modeling.tokenizer import validate_phrase
@@ -90,8 +91,6 @@ class ConceptSegmenter:
         point = model.config.operating_point
         self.score_threshold = point.score_threshold if score_threshold is None else score_threshold
         self.mask_threshold = point.mask_threshold if mask_threshold is None else mask_threshold
-        if not 0.0 <= self.mask_threshold <= 1.0:
-            raise ValueError(f"mask_threshold is a probability in [0, 1], got {self.mask_threshold}")
         self.crop_masks_to_boxes = (
             point.crop_masks_to_boxes if crop_masks_to_boxes is None else crop_masks_to_boxes
         )
@@ -314,6 +313,15 @@ class ConceptSegmenter:
         )
 
     @property
+    def mask_threshold(self) -> float:
+        """Mask probability above which a pixel belongs to an instance (checked on every set: the node sets it live)."""
+        return self._mask_threshold
+
+    @mask_threshold.setter
+    def mask_threshold(self, value: float) -> None:
+        self._mask_threshold = check_mask_threshold(value)
+
+    @property
     def model_device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -389,6 +397,8 @@ class ConceptSegmenter:
             ids = sorted(self._memories)
             out = self.memory.propagate([self._memories[tid] for tid in ids], frame)  # all tracks, batched
             self.propagate_calls += 1
+            # the tracker's own mask head, trained on its own; read at SAM's logit 0, not at the
+            # detector's operating point (with the demo rules its masks are not published anyway)
             masks = masks_to_image(out.mask_logits, image_size, 0.0)
             scores = torch.sigmoid(out.object_score_logits.float()).tolist()
             propagated = {tid: (masks[i], float(scores[i])) for i, tid in enumerate(ids)}

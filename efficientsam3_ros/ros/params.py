@@ -165,8 +165,9 @@ PARAMS: tuple[ParamSpec, ...] = (
         "Mask probability above which a pixel belongs to the instance; -1: the model's own operating "
         "point (SAM3's 0.5 unless the model carries another, e.g. the demo model's 0.01).",
         dynamic=True,
-        minimum=-1.0,
-        maximum=1.0,
+        minimum=0.001,
+        maximum=0.999,
+        model_default=True,
     ),
     ParamSpec(
         "track_new_threshold",

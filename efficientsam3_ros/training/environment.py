@@ -61,11 +61,14 @@ def _numerics(env: dict[str, Any]) -> dict[str, Any]:
     return {**flat, **env.get("packages", {})}
 
 
-def record_environment(out: Path, ctx: DistContext) -> dict[str, Any]:
-    """Append this start to ``out/environment.json``; warn when it differs from the run's first start."""
+def record_environment(out: Path, ctx: DistContext, resumed: bool) -> dict[str, Any]:
+    """Write this start to ``out/environment.json``: a fresh run starts the list, a resume appends
+    to it and warns when it differs from the run's first start."""
     path = out / "environment.json"
     now = describe_environment(ctx)
-    starts: list[dict[str, Any]] = json.loads(path.read_text())["starts"] if path.exists() else []
+    starts: list[dict[str, Any]] = []
+    if resumed and path.exists():
+        starts = json.loads(path.read_text())["starts"]
     if starts:
         before, after = _numerics(starts[0]), _numerics(now)
         changed = [

@@ -170,7 +170,6 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        record_environment(out, ctx)
         n_train = sum(p.numel() for p in params)
         log.info("%s: %d trainable parameters (%.2f M)", config.stage, n_train, n_train / 1e6)
     ddp: nn.Module = module
@@ -204,6 +203,8 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
         result.resumed_from = resume_path
         if ctx.is_main:
             log.info("resumed from %s at step %d", resume_path, start)
+    if ctx.is_main:
+        record_environment(out, ctx, resumed=resume_path is not None)
     result.step = start
 
     sampler = ResumableBatchSampler(
