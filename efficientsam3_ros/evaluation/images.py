@@ -149,6 +149,7 @@ def _features(model: EfficientSam3Model, image: np.ndarray):
 
 def _box_task(model, groups, anns_by_image, root: Path) -> dict[str, Any]:
     visual = model.encode_concepts([BOX_PROMPT_TEXT])
+    mask_logit = _mask_logit(model)
     ious: list[float] = []
     per_category: dict[int, list[float]] = defaultdict(list)
     for file_name, entries in _progress(groups, "eval-images box"):
@@ -185,7 +186,7 @@ def _box_task(model, groups, anns_by_image, root: Path) -> dict[str, Any]:
             out = model.detect(features, concepts, input_boxes=boxes, input_boxes_labels=labels)
             best = out.scores.argmax(dim=1)
             logits = out.pred_masks[torch.arange(k), best]
-            masks = masks_to_image(logits, (height, width), _mask_logit(model))
+            masks = masks_to_image(logits, (height, width), mask_logit)
             for a, mask in zip(batch, masks):
                 iou = _iou(_encode(mask), _gt_rle(a, height, width))
                 ious.append(iou)
