@@ -94,3 +94,29 @@ def test_cosine_schedule_with_warmup():
     assert cosine_with_warmup(100, 100, 10, 0.1) == pytest.approx(0.1)
     mid = cosine_with_warmup(55, 100, 10, 0.0)
     assert mid == pytest.approx(0.5)
+
+
+def test_demo_recipe_configs_validate_and_chain_to_the_shipped_input_size():
+    """The recipe's stages hand their exports on in order, and it finishes at the size it ships."""
+    import json
+
+    root = CONFIGS.parents[1]
+    configs = {p.stem: load_config(p) for p in sorted((root / "training" / "demo").glob("*.yaml"))}
+    assert set(configs) == {
+        "teacher_stage3",
+        "student_stage1_image",
+        "student_stage3",
+        "student_stage3_hires",
+        "student_stage2",
+    }
+
+    def export_of(name: str) -> str:
+        return f"{configs[name].run.output_dir}/export/model.safetensors"
+
+    assert configs["student_stage3"].model.student_checkpoint == export_of("student_stage1_image")
+    assert configs["student_stage3_hires"].model.student_checkpoint == export_of("student_stage3")
+    assert configs["student_stage2"].model.student_checkpoint == export_of("student_stage3_hires")
+    shipped = json.loads((root / "models" / "demo" / "model.json").read_text())["image_size"]
+    assert configs["student_stage3_hires"].model.input_size == shipped == 224
+    assert configs["student_stage2"].model.input_size == shipped  # the tracker learns at the deployed size
+    assert configs["student_stage3"].model.input_size is None  # the rest of stage 3 at the registry's 168
