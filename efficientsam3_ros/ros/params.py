@@ -153,7 +153,7 @@ PARAMS: tuple[ParamSpec, ...] = (
         "float",
         -1.0,
         "Minimum instance score to publish; -1: the model's own operating point (SAM3's 0.5 unless "
-        "the model carries another, e.g. the demo model's 0.25).",
+        "the model carries another, e.g. the demo model's 0.1).",
         dynamic=True,
         minimum=-1.0,
         maximum=1.0,
