@@ -120,3 +120,8 @@ def test_demo_recipe_configs_validate_and_chain_to_the_shipped_input_size():
     assert configs["student_stage3_hires"].model.input_size == shipped == 224
     assert configs["student_stage2"].model.input_size == shipped  # the tracker learns at the deployed size
     assert configs["student_stage3"].model.input_size is None  # the rest of stage 3 at the registry's 168
+    # the finish is stage 3 continued: its data and losses are stage 3's (the two files repeat them)
+    for section in ("data", "options"):
+        assert getattr(configs["student_stage3_hires"], section) == getattr(
+            configs["student_stage3"], section
+        )
