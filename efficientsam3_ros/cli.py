@@ -32,6 +32,11 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
         "efficientsam3_ros.bag.cli",
     ),
     (
+        "sweep-thresholds",
+        "choose score / new-track thresholds on bags with ground truth (one model pass per bag)",
+        "efficientsam3_ros.bag.sweep_cli",
+    ),
+    (
         "demo",
         "run the whole system on a built-in synthetic world (main job)",
         "efficientsam3_ros.commands.demo",

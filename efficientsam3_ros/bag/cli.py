@@ -22,9 +22,8 @@ DESCRIPTION = (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the eval-bag options to ``parser`` (a sub-command parser or a standalone one)."""
-    parser.add_argument("bag", type=Path, help="rosbag2 directory (or a single .db3/.mcap file)")
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The image topic, the concepts and the model: what every command that runs a model over a bag takes."""
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     parser.add_argument(
         "--concept",
@@ -43,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", help="tensorrt, onnxruntime, torch or auto (default)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: best available)")
     parser.add_argument("--input-size", type=int, default=None, help="model input side in pixels")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the eval-bag options to ``parser`` (a sub-command parser or a standalone one)."""
+    parser.add_argument("bag", type=Path, help="rosbag2 directory (or a single .db3/.mcap file)")
+    add_model_arguments(parser)
     parser.add_argument(
         "--memory",
         choices=("none", "perceiver", "dense"),

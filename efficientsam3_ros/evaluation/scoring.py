@@ -78,3 +78,24 @@ def overall_scores(
         "idf1": overall.get("idf1"),
         "mota": overall.get("mota"),
     }
+
+
+def pool_overall(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several sequences' :func:`overall_scores` as one row, the way the demo model's card pools them.
+
+    Mask IoU over every ground-truth instance of every sequence (weighted by instances); mask
+    AP, IDF1 and MOTA averaged over the sequences (each is a per-sequence quantity: a track id
+    means nothing in another bag). A missing value counts 0, as a sequence without output scores 0.
+    """
+    if not runs:
+        raise ValueError("pool_overall needs at least one sequence's scores")
+    instances = sum(r["gt_instances"] for r in runs)
+    mean = lambda key: sum(r[key] or 0.0 for r in runs) / len(runs)  # noqa: E731
+    return {
+        "sequences": len(runs),
+        "gt_instances": instances,
+        "mask_iou": sum((r["mask_iou"] or 0.0) * r["gt_instances"] for r in runs) / max(instances, 1),
+        "mask_ap": mean("mask_ap"),
+        "idf1": mean("idf1"),
+        "mota": mean("mota"),
+    }

@@ -1,0 +1,160 @@
+"""Choose an operating point on recorded bags: run the model once, replay the tracker per threshold pair.
+
+``eval-bag`` at one (score, new-track) pair runs the model over every frame; choosing a pair
+that way costs one model pass per pair and per bag (the demo model's card swept 11 pairs on 3
+bags: 33 passes). Without a memory tracker the detector does not depend on the tracker, so one
+pass that keeps every detection above the lowest score threshold holds everything each pair
+needs: a pair is then only the tracker replayed over the stored detections and scored, which
+gives the same scores as ``eval-bag`` at that pair (``test_bag_sweep.py`` checks it) in a
+fraction of a second per bag. With a memory tracker that no longer holds (which detections
+start tracks decides what the memory is conditioned on), so the sweep runs without one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from efficientsam3_ros.bag.run import to_record
+from efficientsam3_ros.bag.source import BagSource, MessageError, header_stamp_ns
+from efficientsam3_ros.evaluation.ground_truth import load_ground_truth
+from efficientsam3_ros.evaluation.records import FrameRecord
+from efficientsam3_ros.evaluation.scoring import pool_overall, score
+from efficientsam3_ros.pipeline.results import FrameResult, Instance
+from efficientsam3_ros.ros import messages
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCORE_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+DEFAULT_NEW_TRACK_THRESHOLDS = (0.3, 0.35, 0.4, 0.5)
+
+
+@dataclass
+class StoredFrame:
+    """One frame's detections with their masks bit-packed (a 640 x 480 mask: 38 kB instead of 307)."""
+
+    stamp_ns: int
+    image_size: tuple[int, int]
+    concepts: dict[int, str]
+    detections: list[tuple[Instance, np.ndarray]]  # (instance without its mask, packed mask)
+
+    @classmethod
+    def pack(cls, stamp_ns: int, result: FrameResult) -> StoredFrame:
+        return cls(
+            stamp_ns,
+            result.image_size,
+            dict(result.concepts),
+            [
+                (dataclasses.replace(i, mask=np.zeros((0, 0), bool)), np.packbits(i.mask))
+                for i in result.instances
+            ],
+        )
+
+    def above(self, score_threshold: float) -> list[Instance]:
+        """The detections a segmenter at ``score_threshold`` would have passed on (strictly above, as it does)."""
+        h, w = self.image_size
+        return [
+            dataclasses.replace(inst, mask=np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool))
+            for inst, bits in self.detections
+            if inst.score > score_threshold
+        ]
+
+
+@dataclass
+class SweepBag:
+    """One bag, its ground truth, and the detections the single model pass stored."""
+
+    bag: Path
+    gt_path: Path
+    gt: dict[int, FrameRecord] = field(default_factory=dict)
+    gt_labels: list[str] = field(default_factory=list)
+    frames: list[StoredFrame] = field(default_factory=list)
+    failed: int = 0
+
+
+def frames_of(source: BagSource, image_topic: str) -> Iterator[tuple[int, np.ndarray] | Exception]:
+    """(stamp, RGB) per image message in log-time order; an undecodable message yields its error."""
+    for conn, _, raw in source.raw_messages(source.image_connections(image_topic)):
+        try:
+            msg = source.deserialize(raw, conn.msgtype)
+            yield header_stamp_ns(msg), messages.msg_to_rgb(msg)
+        except (MessageError, messages.FrameError, AttributeError, ValueError) as err:
+            yield err
+
+
+def detect(segmenter: Any, sequence: SweepBag, image_topic: str, progress: bool = True) -> None:
+    """The one model pass: every frame's detections (no tracker) stored on ``sequence``."""
+    sequence.gt, sequence.gt_labels = load_ground_truth(sequence.gt_path)
+    with BagSource(sequence.bag) as source:
+        bar = tqdm(frames_of(source, image_topic), desc=f"detect {sequence.bag.name}", disable=not progress)
+        for item in bar:
+            if isinstance(item, Exception):
+                sequence.failed += 1
+                log.warning("%s: image message skipped: %s", sequence.bag, item)
+                continue
+            stamp, rgb = item
+            try:
+                result = segmenter.process(rgb)
+            except Exception as err:  # noqa: BLE001 - one refused frame is counted, not fatal
+                sequence.failed += 1
+                log.warning("%s: frame %d refused by the model: %s", sequence.bag, stamp, err)
+                continue
+            sequence.frames.append(StoredFrame.pack(stamp, result))
+
+
+def replay(frames: Sequence[StoredFrame], score_threshold: float, tracker: Any) -> dict[int, FrameRecord]:
+    """The tracker over the stored detections at one score threshold: what eval-bag would have scored."""
+    records = {}
+    for frame in frames:
+        instances = tracker.update(frame.above(score_threshold)).instances
+        result = FrameResult(instances, frame.image_size, frame.concepts, {})
+        records[frame.stamp_ns] = to_record(result, frame.stamp_ns)
+    return records
+
+
+def sweep(
+    sequences: Sequence[SweepBag],
+    concepts: Sequence[str],
+    point: Any,
+    score_thresholds: Sequence[float],
+    new_track_thresholds: Sequence[float],
+) -> list[dict[str, Any]]:
+    """Pooled scores (see :func:`pool_overall`) per (score, new-track) pair; ``point`` is the model's
+    ``OperatingPoint`` (its tracking rules, with each pair's new-track threshold).
+
+    Pairs whose new-track threshold is under the score threshold are left out: a detection under
+    the score threshold never reaches the tracker, so they repeat the pair (s, s).
+    """
+    from efficientsam3_ros.pipeline.segmenter import make_tracker
+
+    rows = []
+    for s in sorted(score_thresholds):
+        for nt in sorted(new_track_thresholds):
+            if nt < s:
+                continue
+            pair = dataclasses.replace(point, score_threshold=s, new_track_threshold=nt)
+            runs = []
+            for seq in sequences:
+                pred = replay(seq.frames, s, make_tracker(True, pair))
+                runs.append(score(seq.gt, pred, concepts, gt_labels=seq.gt_labels)["overall"])
+            pooled = pool_overall(runs)
+            pooled["criterion"] = criterion(pooled)
+            rows.append({"score_threshold": s, "new_track_threshold": nt, **pooled})
+    return rows
+
+
+def criterion(pooled: dict[str, Any]) -> float:
+    """What the sweep ranks by: the mean of mask IoU and IDF1 (a missing value counts 0).
+
+    Mask quality and identity are what a robot's planner consumes; AP ranks detections over all
+    thresholds and MOTA is dominated by the false positives of a few long tracks, so neither picks
+    a threshold well on its own (models/demo/MODEL_CARD.md).
+    """
+    return ((pooled.get("mask_iou") or 0.0) + (pooled.get("idf1") or 0.0)) / 2
