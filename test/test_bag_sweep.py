@@ -113,3 +113,22 @@ def test_pool_overall_weights_iou_by_instances_and_averages_the_rest():
     assert pooled["mota"] == pytest.approx(0.0) and pooled["gt_instances"] == 40
     with pytest.raises(ValueError, match="at least one"):
         pool_overall([])
+
+
+@pytest.mark.skipif(
+    not DEMO_WEIGHTS.is_file(), reason="models/demo/model.safetensors is not in this checkout"
+)
+def test_missing_topic_is_a_usage_error_naming_the_bags_topics(tmp_path, world_bags, capsys):
+    argv = _sweep_argv(world_bags[:1], tmp_path / "out")
+    argv[argv.index(TOPIC)] = "/no/such/topic"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "/no/such/topic" in err and TOPIC in err
+
+
+def test_unreadable_ground_truth_is_a_usage_error_before_the_model_loads(tmp_path, world_bags, capsys):
+    bad = tmp_path / "gt.json"
+    bad.write_text("{not json")
+    argv = _sweep_argv([(world_bags[0][0], bad)], tmp_path / "out", "--model", "no-such-model")
+    assert main(argv) == 2
+    assert str(bad) in capsys.readouterr().err

@@ -50,6 +50,10 @@ EXIT_USAGE = 2  # bad arguments: missing topic, unreadable ground truth, existin
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
+#: What decoding one image message can raise: a bad message is counted and skipped, never fatal.
+DECODE_ERRORS = (MessageError, messages.FrameError, AttributeError, ValueError)
+
+
 class Segmenter(Protocol):
     """What the loop needs from ``pipeline.ConceptSegmenter`` (tests pass light stand-ins)."""
 
@@ -316,7 +320,7 @@ def _loop(
                     state.duplicates += 1
                 state.stamps.add(stamp)
                 rgb = messages.msg_to_rgb(msg)
-            except (MessageError, messages.FrameError, AttributeError, ValueError) as err:
+            except DECODE_ERRORS as err:
                 state.fail(index, stamp, "decode", err)
                 continue
             try:

@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from efficientsam3_ros.bag.run import to_record
-from efficientsam3_ros.bag.source import BagSource, MessageError, header_stamp_ns
-from efficientsam3_ros.evaluation.ground_truth import load_ground_truth
+from efficientsam3_ros.bag.run import DECODE_ERRORS, to_record
+from efficientsam3_ros.bag.source import BagSource, header_stamp_ns
 from efficientsam3_ros.evaluation.records import FrameRecord
 from efficientsam3_ros.evaluation.scoring import pool_overall, score
 from efficientsam3_ros.pipeline.results import FrameResult, Instance
@@ -85,13 +84,12 @@ def frames_of(source: BagSource, image_topic: str) -> Iterator[tuple[int, np.nda
         try:
             msg = source.deserialize(raw, conn.msgtype)
             yield header_stamp_ns(msg), messages.msg_to_rgb(msg)
-        except (MessageError, messages.FrameError, AttributeError, ValueError) as err:
+        except DECODE_ERRORS as err:
             yield err
 
 
 def detect(segmenter: Any, sequence: SweepBag, image_topic: str, progress: bool = True) -> None:
     """The one model pass: every frame's detections (no tracker) stored on ``sequence``."""
-    sequence.gt, sequence.gt_labels = load_ground_truth(sequence.gt_path)
     with BagSource(sequence.bag) as source:
         bar = tqdm(frames_of(source, image_topic), desc=f"detect {sequence.bag.name}", disable=not progress)
         for item in bar:

@@ -66,15 +66,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from efficientsam3_ros.bag.source import BagError
     from efficientsam3_ros.bag.sweep import SweepBag, detect, sweep
     from efficientsam3_ros.config_utils import check_mask_threshold
-    from efficientsam3_ros.evaluation.ground_truth import GroundTruthError
+    from efficientsam3_ros.evaluation.ground_truth import load_ground_truth
 
     bags = [SweepBag(Path(b), Path(g)) for b, g in args.bags]
     for bag in bags:  # before the model loads: a typo should not cost a model build
         for path, what in ((bag.bag, "bag"), (bag.gt_path, "ground truth")):
             if not path.exists():
                 raise CliError(f"{what} {path} does not exist")
+        try:
+            bag.gt, bag.gt_labels = load_ground_truth(bag.gt_path)
+        except ValueError as err:
+            raise CliError(str(err)) from None
     if args.mask_threshold is not None:
         try:
             check_mask_threshold(args.mask_threshold, "--mask-threshold")
@@ -100,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for bag in bags:
             detect(segmenter, bag, args.image_topic, progress=not args.no_progress)
-    except (GroundTruthError, ValueError) as err:
+    except BagError as err:  # unreadable bag, missing topic: named, with the bag's topics listed
         raise CliError(str(err)) from None
     detected = time.time()
     rows = sweep(bags, args.concepts, point, args.score_thresholds, args.new_track_thresholds)
