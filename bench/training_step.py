@@ -3,6 +3,7 @@
     python bench/training_step.py              # demo-student and demo-teacher, 12 steps each way (~20 s, 2 cores)
     python bench/training_step.py --steps 4    # quicker, noisier
     python bench/training_step.py --detr-levels   # demo-student: DETR encoder on the 1x vs the 2x level
+    python bench/training_step.py --optimizer     # AdamW's for-loop vs foreach vs fused update (optim.implementation)
 
 SA-Co lists each image once per noun phrase. With ``data.phrases_per_image: 1`` a batch of 12
 datapoints is 12 independent draws, so about 12 different images go through the image encoder;
@@ -30,6 +31,7 @@ from efficientsam3_ros.synthetic.writers import write_dataset
 from efficientsam3_ros.training.config import ConceptStageOptions
 from efficientsam3_ros.training.data import ConceptDataset, ResumableBatchSampler
 from efficientsam3_ros.training.stage3 import ConceptModule
+from efficientsam3_ros.training.trainer import optimizer_flags
 
 
 def batches(dataset: ConceptDataset, batch_size: int, group_size: int, seed: int):
@@ -41,14 +43,18 @@ def batches(dataset: ConceptDataset, batch_size: int, group_size: int, seed: int
         yield [dataset[ref] for ref in refs]
 
 
+Variant = tuple[EfficientSam3Model, int, str]  # model, phrases_per_image, optim.implementation
+
+
 def time_steps(
-    variants: dict[str, tuple[EfficientSam3Model, int]], dataset: ConceptDataset, steps: int, batch_size: int
+    variants: dict[str, Variant], dataset: ConceptDataset, steps: int, batch_size: int
 ) -> dict[str, float]:
-    """Median ms per optimizer step of each ``label: (model, phrases_per_image)``, interleaved."""
+    """Median ms per optimizer step of each ``label: (model, phrases_per_image, implementation)``, interleaved."""
     runs = {}
-    for label, (model, group) in variants.items():
+    for label, (model, group, implementation) in variants.items():
         module = ConceptModule(model, None, ConceptStageOptions(focal_alpha=0.5)).train()
-        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+        flags = optimizer_flags(implementation, torch.device("cpu"))
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, **flags)
         runs[label] = (module, optimizer, batches(dataset, batch_size, group, seed=1))
     generator = torch.Generator().manual_seed(0)
     times: dict[str, list[float]] = {label: [] for label in variants}
@@ -88,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead: demo-student with the DETR encoder on the 1x vs the 2x level (ModelConfig.detr_level_scale)",
     )
+    parser.add_argument(
+        "--optimizer",
+        action="store_true",
+        help="instead: each model's step with AdamW's for-loop, foreach and fused update (optim.implementation)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,16 +112,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.detr_levels:
             print("demo-student, phrases_per_image 4")
             variants = {
-                f"detr_level_scale {s}": (_model("demo-student", detr_level_scale=s), 4) for s in (1.0, 2.0)
+                f"detr_level_scale {s}": (_model("demo-student", detr_level_scale=s), 4, "for-loop")
+                for s in (1.0, 2.0)
             }
             ms = time_steps(variants, dataset, args.steps, args.batch_size)
             print(
                 f"  -> the 2x level's steps take {ms['detr_level_scale 2.0'] / ms['detr_level_scale 1.0']:.2f}x as long"
             )
             return 0
+        if args.optimizer:
+            for name in args.models:
+                print(f"{name}, phrases_per_image 4")
+                kinds = ("for-loop", "foreach", "fused")
+                ms = time_steps(
+                    {k: (_model(name), 4, k) for k in kinds}, dataset, args.steps, args.batch_size
+                )
+                print(
+                    "  -> "
+                    + ", ".join(f"{k} {ms['for-loop'] / ms[k]:.2f}x" for k in kinds[1:])
+                    + " faster than for-loop"
+                )
+            return 0
         for name in args.models:
             print(name)
-            variants = {f"phrases_per_image {g}": (_model(name), g) for g in (1, 4)}
+            variants = {f"phrases_per_image {g}": (_model(name), g, "for-loop") for g in (1, 4)}
             ms = time_steps(variants, dataset, args.steps, args.batch_size)
             print(
                 f"  -> phrases_per_image 4 steps {ms['phrases_per_image 1'] / ms['phrases_per_image 4']:.2f}x faster than 1"

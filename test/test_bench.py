@@ -41,3 +41,12 @@ def test_training_step_bench_times_the_detr_levels_side_by_side(capsys, one_thre
     timed = [line.split(":")[0].strip() for line in out.splitlines() if "ms/step" in line]
     assert timed == ["detr_level_scale 1.0", "detr_level_scale 2.0"], out
     assert "the 2x level's steps take" in out
+
+
+def test_training_step_bench_times_the_optimizer_implementations_side_by_side(capsys, one_thread):
+    bench = _load("training_step")
+    assert bench.main(["--steps", "1", "--threads", "1", "--optimizer", "--models", "demo-teacher"]) == 0
+    out = capsys.readouterr().out
+    timed = [line.split(":")[0].strip() for line in out.splitlines() if "ms/step" in line]
+    assert timed == ["for-loop", "foreach", "fused"], out
+    assert "faster than for-loop" in out

@@ -50,6 +50,8 @@ def test_bad_values_are_named():
         config_from_dict({"stage": "stage2", "data": {"format": "sav", "phrases_per_image": 4}})
     with pytest.raises(ConfigError, match=r"data\.phrases_per_image.*at least 1"):
         config_from_dict({"stage": "stage3", "data": {"format": "saco", "phrases_per_image": 0}})
+    with pytest.raises(ConfigError, match=r"optim\.implementation.*'fused', 'foreach', 'for-loop'"):
+        config_from_dict({"stage": "stage3", "data": {"format": "saco"}, "optim": {"implementation": "fast"}})
 
 
 def test_stage2_tracker_overrides_are_checked():

@@ -22,7 +22,7 @@ from efficientsam3_ros.training.checkpointing import CheckpointError, list_check
 from efficientsam3_ros.training.cli import main as cli_main
 from efficientsam3_ros.training.config import load_config
 from efficientsam3_ros.training.export import load_weights
-from efficientsam3_ros.training.trainer import train
+from efficientsam3_ros.training.trainer import optimizer_flags, train
 
 
 @pytest.fixture(scope="module")
@@ -303,6 +303,41 @@ def test_kill_and_resume_matches_uninterrupted_run(datasets, tracker_checkpoint,
     ckpt_a = load_checkpoint(tmp_path / "a" / "run" / "checkpoints" / "step-00000008.pt")
     ckpt_b = load_checkpoint(tmp_path / "b" / "run" / "checkpoints" / "step-00000008.pt")
     assert ckpt_a["scheduler"]["last_epoch"] == ckpt_b["scheduler"]["last_epoch"] == 8
+
+
+def test_optimizer_implementation_auto_is_fused_on_cpu_and_cuda_else_foreach():
+    assert optimizer_flags("auto", torch.device("cpu")) == {"fused": True, "foreach": False}
+    assert optimizer_flags("auto", torch.device("cuda", 0)) == {"fused": True, "foreach": False}
+    assert optimizer_flags("auto", torch.device("mps")) == {"fused": False, "foreach": True}
+    assert optimizer_flags("for-loop", torch.device("cpu")) == {"fused": False, "foreach": False}
+
+
+def test_optimizer_implementations_are_the_same_update_and_a_resume_takes_the_configs(
+    datasets, tmp_path, one_thread
+):
+    """for-loop and fused AdamW train the same (to float rounding); a run resumed under another
+    ``optim.implementation`` steps with the new one, not the one its checkpoint's groups carry."""
+    common = [f"data.prompts={datasets['prompts']}", "run.steps=6", "run.checkpoint_every=1"]
+    loop = train(_config("tiny_stage1_text", tmp_path / "loop", *common, "optim.implementation=for-loop"))
+    fused = train(_config("tiny_stage1_text", tmp_path / "fused", *common, "optim.implementation=fused"))
+    assert loop.losses() == pytest.approx(fused.losses(), rel=1e-4)  # other kernels, same maths
+    a, b = load_file(str(loop.export_path)), load_file(str(fused.export_path))
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    groups = load_checkpoint(list_checkpoints(tmp_path / "fused" / "run")[-1][1])["optimizer"]["param_groups"]
+    assert all(g["fused"] and not g["foreach"] for g in groups)
+
+    train(
+        _config(
+            "tiny_stage1_text", tmp_path / "b", *common, "optim.implementation=for-loop", "run.stop_at_step=3"
+        )
+    )
+    resumed = train(
+        _config("tiny_stage1_text", tmp_path / "b", *common, "optim.implementation=fused"), resume="auto"
+    )
+    assert resumed.step == 6
+    groups = load_checkpoint(list_checkpoints(tmp_path / "b" / "run")[-1][1])["optimizer"]["param_groups"]
+    assert all(g["fused"] and not g["foreach"] for g in groups)
+    assert [h["loss"] for h in resumed.history] == pytest.approx(loop.losses()[3:], rel=1e-4)
 
 
 def test_corrupt_checkpoint_is_refused(datasets, tmp_path, one_thread):
