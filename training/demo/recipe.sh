@@ -19,6 +19,8 @@
 # Env:   DEMO_THREADS (2: torch threads; the stages run one after another, so on an idle 2-core
 #        machine 2 is the fast setting; use 1 if something else keeps a core busy; the weights differ
 #        in the last bits with another thread count: the shipped files were made with 2), DEMO_INSTALL (1), DEMO_SCALE (1.0: multiplies every stage's step count, for quick runs),
+#        DEMO_DATA_SCALE (1.0: multiplies the number of images, clips and bag frames; for smoke
+#        tests, in a fresh WORK_DIR: data already written is not rewritten),
 #        DEMO_OPTIMIZER (for-loop: optim.implementation of every stage; the shipped files were made
 #        with torch's for-loop AdamW; `fused` takes 1.15x less per student step and trains a
 #        model of its own, see README "AdamW's update").
@@ -30,6 +32,7 @@ CONF="$REPO/training/demo"
 WORK="${1:-$REPO/out/demo}"
 THREADS="${DEMO_THREADS:-2}"
 SCALE="${DEMO_SCALE:-1.0}"
+DATA_SCALE="${DEMO_DATA_SCALE:-1.0}"
 OPTIMIZER="${DEMO_OPTIMIZER:-for-loop}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 
@@ -37,12 +40,15 @@ mkdir -p "$WORK"
 cd "$WORK"
 T0=$(date +%s)
 stamp() { echo "[recipe] $(date -u +%H:%M:%S) (+$(($(date +%s) - T0)) s) $*"; }
-steps() { python -c "import sys; print(max(1, round(int(sys.argv[1]) * float(sys.argv[2]))))" "$1" "$SCALE"; }
+scaled() {  # N FACTOR MIN: round(N * FACTOR), at least MIN
+    python -c "import sys; print(max(int(sys.argv[3]), round(int(sys.argv[1]) * float(sys.argv[2]))))" "$@"
+}
+steps() { scaled "$1" "$SCALE" 1; }
 
 CONCEPTS=("red circle" "blue square" "green triangle" "yellow star" "purple hexagon" "orange cross"
           "red square" "blue circle")  # synthetic.DEFAULT_CONCEPTS, what the demo prompts with
 HELDOUT_SEEDS=(424242 424243 424244)   # never used for training data (training uses seed 1 and 2)
-HELDOUT_FRAMES=60
+HELDOUT_FRAMES=$(scaled 60 "$DATA_SCALE" 4)
 VALIDATION_SEEDS=(5 6 7)              # what the operating point was chosen on (not scored here)
 # Every row below is scored at the model's own operating point (score and new-track thresholds,
 # masks cropped to boxes and cut at mask probability 0.01, the teacher's at 0.047), which the demo
@@ -53,8 +59,11 @@ VALIDATION_SEEDS=(5 6 7)              # what the operating point was chosen on (
 stamp "writing world data"
 # --negatives 3: three absent phrases per image, hardest first (an absent target sharing a colour
 # or shape with a present object: "orange cross" beside an orange circle)
-[ -f data/saco/annotations.json ] || efficientsam3 world saco data/saco --seed 1 --num 3000 --negatives 3
-[ -f data/sav/sav_000160_manual.json ] || efficientsam3 world sav data/sav --seed 2 --num 160 --frames 24
+IMAGES=$(scaled 3000 "$DATA_SCALE" 12)
+CLIPS=$(scaled 160 "$DATA_SCALE" 2)
+[ -f data/saco/annotations.json ] || efficientsam3 world saco data/saco --seed 1 --num "$IMAGES" --negatives 3
+[ -f "data/sav/sav_$(printf %06d "$CLIPS")_manual.json" ] ||
+    efficientsam3 world sav data/sav --seed 2 --num "$CLIPS" --frames 24
 for seed in "${HELDOUT_SEEDS[@]}"; do
     [ -f "data/heldout-$seed/gt.json" ] || efficientsam3 world rosbag "data/heldout-$seed" --seed "$seed" \
         --frames "$HELDOUT_FRAMES"
