@@ -4,6 +4,7 @@
     python bench/training_step.py --steps 4    # quicker, noisier
     python bench/training_step.py --detr-levels   # demo-student: DETR encoder on the 1x vs the 2x level
     python bench/training_step.py --optimizer     # AdamW's for-loop vs foreach vs fused update (optim.implementation)
+    python bench/training_step.py --amp           # float32 vs bf16 autocast on the CPU (run.amp: bf16)
 
 SA-Co lists each image once per noun phrase. With ``data.phrases_per_image: 1`` a batch of 12
 datapoints is 12 independent draws, so about 12 different images go through the image encoder;
@@ -43,27 +44,29 @@ def batches(dataset: ConceptDataset, batch_size: int, group_size: int, seed: int
         yield [dataset[ref] for ref in refs]
 
 
-Variant = tuple[EfficientSam3Model, int, str]  # model, phrases_per_image, optim.implementation
+# model, phrases_per_image, optim.implementation, bf16 autocast (run.amp: bf16) or float32
+Variant = tuple[EfficientSam3Model, int, str, bool]
 
 
 def time_steps(
     variants: dict[str, Variant], dataset: ConceptDataset, steps: int, batch_size: int
 ) -> dict[str, float]:
-    """Median ms per optimizer step of each ``label: (model, phrases_per_image, implementation)``, interleaved."""
+    """Median ms per optimizer step of each ``label: Variant``, the variants' steps interleaved."""
     runs = {}
-    for label, (model, group, implementation) in variants.items():
+    for label, (model, group, implementation, bf16) in variants.items():
         module = ConceptModule(model, None, ConceptStageOptions(focal_alpha=0.5)).train()
         flags = optimizer_flags(implementation, torch.device("cpu"))
         optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, **flags)
-        runs[label] = (module, optimizer, batches(dataset, batch_size, group, seed=1))
+        runs[label] = (module, optimizer, batches(dataset, batch_size, group, seed=1), bf16)
     generator = torch.Generator().manual_seed(0)
     times: dict[str, list[float]] = {label: [] for label in variants}
     images: dict[str, list[int]] = {label: [] for label in variants}
     for step in range(steps + 1):  # step 0 warms up
-        for label, (module, optimizer, stream) in runs.items():
+        for label, (module, optimizer, stream, bf16) in runs.items():
             batch = next(stream)
             t = time.perf_counter()
-            loss, _ = module(batch, generator)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as the trainer does
+                loss, _ = module(batch, generator)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -99,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead: each model's step with AdamW's for-loop, foreach and fused update (optim.implementation)",
     )
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="instead: each model's step in float32 and under bf16 autocast on the CPU (run.amp: bf16)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.detr_levels:
             print("demo-student, phrases_per_image 4")
             variants = {
-                f"detr_level_scale {s}": (_model("demo-student", detr_level_scale=s), 4, "for-loop")
+                f"detr_level_scale {s}": (_model("demo-student", detr_level_scale=s), 4, "for-loop", False)
                 for s in (1.0, 2.0)
             }
             ms = time_steps(variants, dataset, args.steps, args.batch_size)
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}, phrases_per_image 4")
                 kinds = ("for-loop", "foreach", "fused")
                 ms = time_steps(
-                    {k: (_model(name), 4, k) for k in kinds}, dataset, args.steps, args.batch_size
+                    {k: (_model(name), 4, k, False) for k in kinds}, dataset, args.steps, args.batch_size
                 )
                 print(
                     "  -> "
@@ -133,9 +141,16 @@ def main(argv: list[str] | None = None) -> int:
                     + " faster than for-loop"
                 )
             return 0
+        if args.amp:
+            for name in args.models:
+                print(f"{name}, phrases_per_image 4, fused AdamW")
+                variants = {k: (_model(name), 4, "fused", k == "bf16") for k in ("float32", "bf16")}
+                ms = time_steps(variants, dataset, args.steps, args.batch_size)
+                print(f"  -> bf16 autocast steps take {ms['bf16'] / ms['float32']:.2f}x as long as float32")
+            return 0
         for name in args.models:
             print(name)
-            variants = {f"phrases_per_image {g}": (_model(name), g, "for-loop") for g in (1, 4)}
+            variants = {f"phrases_per_image {g}": (_model(name), g, "for-loop", False) for g in (1, 4)}
             ms = time_steps(variants, dataset, args.steps, args.batch_size)
             print(
                 f"  -> phrases_per_image 4 steps {ms['phrases_per_image 1'] / ms['phrases_per_image 4']:.2f}x faster than 1"

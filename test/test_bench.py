@@ -50,3 +50,12 @@ def test_training_step_bench_times_the_optimizer_implementations_side_by_side(ca
     timed = [line.split(":")[0].strip() for line in out.splitlines() if "ms/step" in line]
     assert timed == ["for-loop", "foreach", "fused"], out
     assert "faster than for-loop" in out
+
+
+def test_training_step_bench_times_bf16_autocast_against_float32(capsys, one_thread):
+    bench = _load("training_step")
+    assert bench.main(["--steps", "1", "--threads", "1", "--amp", "--models", "demo-teacher"]) == 0
+    out = capsys.readouterr().out
+    timed = [line.split(":")[0].strip() for line in out.splitlines() if "ms/step" in line]
+    assert timed == ["float32", "bf16"], out
+    assert "as long as float32" in out

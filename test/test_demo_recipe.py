@@ -66,6 +66,19 @@ def test_recipe_runs_start_to_finish_on_a_shrunk_world(tmp_path):
         row = summary[who]
         assert row["sequences"] == 3 and row["gt_instances"] > 0, who
         assert 0.0 <= row["mask_iou"] <= 1.0 and 0.0 <= row["idf1"] <= 1.0, who
-    assert "| student+memory |" in (work / "scores.md").read_text()
+    # the wall time of every part, in the recipe's order, for the card's time table
+    assert list(summary["wall_s"]) == [
+        "data",
+        "teacher",
+        "student-stage1",
+        "student",
+        "student-224",
+        "tracker",
+        "evaluation",
+    ]
+    assert all(seconds >= 0 for seconds in summary["wall_s"].values())
+    assert sum(summary["wall_s"].values()) >= summary["train_wall_s"]
+    scores_md = (work / "scores.md").read_text()
+    assert "| student+memory |" in scores_md and "| tracker |" in scores_md
     assert "[recipe]" in run.stdout and "recipe done" in run.stdout
     assert (REPO / "models" / "demo" / "model.safetensors").stat().st_mtime_ns == shipped

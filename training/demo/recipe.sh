@@ -22,8 +22,8 @@
 #        DEMO_DATA_SCALE (1.0: multiplies the number of images, clips and bag frames; for smoke
 #        tests, in a fresh WORK_DIR: data already written is not rewritten),
 #        DEMO_OPTIMIZER (for-loop: optim.implementation of every stage; the shipped files were made
-#        with torch's for-loop AdamW; `fused` takes 1.15x less per student step and trains a
-#        model of its own, see README "AdamW's update").
+#        with torch's for-loop AdamW; `fused` takes 1.15x less per student step in the bench,
+#        1.03x inside a whole run, and trains a model of its own, see README "AdamW's update").
 # Measured on 2 shared CPU cores: see models/demo/MODEL_CARD.md.
 set -euo pipefail
 
@@ -40,6 +40,16 @@ mkdir -p "$WORK"
 cd "$WORK"
 T0=$(date +%s)
 stamp() { echo "[recipe] $(date -u +%H:%M:%S) (+$(($(date +%s) - T0)) s) $*"; }
+# The wall time of each part of this invocation, for the summary (a rerun that resumes times only
+# what it ran): `timed NAME` closes the part under way and opens NAME ("" closes the last one).
+: > timings.tsv
+PART="" PART_T0=$T0
+timed() {
+    local now
+    now=$(date +%s)
+    [ -z "$PART" ] || printf '%s\t%s\n' "$PART" "$((now - PART_T0))" >> timings.tsv
+    PART=$1 PART_T0=$now
+}
 scaled() {  # N FACTOR MIN: round(N * FACTOR), at least MIN
     python -c "import sys; print(max(int(sys.argv[3]), round(int(sys.argv[1]) * float(sys.argv[2]))))" "$@"
 }
@@ -57,6 +67,7 @@ VALIDATION_SEEDS=(5 6 7)              # what the operating point was chosen on (
 
 # ------------------------------------------------------------------------------------- data
 stamp "writing world data"
+timed data
 # --negatives 3: three absent phrases per image, hardest first (an absent target sharing a colour
 # or shape with a present object: "orange cross" beside an orange circle)
 IMAGES=$(scaled 3000 "$DATA_SCALE" 12)
@@ -77,14 +88,17 @@ done
 
 # ---------------------------------------------------------------------------------- training
 train() {  # STAGE CONFIG [overrides...]; resumable (--resume auto), so a rerun continues
-    local stage=$1 config=$2 n
+    local stage=$1 config=$2 n run
     shift 2
-    n=$(python - "$CONF/$config" <<'EOF'
-import sys, yaml
-print(yaml.safe_load(open(sys.argv[1]))["run"]["steps"])
+    run=$(python - "$CONF/$config" <<'EOF'
+import pathlib, sys, yaml
+run = yaml.safe_load(open(sys.argv[1]))["run"]
+print(run["steps"], pathlib.PurePath(run["output_dir"]).name)
 EOF
 )
+    read -r n run <<< "$run"
     stamp "$stage ($config)"
+    timed "$run"
     efficientsam3-train "$stage" --config "$CONF/$config" --resume auto run.steps="$(steps "$n")" \
         optim.implementation="$OPTIMIZER" "$@"
 }
@@ -96,6 +110,7 @@ train stage2 student_stage2.yaml  # runs/tracker (the name changed with the orde
                                   # runs/student-stage2 holds a tracker of the stage-1 trunk)
 T_TRAIN=$(($(date +%s) - T0))
 stamp "training done in $T_TRAIN s"
+timed evaluation
 
 # -------------------------------------------------------------------------------- evaluation
 CONCEPT_ARGS=()
@@ -120,11 +135,14 @@ done
 # over every GT instance, mean per-concept mask AP, tracker IDF1 / MOTA; see
 # evaluation.scoring.overall_scores), pooled by evaluation.scoring.pool_overall: IoU weighted by
 # instances, the rest averaged per sequence (what `efficientsam3 sweep-thresholds` pools too).
+timed ""
 python - "$T_TRAIN" "${HELDOUT_SEEDS[@]}" <<'EOF' | tee scores.md
 import json, sys
 from efficientsam3_ros.evaluation.scoring import pool_overall
 t_train, seeds = int(sys.argv[1]), sys.argv[2:]
-summary = {"train_wall_s": t_train, "heldout_seeds": [int(s) for s in seeds]}
+parts = [line.split("\t") for line in open("timings.tsv").read().splitlines()]
+summary = {"train_wall_s": t_train, "heldout_seeds": [int(s) for s in seeds],
+           "wall_s": {name: int(seconds) for name, seconds in parts}}
 rows = []
 for who in ("teacher", "student", "student+memory"):
     res = pool_overall([json.load(open(f"eval/{who}-{seed}/report.json"))["scores"]["overall"] for seed in seeds])
@@ -137,6 +155,10 @@ print(f"held-out sequences: seeds {', '.join(seeds)}, {summary['teacher']['gt_in
 print("| model | mask IoU | mask AP | IDF1 | MOTA |\n| --- | --- | --- | --- | --- |")
 print("\n".join(rows))
 print(f"student / teacher mask IoU: {summary['student_over_teacher_iou']:.3f}; training wall time {t_train} s")
+print("\n| part (runs/NAME for training) | wall time |\n| --- | --- |")
+for name, seconds in summary["wall_s"].items():
+    print(f"| {name} | {seconds / 60:.1f} min |")
+print(f"| **total** | **{sum(summary['wall_s'].values()) / 60:.1f} min** |")
 EOF
 
 # ---------------------------------------------------------------------------------- install
