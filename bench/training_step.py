@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -44,8 +45,13 @@ def batches(dataset: ConceptDataset, batch_size: int, group_size: int, seed: int
         yield [dataset[ref] for ref in refs]
 
 
-# model, phrases_per_image, optim.implementation, bf16 autocast (run.amp: bf16) or float32
-Variant = tuple[EfficientSam3Model, int, str, bool]
+class Variant(NamedTuple):
+    """One setting of the timed step; every flag but the one a comparison varies keeps its default."""
+
+    model: EfficientSam3Model
+    phrases_per_image: int = 4
+    implementation: str = "for-loop"  # optim.implementation
+    bf16: bool = False  # autocast to bfloat16 (run.amp: bf16) instead of float32
 
 
 def time_steps(
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.detr_levels:
             print("demo-student, phrases_per_image 4")
             variants = {
-                f"detr_level_scale {s}": (_model("demo-student", detr_level_scale=s), 4, "for-loop", False)
+                f"detr_level_scale {s}": Variant(_model("demo-student", detr_level_scale=s))
                 for s in (1.0, 2.0)
             }
             ms = time_steps(variants, dataset, args.steps, args.batch_size)
@@ -133,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}, phrases_per_image 4")
                 kinds = ("for-loop", "foreach", "fused")
                 ms = time_steps(
-                    {k: (_model(name), 4, k, False) for k in kinds}, dataset, args.steps, args.batch_size
+                    {k: Variant(_model(name), implementation=k) for k in kinds},
+                    dataset,
+                    args.steps,
+                    args.batch_size,
                 )
                 print(
                     "  -> "
@@ -144,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.amp:
             for name in args.models:
                 print(f"{name}, phrases_per_image 4, fused AdamW")
-                variants = {k: (_model(name), 4, "fused", k == "bf16") for k in ("float32", "bf16")}
+                variants = {
+                    k: Variant(_model(name), implementation="fused", bf16=k == "bf16")
+                    for k in ("float32", "bf16")
+                }
                 ms = time_steps(variants, dataset, args.steps, args.batch_size)
                 print(f"  -> bf16 autocast steps take {ms['bf16'] / ms['float32']:.2f}x as long as float32")
             return 0
         for name in args.models:
             print(name)
-            variants = {f"phrases_per_image {g}": (_model(name), g, "for-loop", False) for g in (1, 4)}
+            variants = {f"phrases_per_image {g}": Variant(_model(name), phrases_per_image=g) for g in (1, 4)}
             ms = time_steps(variants, dataset, args.steps, args.batch_size)
             print(
                 f"  -> phrases_per_image 4 steps {ms['phrases_per_image 1'] / ms['phrases_per_image 4']:.2f}x faster than 1"

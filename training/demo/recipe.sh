@@ -88,15 +88,16 @@ done
 
 # ---------------------------------------------------------------------------------- training
 train() {  # STAGE CONFIG [overrides...]; resumable (--resume auto), so a rerun continues
-    local stage=$1 config=$2 n run
+    local stage=$1 config=$2 steps_and_run n run
     shift 2
-    run=$(python - "$CONF/$config" <<'EOF'
+    # assigned first, then split: `set -e` stops the recipe if this fails
+    steps_and_run=$(python - "$CONF/$config" <<'EOF'
 import pathlib, sys, yaml
 run = yaml.safe_load(open(sys.argv[1]))["run"]
 print(run["steps"], pathlib.PurePath(run["output_dir"]).name)
 EOF
 )
-    read -r n run <<< "$run"
+    read -r n run <<< "$steps_and_run"
     stamp "$stage ($config)"
     timed "$run"
     efficientsam3-train "$stage" --config "$CONF/$config" --resume auto run.steps="$(steps "$n")" \
