@@ -211,9 +211,9 @@ def test_stage3_mask_losses_at_the_head_or_at_the_input_size(
     shapes = []
     original = stage3.dice_loss
 
-    def recording(logits, targets):
+    def recording(logits, targets, **kwargs):
         shapes.append((tuple(logits.shape[-2:]), tuple(targets.shape[-2:])))
-        return original(logits, targets)
+        return original(logits, targets, **kwargs)
 
     monkeypatch.setattr(stage3, "dice_loss", recording)
     config = _config(

@@ -2,7 +2,8 @@
 
 Feature distillation (MSE + cosine, masked on padding), mask losses (BCE, Dice,
 sigmoid focal), box losses (L1, GIoU) and SAM's IoU-prediction loss. Each returns a
-scalar mean so the stage can weight and sum them.
+scalar mean so the stage can weight and sum them; ``reduction="none"`` gives one value per
+item instead, for stages that average per datapoint over a whole batch at once.
 """
 
 from __future__ import annotations
@@ -44,23 +45,31 @@ def masked_token_losses(
     return (mse * weight).sum() / denom, ((1.0 - cos) * weight).sum() / denom
 
 
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - Dice over the last two dims of [N, h, w] (targets in [0, 1]), averaged over N."""
+def dice_loss(
+    logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """1 - Dice over the last two dims of [N, h, w] (targets in [0, 1]), averaged over N
+    (``reduction="none"``: one value per mask, [N])."""
     if logits.numel() == 0:
-        return logits.sum() * 0.0
+        return logits.sum() * 0.0 if reduction == "mean" else logits.new_zeros(logits.shape[0])
     probs = logits.float().sigmoid().flatten(1)
     targets = targets.float().flatten(1)
     inter = (probs * targets).sum(-1)
     union = probs.sum(-1) + targets.sum(-1)
-    return (1.0 - (2.0 * inter + eps) / (union + eps)).mean()
+    return _reduce(1.0 - (2.0 * inter + eps) / (union + eps), reduction)
 
 
 def sigmoid_focal_loss(
-    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """RetinaNet's focal loss, mean over all elements (targets may be soft)."""
+    """RetinaNet's focal loss, mean over all elements (targets may be soft; ``reduction="none"``:
+    per element)."""
     if logits.numel() == 0:
-        return logits.sum() * 0.0
+        return logits.sum() * 0.0 if reduction == "mean" else logits.float()
     logits = logits.float()
     targets = targets.float()
     prob = logits.sigmoid()
@@ -69,7 +78,7 @@ def sigmoid_focal_loss(
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss.mean()
+    return _reduce(loss, reduction)
 
 
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -90,16 +99,40 @@ def soft_bce_loss(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Ten
     return (F.binary_cross_entropy_with_logits(logits.float(), p, reduction="none") - entropy).mean()
 
 
-def box_losses(pred_xyxy: torch.Tensor, target_xyxy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L1, GIoU loss) between matched [N, 4] normalised xyxy boxes, mean over N."""
+def box_losses(
+    pred_xyxy: torch.Tensor, target_xyxy: torch.Tensor, reduction: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1, GIoU loss) between matched [N, 4] normalised xyxy boxes, mean over N
+    (``reduction="none"``: one value per pair, [N], the L1 averaged over the 4 coordinates)."""
     if pred_xyxy.numel() == 0:
-        zero = pred_xyxy.sum() * 0.0
+        zero = pred_xyxy.sum() * 0.0 if reduction == "mean" else pred_xyxy.new_zeros(pred_xyxy.shape[0])
         return zero, zero
     pred = pred_xyxy.float()
     target = target_xyxy.float()
     # GIoU needs x2 >= x1; an untrained head can invert a box, which the L1 term then corrects
     fixed = torch.cat([torch.minimum(pred[:, :2], pred[:, 2:]), torch.maximum(pred[:, :2], pred[:, 2:])], 1)
-    return F.l1_loss(pred, target), generalized_box_iou_loss(fixed, target, reduction="mean")
+    l1 = (pred - target).abs().mean(-1)
+    giou = generalized_box_iou_loss(fixed, target, reduction="none")
+    return _reduce(l1, reduction), _reduce(giou, reduction)
+
+
+def segment_mean(values: torch.Tensor, segments: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """[num_segments] means of ``values`` [N] grouped by ``segments`` [N] (0 where a segment is empty).
+
+    What lets a stage compute one loss per item for a whole batch at once and still average
+    per datapoint, as the per-datapoint loop it replaces did.
+    """
+    sums = values.new_zeros(num_segments).index_add(0, segments, values)
+    counts = torch.bincount(segments, minlength=num_segments).to(values.dtype)
+    return sums / counts.clamp(min=1)
+
+
+def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "none":
+        return values
+    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 
 def pairwise_giou(a_xyxy: torch.Tensor, b_xyxy: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -37,6 +38,7 @@ from .losses import (
     box_losses,
     dice_loss,
     pairwise_giou,
+    segment_mean,
     sigmoid_focal_loss,
     soft_bce_loss,
     weighted_sum,
@@ -133,18 +135,45 @@ class DecoderTap:
 @torch.no_grad()
 def hungarian_match(
     logits: torch.Tensor, boxes: torch.Tensor, target_boxes: torch.Tensor, opts: ConceptStageOptions
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(query indices, target indices) minimising focal-class + L1 + GIoU cost for one datapoint."""
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per decoder layer of one datapoint, (query indices, target indices) minimising focal-class +
+    L1 + GIoU cost. ``logits`` [L, Q], ``boxes`` [L, Q, 4]; the costs of all L layers are
+    computed in one go, only the assignment itself (scipy) runs per layer."""
+    layers, queries = logits.shape
     prob = logits.float().sigmoid()
     alpha, gamma = opts.focal_alpha, opts.focal_gamma
     pos = alpha * (1 - prob) ** gamma * (-(prob + 1e-8).log())
     neg = (1 - alpha) * prob**gamma * (-(1 - prob + 1e-8).log())
-    cost_class = (pos - neg)[:, None].expand(-1, len(target_boxes))
-    cost_bbox = torch.cdist(boxes.float(), target_boxes.float(), p=1)
-    cost_giou = -pairwise_giou(boxes, target_boxes)
+    targets = target_boxes.float()
+    cost_class = (pos - neg)[..., None]
+    cost_bbox = torch.cdist(boxes.float(), targets.expand(layers, -1, -1), p=1)
+    cost_giou = -pairwise_giou(boxes.reshape(-1, 4), targets).reshape(layers, queries, -1)
     cost = opts.cost_class * cost_class + opts.cost_bbox * cost_bbox + opts.cost_giou * cost_giou
-    rows, cols = linear_sum_assignment(cost.cpu().numpy())
-    return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
+    return [linear_sum_assignment(layer) for layer in cost.cpu().numpy()]
+
+
+class _Matches:
+    """Every (decoder layer, datapoint, query) -> target pair of a batch, as flat index arrays."""
+
+    def __init__(self) -> None:
+        self.layer: list[np.ndarray] = []
+        self.datapoint: list[np.ndarray] = []
+        self.query: list[np.ndarray] = []
+        self.target_boxes: list[torch.Tensor] = []
+        self.target_masks: list[torch.Tensor] = []  # the last layer's, for the mask losses
+
+    def add(self, layer: int, datapoint: int, rows: np.ndarray, cols: np.ndarray, sample: dict, size: int):
+        self.layer.append(np.full(len(rows), layer))
+        self.datapoint.append(np.full(len(rows), datapoint))
+        self.query.append(rows)
+        self.target_boxes.append(sample["boxes"][cols] / size)
+
+    def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(layer, datapoint, query) indices [P] and the matched target boxes [P, 4]."""
+        index = [
+            torch.from_numpy(np.concatenate(a)).to(device) for a in (self.layer, self.datapoint, self.query)
+        ]
+        return (*index, torch.cat(self.target_boxes).to(device))
 
 
 class ConceptModule(nn.Module):
@@ -178,44 +207,19 @@ class ConceptModule(nn.Module):
             all_logits, all_boxes, all_presence = tap.layers()
         finally:
             tap.close()
-        size = images.shape[-1]
-        mask_size = out.pred_masks.shape[-2:]
-        parts = {k: [] for k in ("class", "bbox", "giou", "mask_dice", "mask_focal", "aux")}
         present = torch.tensor([1.0 if len(s["boxes"]) else 0.0 for s in batch], device=device)
-        for b, sample in enumerate(batch):
-            gt_boxes = sample["boxes"].to(device) / size
-            if not len(gt_boxes):
-                continue
-            rows, cols = self._query_losses(out.pred_logits[b], out.pred_boxes[b], gt_boxes, parts)
-            pred_masks = out.pred_masks[b, rows]
-            if opts.mask_loss_at_input:  # the masks as they are read: logits upsampled to the input
-                gt_masks = sample["masks"].float().to(device)
-                pred_masks = F.interpolate(
-                    pred_masks[:, None], size=gt_masks.shape[-2:], mode="bilinear", align_corners=False
-                )[:, 0]
-            else:
-                gt_masks = F.interpolate(
-                    sample["masks"].float()[None].to(device), size=mask_size, mode="bilinear"
-                )[0]
-                gt_masks = (gt_masks > 0.5).float()
-            parts["mask_dice"].append(dice_loss(pred_masks, gt_masks[cols]))
-            parts["mask_focal"].append(
-                sigmoid_focal_loss(pred_masks, gt_masks[cols], opts.focal_alpha, opts.focal_gamma)
-            )
-            if opts.aux_weight > 0 and all_logits.shape[0] > 1:  # earlier layers, each matched on its own
-                aux: dict[str, list[torch.Tensor]] = {"class": [], "bbox": [], "giou": []}
-                for layer in range(all_logits.shape[0] - 1):
-                    self._query_losses(all_logits[layer, b], all_boxes[layer, b], gt_boxes, aux)
-                parts["aux"].append(self._weighted({k: sum(v) for k, v in aux.items()}))
-        presence = bce_loss(out.presence_logits[:, 0], present)
         zero = out.pred_logits.sum() * 0.0
+        positives = present.nonzero()[:, 0]
+        mean = dict.fromkeys(("class", "bbox", "giou", "mask_dice", "mask_focal", "aux"), zero)
+        if len(positives):
+            mean.update(self._matched_losses(batch, out, all_logits, all_boxes, images.shape[-1], positives))
+        presence = bce_loss(out.presence_logits[:, 0], present)
         # earlier layers' presence, summed over layers like their class/box terms (a batch-level
         # term: kept out of the per-datapoint mean so it is not diluted by the batch's positives)
         aux_presence = zero
         if opts.aux_weight > 0 and all_presence.shape[0] > 1:
             layers = all_presence.shape[0] - 1
             aux_presence = layers * bce_loss(all_presence[:-1], present.expand(layers, -1))
-        mean = {k: torch.stack(v).mean() if v else zero for k, v in parts.items()}
         loss = (
             self._weighted(mean)
             + opts.mask_dice_weight * mean["mask_dice"]
@@ -233,20 +237,75 @@ class ConceptModule(nn.Module):
             logs["distill"] = float(distill.detach())
         return loss, logs
 
-    def _query_losses(
-        self, logits: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor, parts: dict[str, list]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Match one decoder layer's queries to a datapoint's instances; append its class and box losses."""
+    def _matched_losses(
+        self,
+        batch: list[dict[str, Any]],
+        out: Any,
+        all_logits: torch.Tensor,
+        all_boxes: torch.Tensor,
+        size: int,
+        positives: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Class, box and mask losses of the datapoints whose phrase is present, each averaged
+        per datapoint and then over them; ``aux``: the earlier decoder layers' class and box
+        terms, each layer matched on its own, weighted and summed over layers.
+
+        One Hungarian match per (layer, datapoint); every loss after it runs once on the whole
+        batch (per-item losses averaged per datapoint with ``segment_mean``): a loop of small
+        ops per datapoint and layer cost the teacher's step a quarter of its time.
+        """
         opts = self.options
-        rows, cols = hungarian_match(logits, boxes, gt_boxes, opts)
-        labels = torch.zeros_like(logits)
-        labels[rows] = 1.0
-        focal = sigmoid_focal_loss(logits, labels, opts.focal_alpha, opts.focal_gamma)
-        parts["class"].append(focal * labels.numel() / max(len(cols), 1))
-        l1, giou = box_losses(boxes[rows], gt_boxes[cols])
-        parts["bbox"].append(l1)
-        parts["giou"].append(giou)
-        return rows, cols
+        device = out.pred_logits.device
+        aux = opts.aux_weight > 0 and all_logits.shape[0] > 1
+        # the last layer as the model returns it; the earlier ones as DecoderTap recomputed them
+        logits, boxes = out.pred_logits[None], out.pred_boxes[None]
+        if aux:
+            logits, boxes = torch.cat([all_logits[:-1], logits]), torch.cat([all_boxes[:-1], boxes])
+        layers, batch_size, _ = logits.shape
+        last = layers - 1
+        matches = _Matches()
+        for b in positives.tolist():
+            sample = batch[b]
+            found = hungarian_match(logits[:, b], boxes[:, b], sample["boxes"].to(device) / size, opts)
+            for layer, (rows, cols) in enumerate(found):
+                matches.add(layer, b, rows, cols, sample, size)
+            matches.target_masks.append(sample["masks"][found[last][1]])
+        layer, datapoint, query, target_boxes = matches.tensors(device)
+        per_datapoint = layer * batch_size + datapoint  # segment of each pair, [layers * B]
+        num_segments = layers * batch_size
+
+        labels = torch.zeros_like(logits, dtype=torch.float32)
+        labels[layer, datapoint, query] = 1.0
+        counts = labels.sum(-1).clamp(min=1.0)  # instances per (layer, datapoint)
+        # focal mean over the queries x queries / instances = summed over queries / instances
+        focal = sigmoid_focal_loss(logits, labels, opts.focal_alpha, opts.focal_gamma, reduction="none")
+        per_layer = {"class": focal.sum(-1) / counts}
+        l1, giou = box_losses(boxes[layer, datapoint, query], target_boxes, reduction="none")
+        for key, values in (("bbox", l1), ("giou", giou)):
+            per_layer[key] = segment_mean(values, per_datapoint, num_segments).view(layers, batch_size)
+        means = {k: v[last, positives].mean() for k, v in per_layer.items()}
+        if aux:
+            earlier = {k: v[:last, positives].sum(0) for k, v in per_layer.items()}
+            means["aux"] = self._weighted(earlier).mean()
+
+        in_last = layer == last
+        pred_masks = out.pred_masks[datapoint[in_last], query[in_last]]
+        gt_masks = torch.cat(matches.target_masks).float().to(device)
+        if opts.mask_loss_at_input:  # the masks as they are read: logits upsampled to the input
+            pred_masks = F.interpolate(
+                pred_masks[:, None], size=gt_masks.shape[-2:], mode="bilinear", align_corners=False
+            )[:, 0]
+        else:
+            gt_masks = F.interpolate(gt_masks[None], size=pred_masks.shape[-2:], mode="bilinear")[0]
+            gt_masks = (gt_masks > 0.5).float()
+        mask_datapoint = datapoint[in_last]
+        dice = dice_loss(pred_masks, gt_masks, reduction="none")
+        focal_masks = sigmoid_focal_loss(
+            pred_masks, gt_masks, opts.focal_alpha, opts.focal_gamma, reduction="none"
+        ).mean((-2, -1))
+        for key, values in (("mask_dice", dice), ("mask_focal", focal_masks)):
+            means[key] = segment_mean(values, mask_datapoint, batch_size)[positives].mean()
+        return means
 
     def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """The class + box terms with their loss weights."""

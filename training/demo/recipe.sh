@@ -21,9 +21,11 @@
 #        in the last bits with another thread count: the shipped files were made with 2), DEMO_INSTALL (1), DEMO_SCALE (1.0: multiplies every stage's step count, for quick runs),
 #        DEMO_DATA_SCALE (1.0: multiplies the number of images, clips and bag frames; for smoke
 #        tests, in a fresh WORK_DIR: data already written is not rewritten),
-#        DEMO_OPTIMIZER (for-loop: optim.implementation of every stage; the shipped files were made
-#        with torch's for-loop AdamW; `fused` takes 1.15x less per student step in the bench,
-#        1.03x inside a whole run, and trains a model of its own, see README "AdamW's update").
+#        DEMO_OPTIMIZER (auto: optim.implementation of every stage, i.e. AdamW's fused kernel on
+#        the CPU; `for-loop` is torch's default update, see README "AdamW's update"). The shipped
+#        files were made with `for-loop` by the code up to commit 3326deb: stage 3 computes its
+#        losses batch-wide since, which sums in another order, so no later code reproduces
+#        them bit for bit (models/demo/MODEL_CARD.md).
 # Measured on 2 shared CPU cores: see models/demo/MODEL_CARD.md.
 set -euo pipefail
 
@@ -33,7 +35,7 @@ WORK="${1:-$REPO/out/demo}"
 THREADS="${DEMO_THREADS:-2}"
 SCALE="${DEMO_SCALE:-1.0}"
 DATA_SCALE="${DEMO_DATA_SCALE:-1.0}"
-OPTIMIZER="${DEMO_OPTIMIZER:-for-loop}"
+OPTIMIZER="${DEMO_OPTIMIZER:-auto}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 
 mkdir -p "$WORK"

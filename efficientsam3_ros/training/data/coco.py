@@ -31,9 +31,9 @@ import numpy as np
 from .common import (
     BadRecords,
     DataError,
+    RecentImages,
     RecordDataset,
     decode_segmentation,
-    load_image,
     load_json,
     mask_boxes,
     require_dir,
@@ -117,6 +117,7 @@ class ConceptDataset(RecordDataset):
                 for _ in range(negatives_per_image):
                     records.append({**base, "phrase": None, "absent": set(phrases), "annotations": []})
         super().__init__(records, bad, len(images), limit)
+        self._recent_images = RecentImages()
 
     def record_name(self, record: Any) -> str:
         return f"{record['image']} / {record['phrase']!r}"
@@ -131,7 +132,7 @@ class ConceptDataset(RecordDataset):
             if not absent:
                 raise ValueError("every category is present; no negative phrase to draw")
             phrase = absent[int(rng.integers(len(absent)))]
-        image = load_image(record["image"])
+        image = self._recent_images(record["image"])
         h, w = record["size"]
         if image.shape[:2] != (h, w):
             raise ValueError(f"image is {image.shape[:2]}, JSON says {(h, w)}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +89,30 @@ def load_image(path: Path) -> np.ndarray:
     """RGB uint8 [H, W, 3] (grey and RGBA are converted)."""
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
+
+
+class RecentImages:
+    """The last few decoded images, by path.
+
+    A grouped batch (``data.phrases_per_image``) holds each of its images once per phrase, and
+    each datapoint is loaded on its own: without this, the demo's stage-3 batch of 12 datapoints
+    decodes its ~4 JPEGs three times each. The cached arrays are read-only, so no caller can
+    change what the next one gets; each DataLoader worker keeps its own.
+    """
+
+    def __init__(self, capacity: int = 8):
+        self.capacity = capacity
+        self._images: OrderedDict[Path, np.ndarray] = OrderedDict()
+
+    def __call__(self, path: Path) -> np.ndarray:
+        image = self._images.pop(path, None)
+        if image is None:
+            image = load_image(path)
+            image.flags.writeable = False
+        self._images[path] = image
+        while len(self._images) > self.capacity:
+            self._images.popitem(last=False)
+        return image
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
