@@ -5,6 +5,7 @@
     python bench/training_step.py --detr-levels   # demo-student: DETR encoder on the 1x vs the 2x level
     python bench/training_step.py --optimizer     # AdamW's for-loop vs foreach vs fused update (optim.implementation)
     python bench/training_step.py --amp           # float32 vs bf16 autocast on the CPU (run.amp: bf16)
+    python bench/training_step.py --losses        # the whole step vs the detector alone: what the losses cost
 
 SA-Co lists each image once per noun phrase. With ``data.phrases_per_image: 1`` a batch of 12
 datapoints is 12 independent draws, so about 12 different images go through the image encoder;
@@ -23,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,7 +34,7 @@ from efficientsam3_ros.modeling import EfficientSam3Model, build_model, get_conf
 from efficientsam3_ros.synthetic.writers import write_dataset
 from efficientsam3_ros.training.config import ConceptStageOptions
 from efficientsam3_ros.training.data import ConceptDataset, ResumableBatchSampler
-from efficientsam3_ros.training.stage3 import ConceptModule
+from efficientsam3_ros.training.stage3 import ConceptModule, DecoderTap, distinct_images, run_detector
 from efficientsam3_ros.training.trainer import optimizer_flags
 
 
@@ -52,6 +54,7 @@ class Variant(NamedTuple):
     phrases_per_image: int = 4
     implementation: str = "for-loop"  # optim.implementation
     bf16: bool = False  # autocast to bfloat16 (run.amp: bf16) instead of float32
+    losses: bool = True  # False: backward from a plain sum of the detector's outputs (no matching, no losses)
 
 
 def time_steps(
@@ -59,20 +62,21 @@ def time_steps(
 ) -> dict[str, float]:
     """Median ms per optimizer step of each ``label: Variant``, the variants' steps interleaved."""
     runs = {}
-    for label, (model, group, implementation, bf16) in variants.items():
+    for label, (model, group, implementation, bf16, losses) in variants.items():
         module = ConceptModule(model, None, ConceptStageOptions(focal_alpha=0.5)).train()
         flags = optimizer_flags(implementation, torch.device("cpu"))
         optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, **flags)
-        runs[label] = (module, optimizer, batches(dataset, batch_size, group, seed=1), bf16)
+        forward = module if losses else _detector_only(model)
+        runs[label] = (forward, optimizer, batches(dataset, batch_size, group, seed=1), bf16)
     generator = torch.Generator().manual_seed(0)
     times: dict[str, list[float]] = {label: [] for label in variants}
     images: dict[str, list[int]] = {label: [] for label in variants}
     for step in range(steps + 1):  # step 0 warms up
-        for label, (module, optimizer, stream, bf16) in runs.items():
+        for label, (forward, optimizer, stream, bf16) in runs.items():
             batch = next(stream)
             t = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as the trainer does
-                loss, _ = module(batch, generator)
+                loss, _ = forward(batch, generator)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -85,6 +89,38 @@ def time_steps(
             f"({statistics.mean(images[label]):.1f} images per batch of {batch_size})"
         )
     return {label: statistics.median(times[label]) for label in variants}
+
+
+def _detector_only(model: EfficientSam3Model):
+    """Stage 3's forward up to the outputs its losses read (every decoder layer's, as the
+    losses tap them), summed instead of matched and scored: the step without its losses."""
+
+    def forward(batch: list[dict], _generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        images, index = distinct_images(batch)
+        tap = DecoderTap(model)
+        try:
+            out = run_detector(model, images, [s["phrase"] for s in batch], index)
+            layers = tap.layers()
+        finally:
+            tap.close()
+        outputs = (out.pred_logits, out.pred_boxes, out.pred_masks, out.presence_logits, *layers)
+        return sum(t.float().sum() for t in outputs), {}
+
+    return forward
+
+
+def _each_model(
+    args: argparse.Namespace,
+    dataset: ConceptDataset,
+    header: str,
+    settings: dict[str, dict[str, object]],
+    summary: Callable[[dict[str, float]], str],
+) -> None:
+    """For each of ``args.models``: time its step under each ``label: Variant fields`` setting, print the summary."""
+    for name in args.models:
+        print(f"{name}, {header}" if header else name)
+        variants = {label: Variant(_model(name), **fields) for label, fields in settings.items()}
+        print(f"  -> {summary(time_steps(variants, dataset, args.steps, args.batch_size))}")
 
 
 def _model(name: str, **overrides: object) -> EfficientSam3Model:
@@ -113,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead: each model's step in float32 and under bf16 autocast on the CPU (run.amp: bf16)",
     )
+    parser.add_argument(
+        "--losses",
+        action="store_true",
+        help="instead: each model's whole step against its detector alone (outputs summed, no matching or losses)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,37 +176,47 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         if args.optimizer:
-            for name in args.models:
-                print(f"{name}, phrases_per_image 4")
-                kinds = ("for-loop", "foreach", "fused")
-                ms = time_steps(
-                    {k: Variant(_model(name), implementation=k) for k in kinds},
-                    dataset,
-                    args.steps,
-                    args.batch_size,
-                )
-                print(
-                    "  -> "
-                    + ", ".join(f"{k} {ms['for-loop'] / ms[k]:.2f}x" for k in kinds[1:])
+            kinds = ("for-loop", "foreach", "fused")
+            _each_model(
+                args,
+                dataset,
+                "phrases_per_image 4",
+                {k: {"implementation": k} for k in kinds},
+                lambda ms: (
+                    ", ".join(f"{k} {ms['for-loop'] / ms[k]:.2f}x" for k in kinds[1:])
                     + " faster than for-loop"
-                )
-            return 0
-        if args.amp:
-            for name in args.models:
-                print(f"{name}, phrases_per_image 4, fused AdamW")
-                variants = {
-                    k: Variant(_model(name), implementation="fused", bf16=k == "bf16")
-                    for k in ("float32", "bf16")
-                }
-                ms = time_steps(variants, dataset, args.steps, args.batch_size)
-                print(f"  -> bf16 autocast steps take {ms['bf16'] / ms['float32']:.2f}x as long as float32")
-            return 0
-        for name in args.models:
-            print(name)
-            variants = {f"phrases_per_image {g}": Variant(_model(name), phrases_per_image=g) for g in (1, 4)}
-            ms = time_steps(variants, dataset, args.steps, args.batch_size)
-            print(
-                f"  -> phrases_per_image 4 steps {ms['phrases_per_image 1'] / ms['phrases_per_image 4']:.2f}x faster than 1"
+                ),
+            )
+        elif args.amp:
+            _each_model(
+                args,
+                dataset,
+                "phrases_per_image 4, fused AdamW",
+                {"float32": {"implementation": "fused"}, "bf16": {"implementation": "fused", "bf16": True}},
+                lambda ms: f"bf16 autocast steps take {ms['bf16'] / ms['float32']:.2f}x as long as float32",
+            )
+        elif args.losses:
+            _each_model(
+                args,
+                dataset,
+                "phrases_per_image 4, fused AdamW",
+                {
+                    "whole step": {"implementation": "fused"},
+                    "detector alone": {"implementation": "fused", "losses": False},
+                },
+                lambda ms: (
+                    f"matching and losses take {1 - ms['detector alone'] / ms['whole step']:.0%} of the step"
+                ),
+            )
+        else:
+            _each_model(
+                args,
+                dataset,
+                "",
+                {f"phrases_per_image {g}": {"phrases_per_image": g} for g in (1, 4)},
+                lambda ms: (
+                    f"phrases_per_image 4 steps {ms['phrases_per_image 1'] / ms['phrases_per_image 4']:.2f}x faster than 1"
+                ),
             )
     return 0
 

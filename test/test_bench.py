@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -43,19 +45,18 @@ def test_training_step_bench_times_the_detr_levels_side_by_side(capsys, one_thre
     assert "the 2x level's steps take" in out
 
 
-def test_training_step_bench_times_the_optimizer_implementations_side_by_side(capsys, one_thread):
+@pytest.mark.parametrize(
+    "flag, settings, summary",
+    [
+        ("--optimizer", ["for-loop", "foreach", "fused"], "faster than for-loop"),
+        ("--amp", ["float32", "bf16"], "as long as float32"),
+        ("--losses", ["whole step", "detector alone"], "matching and losses take"),
+    ],
+)
+def test_training_step_bench_times_each_setting_side_by_side(capsys, one_thread, flag, settings, summary):
     bench = _load("training_step")
-    assert bench.main(["--steps", "1", "--threads", "1", "--optimizer", "--models", "demo-teacher"]) == 0
+    assert bench.main(["--steps", "1", "--threads", "1", flag, "--models", "demo-teacher"]) == 0
     out = capsys.readouterr().out
     timed = [line.split(":")[0].strip() for line in out.splitlines() if "ms/step" in line]
-    assert timed == ["for-loop", "foreach", "fused"], out
-    assert "faster than for-loop" in out
-
-
-def test_training_step_bench_times_bf16_autocast_against_float32(capsys, one_thread):
-    bench = _load("training_step")
-    assert bench.main(["--steps", "1", "--threads", "1", "--amp", "--models", "demo-teacher"]) == 0
-    out = capsys.readouterr().out
-    timed = [line.split(":")[0].strip() for line in out.splitlines() if "ms/step" in line]
-    assert timed == ["float32", "bf16"], out
-    assert "as long as float32" in out
+    assert timed == settings, out
+    assert summary in out
