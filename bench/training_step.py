@@ -34,7 +34,7 @@ from efficientsam3_ros.modeling import EfficientSam3Model, build_model, get_conf
 from efficientsam3_ros.synthetic.writers import write_dataset
 from efficientsam3_ros.training.config import ConceptStageOptions
 from efficientsam3_ros.training.data import ConceptDataset, ResumableBatchSampler
-from efficientsam3_ros.training.stage3 import ConceptModule, DecoderTap, distinct_images, run_detector
+from efficientsam3_ros.training.stage3 import ConceptModule, detect_batch
 from efficientsam3_ros.training.trainer import optimizer_flags
 
 
@@ -96,14 +96,10 @@ def _detector_only(model: EfficientSam3Model):
     losses tap them), summed instead of matched and scored: the step without its losses."""
 
     def forward(batch: list[dict], _generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        images, index = distinct_images(batch)
-        tap = DecoderTap(model)
-        try:
-            out = run_detector(model, images, [s["phrase"] for s in batch], index)
-            layers = tap.layers()
-        finally:
-            tap.close()
-        outputs = (out.pred_logits, out.pred_boxes, out.pred_masks, out.presence_logits, *layers)
+        found = detect_batch(model, batch)
+        out = found.out
+        outputs = (out.pred_logits, out.pred_boxes, out.pred_masks, out.presence_logits)
+        outputs += (found.all_logits, found.all_boxes, found.all_presence)
         return sum(t.float().sum() for t in outputs), {}
 
     return forward

@@ -20,13 +20,7 @@ from efficientsam3_ros.training.losses import (
     sigmoid_focal_loss,
     weighted_sum,
 )
-from efficientsam3_ros.training.stage3 import (
-    ConceptModule,
-    DecoderTap,
-    distinct_images,
-    hungarian_match,
-    run_detector,
-)
+from efficientsam3_ros.training.stage3 import ConceptModule, detect_batch, hungarian_match
 
 
 def test_segment_mean_averages_each_segment_and_leaves_empty_ones_at_zero():
@@ -58,12 +52,9 @@ def test_per_item_losses_average_to_the_scalar_ones():
 def _per_datapoint_reference(module: ConceptModule, batch: list[dict]) -> dict[str, float]:
     """Stage 3's losses as defined: every datapoint and decoder layer matched and scored on its own."""
     opts, model = module.options, module.student
-    images, index = distinct_images(batch)
-    tap = DecoderTap(model)
-    out = run_detector(model, images, [s["phrase"] for s in batch], index)
-    all_logits, all_boxes, _ = tap.layers()
-    tap.close()
-    size = images.shape[-1]
+    found = detect_batch(model, batch)
+    out, all_logits, all_boxes = found.out, found.all_logits, found.all_boxes
+    size = found.images.shape[-1]
     last = all_logits.shape[0] - 1
     parts: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("class", "bbox", "giou", "mask_dice", "mask_focal")

@@ -17,7 +17,7 @@ parameter names) choose what trains, e.g. ``["detector.detr_decoder.*"]``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -132,6 +132,34 @@ class DecoderTap:
             handle.remove()
 
 
+class BatchDetection(NamedTuple):
+    """One training forward of a batch: its distinct images, what ``run_detector`` returned, and
+    every decoder layer's logits [L, B, Q], boxes [L, B, Q, 4] and presence logits [L, B]."""
+
+    images: torch.Tensor
+    image_index: torch.Tensor
+    phrases: list[str]
+    out: Any
+    all_logits: torch.Tensor
+    all_boxes: torch.Tensor
+    all_presence: torch.Tensor
+
+
+def detect_batch(model: EfficientSam3Model, batch: list[dict[str, Any]]) -> BatchDetection:
+    """The detector on a batch of datapoints, each distinct image encoded once, every layer tapped."""
+    device = next(model.parameters()).device
+    images, image_index = distinct_images(batch)
+    images = images.to(device)
+    phrases = [s["phrase"] for s in batch]
+    tap = DecoderTap(model)
+    try:
+        out = run_detector(model, images, phrases, image_index)
+        layers = tap.layers()
+    finally:
+        tap.close()
+    return BatchDetection(images, image_index, phrases, out, *layers)
+
+
 @torch.no_grad()
 def hungarian_match(
     logits: torch.Tensor, boxes: torch.Tensor, target_boxes: torch.Tensor, opts: ConceptStageOptions
@@ -160,20 +188,20 @@ class _Matches:
         self.datapoint: list[np.ndarray] = []
         self.query: list[np.ndarray] = []
         self.target_boxes: list[torch.Tensor] = []
-        self.target_masks: list[torch.Tensor] = []  # the last layer's, for the mask losses
 
-    def add(self, layer: int, datapoint: int, rows: np.ndarray, cols: np.ndarray, sample: dict, size: int):
+    def add(self, layer: int, datapoint: int, rows: np.ndarray, target_boxes: torch.Tensor) -> None:
+        """One layer's match of one datapoint: query ``rows`` and their targets' boxes [len(rows), 4]."""
         self.layer.append(np.full(len(rows), layer))
         self.datapoint.append(np.full(len(rows), datapoint))
         self.query.append(rows)
-        self.target_boxes.append(sample["boxes"][cols] / size)
+        self.target_boxes.append(target_boxes)
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(layer, datapoint, query) indices [P] and the matched target boxes [P, 4]."""
         index = [
             torch.from_numpy(np.concatenate(a)).to(device) for a in (self.layer, self.datapoint, self.query)
         ]
-        return (*index, torch.cat(self.target_boxes).to(device))
+        return (*index, torch.cat(self.target_boxes))
 
 
 class ConceptModule(nn.Module):
@@ -197,16 +225,10 @@ class ConceptModule(nn.Module):
 
     def forward(self, batch: list[dict[str, Any]], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         opts = self.options
-        device = next(self.student.parameters()).device
-        images, image_index = distinct_images(batch)
-        images = images.to(device)
-        phrases = [s["phrase"] for s in batch]
-        tap = DecoderTap(self.student)
-        try:
-            out = run_detector(self.student, images, phrases, image_index)
-            all_logits, all_boxes, all_presence = tap.layers()
-        finally:
-            tap.close()
+        images, image_index, phrases, out, all_logits, all_boxes, all_presence = detect_batch(
+            self.student, batch
+        )
+        device = images.device
         present = torch.tensor([1.0 if len(s["boxes"]) else 0.0 for s in batch], device=device)
         zero = out.pred_logits.sum() * 0.0
         positives = present.nonzero()[:, 0]
@@ -264,12 +286,13 @@ class ConceptModule(nn.Module):
         layers, batch_size, _ = logits.shape
         last = layers - 1
         matches = _Matches()
+        target_masks = []  # the last layer's matches', for the mask losses
         for b in positives.tolist():
-            sample = batch[b]
-            found = hungarian_match(logits[:, b], boxes[:, b], sample["boxes"].to(device) / size, opts)
+            gt_boxes = batch[b]["boxes"].to(device) / size
+            found = hungarian_match(logits[:, b], boxes[:, b], gt_boxes, opts)
             for layer, (rows, cols) in enumerate(found):
-                matches.add(layer, b, rows, cols, sample, size)
-            matches.target_masks.append(sample["masks"][found[last][1]])
+                matches.add(layer, b, rows, gt_boxes[cols])
+            target_masks.append(batch[b]["masks"][found[last][1]])
         layer, datapoint, query, target_boxes = matches.tensors(device)
         per_datapoint = layer * batch_size + datapoint  # segment of each pair, [layers * B]
         num_segments = layers * batch_size
@@ -290,7 +313,7 @@ class ConceptModule(nn.Module):
 
         in_last = layer == last
         pred_masks = out.pred_masks[datapoint[in_last], query[in_last]]
-        gt_masks = torch.cat(matches.target_masks).float().to(device)
+        gt_masks = torch.cat(target_masks).float().to(device)
         if opts.mask_loss_at_input:  # the masks as they are read: logits upsampled to the input
             pred_masks = F.interpolate(
                 pred_masks[:, None], size=gt_masks.shape[-2:], mode="bilinear", align_corners=False
