@@ -368,6 +368,10 @@ def _ddp_worker(rank: int, world: int, port: int, config_dict: dict) -> None:
     train(config_from_dict(config_dict))
 
 
+def _train_on_two_processes(config) -> None:
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), config.to_dict()), nprocs=2, join=True)
+
+
 def test_two_process_ddp_on_cpu_writes_one_checkpoint(datasets, tmp_path):
     cache = tmp_path / "cache"
     config = _config(
@@ -379,7 +383,7 @@ def test_two_process_ddp_on_cpu_writes_one_checkpoint(datasets, tmp_path):
         "run.steps=3",
         "run.batch_size=2",
     )
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), config.to_dict()), nprocs=2, join=True)
+    _train_on_two_processes(config)
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [3]
     payload = load_checkpoint(list_checkpoints(tmp_path / "run")[0][1], stage="stage1-image")
     assert payload["world_size"] == 2
@@ -387,6 +391,33 @@ def test_two_process_ddp_on_cpu_writes_one_checkpoint(datasets, tmp_path):
     index = json.loads((cache / "index.json").read_text())
     assert len(index["shards"]) == 4 and sum(len(v) for v in index["shards"].values()) == 8
     assert not list(cache.glob("*.tmp.*"))
+
+
+def _ddp_stage_config(stage: str, datasets, tracker_checkpoint, tmp_path, *overrides: str):
+    data = {
+        "tiny_stage3": [f"data.root={datasets['saco']}"],
+        "tiny_stage2": [f"data.root={datasets['sav']}", f"model.tracker_checkpoint={tracker_checkpoint}"],
+    }[stage]
+    return _config(stage, tmp_path, *data, "run.steps=2", "run.checkpoint_every=1", *overrides)
+
+
+@pytest.mark.parametrize("stage", ["tiny_stage3", "tiny_stage2"])
+def test_stages_that_leave_parameters_unused_train_under_ddp(stage, datasets, tracker_checkpoint, tmp_path):
+    """Stage 3 never reaches the geometric-prompt encoder (and more): DDP must be told, unasked."""
+    config = _ddp_stage_config(stage, datasets, tracker_checkpoint, tmp_path)
+    assert config.run.find_unused_parameters is None  # the stage decides
+    _train_on_two_processes(config)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")][-1] == 2
+    assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+
+
+def test_ddp_without_unused_parameter_search_fails_on_stage3(datasets, tracker_checkpoint, tmp_path):
+    """What the stage's default prevents: the error a torchrun of stage 3 used to end in."""
+    config = _ddp_stage_config(
+        "tiny_stage3", datasets, tracker_checkpoint, tmp_path, "run.find_unused_parameters=false"
+    )
+    with pytest.raises(Exception, match="not used in producing loss"):
+        _train_on_two_processes(config)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -99,7 +99,9 @@ class RunSection:
     stop_at_step: int | None = None  # stop here without the final export (time-boxed jobs, resume tests)
     tensorboard: bool = True
     progress: bool = True  # tqdm bar on rank 0
-    find_unused_parameters: bool = False  # DDP flag, for freeze patterns that leave parameters unused
+    # DDP flag. Unset: the stage's own answer (StageRunner.leaves_parameters_unused); true for
+    # freeze patterns that leave parameters of a stage that otherwise reaches them all unused
+    find_unused_parameters: bool | None = None
     export_name: str = "model.safetensors"
 
 

@@ -145,6 +145,10 @@ class MemoryDistillModule(nn.Module):
 
 
 class MemoryDistillStage(StageRunner):
+    # An object can vanish for a whole clip, and then the memory paths that would read it get
+    # no gradient on that step.
+    leaves_parameters_unused = True
+
     def __init__(self, config: TrainConfig, ctx: DistContext):
         super().__init__(config, ctx)
         options: VideoStageOptions = config.options

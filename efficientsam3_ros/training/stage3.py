@@ -352,6 +352,11 @@ class ConceptModule(nn.Module):
 
 
 class ConceptFinetuneStage(StageRunner):
+    # Prompted by text alone, the detector never reaches its geometric-prompt encoder, its
+    # semantic-segmentation head, the last level of the neck and of the pixel decoder, or CLIP's
+    # pooled projection (53 tensors of demo-student), which options.train = ["*"] leaves trainable.
+    leaves_parameters_unused = True
+
     def __init__(self, config: TrainConfig, ctx: DistContext):
         super().__init__(config, ctx)
         options: ConceptStageOptions = config.options

@@ -50,6 +50,11 @@ class StageRunner(ABC):
 
     module: nn.Module
     dataset: Dataset
+    # Whether a step can leave trainable parameters without a gradient. DDP must then look for
+    # them after each backward (find_unused_parameters), or its next step fails on the missing
+    # reductions. It costs a walk of the autograd graph per step, so stages that reach every
+    # trainable parameter on every step say False.
+    leaves_parameters_unused: bool = False
 
     def __init__(self, config: TrainConfig, ctx: DistContext):
         self.config = config
@@ -194,7 +199,11 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
         ddp = DistributedDataParallel(
             module,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=run.find_unused_parameters,
+            find_unused_parameters=(
+                stage.leaves_parameters_unused
+                if run.find_unused_parameters is None
+                else run.find_unused_parameters
+            ),
         )
     optim = config.optim
     adamw_flags = optimizer_flags(optim.implementation, device)
