@@ -393,30 +393,32 @@ def test_two_process_ddp_on_cpu_writes_one_checkpoint(datasets, tmp_path):
     assert not list(cache.glob("*.tmp.*"))
 
 
-def _ddp_stage_config(stage: str, datasets, tracker_checkpoint, tmp_path, *overrides: str):
-    data = {
-        "tiny_stage3": [f"data.root={datasets['saco']}"],
-        "tiny_stage2": [f"data.root={datasets['sav']}", f"model.tracker_checkpoint={tracker_checkpoint}"],
-    }[stage]
+def _ddp_stage_config(stage: str, data: list[str], tmp_path, *overrides: str):
     return _config(stage, tmp_path, *data, "run.steps=2", "run.checkpoint_every=1", *overrides)
 
 
-@pytest.mark.parametrize("stage", ["tiny_stage3", "tiny_stage2"])
-def test_stages_that_leave_parameters_unused_train_under_ddp(stage, datasets, tracker_checkpoint, tmp_path):
-    """Stage 3 never reaches the geometric-prompt encoder (and more): DDP must be told, unasked."""
-    config = _ddp_stage_config(stage, datasets, tracker_checkpoint, tmp_path)
+@pytest.mark.parametrize("stage", ["tiny_stage1_text", "tiny_stage2", "tiny_stage3"])
+def test_every_stage_trains_under_ddp_with_its_defaults(stage, datasets, tracker_checkpoint, tmp_path):
+    """Stage 3 never reaches some of the detector, stage 1 text would not reach MobileCLIP's pooled
+    projection: each runs two steps on two processes without a DDP setting of its own."""
+    data = {
+        "tiny_stage1_text": [f"data.prompts={datasets['prompts']}"],
+        "tiny_stage2": [f"data.root={datasets['sav']}", f"model.tracker_checkpoint={tracker_checkpoint}"],
+        "tiny_stage3": [f"data.root={datasets['saco']}"],
+    }[stage]
+    config = _ddp_stage_config(stage, data, tmp_path)
     assert config.run.find_unused_parameters is None  # the stage decides
     _train_on_two_processes(config)
     assert [s for s, _ in list_checkpoints(tmp_path / "run")][-1] == 2
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
 
 
-def test_ddp_without_unused_parameter_search_fails_on_stage3(datasets, tracker_checkpoint, tmp_path):
+def test_ddp_without_unused_parameter_search_fails_on_stage3(datasets, tmp_path):
     """What the stage's default prevents: the error a torchrun of stage 3 used to end in."""
     config = _ddp_stage_config(
-        "tiny_stage3", datasets, tracker_checkpoint, tmp_path, "run.find_unused_parameters=false"
+        "tiny_stage3", [f"data.root={datasets['saco']}"], tmp_path, "run.find_unused_parameters=false"
     )
-    with pytest.raises(Exception, match="not used in producing loss"):
+    with pytest.raises(torch.multiprocessing.ProcessRaisedException, match="not used in producing loss"):
         _train_on_two_processes(config)
 
 

@@ -99,8 +99,9 @@ class RunSection:
     stop_at_step: int | None = None  # stop here without the final export (time-boxed jobs, resume tests)
     tensorboard: bool = True
     progress: bool = True  # tqdm bar on rank 0
-    # DDP flag. Unset: the stage's own answer (StageRunner.leaves_parameters_unused); true for
-    # freeze patterns that leave parameters of a stage that otherwise reaches them all unused
+    # DDP's find_unused_parameters. Unset (null): the stage's own answer, true for stages 2 and 3
+    # (StageRunner.leaves_parameters_unused); false saves a graph walk per step where every
+    # trainable parameter is known to get a gradient on every step
     find_unused_parameters: bool | None = None
     export_name: str = "model.safetensors"
 

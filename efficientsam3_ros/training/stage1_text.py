@@ -25,6 +25,8 @@ from .losses import masked_token_losses
 from .models import TEXT_PREFIXES, build_student, build_teacher
 from .trainer import StageRunner, set_trainable
 
+POOLED_TEXT_PROJECTION = "detector.text_encoder.projection.*"
+
 
 class TextDistillModule(nn.Module):
     def __init__(self, student: EfficientSam3Model, teacher: EfficientSam3Model, options: TextStageOptions):
@@ -60,7 +62,10 @@ class TextDistillStage(StageRunner):
                 f"text_encoder={student.config.text_encoder!r} (use e.g. es-ev-m-mobileclip-s0)"
             )
         teacher.detector.vision_encoder = None  # the 446M ViT is not needed for text features
-        set_trainable(student, [p + "*" for p in TEXT_PREFIXES])
+        # MobileCLIP's pooled projection stays as it is: SAM3 reads the tower's token outputs
+        # (through text_projection), never its pooled embedding, so it would get no gradient,
+        # and under DDP a trainable parameter without one stops the run at its second step.
+        set_trainable(student, [p + "*" for p in TEXT_PREFIXES], freeze=[POOLED_TEXT_PROJECTION])
         self.dataset = build_dataset(config, student.config.image_size)
         self.module = TextDistillModule(student, teacher.to(ctx.device), config.options)
 

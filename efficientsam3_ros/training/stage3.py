@@ -355,6 +355,7 @@ class ConceptFinetuneStage(StageRunner):
     # Prompted by text alone, the detector never reaches its geometric-prompt encoder, its
     # semantic-segmentation head, the last level of the neck and of the pixel decoder, or CLIP's
     # pooled projection (53 tensors of demo-student), which options.train = ["*"] leaves trainable.
+    # And a batch without a present phrase has no matched losses: its step reaches no mask head.
     leaves_parameters_unused = True
 
     def __init__(self, config: TrainConfig, ctx: DistContext):

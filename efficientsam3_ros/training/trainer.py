@@ -196,14 +196,15 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
         log.info("%s: %d trainable parameters (%.2f M)", config.stage, n_train, n_train / 1e6)
     ddp: nn.Module = module
     if ctx.is_distributed:
+        find_unused = run.find_unused_parameters
+        if find_unused is None:
+            find_unused = stage.leaves_parameters_unused
+        if ctx.is_main:
+            log.info("DDP over %d ranks, find_unused_parameters=%s", ctx.world_size, find_unused)
         ddp = DistributedDataParallel(
             module,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=(
-                stage.leaves_parameters_unused
-                if run.find_unused_parameters is None
-                else run.find_unused_parameters
-            ),
+            find_unused_parameters=find_unused,
         )
     optim = config.optim
     adamw_flags = optimizer_flags(optim.implementation, device)
