@@ -60,3 +60,13 @@ def test_training_step_bench_times_each_setting_side_by_side(capsys, one_thread,
     timed = [line.split(":")[0].strip() for line in out.splitlines() if "ms/step" in line]
     assert timed == settings, out
     assert summary in out
+
+
+def test_tracker_training_step_bench_times_a_batchs_clips_together_and_one_at_a_time(capsys, one_thread):
+    bench = _load("tracker_training_step")
+    assert bench.main(["--steps", "1", "--threads", "1", "--clips", "2"]) == 0
+    out = capsys.readouterr().out
+    timed = [line.split(":")[0].strip() for line in out.splitlines() if "ms/step" in line]
+    assert timed == ["together", "one at a time"], out
+    assert "2 clips of 4 frames and up to 3 objects per step" in out  # the recipe's stage-2 batch
+    assert "faster than one clip at a time" in out

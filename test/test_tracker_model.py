@@ -76,6 +76,24 @@ def test_full_size_tokens_per_memory_frame() -> None:
     assert torch.count_nonzero(perceiver.spatial_pos[:256]) == 0  # global latents carry no position
 
 
+@pytest.mark.parametrize("grid", [14, 16])  # 14: resized to 16, the 4 x 4 windows' next multiple; 16: as is
+def test_perceiver_codec_batches_the_window_branch_as_transformers_runs_it_per_map(grid: int) -> None:
+    edgetam = to_edgetam_config(get_config("es-ev-tiny"), TrackerConfig.tiny("perceiver"))
+    torch.manual_seed(0)
+    codec = PerceiverMemoryCodec(edgetam, grid).eval()
+    dim = edgetam.perceiver_resampler_hidden_size
+    maps, pos = torch.randn(3, dim, grid, grid), torch.randn(3, dim, grid, grid)
+    with torch.no_grad():
+        batched = codec(maps, pos)
+        windowed = torch.nn.functional.interpolate(maps, size=(codec.window_input,) * 2, mode="bilinear")
+        per_map = [codec.resampler._forward_2d(windowed[i : i + 1])[0] for i in range(3)]
+        latents_1d, _ = codec.resampler._forward_1d(maps, pos)
+    reference = torch.cat([latents_1d, torch.cat(per_map)], dim=1)
+    assert batched.shape == (3, codec.tokens_per_frame, dim)
+    torch.testing.assert_close(batched, reference, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(batched[0], batched[1])  # each map its own latents
+
+
 @pytest.mark.parametrize("memory", ["perceiver", "dense"])
 def test_propagate_shapes_and_memory_growth(memory: str) -> None:
     model = _tracker(memory)
@@ -219,6 +237,92 @@ def test_encode_frame_uses_image_model_trunk() -> None:
     assert frame.s0.shape == (1, c // 8, 4 * g, 4 * g) and frame.s1.shape == (1, c // 4, 2 * g, 2 * g)
     assert frame.frame_idx == 5
     torch.testing.assert_close(frame.feat, again.feat)
+
+
+def test_encode_frames_equals_encode_frame_per_image() -> None:
+    """Training encodes a whole clip in one neck call; each frame must be what encode_frame gives."""
+    from efficientsam3_ros.modeling import build_model
+
+    torch.manual_seed(0)
+    image_model = build_model("es-ev-tiny")
+    model = TrackerModel(image_model.config, TrackerConfig.tiny("perceiver")).eval()
+    with torch.inference_mode():
+        tokens = image_model.encode_image(torch.randn(3, 3, 112, 112)).last_hidden_state
+        frames = model.encode_frames(tokens, [4, 5, 6])
+        singles = [model.encode_frame(tokens[i : i + 1], frame_idx=4 + i) for i in range(3)]
+    assert [f.frame_idx for f in frames] == [4, 5, 6]
+    for batched, single in zip(frames, singles):
+        for name in ("feat", "pos", "s0", "s1"):
+            torch.testing.assert_close(getattr(batched, name), getattr(single, name), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(frames[0].feat, frames[1].feat)  # the images differ, so must their features
+    with pytest.raises(ValueError, match="3 images but 2 frame indices"):
+        model.encode_frames(tokens, [0, 1])
+    with pytest.raises(ValueError, match=r"encode_frames\(\) takes several"):
+        model.encode_frame(tokens, 0)
+
+
+@pytest.mark.parametrize("prompt", [False, True])
+def test_condition_tracks_and_propagate_on_many_frames_equal_one_track_at_a_time(prompt: bool) -> None:
+    """Stage 2 conditions and advances the tracks of several clips together, each on its own frame.
+
+    Every track must end with what ``condition`` and ``propagate`` give it alone, whatever its mask's
+    kind (bool, probability, logits, empty)."""
+    model = _tracker("perceiver", prompt)
+    size = model.image_config.image_size
+    masks = torch.stack(
+        [
+            _box_mask(size, 10, 10, 60, 60).float(),  # bool as float: a probability mask
+            _box_mask(size, 30, 30, 90, 100).float() * 8 - 4,  # logits: object where > 0
+            torch.zeros(size, size),  # empty: the no-object pointer
+            _box_mask(size, 0, 50, 40, 110).float() * 0.7 + 0.2,  # probabilities: cut at 0.5
+        ]
+    )
+    starts = [_frame(model, 0, seed=s) for s in (0, 1, 0, 2)]  # tracks 0 and 2 share a frame
+    nexts = [_frame(model, 1, seed=10 + s) for s in (0, 1, 0, 2)]
+    with torch.inference_mode():
+        tracks = [model.new_track() for _ in range(4)]
+        alone = [model.new_track() for _ in range(4)]
+        conditioned = model.condition_tracks(tracks, starts, masks)
+        conditioned_alone = [model.condition(t, f, m) for t, f, m in zip(alone, starts, masks)]
+        advanced = model.propagate(tracks, nexts)
+        advanced_alone = [model.propagate([t], f) for t, f in zip(alone, nexts)]
+    for i in range(4):
+        for together, single in ((conditioned, conditioned_alone[i]), (advanced, advanced_alone[i])):
+            torch.testing.assert_close(together.mask_logits[i], single.mask_logits[0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(together.iou_scores[i], single.iou_scores[0], atol=1e-4, rtol=1e-4)
+    for together, single in zip(tracks, alone):
+        for x, y in zip(together.tensors(), single.tensors(), strict=True):
+            torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(tracks[2].cond[0][2], model.sam.no_object_pointer[0])
+    assert not torch.allclose(advanced.mask_logits[0], advanced.mask_logits[1])  # own frames, own masks
+    with pytest.raises(ValueError, match="got 1 frames for 4 tracks"):
+        model.propagate(tracks, nexts[:1])
+    with pytest.raises(ValueError, match="masks \\[N, h, w\\]"):
+        model.condition_tracks(tracks[:2], starts[:2], masks)
+
+
+@pytest.mark.parametrize("memory", ["perceiver", "dense"])
+def test_tracks_stay_on_the_models_device(memory: str) -> None:
+    """Nothing the tracker computes with may be made on the host: on a GPU a host tensor in the
+    graphs stops the first conditioning or propagation (the memory's temporal indices and pointer
+    offsets once were). The meta device stands in for the GPU here: it refuses host tensors as
+    CUDA does, and runs without one."""
+    model = _tracker(memory).to("meta")
+    c, g = model.config.hidden_size, model.grid_size
+
+    def frame(idx: int) -> TrackerFrame:
+        shapes = ((1, c, g, g), (1, c, g, g), (1, c // 8, 4 * g, 4 * g), (1, c // 4, 2 * g, 2 * g))
+        return TrackerFrame(*(torch.empty(shape, device="meta") for shape in shapes), frame_idx=idx)
+
+    size = model.image_config.image_size
+    tracks = [model.new_track() for _ in range(2)]
+    masks = torch.zeros(2, size, size, dtype=torch.bool, device="meta")
+    with torch.inference_mode():
+        model.condition_tracks(tracks, [frame(0), frame(0)], masks)
+        for idx in (1, 2):
+            out = model.propagate(tracks, frame(idx))
+    assert out.mask_logits.device.type == "meta" and out.mask_logits.shape == (2, 4 * g, 4 * g)
+    assert all(t.device.type == "meta" for track in tracks for t in track.tensors())
 
 
 def test_step_graph_matches_propagate() -> None:

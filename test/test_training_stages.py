@@ -482,6 +482,68 @@ def test_stage2_on_ground_truth_trains_a_whole_tracker_that_the_pipeline_loads(
         load_tracker(result.export_path, other)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param([], id="teacher-target"),
+        pytest.param(
+            ["options.target=gt", 'options.train=["*"]', "options.tracker={prompt_previous_mask: true}"],
+            id="demo-recipe",
+        ),
+    ],
+)
+def test_stage2_runs_a_batchs_clips_together_as_if_one_at_a_time(
+    overrides, datasets, tracker_checkpoint, tmp_path, one_thread
+):
+    """Stage 2 sends all clips of a batch through the tracker together (one call per frame index);
+    the loss, each loss term and every gradient must be what the clips give one at a time,
+    weighted by their propagated frames."""
+    from efficientsam3_ros.training.distributed import DistContext
+    from efficientsam3_ros.training.stage2 import MemoryDistillStage
+
+    config = _config(
+        "tiny_stage2",
+        tmp_path,
+        f"data.root={datasets['sav']}",
+        f"model.tracker_checkpoint={tracker_checkpoint}",
+        *overrides,
+    )
+    stage = MemoryDistillStage(config, DistContext())
+    module = stage.module.eval()  # no dropout: both ways must see the same network
+    clips = [stage.dataset[(i, 0)] for i in range(3)]
+    # clips of a batch may hold different numbers of objects: keep only the first of the second's
+    clips[1] = {**clips[1], "masks": clips[1]["masks"][:, :1], "visible": clips[1]["visible"][:, :1]}
+    assert len({c["masks"].shape[1] for c in clips}) > 1
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def run(batch):
+        module.zero_grad(set_to_none=True)
+        loss, terms = module(stage.collate(batch), torch.Generator().manual_seed(0))
+        loss.backward()
+        return (
+            loss.detach(),
+            terms,
+            [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params],
+        )
+
+    together = run(clips)
+    alone = [run([clip]) for clip in clips]
+    frames = [clip["pixels"].shape[0] - 1 for clip in clips]
+    weights = [n / sum(frames) for n in frames]
+    torch.testing.assert_close(
+        together[0], sum(w * a[0] for w, a in zip(weights, alone)), atol=1e-5, rtol=1e-4
+    )
+    for key, value in together[1].items():
+        expected = sum(w * a[1][key] for w, a in zip(weights, alone))
+        assert value == pytest.approx(expected, rel=1e-4, abs=1e-6), key
+    moved = 0
+    for i, grad in enumerate(together[2]):
+        expected = sum(w * a[2][i] for w, a in zip(weights, alone))
+        torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-3)
+        moved += bool(grad.abs().sum() > 0)
+    assert moved > len(params) // 2, "most trainable tensors should get a gradient"
+
+
 def test_stage2_trains_a_tracker_that_prompts_with_its_previous_mask(datasets, tmp_path, one_thread):
     """options.tracker reaches the tracker being trained, and its export carries it to the pipeline."""
     from efficientsam3_ros.modeling.tracker_checkpoint import load_tracker

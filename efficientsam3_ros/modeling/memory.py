@@ -96,11 +96,13 @@ class TrackMemory:
             ptr = by_frame_ptr.get(frame_idx - offset)
             if ptr is not None:
                 pointers.append((float(offset), ptr))
+        features = torch.stack([f for _, f in frames])
+        device = features.device  # the graphs index and encode with these: on the model's device
         return MemoryLayout(
-            features=torch.stack([f for _, f in frames]),
-            tpos_index=torch.tensor([i for i, _ in frames], dtype=torch.int64),
+            features=features,
+            tpos_index=torch.tensor([i for i, _ in frames], dtype=torch.int64, device=device),
             pointers=torch.stack([p for _, p in pointers]),
-            pointer_offsets=torch.tensor([o for o, _ in pointers], dtype=torch.float32),
+            pointer_offsets=torch.tensor([o for o, _ in pointers], dtype=torch.float32, device=device),
             prompt_mask=self.prompt_mask,
         )
 

@@ -16,6 +16,7 @@ tracker checkpoint maps onto ``sam`` + ``tracker_neck``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -105,17 +106,34 @@ class TrackerModel(nn.Module):
         self, image_features: Sam3VisionEncoderOutput | torch.Tensor, frame_idx: int = 0
     ) -> TrackerFrame:
         """Tracker neck on the shared trunk feature (``EfficientSam3Model.encode_image`` output), once per frame."""
+        if trunk_tokens_of(image_features).shape[0] != 1:
+            raise ValueError("encode_frame() takes the features of one image; encode_frames() takes several")
+        return self.encode_frames(image_features, [frame_idx])[0]
+
+    def encode_frames(
+        self, image_features: Sam3VisionEncoderOutput | torch.Tensor, frame_indices: Sequence[int]
+    ) -> list[TrackerFrame]:
+        """``encode_frame`` for a batch of images in one neck call (training encodes whole clips).
+
+        The neck is per image (no batch statistics), so each frame equals its ``encode_frame``;
+        one call instead of one per frame is what makes a training step fewer, larger operations.
+        """
         tokens = trunk_tokens_of(image_features)
-        if tokens.shape[0] != 1:
-            raise ValueError("encode_frame() takes the features of one image")
+        if tokens.shape[0] != len(frame_indices):
+            raise ValueError(f"{tokens.shape[0]} images but {len(frame_indices)} frame indices")
         levels, positions = self.tracker_neck(tokens)
-        return TrackerFrame(
-            feat=levels[2],
-            pos=positions[2],
-            s0=self.sam.mask_decoder.conv_s0(levels[0]),
-            s1=self.sam.mask_decoder.conv_s1(levels[1]),
-            frame_idx=frame_idx,
-        )
+        s0 = self.sam.mask_decoder.conv_s0(levels[0])
+        s1 = self.sam.mask_decoder.conv_s1(levels[1])
+        return [
+            TrackerFrame(
+                feat=levels[2][i : i + 1],
+                pos=positions[2][i : i + 1],
+                s0=s0[i : i + 1],
+                s1=s1[i : i + 1],
+                frame_idx=int(idx),
+            )
+            for i, idx in enumerate(frame_indices)
+        ]
 
     # ------------------------------------------------------------------- tracks
     def new_track(self) -> TrackMemory:
@@ -135,35 +153,62 @@ class TrackerModel(nn.Module):
         """
         if mask.dim() != 2:
             raise ValueError(f"mask must be [h, w]; got {tuple(mask.shape)}")
-        threshold = 0.5 if mask.dtype.is_floating_point and bool(mask.min() >= 0) else 0
-        binary = (mask > threshold).to(frame.feat.dtype)
-        appearing = bool(binary.any())
+        return self.condition_tracks([track], [frame], mask[None])
+
+    def condition_tracks(
+        self, tracks: Sequence[TrackMemory], frames: Sequence[TrackerFrame], masks: torch.Tensor
+    ) -> TrackerOutput:
+        """``condition`` for N tracks at once, each on its own frame (training conditions every clip's objects together).
+
+        ``masks`` is [N, h, w]; each mask is read on its own (a probability mask is cut at 0.5,
+        logits or bool at 0), so a row gives what ``condition`` gives it alone.
+        """
+        if masks.dim() != 3 or len(tracks) != masks.shape[0] or len(frames) != masks.shape[0]:
+            raise ValueError(
+                f"condition_tracks() takes N tracks, N frames and masks [N, h, w]; got {len(tracks)} "
+                f"tracks, {len(frames)} frames and masks {tuple(masks.shape)}"
+            )
+        feat, _, s0, s1 = _stack_frames(frames)
+        binary = (masks > _binary_thresholds(masks)).to(feat.dtype)
+        appearing = binary.flatten(1).any(dim=1)  # [N]
         size = self.image_config.image_size
-        full = _resize(binary[None, None], (size, size))
+        full = _resize(binary[:, None], (size, size))
         prompt = mask_prompt(self.sam, full, size)
         if self.config.prompt_previous_mask:
-            kept = _resize(full, (4 * self.grid_size,) * 2)[0, 0] > 0.5
-            if kept.any():  # an object too small for the 4g grid keeps the mask it had
-                track.prompt_mask = kept
-        outputs = run_sam_heads(
-            self.sam, frame.feat, frame.s0, frame.s1, mask_input=prompt, multimask_output=True
-        )
+            kept = _resize(full, (4 * self.grid_size,) * 2)[:, 0] > 0.5
+            for track, kept_mask in zip(tracks, kept):
+                if kept_mask.any():  # an object too small for the 4g grid keeps the mask it had
+                    track.prompt_mask = kept_mask
+        # the SAM heads take one embedding row per prompt (a shared frame is a one-row view)
+        embeddings = feat.expand(len(tracks), -1, -1, -1)
+        outputs = run_sam_heads(self.sam, embeddings, s0, s1, mask_input=prompt, multimask_output=True)
         low_res, iou, object_score, pointer = select_best_mask(self.sam, *outputs)
-        if not appearing:  # SAM3 decides presence from the mask itself on this path
-            pointer = self.sam.no_object_pointer.expand_as(pointer)
-        score = torch.full((1, 1), 10.0 if appearing else -10.0, dtype=frame.feat.dtype)
+        # SAM3 decides presence from the mask itself on this path
+        pointer = torch.where(appearing[:, None], pointer, self.sam.no_object_pointer.expand_as(pointer))
+        score = torch.where(appearing, 10.0, -10.0).to(feat.dtype)[:, None]
         hard = (_resize(full, self.memory_encoder_graph.mask_memory_size) > 0.5).to(full.dtype)
-        tokens = self.memory_encoder_graph(frame.feat, (hard * 2 - 1) * _HARD_LOGIT, score)
-        track.add_conditioning(frame.frame_idx, tokens[0].to(self.memory_dtype), pointer[0])
+        tokens = self.memory_encoder_graph(feat, (hard * 2 - 1) * _HARD_LOGIT, score)
+        for i, (track, frame) in enumerate(zip(tracks, frames)):
+            track.add_conditioning(frame.frame_idx, tokens[i].to(self.memory_dtype), pointer[i])
         return TrackerOutput(low_res[:, 0], object_score[:, 0], iou[:, 0])
 
-    def propagate(self, tracks: list[TrackMemory], frame: TrackerFrame) -> TrackerOutput:
-        """Advance every track to ``frame``: batched step + memory encoding, grouped by memory layout."""
+    def propagate(
+        self, tracks: list[TrackMemory], frame: TrackerFrame | Sequence[TrackerFrame]
+    ) -> TrackerOutput:
+        """Advance every track to ``frame``: batched step + memory encoding, grouped by memory layout.
+
+        ``frame`` may also be one frame per track: training advances the tracks of several
+        clips in one call, each on its own clip's frame.
+        """
+        frames = [frame] * len(tracks) if isinstance(frame, TrackerFrame) else list(frame)
+        if len(frames) != len(tracks):
+            raise ValueError(f"propagate() got {len(frames)} frames for {len(tracks)} tracks")
         if not tracks:
-            empty = frame.feat.new_zeros(0)
+            like = next(self.parameters())
             side = 4 * self.grid_size
-            return TrackerOutput(frame.feat.new_zeros(0, side, side), empty, empty)
-        layouts = [t.gather(frame.frame_idx) for t in tracks]
+            empty = like.new_zeros(0)
+            return TrackerOutput(like.new_zeros(0, side, side), empty, empty)
+        layouts = [t.gather(f.frame_idx) for t, f in zip(tracks, frames)]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, layout in enumerate(layouts):
             groups.setdefault(layout.key, []).append(i)
@@ -172,13 +217,14 @@ class TrackerModel(nn.Module):
         ious: list[torch.Tensor | None] = [None] * len(tracks)
         for indices in groups.values():
             group = [layouts[i] for i in indices]
-            batch = _stack_layouts(group, frame.feat.dtype)
+            feat, pos, s0, s1 = _stack_frames([frames[i] for i in indices])
+            batch = _stack_layouts(group, feat.dtype)
             if self.config.prompt_previous_mask:
-                batch += (self._prompt_masks(group, frame.feat),)
-            low_res, iou, score, pointer = self.step_graph(frame.feat, frame.pos, frame.s0, frame.s1, *batch)
-            tokens = self.memory_encoder_graph(frame.feat, low_res, score)
+                batch += (self._prompt_masks(group, feat),)
+            low_res, iou, score, pointer = self.step_graph(feat, pos, s0, s1, *batch)
+            tokens = self.memory_encoder_graph(feat, low_res, score)
             for j, i in enumerate(indices):
-                tracks[i].add_tracked(frame.frame_idx, tokens[j].to(self.memory_dtype), pointer[j])
+                tracks[i].add_tracked(frames[i].frame_idx, tokens[j].to(self.memory_dtype), pointer[j])
                 masks[i], scores[i], ious[i] = low_res[j, 0], score[j, 0], iou[j, 0]
                 if self.config.prompt_previous_mask:
                     seen = low_res[j, 0].detach() > 0
@@ -215,6 +261,25 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return x
     shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def _binary_thresholds(masks: torch.Tensor) -> torch.Tensor | float:
+    """Per-mask cut ([N, 1, 1]): 0.5 for a probability mask (float, no negative value), else 0 (logits, bool)."""
+    if not masks.dtype.is_floating_point:
+        return 0
+    probability = masks.flatten(1).amin(dim=1) >= 0
+    return torch.where(probability, 0.5, 0.0).to(masks.dtype)[:, None, None]
+
+
+def _stack_frames(frames: Sequence[TrackerFrame]) -> tuple[torch.Tensor, ...]:
+    """(feat, pos, s0, s1) with one row per track, or the single frame's own rows when all tracks share it.
+
+    The graphs broadcast a one-row frame over the tracks, so a shared frame is never copied.
+    """
+    first = frames[0]
+    if all(f is first for f in frames):
+        return first.feat, first.pos, first.s0, first.s1
+    return tuple(torch.cat([getattr(f, name) for f in frames]) for name in ("feat", "pos", "s0", "s1"))
 
 
 def _stack_layouts(layouts: list[MemoryLayout], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

@@ -112,7 +112,8 @@ def mask_prompt(sam: Sam3TrackerVideoModel, masks: torch.Tensor, image_size: int
 class TrackStepGraph(nn.Module):
     """Memory attention + mask decoder for N tracks with the same memory layout (F frames, P pointers).
 
-    Inputs: the frame's ``feat``/``pos`` [1, C, g, g], ``s0`` [1, C/8, 4g, 4g], ``s1`` [1, C/4, 2g, 2g];
+    Inputs: the frame's ``feat``/``pos`` [1, C, g, g], ``s0`` [1, C/8, 4g, 4g], ``s1`` [1, C/4, 2g, 2g]
+    (or N rows: each track's own frame, as training's batched clips give);
     per track ``memory`` [N, F, T, Dm], ``memory_tpos`` [N, F] (int64 temporal slot per memory
     frame), ``pointers`` [N, P, C] and ``pointer_offsets`` [N, P] (frame distance, float).
     With ``prompt_previous_mask`` one more input, ``prompt_masks`` [N, 1, 4g, 4g] (each track's
@@ -206,7 +207,7 @@ class TrackStepGraph(nn.Module):
 class MemoryEncoderGraph(nn.Module):
     """New memory tokens for N tracks from the frame feature and each track's mask logits.
 
-    Inputs: ``feat`` [1, C, g, g] (raw tracker feature), ``mask_logits`` [N, 1, h, w] (any size; the
+    Inputs: ``feat`` [1 or N, C, g, g] (raw tracker feature), ``mask_logits`` [N, 1, h, w] (any size; the
     mask decoder's 4g output in tracking), ``object_score_logits`` [N, 1]. Output: [N, T, Dm].
     Like SAM3 it feeds sigmoid(logits) * 20 - 10 to the memory encoder and adds the occlusion
     embedding where the object is absent; a conditioning mask is passed as saturated logits.

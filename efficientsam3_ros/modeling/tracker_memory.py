@@ -80,8 +80,27 @@ class PerceiverMemoryCodec(nn.Module):
             windowed = F.interpolate(
                 features, size=(self.window_input,) * 2, mode="bilinear", align_corners=False
             )
-        # one map at a time: transformers' _forward_2d does expand(batch).view(), which only works for batch 1
-        latents_2d = torch.cat(
-            [self.resampler._forward_2d(windowed[i : i + 1])[0] for i in range(len(windowed))]
+        return torch.cat([latents_1d, self._window_latents(windowed)], dim=1)
+
+    def _window_latents(self, maps: torch.Tensor) -> torch.Tensor:
+        """[N, Dm, W, W] maps (W a multiple of the window grid) -> [N, n_2d, Dm], one latent per window.
+
+        transformers' ``_forward_2d`` computes this too, but its ``expand(batch).view()`` of the
+        latents only works for one map, and a map at a time made stage 2's step many small
+        operations. The same layers run here on all maps' windows at once, in the same order
+        (maps, then window rows, then window columns); test_tracker_model checks it against
+        ``_forward_2d`` map by map.
+        """
+        resampler, grid = self.resampler, self.window_grid
+        n, dim, side, _ = maps.shape
+        size = side // grid
+        windows = (
+            maps.permute(0, 2, 3, 1)
+            .reshape(n, grid, size, grid, size, dim)
+            .transpose(2, 3)
+            .reshape(n * grid * grid, size * size, dim)
         )
-        return torch.cat([latents_1d, latents_2d], dim=1)
+        latents = resampler.latents_2d[None].expand(n, -1, -1).reshape(n * grid * grid, 1, dim)
+        for layer in resampler.layers:
+            latents = layer(latents, windows, positional_encoding=None)
+        return resampler.layer_norm(latents.reshape(n, grid * grid, dim))

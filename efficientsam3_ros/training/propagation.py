@@ -86,11 +86,10 @@ def score_propagation(
             continue
         clips_scored += 1
         tokens = image_model.encode_image(pixels.to(device)).last_hidden_state
-        frames = [tracker.encode_frame(tokens[t : t + 1], t) for t in range(len(pixels))]
+        frames = tracker.encode_frames(tokens, range(len(pixels)))
         masks = masks.to(device).bool()
         tracks = [tracker.new_track() for _ in range(masks.shape[1])]
-        for track, mask in zip(tracks, masks[0]):
-            tracker.condition(track, frames[0], mask)
+        tracker.condition_tracks(tracks, [frames[0]] * len(tracks), masks[0])
         for t in range(1, len(frames)):
             out = tracker.propagate(tracks, frames[t])
             truth = masks_at(masks[t - 1 : t + 1], tuple(out.mask_logits.shape[-2:]))

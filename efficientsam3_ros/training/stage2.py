@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ import torch
 from torch import nn
 
 from ..modeling import EfficientSam3Model
+from ..modeling.memory import TrackMemory
 from ..modeling.tracker import TrackerModel, TrackerOutput
+from ..modeling.tracker_neck import TrackerFrame
 from .config import TrainConfig, VideoStageOptions
 from .data import build_dataset
 from .distributed import DistContext
@@ -66,51 +69,63 @@ class MemoryDistillModule(nn.Module):
         return self
 
     def forward(self, batch: list[dict[str, Any]], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """Mean loss over every clip's propagated frames; the clips of a batch run together.
+
+        All clips' frames go through the image model and the tracker neck in one call, and
+        each frame index of all clips' tracks is one ``propagate`` call: a step is a few large
+        operations instead of many small ones (it was about 2,800 small matrix products a step
+        run clip by clip). Losses are still taken per clip and frame, so a batch scores as the
+        mean over its clips run one at a time.
+        """
         teacher, image_model = self._frozen
         opts = self.options
-        totals = {"dice": 0.0, "focal": 0.0, "iou": 0.0, "object": 0.0}
-        loss = torch.zeros((), device=next(self.student.parameters()).device)
-        steps = 0
-        for clip in batch:
-            device = loss.device
-            frames = clip["pixels"].to(device)
-            gt = clip["masks"].to(device)  # [T, N, S, S]
+        device = next(self.student.parameters()).device
+        clips = [_ClipTracks.of(clip, device) for clip in batch]
+        pixels = torch.cat([clip.pixels for clip in clips])
+        frame_indices = [t for clip in clips for t in range(clip.length)]
+        with torch.no_grad():
+            tokens = image_model.encode_image(pixels).last_hidden_state
+            t_frames = teacher.encode_frames(tokens, frame_indices) if teacher is not None else []
+        # the student's neck runs with grad: it trains when options.train selects it
+        s_frames = self.student.encode_frames(tokens, frame_indices)
+        start = 0
+        for clip in clips:
+            clip.student_frames = s_frames[start : start + clip.length]
+            clip.teacher_frames = t_frames[start : start + clip.length]
+            clip.student_tracks = [self.student.new_track() for _ in range(clip.objects)]
+            clip.teacher_tracks = (
+                [teacher.new_track() for _ in range(clip.objects)] if teacher is not None else []
+            )
+            start += clip.length
+
+        loss = torch.zeros((), device=device)
+        conditioned = self.student.condition_tracks(*_on_frame(clips, 0, "student"))
+        if teacher is not None:
             with torch.no_grad():
-                tokens = image_model.encode_image(frames).last_hidden_state
-                t_frames = (
-                    [teacher.encode_frame(tokens[t : t + 1], t) for t in range(len(frames))]
-                    if teacher is not None
-                    else []
-                )
-            # the student's neck runs with grad: it trains when options.train selects it
-            s_frames = [self.student.encode_frame(tokens[t : t + 1], t) for t in range(len(frames))]
-            n = gt.shape[1]
-            s_tracks = [self.student.new_track() for _ in range(n)]
-            t_tracks = [teacher.new_track() for _ in range(n)] if teacher is not None else []
-            conditioned = []
-            for i in range(n):
-                conditioned.append(self.student.condition(s_tracks[i], s_frames[0], gt[0, i]))
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher.condition(t_tracks[i], t_frames[0], gt[0, i])
-            if opts.condition_weight > 0:  # the decoder's answer to the mask prompt, against that mask
-                cond = TrackerOutput(
-                    torch.cat([c.mask_logits for c in conditioned]),
-                    torch.cat([c.object_score_logits for c in conditioned]),
-                    torch.cat([c.iou_scores for c in conditioned]),
-                )
-                terms = self._frame_losses(cond, self._resized(gt[0], cond), clip["visible"][0].to(device))
+                teacher.condition_tracks(*_on_frame(clips, 0, "teacher"))
+        if opts.condition_weight > 0:  # the decoder's answer to the mask prompt, against that mask
+            for clip, cond in zip(clips, _per_clip(clips, conditioned)):
+                terms = self._frame_losses(cond, self._resized(clip.masks[0], cond), clip.visible[0])
                 loss = loss + opts.condition_weight * self._weighted(terms)
-            for t in range(1, len(frames)):
-                out = self.student.propagate(s_tracks, s_frames[t])
-                if teacher is not None:
-                    with torch.no_grad():
-                        ref = teacher.propagate(t_tracks, t_frames[t])
+
+        totals = {"dice": 0.0, "focal": 0.0, "iou": 0.0, "object": 0.0}
+        steps = 0
+        for t in range(1, max(clip.length for clip in clips)):
+            live = [clip for clip in clips if clip.length > t]
+            tracks, frames, _ = _on_frame(live, t, "student")
+            outs = _per_clip(live, self.student.propagate(tracks, frames))
+            refs = [None] * len(live)
+            if teacher is not None:
+                with torch.no_grad():
+                    tracks, frames, _ = _on_frame(live, t, "teacher")
+                    refs = _per_clip(live, teacher.propagate(tracks, frames))
+            for clip, out, ref in zip(live, outs, refs):
+                if ref is not None:
                     target = (ref.mask_logits > 0).float()
                     present = ref.object_score_logits > 0
                 else:
-                    target = self._resized(gt[t], out)
-                    present = clip["visible"][t].to(device)
+                    target = self._resized(clip.masks[t], out)
+                    present = clip.visible[t]
                 terms = self._frame_losses(out, target, present)
                 loss = loss + self._weighted(terms)
                 for key, value in terms.items():
@@ -184,3 +199,50 @@ class MemoryDistillStage(StageRunner):
                 "true} for a tracker trained from scratch (models/demo/MODEL_CARD.md)"
             )
         return exported
+
+
+@dataclass(eq=False)
+class _ClipTracks:
+    """One clip of a batch and what the step builds for it: its frames' features and its tracks."""
+
+    pixels: torch.Tensor  # [T, 3, S, S]
+    masks: torch.Tensor  # [T, N, S, S]
+    visible: torch.Tensor  # [T, N]
+    student_frames: list[TrackerFrame] = field(default_factory=list)
+    teacher_frames: list[TrackerFrame] = field(default_factory=list)
+    student_tracks: list[TrackMemory] = field(default_factory=list)
+    teacher_tracks: list[TrackMemory] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, clip: dict[str, Any], device: torch.device) -> _ClipTracks:
+        return cls(clip["pixels"].to(device), clip["masks"].to(device), clip["visible"].to(device))
+
+    @property
+    def length(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def objects(self) -> int:
+        return int(self.masks.shape[1])
+
+
+def _on_frame(
+    clips: list[_ClipTracks], t: int, who: str
+) -> tuple[list[TrackMemory], list[TrackerFrame], torch.Tensor]:
+    """Every track of ``clips`` (student's or teacher's) with its clip's frame ``t`` and ground-truth mask."""
+    tracks, frames, masks = [], [], []
+    for clip in clips:
+        clip_tracks = getattr(clip, f"{who}_tracks")
+        tracks += clip_tracks
+        frames += [getattr(clip, f"{who}_frames")[t]] * len(clip_tracks)
+        masks.append(clip.masks[t])
+    return tracks, frames, torch.cat(masks)
+
+
+def _per_clip(clips: list[_ClipTracks], out: TrackerOutput) -> list[TrackerOutput]:
+    """A batched ``TrackerOutput`` (rows in ``_on_frame`` order) split back into one per clip."""
+    ends = torch.tensor([clip.objects for clip in clips]).cumsum(0).tolist()
+    return [
+        TrackerOutput(out.mask_logits[a:b], out.object_score_logits[a:b], out.iou_scores[a:b])
+        for a, b in zip([0, *ends[:-1]], ends)
+    ]
