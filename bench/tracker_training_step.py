@@ -12,7 +12,10 @@ recipe's stage-2 module (``training/demo/student_stage2.yaml``: the whole tracke
 ground truth, previous-mask prompt) on SA-V-style clips of a small synthetic world, two ways:
 "together" calls the module once on the batch; "one at a time" calls it on each clip and
 back-propagates each clip's share of the loss (the same gradients: the test
-``test_stage2_runs_a_batchs_clips_together_as_if_one_at_a_time`` checks that). The two
+``test_stage2_runs_a_batchs_clips_together_as_if_one_at_a_time`` checks that). "One at a time"
+still batches each clip's own frames, objects and Perceiver windows, so this shows only the
+part of the gain that batching across clips adds (README "Stage 2's clips, batched" has the
+comparison with the code before). The two
 alternate step by step so machine noise hits both alike; the median step time of each and
 their ratio are printed. Weights are random (time does not depend on them).
 """
@@ -62,7 +65,7 @@ def one_clip_at_a_time(module: torch.nn.Module):
         for clip, n in zip(batch, frames):
             loss, _ = module([clip], generator)
             share = loss * (n / sum(frames))
-            share.backward()  # one clip's graph at a time, as the clip-by-clip step held it
+            share.backward()  # one clip's graph at a time (the gradients add up as in one backward)
             total += float(share.detach())
         return torch.tensor(total), {}
 

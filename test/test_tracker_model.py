@@ -277,8 +277,9 @@ def test_condition_tracks_and_propagate_on_many_frames_equal_one_track_at_a_time
             _box_mask(size, 0, 50, 40, 110).float() * 0.7 + 0.2,  # probabilities: cut at 0.5
         ]
     )
-    starts = [_frame(model, 0, seed=s) for s in (0, 1, 0, 2)]  # tracks 0 and 2 share a frame
-    nexts = [_frame(model, 1, seed=10 + s) for s in (0, 1, 0, 2)]
+    shared_start, shared_next = _frame(model, 0, seed=0), _frame(model, 1, seed=10)
+    starts = [shared_start, _frame(model, 0, seed=1), shared_start, _frame(model, 0, seed=2)]
+    nexts = [shared_next, _frame(model, 1, seed=11), shared_next, _frame(model, 1, seed=12)]
     with torch.inference_mode():
         tracks = [model.new_track() for _ in range(4)]
         alone = [model.new_track() for _ in range(4)]
@@ -295,6 +296,17 @@ def test_condition_tracks_and_propagate_on_many_frames_equal_one_track_at_a_time
             torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(tracks[2].cond[0][2], model.sam.no_object_pointer[0])
     assert not torch.allclose(advanced.mask_logits[0], advanced.mask_logits[1])  # own frames, own masks
+    # bool masks, every track on one frame (the graphs broadcast it instead of stacking copies)
+    bool_masks = torch.stack([_box_mask(size, 5, 5, 50, 70), _box_mask(size, 60, 20, 110, 80)])
+    with torch.inference_mode():
+        pair, pair_alone = [model.new_track() for _ in range(2)], [model.new_track() for _ in range(2)]
+        together = model.condition_tracks(pair, [shared_start] * 2, bool_masks)
+        alone = [model.condition(t, shared_start, m) for t, m in zip(pair_alone, bool_masks)]
+        assert model.condition_tracks([], [], bool_masks[:0]).mask_logits.shape[0] == 0
+    for i in range(2):
+        torch.testing.assert_close(together.mask_logits[i], alone[i].mask_logits[0], atol=1e-4, rtol=1e-4)
+        for x, y in zip(pair[i].tensors(), pair_alone[i].tensors(), strict=True):
+            torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="got 1 frames for 4 tracks"):
         model.propagate(tracks, nexts[:1])
     with pytest.raises(ValueError, match="masks \\[N, h, w\\]"):

@@ -487,7 +487,12 @@ def test_stage2_on_ground_truth_trains_a_whole_tracker_that_the_pipeline_loads(
     [
         pytest.param([], id="teacher-target"),
         pytest.param(
-            ["options.target=gt", 'options.train=["*"]', "options.tracker={prompt_previous_mask: true}"],
+            [
+                "options.target=gt",
+                'options.train=["*"]',
+                "options.tracker={prompt_previous_mask: true}",
+                "options.condition_weight=1.0",
+            ],
             id="demo-recipe",
         ),
     ],
@@ -511,9 +516,11 @@ def test_stage2_runs_a_batchs_clips_together_as_if_one_at_a_time(
     stage = MemoryDistillStage(config, DistContext())
     module = stage.module.eval()  # no dropout: both ways must see the same network
     clips = [stage.dataset[(i, 0)] for i in range(3)]
-    # clips of a batch may hold different numbers of objects: keep only the first of the second's
+    # clips of a batch may differ in their numbers of objects and frames: the second keeps only its
+    # first object, the third only its first two frames
     clips[1] = {**clips[1], "masks": clips[1]["masks"][:, :1], "visible": clips[1]["visible"][:, :1]}
-    assert len({c["masks"].shape[1] for c in clips}) > 1
+    clips[2] = {key: clips[2][key][:2] for key in ("pixels", "masks", "visible")}
+    assert len({c["masks"].shape[1] for c in clips}) > 1 and len({len(c["pixels"]) for c in clips}) > 1
     params = [p for p in module.parameters() if p.requires_grad]
 
     def run(batch):

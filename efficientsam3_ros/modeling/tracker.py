@@ -168,6 +168,8 @@ class TrackerModel(nn.Module):
                 f"condition_tracks() takes N tracks, N frames and masks [N, h, w]; got {len(tracks)} "
                 f"tracks, {len(frames)} frames and masks {tuple(masks.shape)}"
             )
+        if not tracks:
+            return self._no_output()
         feat, _, s0, s1 = _stack_frames(frames)
         binary = (masks > _binary_thresholds(masks)).to(feat.dtype)
         appearing = binary.flatten(1).any(dim=1)  # [N]
@@ -204,10 +206,7 @@ class TrackerModel(nn.Module):
         if len(frames) != len(tracks):
             raise ValueError(f"propagate() got {len(frames)} frames for {len(tracks)} tracks")
         if not tracks:
-            like = next(self.parameters())
-            side = 4 * self.grid_size
-            empty = like.new_zeros(0)
-            return TrackerOutput(like.new_zeros(0, side, side), empty, empty)
+            return self._no_output()
         layouts = [t.gather(f.frame_idx) for t, f in zip(tracks, frames)]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, layout in enumerate(layouts):
@@ -231,6 +230,12 @@ class TrackerModel(nn.Module):
                     if bool(seen.any()):  # lost (nothing seen): keep the last mask
                         tracks[i].prompt_mask = seen
         return TrackerOutput(torch.stack(masks), torch.stack(scores), torch.stack(ious))
+
+    def _no_output(self) -> TrackerOutput:
+        """The result for zero tracks, with the shapes and device of a real one."""
+        like = next(self.parameters())
+        empty = like.new_zeros(0)
+        return TrackerOutput(like.new_zeros(0, 4 * self.grid_size, 4 * self.grid_size), empty, empty)
 
     def _prompt_masks(self, layouts: list[MemoryLayout], like: torch.Tensor) -> torch.Tensor:
         """[N, 1, 4g, 4g] float prompts from each track's kept mask (empty where it has none)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,11 @@ class MemoryDistillModule(nn.Module):
             start += clip.length
 
         loss = torch.zeros((), device=device)
-        conditioned = self.student.condition_tracks(*_on_frame(clips, 0, "student"))
+        first_masks = torch.cat([clip.masks[0] for clip in clips])
+        conditioned = self.student.condition_tracks(*_tracks_on_frame(clips, 0, teacher=False), first_masks)
         if teacher is not None:
             with torch.no_grad():
-                teacher.condition_tracks(*_on_frame(clips, 0, "teacher"))
+                teacher.condition_tracks(*_tracks_on_frame(clips, 0, teacher=True), first_masks)
         if opts.condition_weight > 0:  # the decoder's answer to the mask prompt, against that mask
             for clip, cond in zip(clips, _per_clip(clips, conditioned)):
                 terms = self._frame_losses(cond, self._resized(clip.masks[0], cond), clip.visible[0])
@@ -112,13 +114,11 @@ class MemoryDistillModule(nn.Module):
         steps = 0
         for t in range(1, max(clip.length for clip in clips)):
             live = [clip for clip in clips if clip.length > t]
-            tracks, frames, _ = _on_frame(live, t, "student")
-            outs = _per_clip(live, self.student.propagate(tracks, frames))
+            outs = _per_clip(live, self.student.propagate(*_tracks_on_frame(live, t, teacher=False)))
             refs = [None] * len(live)
             if teacher is not None:
                 with torch.no_grad():
-                    tracks, frames, _ = _on_frame(live, t, "teacher")
-                    refs = _per_clip(live, teacher.propagate(tracks, frames))
+                    refs = _per_clip(live, teacher.propagate(*_tracks_on_frame(live, t, teacher=True)))
             for clip, out, ref in zip(live, outs, refs):
                 if ref is not None:
                     target = (ref.mask_logits > 0).float()
@@ -226,22 +226,22 @@ class _ClipTracks:
         return int(self.masks.shape[1])
 
 
-def _on_frame(
-    clips: list[_ClipTracks], t: int, who: str
-) -> tuple[list[TrackMemory], list[TrackerFrame], torch.Tensor]:
-    """Every track of ``clips`` (student's or teacher's) with its clip's frame ``t`` and ground-truth mask."""
-    tracks, frames, masks = [], [], []
+def _tracks_on_frame(
+    clips: list[_ClipTracks], t: int, *, teacher: bool
+) -> tuple[list[TrackMemory], list[TrackerFrame]]:
+    """Every track of ``clips`` (the teacher's or the student's), each with its own clip's frame ``t``."""
+    tracks: list[TrackMemory] = []
+    frames: list[TrackerFrame] = []
     for clip in clips:
-        clip_tracks = getattr(clip, f"{who}_tracks")
+        clip_tracks = clip.teacher_tracks if teacher else clip.student_tracks
         tracks += clip_tracks
-        frames += [getattr(clip, f"{who}_frames")[t]] * len(clip_tracks)
-        masks.append(clip.masks[t])
-    return tracks, frames, torch.cat(masks)
+        frames += [(clip.teacher_frames if teacher else clip.student_frames)[t]] * len(clip_tracks)
+    return tracks, frames
 
 
 def _per_clip(clips: list[_ClipTracks], out: TrackerOutput) -> list[TrackerOutput]:
-    """A batched ``TrackerOutput`` (rows in ``_on_frame`` order) split back into one per clip."""
-    ends = torch.tensor([clip.objects for clip in clips]).cumsum(0).tolist()
+    """A batched ``TrackerOutput`` (rows in ``_tracks_on_frame`` order) split back into one per clip."""
+    ends = list(accumulate(clip.objects for clip in clips))
     return [
         TrackerOutput(out.mask_logits[a:b], out.object_score_logits[a:b], out.iou_scores[a:b])
         for a, b in zip([0, *ends[:-1]], ends)
