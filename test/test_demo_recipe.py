@@ -46,7 +46,7 @@ def test_recipe_runs_start_to_finish_on_a_shrunk_world(tmp_path):
         ("teacher", 6),
         ("student-stage1", 1),
         ("student", 6),
-        ("student-224", 2),
+        ("student-224", 1),
         ("tracker", 1),
     ]:
         rows = [
