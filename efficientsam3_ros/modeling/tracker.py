@@ -268,7 +268,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
 
 
-def _binary_thresholds(masks: torch.Tensor) -> torch.Tensor | float:
+def _binary_thresholds(masks: torch.Tensor) -> torch.Tensor | int:
     """Per-mask cut ([N, 1, 1]): 0.5 for a probability mask (float, no negative value), else 0 (logits, bool)."""
     if not masks.dtype.is_floating_point:
         return 0

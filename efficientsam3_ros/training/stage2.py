@@ -89,15 +89,13 @@ class MemoryDistillModule(nn.Module):
             t_frames = teacher.encode_frames(tokens, frame_indices) if teacher is not None else []
         # the student's neck runs with grad: it trains when options.train selects it
         s_frames = self.student.encode_frames(tokens, frame_indices)
-        start = 0
-        for clip in clips:
-            clip.student_frames = s_frames[start : start + clip.length]
-            clip.teacher_frames = t_frames[start : start + clip.length]
+        for clip, frames in zip(clips, _spans([clip.length for clip in clips])):
+            clip.student_frames = s_frames[frames]
+            clip.teacher_frames = t_frames[frames]
             clip.student_tracks = [self.student.new_track() for _ in range(clip.objects)]
             clip.teacher_tracks = (
                 [teacher.new_track() for _ in range(clip.objects)] if teacher is not None else []
             )
-            start += clip.length
 
         loss = torch.zeros((), device=device)
         first_masks = torch.cat([clip.masks[0] for clip in clips])
@@ -241,8 +239,13 @@ def _tracks_on_frame(
 
 def _per_clip(clips: list[_ClipTracks], out: TrackerOutput) -> list[TrackerOutput]:
     """A batched ``TrackerOutput`` (rows in ``_tracks_on_frame`` order) split back into one per clip."""
-    ends = list(accumulate(clip.objects for clip in clips))
     return [
-        TrackerOutput(out.mask_logits[a:b], out.object_score_logits[a:b], out.iou_scores[a:b])
-        for a, b in zip([0, *ends[:-1]], ends)
+        TrackerOutput(out.mask_logits[rows], out.object_score_logits[rows], out.iou_scores[rows])
+        for rows in _spans([clip.objects for clip in clips])
     ]
+
+
+def _spans(counts: list[int]) -> list[slice]:
+    """Where each clip's rows lie in a list or tensor that holds all clips' rows one clip after another."""
+    ends = list(accumulate(counts))
+    return [slice(end - count, end) for count, end in zip(counts, ends)]
