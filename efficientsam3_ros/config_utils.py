@@ -18,6 +18,11 @@ def check_known_keys(cls: type, data: dict[str, Any], what: str) -> None:
         raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
 
 
+#: how a model's 4-D tensors are laid out (modeling.memory_format): ``auto`` (channels-last on the
+#: CPU, else PyTorch's NCHW) | ``channels_last`` | ``contiguous``
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
 _SCALARS = {"bool": bool, "int": int, "float": float, "str": str}
 
 

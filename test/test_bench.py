@@ -70,3 +70,23 @@ def test_tracker_training_step_bench_times_a_batchs_clips_together_and_one_at_a_
     assert timed == ["together", "one at a time"], out
     assert "2 clips of 4 frames and up to 3 objects per step" in out  # the recipe's stage-2 batch
     assert "faster than one clip at a time" in out
+
+
+def test_memory_format_bench_times_both_layouts_of_a_stage_and_of_inference(capsys, one_thread):
+    bench = _load("memory_format")
+    assert bench.main(["--steps", "1", "--threads", "1", "--only", "stage1-image", "inference"]) == 0
+    rows = [
+        line for line in capsys.readouterr().out.splitlines() if "channels-last" in line and "NCHW" in line
+    ]
+    labels = [line.split("NCHW")[0].strip() for line in rows]
+    assert labels == [
+        "stage 1, trunk distillation",
+        "inference, demo-student image encoder",
+        "inference, demo-student detector",
+    ], rows
+    for line in rows:  # "  what   NCHW  607.5 ms   channels-last  470.9 ms   1.29x"
+        nchw, last = (
+            float(part.split("ms")[0].split()[-1]) for part in line.split("NCHW")[1].split("channels-last")
+        )
+        assert nchw > 0 and last > 0
+        assert float(line.split()[-1].rstrip("x")) == pytest.approx(nchw / last, abs=0.02), line

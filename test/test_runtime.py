@@ -162,10 +162,32 @@ def test_auto_on_a_cpu_machine_picks_onnxruntime_cpu_and_says_why(tiny_model, fr
     assert sorted(p.name for p in tmp_path.rglob("*.onnx")) == exported
 
 
-def test_torch_cpu_backend_matches_the_model(tiny_model, frame):
-    backend = TorchBackend(tiny_model, device="cpu")
+@pytest.mark.parametrize(
+    "memory_format, channels_last", [("auto", True), ("channels_last", True), ("contiguous", False)]
+)
+def test_torch_cpu_backend_matches_the_model(tiny_model, frame, memory_format, channels_last):
+    """In either layout (auto: channels-last for a student on the CPU), with the caller's model left as it was."""
+    backend = TorchBackend(tiny_model, RuntimeOptions(memory_format=memory_format), device="cpu")
     assert backend.name == "torch-cpu"
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    convs = [p for p in backend.model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=layout) for p in convs)
+    assert all(p.is_contiguous() for p in tiny_model.parameters())  # the model the ORT fallback exports
+    assert (backend.model is tiny_model) == (not channels_last)
     _run(backend, frame)
+
+
+def test_memory_format_auto_is_channels_last_only_where_it_was_measured_faster():
+    from efficientsam3_ros.modeling.memory_format import resolve_memory_format
+
+    assert resolve_memory_format("auto", "cpu") is torch.channels_last
+    assert resolve_memory_format("auto", torch.device("cpu")) is torch.channels_last
+    assert resolve_memory_format("auto", "cuda:0") is torch.contiguous_format  # not measured
+    assert resolve_memory_format("auto", "cpu", convolves_images=False) is torch.contiguous_format
+    assert resolve_memory_format("channels_last", "cuda") is torch.channels_last
+    assert resolve_memory_format("contiguous", "cpu") is torch.contiguous_format
+    with pytest.raises(ValueError, match=r"memory_format.*'nhwc'.*channels_last"):
+        RuntimeOptions(memory_format="nhwc")
 
 
 class FlakyBackend(Backend):

@@ -6,6 +6,8 @@ last 10 of 50 steps must be below a fraction of the mean of the first 10.
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import math
 import os
@@ -21,8 +23,9 @@ from efficientsam3_ros.modeling import build_model
 from efficientsam3_ros.training.checkpointing import CheckpointError, list_checkpoints, load_checkpoint
 from efficientsam3_ros.training.cli import main as cli_main
 from efficientsam3_ros.training.config import load_config
+from efficientsam3_ros.training.distributed import DistContext
 from efficientsam3_ros.training.export import load_weights
-from efficientsam3_ros.training.trainer import optimizer_flags, train
+from efficientsam3_ros.training.trainer import _lay_out_like_params, build_stage, optimizer_flags, train
 
 
 @pytest.fixture(scope="module")
@@ -338,6 +341,96 @@ def test_optimizer_implementations_are_the_same_update_and_a_resume_takes_the_co
     groups = load_checkpoint(list_checkpoints(tmp_path / "b" / "run")[-1][1])["optimizer"]["param_groups"]
     assert all(g["fused"] and not g["foreach"] for g in groups)
     assert [h["loss"] for h in resumed.history] == pytest.approx(loop.losses()[3:], rel=1e-4)
+
+
+def test_a_channels_last_step_has_the_gradients_of_an_nchw_one(datasets, tmp_path, one_thread):
+    """The layout changes where numbers sit, not the maths: every gradient agrees to float rounding.
+
+    Three BatchNorm biases of the tiny trunk have a gradient that is zero in exact arithmetic
+    (|g| ~ 1e-8, rounding noise, different in each layout); Adam scales such noise up to
+    lr-sized steps, so whole runs in the two layouts part after a few steps (0.5 % in the loss
+    by step 6) as any two summation orders do. Those are left out here.
+    """
+    config = _config(
+        "tiny_stage1_image", tmp_path, f"data.root={datasets['sa1b']}", "options.feature_cache=null"
+    )
+    torch.manual_seed(0)
+    stage = build_stage(config, DistContext())
+    nchw = stage.module.train()
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    batch = stage.collate([stage.dataset[i] for i in range(4)])
+    for module in (nchw, nhwc):
+        loss, _ = module(batch, torch.Generator().manual_seed(1))
+        loss.backward()
+    compared = 0
+    for (name, a), b in zip(nchw.named_parameters(), nhwc.parameters(), strict=True):
+        if a.grad is None or a.grad.abs().max() < 1e-6:
+            continue
+        assert b.grad.is_contiguous(memory_format=torch.channels_last) or a.dim() != 4, name
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=1e-4 * float(a.grad.abs().max()), msg=name)
+        compared += 1
+    assert compared >= 60  # of the 69 trunk tensors that get a gradient
+
+
+def test_a_resume_lays_the_optimizer_state_out_like_the_weights(datasets, tmp_path, one_thread):
+    """An NCHW checkpoint resumed in a channels-last run (or back): fused AdamW walks the moments
+    in the weights' element order, so NCHW moments beside channels-last weights would update each
+    weight with another one's moments, silently. The trainer re-lays them on resume."""
+    conv = torch.nn.Conv2d(4, 8, 3)
+    optimizer = torch.optim.AdamW(conv.parameters(), lr=1e-2, fused=True)
+    x = torch.randn(2, 4, 9, 9)
+
+    def step(model, opt):
+        opt.zero_grad()
+        model(x).pow(2).sum().backward()
+        opt.step()
+
+    step(conv, optimizer)
+    saved = io.BytesIO()
+    torch.save({"model": conv.state_dict(), "optimizer": optimizer.state_dict()}, saved)
+    results = {}
+    for relayout in (False, True):
+        saved.seek(0)
+        payload = torch.load(saved, weights_only=True)
+        resumed = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+        resumed.load_state_dict(payload["model"])
+        resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=1e-2, fused=True)
+        resumed_optimizer.load_state_dict(payload["optimizer"])
+        if relayout:
+            _lay_out_like_params(resumed_optimizer)
+        for _ in range(3):
+            step(resumed, resumed_optimizer)
+        results[relayout] = resumed.weight.detach().clone()
+    for _ in range(3):
+        step(conv, optimizer)
+    torch.testing.assert_close(results[True], conv.weight.detach(), rtol=1e-6, atol=1e-7)
+    assert (results[False] - conv.weight).abs().max() > 1e-3  # what the re-layout prevents
+
+    # and through the trainer: an NCHW run stopped at step 3 resumes channels-last, with its
+    # moments in the weights' layout, and steps as the NCHW run does (before rounding parts them)
+    common = [
+        f"data.root={datasets['sa1b']}",
+        "options.feature_cache=null",
+        "run.steps=5",
+        "run.checkpoint_every=1",
+    ]
+    straight = train(_config("tiny_stage1_image", tmp_path / "a", *common, "run.memory_format=contiguous"))
+    train(
+        _config(
+            "tiny_stage1_image", tmp_path / "b", *common, "run.memory_format=contiguous", "run.stop_at_step=3"
+        )
+    )
+    resumed = train(
+        _config("tiny_stage1_image", tmp_path / "b", *common, "run.memory_format=channels_last"),
+        resume="auto",
+    )
+    assert resumed.step == 5
+    assert resumed.history[0]["loss"] == pytest.approx(straight.losses()[3], rel=1e-5)
+    payload = load_checkpoint(list_checkpoints(tmp_path / "b" / "run")[-1][1])
+    weights = {k: v for k, v in payload["model"].items() if v.dim() == 4}
+    assert weights and all(v.is_contiguous(memory_format=torch.channels_last) for v in weights.values())
+    moments = [s["exp_avg"] for s in payload["optimizer"]["state"].values() if s["exp_avg"].dim() == 4]
+    assert moments and all(m.is_contiguous(memory_format=torch.channels_last) for m in moments)
 
 
 def test_corrupt_checkpoint_is_refused(datasets, tmp_path, one_thread):

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..modeling.efficientsam3 import DetectorOutput
+from ..modeling.memory_format import check_memory_format
 
 __all__ = [
     "Backend",
@@ -87,11 +88,15 @@ class RuntimeOptions:
     max_concepts: int = 16  # upper bound of the concept axis in TensorRT optimisation profiles
     opt_concepts: int = 4  # the concept count TensorRT tunes kernels for
     opset: int = 18
+    # torch backend: layout of the model's 4-D weights and activations (modeling.memory_format);
+    # auto is channels-last on the CPU (the demo student's image encoder ~1.2x faster on 2 cores)
+    memory_format: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_memory_format(self.memory_format, "RuntimeOptions.memory_format")
         if not 1 <= self.opt_concepts <= self.max_concepts:
             raise ValueError(
                 f"need 1 <= opt_concepts ({self.opt_concepts}) <= max_concepts ({self.max_concepts})"

@@ -11,6 +11,7 @@ import copy
 import torch
 
 from ..modeling.efficientsam3 import DetectorOutput, EfficientSam3Model
+from ..modeling.memory_format import is_laid_out, resolve_memory_format
 from .base import (
     Backend,
     BackendUnavailable,
@@ -33,8 +34,13 @@ class TorchBackend(Backend):
             raise BackendUnavailable(f"unsupported torch device {device!r}")
         self.name = f"torch-{self.device.type}"
         model_device = next(model.parameters()).device
-        # Never move the caller's model: another backend in the chain may still use it where it is.
-        self.model = model if model_device == self.device else copy.deepcopy(model).to(self.device)
+        memory_format = resolve_memory_format(options.memory_format, self.device)
+        # Never move or re-lay the caller's model: another backend in the chain may still use it
+        # (and export it) as it is.
+        if model_device == self.device and is_laid_out(model, memory_format):
+            self.model = model
+        else:
+            self.model = copy.deepcopy(model).to(self.device, memory_format=memory_format)
         self.model.eval()
         self.autocast = self.device.type == "cuda" and options.precision == "fp16"
         self.graphs = {name: get_graph(name).build(self.model).eval() for name in DETECTOR_GRAPHS}

@@ -52,6 +52,8 @@ class TextDistillModule(nn.Module):
 
 
 class TextDistillStage(StageRunner):
+    convolves_images = False  # only the text towers run (no image reaches the trunk)
+
     def __init__(self, config: TrainConfig, ctx: DistContext):
         super().__init__(config, ctx)
         teacher = build_teacher(config)

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from ..modeling.memory_format import resolve_memory_format
 from .checkpointing import (
     list_checkpoints,
     load_checkpoint,
@@ -55,6 +56,10 @@ class StageRunner(ABC):
     # reductions. It costs a walk of the autograd graph per step, so stages that reach every
     # trainable parameter on every step say False.
     leaves_parameters_unused: bool = False
+    # Whether a step runs images through convolutions (a student's trunk, the neck, the pixel
+    # decoder): then ``run.memory_format: auto`` lays the model out channels-last on the CPU,
+    # which was measured faster there (modeling.memory_format). A stage that does not says False.
+    convolves_images: bool = True
 
     def __init__(self, config: TrainConfig, ctx: DistContext):
         self.config = config
@@ -89,6 +94,23 @@ def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> 
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Each parameter's optimizer state (AdamW's moments) in the parameter's memory layout.
+
+    Why: a checkpoint keeps the layout its run had, and resuming it under another
+    ``run.memory_format`` (an NCHW checkpoint into a channels-last run) would pair channels-last
+    weights with NCHW moments. The for-loop and foreach updates cope, but the fused CPU kernel
+    walks all of them in the weight's element order and silently updates each weight with
+    another element's moments (torch 2.14; test_resume_across_memory_formats).
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _amp(mode: str, device: torch.device) -> tuple[bool, torch.dtype | None]:
@@ -186,6 +208,8 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
     stage = build_stage(config, ctx)
     stage.prepare()
     module = stage.module.to(device)
+    memory_format = resolve_memory_format(run.memory_format, device, stage.convolves_images)
+    module.to(memory_format=memory_format)  # before the optimizer: its state follows the weights
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{config.stage}: no trainable parameters (check the train/freeze patterns)")
@@ -193,7 +217,9 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         n_train = sum(p.numel() for p in params)
-        log.info("%s: %d trainable parameters (%.2f M)", config.stage, n_train, n_train / 1e6)
+        log.info(
+            "%s: %d trainable parameters (%.2f M), %s", config.stage, n_train, n_train / 1e6, memory_format
+        )
     ddp: nn.Module = module
     if ctx.is_distributed:
         find_unused = run.find_unused_parameters
@@ -226,6 +252,7 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
         optimizer.load_state_dict(payload["optimizer"])
         for group in optimizer.param_groups:  # the checkpoint's groups carry the old run's flags
             group.update(adamw_flags)
+        _lay_out_like_params(optimizer)
         scheduler.load_state_dict(payload["scheduler"])
         scaler.load_state_dict(payload["scaler"])
         restore_rng_state(payload["rng"])

@@ -25,7 +25,8 @@
 #        the CPU; `for-loop` is torch's default update, see README "AdamW's update"). The shipped
 #        files were made with `for-loop` by the code up to commit 3326deb: stage 3 computes its
 #        losses batch-wide since, which sums in another order, so no later code reproduces
-#        them bit for bit (models/demo/MODEL_CARD.md).
+#        them bit for bit (models/demo/MODEL_CARD.md). The CPU steps run channels-last since
+#        (run.memory_format: auto, README "Channels-last on the CPU"), NCHW before: other last bits again.
 # Measured on 2 shared CPU cores: see models/demo/MODEL_CARD.md.
 set -euo pipefail
 
