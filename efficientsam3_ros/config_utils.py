@@ -18,9 +18,15 @@ def check_known_keys(cls: type, data: dict[str, Any], what: str) -> None:
         raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
 
 
-#: how a model's 4-D tensors are laid out (modeling.memory_format): ``auto`` (channels-last on the
-#: CPU, else PyTorch's NCHW) | ``channels_last`` | ``contiguous``
+#: how a model's 4-D tensors are laid out (modeling.memory_format): ``auto`` (channels-last for a
+#: student on the CPU, a model left as it is otherwise) | ``channels_last`` | ``contiguous``
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def check_memory_format(choice: str, key: str = "memory_format") -> str:
+    if choice not in MEMORY_FORMATS:
+        raise ValueError(f"bad value for '{key}': {choice!r}; use one of {list(MEMORY_FORMATS)}")
+    return choice
 
 
 _SCALARS = {"bool": bool, "int": int, "float": float, "str": str}

@@ -74,7 +74,10 @@ def test_tracker_training_step_bench_times_a_batchs_clips_together_and_one_at_a_
 
 def test_memory_format_bench_times_both_layouts_of_a_stage_and_of_inference(capsys, one_thread):
     bench = _load("memory_format")
-    assert bench.main(["--steps", "1", "--threads", "1", "--only", "stage1-image", "inference"]) == 0
+    assert (
+        bench.main(["--steps", "1", "--rounds", "1", "--threads", "1", "--only", "stage1-image", "inference"])
+        == 0
+    )
     rows = [
         line for line in capsys.readouterr().out.splitlines() if "channels-last" in line and "NCHW" in line
     ]

@@ -209,6 +209,8 @@ def test_memory_tracker_on_onnxruntime_cpu(tiny_model, trackers, frames, tmp_pat
 def test_from_name_builds_the_memory_tracker(tmp_path: Path):
     seg = ConceptSegmenter.from_name("es-ev-tiny", backend="torch-cpu", memory="dense")
     assert isinstance(seg.memory, TrackerModel) and seg.memory.config.memory == "dense"
+    convs = [p for p in seg.memory.parameters() if p.dim() == 4]  # laid out as the backend's model
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     assert ConceptSegmenter.from_name("es-ev-tiny", backend="torch-cpu").memory is None  # default: none
     with pytest.raises(ValueError, match="memory must be one of"):
         ConceptSegmenter.from_name("es-ev-tiny", backend="torch-cpu", memory="lstm")
@@ -220,8 +222,10 @@ def test_from_name_builds_the_memory_tracker(tmp_path: Path):
     from safetensors.torch import save_file
 
     path = tmp_path / "tracker.safetensors"
-    state = {k: v.clone().fill_(0.25) for k, v in seg.memory.state_dict().items() if v.is_floating_point()}
-    state.update({k: v for k, v in seg.memory.state_dict().items() if not v.is_floating_point()})
+    # a laid-out tracker's state_dict holds channels-last tensors, which safetensors refuses as they are
+    weights = {k: v.contiguous() for k, v in seg.memory.state_dict().items()}
+    state = {k: v.clone().fill_(0.25) for k, v in weights.items() if v.is_floating_point()}
+    state.update({k: v for k, v in weights.items() if not v.is_floating_point()})
     save_file(state, str(path))
     loaded = ConceptSegmenter.from_name(
         "es-ev-tiny", backend="torch-cpu", memory="dense", memory_checkpoint=str(path)

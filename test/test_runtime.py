@@ -174,18 +174,23 @@ def test_torch_cpu_backend_matches_the_model(tiny_model, frame, memory_format, c
     assert convs and all(p.is_contiguous(memory_format=layout) for p in convs)
     assert all(p.is_contiguous() for p in tiny_model.parameters())  # the model the ORT fallback exports
     assert (backend.model is tiny_model) == (not channels_last)
+    for (name, ours), theirs in zip(backend.model.named_parameters(), tiny_model.parameters(), strict=True):
+        assert (ours is theirs) == (not channels_last or ours.dim() != 4), name  # only convs are copied
     _run(backend, frame)
 
 
 def test_memory_format_auto_is_channels_last_only_where_it_was_measured_faster():
+    from efficientsam3_ros.modeling import get_config
     from efficientsam3_ros.modeling.memory_format import resolve_memory_format
 
-    assert resolve_memory_format("auto", "cpu") is torch.channels_last
-    assert resolve_memory_format("auto", torch.device("cpu")) is torch.channels_last
-    assert resolve_memory_format("auto", "cuda:0") is torch.contiguous_format  # not measured
-    assert resolve_memory_format("auto", "cpu", convolves_images=False) is torch.contiguous_format
-    assert resolve_memory_format("channels_last", "cuda") is torch.channels_last
-    assert resolve_memory_format("contiguous", "cpu") is torch.contiguous_format
+    student, teacher = get_config("demo-student"), get_config("demo-teacher")
+    assert resolve_memory_format("auto", student, "cpu") is torch.channels_last
+    assert resolve_memory_format("auto", student, torch.device("cpu")) is torch.channels_last
+    assert resolve_memory_format("auto", teacher, "cpu") is torch.preserve_format  # a ViT: 5 % slower
+    assert resolve_memory_format("auto", student, "cuda:0") is torch.preserve_format  # not measured
+    assert resolve_memory_format("auto", student, "cpu", convolves_images=False) is torch.preserve_format
+    assert resolve_memory_format("channels_last", teacher, "cuda") is torch.channels_last
+    assert resolve_memory_format("contiguous", student, "cpu") is torch.contiguous_format
     with pytest.raises(ValueError, match=r"memory_format.*'nhwc'.*channels_last"):
         RuntimeOptions(memory_format="nhwc")
 

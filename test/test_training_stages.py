@@ -7,7 +7,6 @@ last 10 of 50 steps must be below a fraction of the mean of the first 10.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import math
 import os
@@ -25,7 +24,7 @@ from efficientsam3_ros.training.cli import main as cli_main
 from efficientsam3_ros.training.config import load_config
 from efficientsam3_ros.training.distributed import DistContext
 from efficientsam3_ros.training.export import load_weights
-from efficientsam3_ros.training.trainer import _lay_out_like_params, build_stage, optimizer_flags, train
+from efficientsam3_ros.training.trainer import build_stage, optimizer_flags, train
 
 
 @pytest.fixture(scope="module")
@@ -373,64 +372,44 @@ def test_a_channels_last_step_has_the_gradients_of_an_nchw_one(datasets, tmp_pat
 
 
 def test_a_resume_lays_the_optimizer_state_out_like_the_weights(datasets, tmp_path, one_thread):
-    """An NCHW checkpoint resumed in a channels-last run (or back): fused AdamW walks the moments
-    in the weights' element order, so NCHW moments beside channels-last weights would update each
-    weight with another one's moments, silently. The trainer re-lays them on resume."""
-    conv = torch.nn.Conv2d(4, 8, 3)
-    optimizer = torch.optim.AdamW(conv.parameters(), lr=1e-2, fused=True)
-    x = torch.randn(2, 4, 9, 9)
-
-    def step(model, opt):
-        opt.zero_grad()
-        model(x).pow(2).sum().backward()
-        opt.step()
-
-    step(conv, optimizer)
-    saved = io.BytesIO()
-    torch.save({"model": conv.state_dict(), "optimizer": optimizer.state_dict()}, saved)
-    results = {}
-    for relayout in (False, True):
-        saved.seek(0)
-        payload = torch.load(saved, weights_only=True)
-        resumed = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
-        resumed.load_state_dict(payload["model"])
-        resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=1e-2, fused=True)
-        resumed_optimizer.load_state_dict(payload["optimizer"])
-        if relayout:
-            _lay_out_like_params(resumed_optimizer)
-        for _ in range(3):
-            step(resumed, resumed_optimizer)
-        results[relayout] = resumed.weight.detach().clone()
-    for _ in range(3):
-        step(conv, optimizer)
-    torch.testing.assert_close(results[True], conv.weight.detach(), rtol=1e-6, atol=1e-7)
-    assert (results[False] - conv.weight).abs().max() > 1e-3  # what the re-layout prevents
-
-    # and through the trainer: an NCHW run stopped at step 3 resumes channels-last, with its
-    # moments in the weights' layout, and steps as the NCHW run does (before rounding parts them)
+    """An NCHW checkpoint (every one written before run.memory_format) resumed in a channels-last
+    run steps as the NCHW run does. torch's fused CPU AdamW walks the moments in the weights'
+    element order, so NCHW moments beside channels-last weights would update each weight with
+    another one's moments, silently: measured without the re-layout, the losses of steps 5 and 6
+    were 0.7 % and 1.4 % off, against 2e-6 and 5e-6 with it (rounding, from the new layout)."""
     common = [
         f"data.root={datasets['sa1b']}",
         "options.feature_cache=null",
-        "run.steps=5",
+        "run.steps=6",
         "run.checkpoint_every=1",
+        "optim.implementation=fused",
     ]
     straight = train(_config("tiny_stage1_image", tmp_path / "a", *common, "run.memory_format=contiguous"))
-    train(
-        _config(
-            "tiny_stage1_image", tmp_path / "b", *common, "run.memory_format=contiguous", "run.stop_at_step=3"
-        )
-    )
+    before = [*common, "run.memory_format=contiguous", "run.stop_at_step=3"]
+    train(_config("tiny_stage1_image", tmp_path / "b", *before))
     resumed = train(
         _config("tiny_stage1_image", tmp_path / "b", *common, "run.memory_format=channels_last"),
         resume="auto",
     )
-    assert resumed.step == 5
-    assert resumed.history[0]["loss"] == pytest.approx(straight.losses()[3], rel=1e-5)
+    assert resumed.step == 6
+    assert [h["loss"] for h in resumed.history] == pytest.approx(straight.losses()[3:], rel=1e-4)
     payload = load_checkpoint(list_checkpoints(tmp_path / "b" / "run")[-1][1])
-    weights = {k: v for k, v in payload["model"].items() if v.dim() == 4}
-    assert weights and all(v.is_contiguous(memory_format=torch.channels_last) for v in weights.values())
+    weights = [v for v in payload["model"].values() if v.dim() == 4]
     moments = [s["exp_avg"] for s in payload["optimizer"]["state"].values() if s["exp_avg"].dim() == 4]
-    assert moments and all(m.is_contiguous(memory_format=torch.channels_last) for m in moments)
+    assert weights and moments
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in weights + moments)
+
+
+def test_the_frozen_models_a_step_reads_follow_the_modules_layout(datasets, tmp_path):
+    """Teachers and a tracker's image model sit in a tuple (out of state_dict, DDP, the optimizer);
+    the trainer's ``.to(memory_format=...)`` must still reach them, or they run NCHW."""
+    config = _config(
+        "tiny_stage1_image", tmp_path, f"data.root={datasets['sa1b']}", "options.feature_cache=null"
+    )
+    module = build_stage(config, DistContext()).module.to(memory_format=torch.channels_last)
+    teacher_convs = [p for p in module.teacher.parameters() if p.dim() == 4]
+    assert teacher_convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in teacher_convs)
+    assert not any(k.startswith("_frozen") or "teacher" in k for k in module.state_dict())
 
 
 def test_corrupt_checkpoint_is_refused(datasets, tmp_path, one_thread):

@@ -45,10 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.images import EvalImagesError, evaluate_images, format_table
     from ..modeling.checkpoint_files import CheckpointError
+    from ..modeling.memory_format import lay_out
     from ..zoo import ZooError, resolve_model
 
     try:
         model = resolve_model(args.model, args.checkpoint, input_size=args.input_size, device=args.device)
+        lay_out(model, model.config, args.device)  # channels-last for a student on the CPU
         result = evaluate_images(
             model,
             args.ann,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..config_utils import check_mask_threshold
 from ..modeling import EfficientSam3Model, TrackerModel, TrackMemory, build_tracker
 from ..modeling.config import OperatingPoint
+from ..modeling.memory_format import lay_out
 from ..modeling.tokenizer import validate_phrase
 from ..modeling.tracker_checkpoint import load_tracker
 from ..modeling.tracker_neck import TrackerFrame
@@ -168,11 +169,14 @@ class ConceptSegmenter:
             raise ValueError(f"memory={memory!r} needs tracking (the memory follows tracks)")
         if memory == "none" and memory_checkpoint is not None:
             raise ValueError("memory_checkpoint given but memory='none': pick 'perceiver' or 'dense'")
+        options = options or RuntimeOptions()
         model = resolve_model(name, checkpoint, input_size=input_size, device=device or "cpu")
-        chain = select_backend(backend, model, options or RuntimeOptions())
+        chain = select_backend(backend, model, options)
         tracker_model = None
         if memory != "none":
             tracker_model = build_memory_tracker(model, memory, memory_checkpoint)
+            # the tracker is ours: re-laid in place, as the torch backend lays out its copy
+            lay_out(tracker_model, model.config, device or "cpu", options.memory_format)
         point = model.config.operating_point
         if new_track_threshold is not None:
             point = dataclasses.replace(point, new_track_threshold=new_track_threshold)

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
+from ..config_utils import check_memory_format
 from ..modeling.efficientsam3 import DetectorOutput
-from ..modeling.memory_format import check_memory_format
 
 __all__ = [
     "Backend",
@@ -88,8 +88,8 @@ class RuntimeOptions:
     max_concepts: int = 16  # upper bound of the concept axis in TensorRT optimisation profiles
     opt_concepts: int = 4  # the concept count TensorRT tunes kernels for
     opset: int = 18
-    # torch backend: layout of the model's 4-D weights and activations (modeling.memory_format);
-    # auto is channels-last on the CPU (the demo student's image encoder ~1.2x faster on 2 cores)
+    # torch backend and memory tracker: layout of the models' 4-D weights (modeling.memory_format);
+    # auto is channels-last for a student on the CPU (README "Channels-last on the CPU"), as is elsewhere
     memory_format: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -11,7 +11,7 @@ import copy
 import torch
 
 from ..modeling.efficientsam3 import DetectorOutput, EfficientSam3Model
-from ..modeling.memory_format import is_laid_out, resolve_memory_format
+from ..modeling.memory_format import is_laid_out, relaid_copy, resolve_memory_format
 from .base import (
     Backend,
     BackendUnavailable,
@@ -34,13 +34,15 @@ class TorchBackend(Backend):
             raise BackendUnavailable(f"unsupported torch device {device!r}")
         self.name = f"torch-{self.device.type}"
         model_device = next(model.parameters()).device
-        memory_format = resolve_memory_format(options.memory_format, self.device)
+        memory_format = resolve_memory_format(options.memory_format, model.config, self.device)
         # Never move or re-lay the caller's model: another backend in the chain may still use it
         # (and export it) as it is.
-        if model_device == self.device and is_laid_out(model, memory_format):
+        if model_device != self.device:
+            self.model = copy.deepcopy(model).to(self.device, memory_format=memory_format)
+        elif is_laid_out(model, memory_format):
             self.model = model
         else:
-            self.model = copy.deepcopy(model).to(self.device, memory_format=memory_format)
+            self.model = relaid_copy(model, memory_format)
         self.model.eval()
         self.autocast = self.device.type == "cuda" and options.precision == "fp16"
         self.graphs = {name: get_graph(name).build(self.model).eval() for name in DETECTOR_GRAPHS}

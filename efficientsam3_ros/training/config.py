@@ -105,10 +105,10 @@ class RunSection:
     # (StageRunner.leaves_parameters_unused); false saves a graph walk per step where every
     # trainable parameter is known to get a gradient on every step
     find_unused_parameters: bool | None = None
-    # layout of the model's 4-D weights and activations (modeling.memory_format): auto is
-    # channels-last on the CPU for a stage that runs images (oneDNN's convolutions skip a reorder
-    # per call: the demo student's steps 1.05-1.25x faster on 2 cores; README "Channels-last on
-    # the CPU"), PyTorch's NCHW otherwise | channels_last | contiguous
+    # layout of the models' 4-D weights and activations (modeling.memory_format): auto is
+    # channels-last on the CPU for a student's stage that runs images (oneDNN's convolutions skip
+    # a reorder per call; README "Channels-last on the CPU"), as is otherwise | channels_last |
+    # contiguous
     memory_format: str = "auto"
     export_name: str = "model.safetensors"
 

@@ -24,6 +24,25 @@ from .export import load_weights, transfer_matching
 log = logging.getLogger(__name__)
 
 
+class StageModule(nn.Module):
+    """A stage's module: what it trains as submodules, the frozen models it reads in ``_frozen``.
+
+    Why a tuple: it keeps the frozen models (teachers, the image model a tracker reads) out of
+    ``state_dict``, the optimizer and DDP. Why this class: ``.to()`` still reaches them, so a
+    device move or the trainer's memory layout (``run.memory_format``) applies to every model
+    a step runs, not only to the trained one.
+    """
+
+    _frozen: tuple[nn.Module | None, ...] = ()
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 (torch's private signature)
+        super()._apply(fn, recurse)
+        for model in self._frozen:
+            if model is not None:
+                model._apply(fn, recurse)
+        return self
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Frozen and in eval mode (BatchNorm statistics and dropout fixed)."""
     for param in module.parameters():

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..modeling import EfficientSam3Model
 from ..modeling.tracker import TrackerModel
@@ -30,11 +29,11 @@ from .distributed import DistContext
 from .export import export_model
 from .feature_cache import CachedFeatures, FeatureCache, fill_cache, fingerprint
 from .losses import dice_loss, masked_feature_losses, soft_bce_loss
-from .models import TRUNK_PREFIX, build_student, build_teacher, build_tracker, freeze
+from .models import TRUNK_PREFIX, StageModule, build_student, build_teacher, build_tracker, freeze
 from .trainer import StageRunner, set_trainable
 
 
-class ImageDistillModule(nn.Module):
+class ImageDistillModule(StageModule):
     """Trainable part = ``student`` (only its trunk requires grad); teacher and SAM heads ride along unregistered."""
 
     def __init__(
@@ -47,7 +46,7 @@ class ImageDistillModule(nn.Module):
     ):
         super().__init__()
         self.student = student
-        self._frozen = (teacher, heads)  # a tuple keeps them out of state_dict / DDP
+        self._frozen = (teacher, heads)
         self.options = options
         self.max_prompts = max_prompts
         self.grid = student.config.grid_size

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..modeling import EfficientSam3Model
 from .config import TextStageOptions, TrainConfig
@@ -22,13 +21,13 @@ from .data import build_dataset
 from .distributed import DistContext
 from .export import export_model
 from .losses import masked_token_losses
-from .models import TEXT_PREFIXES, build_student, build_teacher
+from .models import TEXT_PREFIXES, StageModule, build_student, build_teacher
 from .trainer import StageRunner, set_trainable
 
 POOLED_TEXT_PROJECTION = "detector.text_encoder.projection.*"
 
 
-class TextDistillModule(nn.Module):
+class TextDistillModule(StageModule):
     def __init__(self, student: EfficientSam3Model, teacher: EfficientSam3Model, options: TextStageOptions):
         super().__init__()
         if student.config.context_length != teacher.config.context_length:
@@ -36,7 +35,7 @@ class TextDistillModule(nn.Module):
                 "student and teacher text encoders must share the context length (token-wise loss)"
             )
         self.student = student
-        self._teacher = (teacher,)
+        self._frozen = (teacher,)
         self.options = options
 
     def forward(self, batch: list[dict[str, Any]], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -44,7 +43,7 @@ class TextDistillModule(nn.Module):
         ids, mask = self.student.tokenize([s["phrase"] for s in batch])
         ids, mask = ids.to(device), mask.to(device)
         with torch.no_grad():
-            target = self._teacher[0].encode_tokens(ids, mask)
+            target = self._frozen[0].encode_tokens(ids, mask)
         tokens = self.student.encode_tokens(ids, mask)
         mse, cos = masked_token_losses(tokens, target, mask)
         loss = self.options.mse_weight * mse + self.options.cosine_weight * cos

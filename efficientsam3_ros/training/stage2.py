@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..modeling import EfficientSam3Model
 from ..modeling.memory import TrackMemory
@@ -37,14 +36,14 @@ from .data import build_dataset
 from .distributed import DistContext
 from .export import export_tracker, transfer_matching
 from .losses import bce_loss, dice_loss, iou_prediction_loss, sigmoid_focal_loss, weighted_sum
-from .models import build_student, build_tracker, freeze
+from .models import StageModule, build_student, build_tracker, freeze
 from .propagation import REPORT_CLIPS, masks_at, score_propagation
 from .trainer import StageRunner, set_trainable
 
 log = logging.getLogger(__name__)
 
 
-class MemoryDistillModule(nn.Module):
+class MemoryDistillModule(StageModule):
     def __init__(
         self,
         student: TrackerModel,

@@ -43,7 +43,7 @@ from .losses import (
     soft_bce_loss,
     weighted_sum,
 )
-from .models import build_student, build_teacher
+from .models import StageModule, build_student, build_teacher
 from .trainer import StageRunner, set_trainable
 
 
@@ -204,13 +204,13 @@ class _Matches:
         return (*index, torch.cat(self.target_boxes))
 
 
-class ConceptModule(nn.Module):
+class ConceptModule(StageModule):
     def __init__(
         self, student: EfficientSam3Model, teacher: EfficientSam3Model | None, options: ConceptStageOptions
     ):
         super().__init__()
         self.student = student
-        self._teacher = (teacher,)
+        self._frozen = (teacher,)
         self.options = options
 
     def train(self, mode: bool = True) -> ConceptModule:
@@ -340,7 +340,7 @@ class ConceptModule(nn.Module):
     def _distill(
         self, out: Any, images: torch.Tensor, phrases: list[str], image_index: torch.Tensor
     ) -> torch.Tensor:
-        teacher = self._teacher[0]
+        teacher = self._frozen[0]
         with torch.no_grad():
             ref = run_detector(teacher, images, phrases, image_index)
         return (

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from ..modeling import get_config
 from ..modeling.memory_format import resolve_memory_format
 from .checkpointing import (
     list_checkpoints,
@@ -57,8 +58,8 @@ class StageRunner(ABC):
     # trainable parameter on every step say False.
     leaves_parameters_unused: bool = False
     # Whether a step runs images through convolutions (a student's trunk, the neck, the pixel
-    # decoder): then ``run.memory_format: auto`` lays the model out channels-last on the CPU,
-    # which was measured faster there (modeling.memory_format). A stage that does not says False.
+    # decoder): then ``run.memory_format: auto`` lays a student's stage out channels-last on the
+    # CPU, which was measured faster there (modeling.memory_format). A stage that does not says False.
     convolves_images: bool = True
 
     def __init__(self, config: TrainConfig, ctx: DistContext):
@@ -103,7 +104,7 @@ def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
     ``run.memory_format`` (an NCHW checkpoint into a channels-last run) would pair channels-last
     weights with NCHW moments. The for-loop and foreach updates cope, but the fused CPU kernel
     walks all of them in the weight's element order and silently updates each weight with
-    another element's moments (torch 2.14; test_resume_across_memory_formats).
+    another element's moments (torch 2.14; test_a_resume_lays_the_optimizer_state_out_like_the_weights).
     """
     for group in optimizer.param_groups:
         for param in group["params"]:
@@ -180,6 +181,22 @@ def build_stage(config: TrainConfig, ctx: DistContext) -> StageRunner:
     return classes[config.stage](config, ctx)
 
 
+def stage_sampler(stage: StageRunner, ctx: DistContext, start_batch: int = 0) -> ResumableBatchSampler:
+    """The batches of ``stage``'s dataset this rank trains on, in the run's order from ``start_batch``."""
+    config = stage.config
+    per_image = config.data.phrases_per_image
+    return ResumableBatchSampler(
+        len(stage.dataset),
+        config.run.batch_size,
+        ctx.rank,
+        ctx.world_size,
+        seed=config.run.seed,
+        start_batch=start_batch,
+        group_keys=_group_keys(stage.dataset, per_image),
+        group_size=per_image,
+    )
+
+
 def _group_keys(dataset: Any, phrases_per_image: int) -> list[str] | None:
     """Each sample's image key, when batches should hold several phrases of one image."""
     if phrases_per_image <= 1:
@@ -208,7 +225,9 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
     stage = build_stage(config, ctx)
     stage.prepare()
     module = stage.module.to(device)
-    memory_format = resolve_memory_format(run.memory_format, device, stage.convolves_images)
+    memory_format = resolve_memory_format(
+        run.memory_format, get_config(config.model.student), device, stage.convolves_images
+    )
     module.to(memory_format=memory_format)  # before the optimizer: its state follows the weights
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
@@ -264,16 +283,7 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
         record_environment(out, ctx, resumed=resume_path is not None)
     result.step = start
 
-    sampler = ResumableBatchSampler(
-        len(stage.dataset),
-        run.batch_size,
-        ctx.rank,
-        ctx.world_size,
-        seed=run.seed,
-        start_batch=start * optim.grad_accum,
-        group_keys=_group_keys(stage.dataset, config.data.phrases_per_image),
-        group_size=config.data.phrases_per_image,
-    )
+    sampler = stage_sampler(stage, ctx, start_batch=start * optim.grad_accum)
     loader = DataLoader(
         stage.dataset,
         batch_sampler=sampler,
