@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    logging.getLogger("efficientsam3_ros").setLevel(logging.ERROR)  # "random weights" warnings: known here
-    if args.child:
+    if args.child:  # a process of its own: its logging is its own too
+        logging.getLogger("efficientsam3_ros").setLevel(logging.ERROR)  # "random weights": known here
         print(json.dumps(child(*args.child, args.steps, args.data)))
         return 0
     rows = args.only or [*STAGES, "inference"]
