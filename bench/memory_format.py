@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +42,8 @@ from efficientsam3_ros.training.config import load_config
 from efficientsam3_ros.training.distributed import DistContext
 from efficientsam3_ros.training.trainer import build_stage, optimizer_flags, stage_sampler
 
+from timing import median_ms
+
 RECIPE = Path(__file__).resolve().parents[1] / "training" / "demo"
 # stage label: (recipe config, data format it reads, what the row is)
 STAGES = {
@@ -53,17 +54,6 @@ STAGES = {
     "stage2": ("student_stage2.yaml", "sav", "stage 2, the Perceiver-memory tracker"),
 }
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels-last": torch.channels_last}
-
-
-def median_ms(step: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def stage_step(name: str, layout: torch.memory_format, data: Path, out: Path) -> Callable[[], object]:
@@ -119,8 +109,8 @@ def child(row: str, layout_name: str, steps: int, data: Path) -> dict[str, float
     """Median ms of ``row``'s step(s) in one layout: what one child process measures."""
     layout = LAYOUTS[layout_name]
     if row == "inference":
-        return {part: median_ms(step, steps * 3) for part, step in inference_steps(layout).items()}
-    return {STAGES[row][2]: median_ms(stage_step(row, layout, data, data / f"run-{row}"), steps)}
+        return {part: median_ms(step, steps * 3, warmup=2) for part, step in inference_steps(layout).items()}
+    return {STAGES[row][2]: median_ms(stage_step(row, layout, data, data / f"run-{row}"), steps, warmup=2)}
 
 
 def in_own_processes(row: str, args: argparse.Namespace, data: Path) -> dict[str, dict[str, float]]:

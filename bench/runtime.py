@@ -16,11 +16,9 @@ Weights are random (latency does not depend on them). Numbers are ratios to read
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime as ort
@@ -31,20 +29,11 @@ from efficientsam3_ros.modeling import build_model
 from efficientsam3_ros.runtime.export import export_graph
 from efficientsam3_ros.runtime.graphs import get_graph
 
+from timing import median_ms
+
 STUDENTS = ("es-ev-s", "es-rv-s", "es-tv-s")
 SIZES = (1008, 504)
 CONCEPTS = ["person", "red mug", "chair", "door handle"]
-
-
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:

@@ -33,10 +33,9 @@ import torch
 
 from efficientsam3_ros.synthetic.writers import write_dataset
 from efficientsam3_ros.training.config import load_config
-from efficientsam3_ros.training.data import ResumableBatchSampler
 from efficientsam3_ros.training.distributed import DistContext
 from efficientsam3_ros.training.stage2 import MemoryDistillStage
-from efficientsam3_ros.training.trainer import optimizer_flags
+from efficientsam3_ros.training.trainer import optimizer_flags, stage_sampler
 
 RECIPE_STAGE2 = Path(__file__).resolve().parents[1] / "training" / "demo" / "student_stage2.yaml"
 
@@ -72,12 +71,12 @@ def one_clip_at_a_time(module: torch.nn.Module):
     return forward
 
 
-def time_steps(stage: MemoryDistillStage, steps: int, seed: int = 1) -> dict[str, float]:
+def time_steps(stage: MemoryDistillStage, steps: int) -> dict[str, float]:
     """Median ms per optimizer step of each way, the two ways' steps interleaved."""
     module = stage.module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, **optimizer_flags("auto", torch.device("cpu")))
-    sampler = iter(ResumableBatchSampler(len(stage.dataset), stage.config.run.batch_size, seed=seed))
+    sampler = iter(stage_sampler(stage, DistContext()))  # the batches the recipe's run starts with
     ways = {"together": module, "one at a time": one_clip_at_a_time(module)}
     generator = torch.Generator().manual_seed(0)
     times: dict[str, list[float]] = {label: [] for label in ways}

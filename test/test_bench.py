@@ -14,6 +14,12 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+@pytest.fixture(autouse=True)
+def bench_on_path(monkeypatch):
+    """The benches import their shared ``timing`` module as scripts do: from their own folder."""
+    monkeypatch.syspath_prepend(str(BENCH))
+
+
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -93,3 +99,19 @@ def test_memory_format_bench_times_both_layouts_of_a_stage_and_of_inference(caps
         )
         assert nchw > 0 and last > 0
         assert float(line.split()[-1].rstrip("x")) == pytest.approx(nchw / last, abs=0.02), line
+
+
+@pytest.mark.parametrize("path", sorted(BENCH.glob("*.py")), ids=lambda path: path.stem)
+def test_every_bench_imports_against_the_current_code(path):
+    """The full-size benches (runtime.py, tracker.py) take minutes; importing them still catches a
+    renamed function or a moved module, which is how a bench usually breaks."""
+    bench = _load(path.stem)
+    assert callable(getattr(bench, "main", None)) or path.stem == "timing"
+
+
+def test_median_ms_times_each_repeat_after_the_warmup():
+    timing = _load("timing")
+    calls: list[int] = []
+    ms = timing.median_ms(lambda: calls.append(len(calls)), repeats=5, warmup=2)
+    assert len(calls) == 7
+    assert 0 <= ms < 1e3

@@ -29,7 +29,7 @@ def test_recipe_runs_start_to_finish_on_a_shrunk_world(tmp_path):
     env = {
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DEMO_SCALE": "0.001",  # 6000 steps -> 6, 1000 -> 1
+        "DEMO_SCALE": "0.001",  # 6000 steps -> 6, 1000 -> 1, 1500 -> 2 (round half to even)
         "DEMO_DATA_SCALE": "0.05",  # 150 images, 8 clips, 4-frame bags
         "DEMO_THREADS": "1",
         "DEMO_INSTALL": "0",  # never touch models/demo
@@ -46,7 +46,7 @@ def test_recipe_runs_start_to_finish_on_a_shrunk_world(tmp_path):
         ("teacher", 6),
         ("student-stage1", 1),
         ("student", 6),
-        ("student-224", 1),
+        ("student-224", 2),
         ("tracker", 1),
     ]:
         rows = [

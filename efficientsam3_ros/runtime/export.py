@@ -49,32 +49,18 @@ def export_graph(
     inputs = spec.example_inputs(model, num_concepts)
     input_names = spec.inputs_for(model)
     tmp = path.with_suffix(".tmp.onnx")
+    graph_io = dict(
+        input_names=list(input_names),
+        output_names=list(spec.output_names),
+        dynamic_axes=spec.dynamic_axes or None,
+        opset_version=opset,
+    )
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python ints: shapes are static by design
         if exporter == "torchscript":
-            torch.onnx.export(
-                module,
-                inputs,
-                str(tmp),
-                input_names=list(input_names),
-                output_names=list(spec.output_names),
-                dynamic_axes=spec.dynamic_axes or None,
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+            torch.onnx.export(module, inputs, str(tmp), **graph_io, do_constant_folding=True, dynamo=False)
         elif exporter == "dynamo":
-            torch.onnx.export(
-                module,
-                inputs,
-                str(tmp),
-                input_names=list(input_names),
-                output_names=list(spec.output_names),
-                dynamic_axes=spec.dynamic_axes or None,
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-            )
+            torch.onnx.export(module, inputs, str(tmp), **graph_io, dynamo=True, external_data=False)
         else:
             raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
     check_graph(tmp, spec, input_names)
