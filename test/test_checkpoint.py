@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
+import struct
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from efficientsam3_ros.modeling.checkpoint import (
@@ -16,7 +19,7 @@ from efficientsam3_ros.modeling.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from efficientsam3_ros.modeling.checkpoint_files import CheckpointError, open_checkpoint
+from efficientsam3_ros.modeling.checkpoint_files import CheckpointError, open_checkpoint, write_safetensors
 from efficientsam3_ros.modeling.convert_backbones import timm_to_features, tinyvit_rename
 from efficientsam3_ros.modeling.convert_common import QKV, STRIP_CLS, TRANSPOSE
 from efficientsam3_ros.modeling.registry import build_model
@@ -61,6 +64,31 @@ def test_strict_load_names_missing_unexpected_and_misshaped(tiny, tmp_path: Path
     )
     report = load_checkpoint(model, path, strict=False)
     assert gone in report.plan.missing and "detector.not_a_module.weight" in report.plan.unexpected
+
+
+def test_the_same_weights_always_write_the_same_bytes(tiny, tmp_path: Path) -> None:
+    """safetensors orders the metadata by a hash map that changes from call to call (before
+    write_safetensors, 6 saves of one model gave 3 different checksums), so a reproduced model
+    could not be checked by its sha256."""
+    paths = [save_checkpoint(tiny, tmp_path / f"m{i}.safetensors", sidecar=False) for i in range(6)]
+    assert len({hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}) == 1
+    report = load_checkpoint(build_model(read_config(paths[0])), paths[0], strict=True)
+    assert report.format == "efficientsam3_ros" and report.plan.ok
+
+
+def test_write_safetensors_sorts_the_metadata_and_keeps_the_file_valid(tmp_path: Path) -> None:
+    tensors = {"weight": torch.arange(6.0).reshape(2, 3), "scale": torch.ones(3, dtype=torch.float16)}
+    metadata = {key: f'{key} "quoted" é' for key in ("kind", "config", "format", "image_config", "a")}
+    paths = [write_safetensors(tensors, tmp_path / f"t{i}.safetensors", metadata) for i in range(6)]
+    assert len({path.read_bytes() for path in paths}) == 1
+    raw = paths[0].read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    assert list(json.loads(raw[8 : 8 + length])["__metadata__"]) == sorted(metadata)
+    open_checkpoint(paths[0], full_check=True)  # the header still accounts for every byte
+    with safe_open(str(paths[0]), "pt") as f:
+        assert f.metadata() == metadata
+        for key, value in tensors.items():
+            assert torch.equal(f.get_tensor(key), value), key
 
 
 def test_truncated_safetensors_refused(tiny, tmp_path: Path) -> None:

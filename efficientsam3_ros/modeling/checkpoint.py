@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint_files import CheckpointError, OpenCheckpoint, open_checkpoint
+from .checkpoint_files import CheckpointError, OpenCheckpoint, open_checkpoint, write_safetensors
 from .config import ModelConfig
 from .convert_common import ConversionPlan, KeyMapper, Target, materialise, plan_conversion
 from .convert_sam3 import hf_key_mapper, released_key_mapper
@@ -134,8 +134,6 @@ def save_checkpoint(model: nn.Module, path: str | Path, sidecar: bool = True) ->
     ``sidecar`` also writes ``<path without suffix>.json`` (the same config, human-readable).
     Tensors that share storage are cloned (safetensors refuses aliases).
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_checkpoint writes safetensors; name the file *.safetensors, got {path.name}")
@@ -151,7 +149,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, sidecar: bool = True) ->
         seen.add(ident)
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": json.dumps(config)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    write_safetensors(tensors, path, metadata)
     if sidecar:
         sidecar_path(path).write_text(json.dumps(config, indent=2) + "\n")
     return path

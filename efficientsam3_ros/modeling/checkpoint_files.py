@@ -1,10 +1,12 @@
-"""Opening checkpoint files safely and lazily.
+"""Opening checkpoint files safely and lazily, and writing them reproducibly.
 
 Every format is read without executing pickled code (safetensors, or ``torch.load`` with
 ``weights_only=True``) and checked for truncation before any model is built: a
 safetensors header must account for exactly the bytes on disk, and a torch zip must
 have its central directory. Tensors are fetched one at a time (safetensors / mmap),
-so planning a 3 GB checkpoint costs names and shapes, not memory.
+so planning a 3 GB checkpoint costs names and shapes, not memory. Files this package
+writes (:func:`write_safetensors`) depend only on their tensors and metadata, so the same
+weights always have the same sha256.
 """
 
 from __future__ import annotations
@@ -73,6 +75,32 @@ def check_safetensors(path: Path) -> tuple[dict[str, Any], int]:
             "truncated or corrupt (re-download it)"
         )
     return header, n
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
+    """``safetensors.torch.save_file``, then the header's metadata put in sorted key order.
+
+    Why: safetensors writes ``__metadata__`` in the iteration order of a Rust hash map, which
+    changes from call to call, so saving the same weights twice gave files with different
+    checksums, and a reproduced model could not be checked by its sha256. The tensors' own
+    order and bytes are already fixed. The header is rewritten in place: the same JSON in
+    another key order has the same length, so no offset moves and the file stays valid.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata)
+    with path.open("r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        ordered = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(ordered) > length:  # cannot happen for safetensors' compact JSON; keep its valid file
+            return path
+        f.seek(8)
+        f.write(ordered.ljust(length, b" "))  # safetensors pads its header with spaces too
+    return path
 
 
 def check_torch_zip(path: Path, full: bool = False) -> None:

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..modeling import EfficientSam3Model, TrackerModel
 from ..modeling.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
+from ..modeling.checkpoint_files import write_safetensors
 from ..modeling.tracker_checkpoint import TRACKER_FORMAT
 
 
@@ -36,10 +37,8 @@ def export_model(model: nn.Module, path: str | Path, extra: dict[str, Any] | Non
     else:
         meta = {"config": model.config.to_dict(), **(extra or {})}
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(
-            state,
-            str(tmp),
-            metadata={"format": TRACKER_FORMAT, **{k: json.dumps(v) for k, v in meta.items()}},
+        write_safetensors(
+            state, tmp, metadata={"format": TRACKER_FORMAT, **{k: json.dumps(v) for k, v in meta.items()}}
         )
         sidecar_path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     os.replace(sidecar_path(tmp), sidecar_path(path))
