@@ -412,6 +412,24 @@ def test_the_frozen_models_a_step_reads_follow_the_modules_layout(datasets, tmp_
     assert not any(k.startswith("_frozen") or "teacher" in k for k in module.state_dict())
 
 
+@pytest.mark.parametrize("stage", ["tiny_stage3", "tiny_stage1_text", "tiny_stage2"])
+def test_the_trainers_move_reaches_every_frozen_model(stage, datasets, tracker_checkpoint, tmp_path):
+    """These stages leave their teachers (and stage 2's image model) where they were built and rely
+    on the trainer's ``module.to(device)`` to move them. A dtype move takes the same path
+    (``nn.Module._apply``) and runs without a GPU."""
+    data = {
+        "tiny_stage3": [f"data.root={datasets['saco']}"],
+        "tiny_stage1_text": [f"data.prompts={datasets['prompts']}"],
+        "tiny_stage2": [f"data.root={datasets['sav']}", f"model.tracker_checkpoint={tracker_checkpoint}"],
+    }[stage]
+    module = build_stage(_config(stage, tmp_path, *data), DistContext()).module
+    frozen = [model for model in module._frozen if model is not None]
+    assert frozen, "each of these stages reads a frozen model"
+    module.to(torch.float64)
+    for model in frozen:
+        assert {p.dtype for p in model.parameters()} == {torch.float64}, type(model).__name__
+
+
 def test_corrupt_checkpoint_is_refused(datasets, tmp_path, one_thread):
     config = _config("tiny_stage1_text", tmp_path, f"data.prompts={datasets['prompts']}", "run.steps=2")
     config.run.checkpoint_every = 1

@@ -152,6 +152,7 @@ class ImageDistillStage(StageRunner):
     def __init__(self, config: TrainConfig, ctx: DistContext):
         super().__init__(config, ctx)
         options: ImageStageOptions = config.options
+        # on the device now, not when the trainer moves the module: prepare() runs it to fill the feature cache
         teacher = build_teacher(config).to(ctx.device)
         student = build_student(config, teacher, exclude=(TRUNK_PREFIX,))
         set_trainable(student, [TRUNK_PREFIX + "*"])

@@ -68,7 +68,7 @@ class TextDistillStage(StageRunner):
         # and under DDP a trainable parameter without one stops the run at its second step.
         set_trainable(student, [p + "*" for p in TEXT_PREFIXES], freeze=[POOLED_TEXT_PROJECTION])
         self.dataset = build_dataset(config, student.config.image_size)
-        self.module = TextDistillModule(student, teacher.to(ctx.device), config.options)
+        self.module = TextDistillModule(student, teacher, config.options)  # the trainer moves it, teacher too
 
     def export(self, path: Path) -> Path:
         return export_model(self.module.student, path)

@@ -165,11 +165,12 @@ class MemoryDistillStage(StageRunner):
         super().__init__(config, ctx)
         options: VideoStageOptions = config.options
         # the image model feeding both trackers: a stage-1 student (model.student + student_checkpoint)
-        image_model = freeze(build_student(config)).to(ctx.device)
+        # the trainer moves the module to the device, its frozen models too (StageModule)
+        image_model = freeze(build_student(config))
         student = build_tracker(image_model, "perceiver", config, options.tracker)
         teacher = None
         if options.target == "teacher":
-            teacher = freeze(build_tracker(image_model, "dense", config)).to(ctx.device)
+            teacher = freeze(build_tracker(image_model, "dense", config))
             transfer_matching(teacher, student)  # shared SAM heads and memory encoder start as SAM3's
         trainable = set_trainable(student, options.train)
         if not trainable:

@@ -374,7 +374,7 @@ class ConceptFinetuneStage(StageRunner):
         if options.distill_weight <= 0:
             teacher = None
         self.dataset = build_dataset(config, student.config.image_size, masks=True)
-        self.module = ConceptModule(student, teacher.to(ctx.device) if teacher is not None else None, options)
+        self.module = ConceptModule(student, teacher, options)  # the trainer moves it, teacher too
 
     def export(self, path: Path) -> Path:
         return export_model(self.module.student, path)
