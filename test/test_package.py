@@ -108,6 +108,9 @@ def test_cmakelists_generates_every_interface_and_avoids_rosidl_python_141():
     assert code.index("rosidl_generate_interfaces") < code.index("${PYTHON_INSTALL_DIR}/${PROJECT_NAME}")
     assert "DESTINATION lib/${PROJECT_NAME}" in code
     assert "ament_package()" in code
+    # rosidl_generate_interfaces builds C and C++ libraries: a project without languages cannot link them
+    project = re.search(r"project\(([^)]*)\)", code).group(1).split()
+    assert project[0] == "efficientsam3_ros" and "NONE" not in project, project
 
 
 def test_executables_exist_are_executable_and_import_their_main():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import zlib
 
 import numpy as np
 import pytest
@@ -382,3 +383,82 @@ def test_node_keeps_the_models_memory_rules_unless_a_parameter_is_set(tmp_path):
     ok, why = core.set_parameters({"track_max_missed_frames": 7})
     assert ok, why
     assert (seg.tracker.config.max_missed_frames, seg.tracker.config.recondition_every) == (7, 1)
+
+
+def test_a_repeated_concept_id_is_removed_once_on_every_camera():
+    core = make_core(image_topics=["front/image", "rear/image"])
+    result = core.remove_concepts([0, 0])
+    assert result.success and result.concept_ids == [0], result.message
+    assert (
+        core.cameras["front"].segmenter.concepts == core.cameras["rear"].segmenter.concepts == {1: "red mug"}
+    )
+
+
+def test_an_unexpected_error_in_a_service_is_answered_not_raised(core, monkeypatch, caplog):
+    """rclpy would end the process on an exception from a service callback."""
+    seg = core.cameras[""].segmenter
+
+    def broken(*args, **kwargs):
+        raise KeyError("simulated bug")
+
+    monkeypatch.setattr(seg, "reset", broken)
+    with caplog.at_level(logging.ERROR, logger="efficientsam3_ros.node"):
+        result = core.reset_tracking("")
+    assert not result.success and "internal error in reset_tracking" in result.message
+    assert "KeyError" in result.message and any("reset_tracking failed" in r.message for r in caplog.records)
+    assert core.list_concepts().success  # the node still answers
+
+
+def test_a_decompression_bomb_is_a_bad_frame_without_opencv(core, monkeypatch):
+    """Pillow raises DecompressionBombError (not an OSError) for a header claiming a huge image."""
+    from PIL import Image
+
+    from efficientsam3_ros.ros import convert
+
+    def no_cv2(buffer):
+        raise ImportError("cv2 hidden: a plain `pip install` has no OpenCV")
+
+    monkeypatch.setattr(convert, "_decode_cv2", no_cv2)
+    before = core.cameras[""].stats.bad_frames
+    for side, limit in ((20_000, None), (12_000, 10_000)):  # over MAX_SIDE; under it but over Pillow's limit
+        buf = io.BytesIO()
+        Image.new("L", (1, 1)).save(buf, format="PNG")
+        png = bytearray(buf.getvalue())
+        png[16:24] = side.to_bytes(4, "big") * 2  # IHDR width and height, then the chunk's CRC
+        png[29:33] = (zlib.crc32(bytes(png[12:29])) & 0xFFFFFFFF).to_bytes(4, "big")
+        if limit is not None:
+            monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        with pytest.raises(Image.DecompressionBombError):  # what the frame below sends Pillow into
+            Image.open(io.BytesIO(bytes(png)))
+        msg = compressed_msg(50)
+        msg.data = np.frombuffer(bytes(png), np.uint8).copy()
+        core.on_message("", msg)
+        assert core.process_next() == []
+    assert core.cameras[""].stats.bad_frames - before == 2
+    core.on_message("", compressed_msg(51))
+    assert instances_of(core.process_next()).header.stamp.nanosec == 51
+
+
+def test_a_result_that_cannot_be_published_is_counted_not_raised(core, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("simulated serialization bug")
+
+    monkeypatch.setattr(messages, "frame_result_to_msg", broken)
+    errors = core.cameras[""].stats.errors
+    core.on_message("", image_msg(60))
+    assert core.process_next() == []
+    assert core.cameras[""].stats.errors == errors + 1
+    monkeypatch.undo()
+    core.on_message("", image_msg(61))
+    assert instances_of(core.process_next()).header.stamp.nanosec == 61
+
+
+def test_max_concepts_above_the_pipelines_default_reaches_the_segmenter():
+    many = [f"thing {i}" for i in range(40)]  # the pipeline alone allows 32
+    core = make_core(max_concepts=64)
+    assert core.set_concepts(many).success
+    ok, why = core.set_parameters({"max_concepts": 50})
+    assert ok, why
+    assert core.cameras[""].segmenter.max_concepts == 50
+    result = core.set_concepts(many + [f"more {i}" for i in range(11)])
+    assert not result.success and "max_concepts=50" in result.message

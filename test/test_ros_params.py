@@ -40,6 +40,53 @@ def test_every_parameter_has_description_and_valid_default():
             assert spec.minimum is not None and spec.maximum is not None, f"{spec.name} needs a range"
 
 
+def test_every_default_lies_in_the_range_declared_to_ros():
+    """rclpy refuses to declare a parameter whose default is outside its descriptor's range."""
+    for spec in params.PARAMS:
+        limits = spec.declared_range()
+        if spec.kind in ("int", "float"):
+            low, high = limits
+            assert low <= spec.default <= high, (spec.name, spec.default, limits)
+            if spec.model_default:
+                assert low == -1, spec.name  # -1 ("the model's own") must be settable at run time too
+        else:
+            assert limits is None, spec.name
+
+
+@pytest.mark.parametrize(
+    "name", ["score_threshold", "mask_threshold", "track_new_threshold", "track_match_iou"]
+)
+def test_model_default_parameters_take_minus_one_and_refuse_the_gap(name):
+    spec = params.BY_NAME[name]
+    assert spec.model_default
+    assert spec.validate(-1) is None
+    assert ">=" in spec.validate(-0.5)  # between -1 and the minimum: neither a value nor "the model's own"
+
+
+def test_rclpy_own_parameters_are_split_off():
+    own, foreign = params.split_own({"use_sim_time": True, "score_threshold": 0.3, "qos_overrides./x": 1})
+    assert own == {"score_threshold": 0.3}
+    assert foreign == {"use_sim_time": True, "qos_overrides./x": 1}
+
+
+def test_values_read_from_ros_fill_unset_parameters_with_their_defaults():
+    """Typed parameters that were never set (camera_names, concepts) read as None: they get the default."""
+    set_by_launch = {"model": "demo", "image_topics": ("/a", "/b")}
+    values = params.read_values(set_by_launch.get)
+    assert values["model"] == "demo"
+    assert values["image_topics"] == ["/a", "/b"] and isinstance(values["image_topics"], list)
+    assert values["camera_names"] == [] and values["concepts"] == []
+    assert values["score_threshold"] == params.BY_NAME["score_threshold"].default
+    assert params.NodeConfig.from_values(values).model == "demo"
+
+
+def test_max_phrase_length_cannot_exceed_the_tokenizer_limit():
+    tokenizer = pytest.importorskip(
+        "efficientsam3_ros.modeling.tokenizer", reason="needs torch and open_clip"
+    )
+    assert params.BY_NAME["max_phrase_length"].maximum == tokenizer.MAX_PHRASE_CHARS
+
+
 def test_runtime_changeable_set_is_the_documented_one():
     dynamic = {p.name for p in params.PARAMS if p.dynamic}
     assert {"score_threshold", "mask_threshold", "concepts", "max_rate_hz"} <= dynamic

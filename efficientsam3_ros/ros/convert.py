@@ -55,10 +55,7 @@ def image_msg_to_array(msg: Any) -> np.ndarray:
             f"unsupported image encoding {msg.encoding!r}; use one of {sorted(RAW_ENCODINGS)}"
         )
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise BadFrameError(f"image has zero size ({height}x{width})")
-    if height > MAX_SIDE or width > MAX_SIDE:
-        raise BadFrameError(f"image size {height}x{width} exceeds {MAX_SIDE} pixels per side")
+    _check_size(height, width)
     typestr, channels = RAW_ENCODINGS[encoding]
     dtype = np.dtype(typestr)
     row_bytes = width * channels * dtype.itemsize
@@ -107,6 +104,14 @@ def raw_to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
     raise UnsupportedEncodingError(f"unsupported image encoding {encoding!r}")
 
 
+def _check_size(height: int, width: int) -> None:
+    """Refuse empty frames and frames too large to be a camera's (before their pixels are allocated)."""
+    if height <= 0 or width <= 0:
+        raise BadFrameError(f"image has zero size ({height}x{width})")
+    if height > MAX_SIDE or width > MAX_SIDE:
+        raise BadFrameError(f"image size {height}x{width} exceeds {MAX_SIDE} pixels per side")
+
+
 def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage (JPEG, PNG, ...) to [H, W, 3] uint8 RGB.
 
@@ -125,6 +130,7 @@ def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
         image = _decode_pil(buffer)
     if image is None or image.size == 0:
         raise BadFrameError(f"could not decode compressed image (format {fmt!r}, {buffer.size} bytes)")
+    _check_size(*image.shape[:2])
     return image
 
 
@@ -180,6 +186,9 @@ def _decode_pil(buffer: np.ndarray) -> np.ndarray | None:
 
     try:
         with Image.open(io.BytesIO(buffer.tobytes())) as img:
+            _check_size(img.height, img.width)  # from the header, before the pixels are decoded
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except Image.DecompressionBombError as err:  # not an OSError: it would escape the caller's except
+        raise BadFrameError(f"compressed image refused by Pillow: {err}") from err
     except (UnidentifiedImageError, OSError):
         return None

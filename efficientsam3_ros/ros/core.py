@@ -16,6 +16,7 @@ factory is called again, which loads the weights once more per camera.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 import threading
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import messages
-from .convert import BadFrameError, FrameError, msg_to_rgb
+from .convert import BadFrameError, msg_to_rgb
 from .diagnostics import CameraStats, camera_status, diagnostic_array
 from .labels import label_image
 from .params import BY_NAME, NodeConfig, camera_names, output_topic, validate
@@ -43,6 +44,28 @@ from .services import (
 
 UNCONFIGURED, INACTIVE, ACTIVE = "unconfigured", "inactive", "active"
 WARN_PERIOD_S = 5.0
+
+
+def answers_every_request(handler: Callable[..., ServiceResult]) -> Callable[..., ServiceResult]:
+    """Turn an unexpected error in a service handler into a failed answer.
+
+    rclpy's executors re-raise a callback's exception and end the process, so one request
+    that trips a bug in the model would stop the robot's perception; the caller gets the
+    error in the answer instead and the node keeps running.
+    """
+
+    @functools.wraps(handler)
+    def answer(self: NodeCore, *args: Any, **kwargs: Any) -> ServiceResult:
+        try:
+            return handler(self, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            self.log.error(f"{handler.__name__} failed: {type(err).__name__}: {err}")
+            return ServiceResult.fail(
+                f"internal error in {handler.__name__} ({type(err).__name__}: {err}); "
+                "the node keeps running, see its log"
+            )
+
+    return answer
 
 
 class Segmenter(Protocol):
@@ -75,6 +98,7 @@ def default_segmenter_factory(config: NodeConfig) -> Segmenter:
         input_size=config.input_size or None,
         memory=config.memory,
         memory_checkpoint=(config.memory_checkpoint or None) if config.memory != "none" else None,
+        max_concepts=config.max_concepts,
     )
 
 
@@ -235,7 +259,7 @@ class NodeCore:
         try:
             msg = self._decode(pending.frame)
             image = msg_to_rgb(msg)
-        except FrameError as err:
+        except Exception as err:  # FrameError by contract; whatever a decoder lets through is a bad frame too
             camera.stats.bad_frames += 1
             self._warn(f"bad:{camera_name}:{type(err).__name__}", f"dropping frame on {camera.topic}: {err}")
             return []
@@ -254,13 +278,19 @@ class NodeCore:
         timings = result.timings_ms or {}
         inference_ms = float(timings.get("total", sum(timings.values()) if timings else elapsed_ms))
         header = getattr(msg, "header", None)
-        outputs = [
-            Output(
-                output_topic(camera_name, "instances"),
-                messages.frame_result_to_msg(result, header, self.typestore, inference_ms),
-            )
-        ]
-        outputs += self._extra_images(camera_name, image, result, header)
+        try:
+            outputs = [
+                Output(
+                    output_topic(camera_name, "instances"),
+                    messages.frame_result_to_msg(result, header, self.typestore, inference_ms),
+                )
+            ]
+            outputs += self._extra_images(camera_name, image, result, header)
+        except Exception as err:  # a result that cannot be published costs this frame, not the worker
+            camera.stats.errors += 1
+            camera.stats.last_error = f"{type(err).__name__}: {err}"
+            self._warn(f"publish:{camera_name}", f"could not build the messages for {camera.topic}: {err}")
+            return []
         done = self._clock()
         camera.stats.record(done, (done - pending.arrival) * 1000.0, inference_ms)
         return outputs
@@ -326,6 +356,7 @@ class NodeCore:
         segs = self._segmenters()
         return dict(segs[0].concepts) if segs else {}
 
+    @answers_every_request
     def set_concepts(self, labels: list[str], append: bool = False) -> ServiceResult:
         """Replace (or extend) the concepts on every camera; return their ids in request order."""
         try:
@@ -353,6 +384,7 @@ class NodeCore:
             True, f"{len(ids)} concept(s) {'added' if append else 'set'}", concept_ids=ids, labels=phrases
         )
 
+    @answers_every_request
     def remove_concepts(self, ids: list[int]) -> ServiceResult:
         """Remove concepts by id on every camera."""
         try:
@@ -365,6 +397,7 @@ class NodeCore:
             return ServiceResult.fail(str(err))
         return ServiceResult(True, f"removed {len(wanted)} concept(s)", concept_ids=wanted)
 
+    @answers_every_request
     def list_concepts(self) -> ServiceResult:
         """The active concepts as parallel id/label lists, sorted by id."""
         if not self.cameras:
@@ -376,6 +409,7 @@ class NodeCore:
             True, f"{len(ids)} concept(s)", concept_ids=ids, labels=[concepts[i] for i in ids]
         )
 
+    @answers_every_request
     def add_exemplar(
         self, camera: str, concept_id: int, boxes_flat: list[float], positive: list[bool]
     ) -> ServiceResult:
@@ -394,6 +428,7 @@ class NodeCore:
             return ServiceResult.fail(str(err))
         return ServiceResult(True, f"added {len(flags)} exemplar box(es) to concept {int(concept_id)}")
 
+    @answers_every_request
     def reset_tracking(self, camera: str = "") -> ServiceResult:
         """Forget the tracks of one camera, or of every camera for an empty name."""
         try:
@@ -487,7 +522,7 @@ class NodeCore:
 
 
 def _apply_thresholds(segmenter: Segmenter, config: NodeConfig) -> None:
-    """Push the threshold parameters into the pipeline; a negative one means the model's own."""
+    """Push the threshold parameters (and the concept limit) into the pipeline; a negative threshold means the model's own."""
     from ..modeling.config import OperatingPoint
     from ..tracking.config import TrackingConfig
 
@@ -497,6 +532,7 @@ def _apply_thresholds(segmenter: Segmenter, config: NodeConfig) -> None:
     def own(value: float, name: str) -> float:
         return float(value) if value >= 0 else float(getattr(point, name))
 
+    segmenter.max_concepts = int(config.max_concepts)  # the pipeline enforces it too: keep the two equal
     segmenter.score_threshold = own(config.score_threshold, "score_threshold")
     segmenter.mask_threshold = own(config.mask_threshold, "mask_threshold")
     tracker = getattr(segmenter, "tracker", None)

@@ -22,6 +22,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
@@ -35,7 +36,7 @@ from efficientsam3_ros.srv import AddExemplar, ListConcepts, RemoveConcepts, Res
 
 from . import messages
 from .core import NodeCore
-from .params import PARAMS, ParamSpec
+from .params import PARAMS, ParamSpec, read_values, split_own
 
 NODE_NAME = "concept_segmentation_node"
 _MSG_CLASSES = {
@@ -63,12 +64,13 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
             + ("" if spec.dynamic else " static: change only while unconfigured")
         ).strip(),
     )
-    if spec.kind == "float" and spec.minimum is not None:
+    limits = spec.declared_range()
+    if spec.kind == "float" and limits is not None:
         desc.floating_point_range = [
-            FloatingPointRange(from_value=float(spec.minimum), to_value=float(spec.maximum))
+            FloatingPointRange(from_value=float(limits[0]), to_value=float(limits[1]))
         ]
-    if spec.kind == "int" and spec.minimum is not None:
-        desc.integer_range = [IntegerRange(from_value=int(spec.minimum), to_value=int(spec.maximum), step=1)]
+    if spec.kind == "int" and limits is not None:
+        desc.integer_range = [IntegerRange(from_value=int(limits[0]), to_value=int(limits[1]), step=1)]
     return desc
 
 
@@ -102,18 +104,20 @@ class _Wiring:
                 self.node.declare_parameter(spec.name, spec.default, _descriptor(spec))
 
     def _read_parameters(self) -> dict[str, Any]:
-        values = {}
-        for spec in PARAMS:
-            param = self.node.get_parameter(spec.name)
-            value = param.value
-            if value is None:  # declared by type only and never set
-                value = [] if spec.kind == "str_list" else spec.default
-            values[spec.name] = list(value) if spec.kind == "str_list" else value
-        return values
+        return read_values(self._value_or_none)
+
+    def _value_or_none(self, name: str) -> Any:
+        # a parameter declared by type only and never set raises rather than giving None
+        try:
+            return self.node.get_parameter(name).value
+        except ParameterUninitializedException:
+            return None
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         changes = {p.name: (list(p.value) if isinstance(p.value, (list, tuple)) else p.value) for p in params}
-        changes = {k: ([] if v is None else v) for k, v in changes.items()}
+        changes, _rclpy_own = split_own({k: ([] if v is None else v) for k, v in changes.items()})
+        if not changes:
+            return SetParametersResult(successful=True)
         ok, reason = self.core.set_parameters(changes)
         if ok and "diagnostics_period_s" in changes and self._diag_timer is not None:
             self._start_diagnostics_timer()
@@ -205,11 +209,14 @@ class _Wiring:
     # ------------------------------------------------------------------ work
     def _work(self) -> None:
         while not self._stop.is_set():
-            outputs = self.core.process_next(timeout=0.1)
-            for out in outputs or []:
-                pub = self._publishers.get(out.topic)
-                if pub is not None:
-                    pub.publish(messages.serialize(out.msg, self.core.typestore))
+            try:
+                outputs = self.core.process_next(timeout=0.1)
+                for out in outputs or []:
+                    pub = self._publishers.get(out.topic)
+                    if pub is not None:
+                        pub.publish(messages.serialize(out.msg, self.core.typestore))
+            except Exception as err:  # noqa: BLE001 - the worker must outlive any one frame
+                self.node.get_logger().error(f"frame worker: {type(err).__name__}: {err}")
 
     def _start_diagnostics_timer(self) -> None:
         if self._diag_timer is not None:

@@ -8,6 +8,7 @@ them while configured; the lifecycle way is deactivate -> cleanup -> set -> conf
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,17 @@ class ParamSpec:
         if self.choices and value not in self.choices:
             return f"{self.name} must be one of {list(self.choices)}, got {value!r}"
         return None
+
+    def declared_range(self) -> tuple[float, float] | None:
+        """The range to declare to ROS: the limits, widened down to -1 where -1 means "the model's own".
+
+        rclpy refuses a default outside the declared range, and -1 is the default of every
+        ``model_default`` parameter; values between -1 and the minimum are still refused by
+        :meth:`validate` (the node's parameter callback).
+        """
+        if self.minimum is None or self.maximum is None:
+            return None
+        return (-1 if self.model_default else self.minimum), self.maximum
 
     @property
     def range_text(self) -> str:
@@ -155,8 +167,9 @@ PARAMS: tuple[ParamSpec, ...] = (
         "Minimum instance score to publish; -1: the model's own operating point (SAM3's 0.5 unless "
         "the model carries another, e.g. the demo model's 0.1).",
         dynamic=True,
-        minimum=-1.0,
+        minimum=0.0,
         maximum=1.0,
+        model_default=True,
     ),
     ParamSpec(
         "mask_threshold",
@@ -176,8 +189,9 @@ PARAMS: tuple[ParamSpec, ...] = (
         "Score a detection needs to start a new track; -1: the model's own operating point "
         "(SAM3 video's 0.7 unless the model carries another).",
         dynamic=True,
-        minimum=-1.0,
+        minimum=0.0,
         maximum=1.0,
+        model_default=True,
     ),
     ParamSpec(
         "track_match_iou",
@@ -266,7 +280,7 @@ PARAMS: tuple[ParamSpec, ...] = (
         "Longest accepted concept phrase in characters.",
         dynamic=True,
         minimum=1,
-        maximum=1024,
+        maximum=200,  # the tokenizer's own limit (modeling.tokenizer.MAX_PHRASE_CHARS; a test keeps them equal)
     ),
     ParamSpec(
         "max_exemplar_boxes",
@@ -297,6 +311,31 @@ BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
 def defaults() -> dict[str, Any]:
     """Return every parameter's default value (lists copied)."""
     return {p.name: (list(p.default) if isinstance(p.default, list) else p.default) for p in PARAMS}
+
+
+def split_own(changes: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a parameter change into the node's own parameters and those rclpy owns.
+
+    rclpy declares parameters of its own on every node (``use_sim_time``, ``qos_overrides.*``);
+    a change to them reaches our callback too, and refusing it would fail the whole set
+    (``ros2 param set ... use_sim_time true``, ``ros2 param load`` of a dump).
+    """
+    own = {k: v for k, v in changes.items() if k in BY_NAME}
+    return own, {k: v for k, v in changes.items() if k not in BY_NAME}
+
+
+def read_values(get_value: Callable[[str], Any]) -> dict[str, Any]:
+    """Every parameter's value from ``get_value(name)``; None (declared by type only, never set) is the default.
+
+    Lists come back as lists (rclpy gives arrays).
+    """
+    values = {}
+    for spec in PARAMS:
+        value = get_value(spec.name)
+        if value is None:
+            value = list(spec.default) if spec.kind == "str_list" else spec.default
+        values[spec.name] = list(value) if spec.kind == "str_list" else value
+    return values
 
 
 def validate(values: dict[str, Any]) -> list[str]:

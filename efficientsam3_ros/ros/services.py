@@ -66,8 +66,8 @@ def validate_phrases(
 
 
 def validate_concept_ids(ids: Iterable[int], known: Iterable[int]) -> list[int]:
-    """Return the ids as ints, or raise when the list is empty or names an unknown concept."""
-    wanted = [int(i) for i in ids]
+    """Return the ids as ints, each once in request order; raise when the list is empty or names an unknown concept."""
+    wanted = list(dict.fromkeys(int(i) for i in ids))  # [1, 1] removes concept 1 once
     if not wanted:
         raise ServiceInputError("no concept ids given")
     unknown = sorted(set(wanted) - set(int(k) for k in known))
