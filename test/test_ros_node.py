@@ -96,6 +96,11 @@ def test_plain_node_segments_published_images_and_answers_services(ros):
         assert result.successful
         result = node.set_parameters([Parameter("model", value="es-rv-s")])[0]
         assert not result.successful
+        # rclpy's own parameter: left to rclpy, not refused as unknown
+        assert node.set_parameters([Parameter("use_sim_time", value=True)])[0].successful
+        # -1 ("the model's own") lies in the declared range; the gap below the minimum does not
+        assert node.set_parameters([Parameter("mask_threshold", value=-1.0)])[0].successful
+        assert not node.set_parameters([Parameter("mask_threshold", value=-0.5)])[0].successful
     finally:
         node.wiring.shutdown()
         executor.shutdown()
