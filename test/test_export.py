@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -168,6 +169,67 @@ def test_onnx_cache_exports_once_and_rekeys_on_new_weights(tiny_model, tmp_path,
     assert onnx_cache.weights_sha256(tiny_model) == original
 
 
+def test_graph_cache_key_follows_transformers_version(tiny_model, monkeypatch):
+    """Graphs are traces of transformers' SAM3 code and our wrappers: an upgrade of either re-exports
+    (and so, through the graph sha256, rebuilds TensorRT engines)."""
+    import transformers
+
+    import efficientsam3_ros
+
+    key = onnx_cache.graph_cache_key(tiny_model, opset=18, exporter="torchscript", weights="w")
+    monkeypatch.setattr(transformers, "__version__", "5.99.0")
+    upgraded = onnx_cache.graph_cache_key(tiny_model, opset=18, exporter="torchscript", weights="w")
+    assert upgraded != key
+    monkeypatch.setattr(efficientsam3_ros, "__version__", "9.9.9")
+    assert onnx_cache.graph_cache_key(tiny_model, opset=18, exporter="torchscript", weights="w") != upgraded
+
+
+def _export_worker(out: str, reference: str, barrier: Any, results: Any) -> None:
+    """One of two processes exporting text_encoder into one folder (spawned: module-level).
+
+    Its torch.onnx.export copies a finished graph, then waits for the other process, so both
+    are between writing their temporary file and renaming it at the same time.
+    """
+    import shutil
+
+    from efficientsam3_ros.modeling import build_model
+
+    torch.set_num_threads(1)
+
+    def slow_export(module: Any, inputs: Any, f: str, **_: Any) -> None:
+        shutil.copyfile(reference, f)
+        barrier.wait(timeout=120)
+
+    torch.onnx.export = slow_export  # this child process only
+    try:
+        model = build_model("es-ev-tiny")
+        export_graph(get_graph("text_encoder"), model, Path(out) / "text_encoder.onnx")
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which asserts on it
+        results.put(f"failed: {type(exc).__name__}: {exc}")
+
+
+def test_concurrent_exports_into_one_folder_both_succeed(exported, tmp_path):
+    """Two nodes starting on one empty cache export the same graph at once: both must succeed
+    (a shared temporary name let one rename or check the other's file away) and leave one graph."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    out = tmp_path / "cache"
+    out.mkdir()
+    args = (str(out), str(exported["text_encoder"]), barrier, results)
+    workers = [ctx.Process(target=_export_worker, args=args) for _ in range(2)]
+    for w in workers:
+        w.start()
+    outcomes = [results.get(timeout=300) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+    assert outcomes == ["ok", "ok"]
+    check_graph(out / "text_encoder.onnx", get_graph("text_encoder"))
+    assert [p.name for p in out.iterdir()] == ["text_encoder.onnx"]  # no temporary file left
+
+
 def test_opset_below_17_is_refused(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="opset"):
         export_graph(get_graph("text_encoder"), tiny_model, tmp_path / "t.onnx", opset=16)
@@ -220,6 +282,121 @@ def test_export_command_without_tensorrt_names_the_fix(tmp_path, capsys):
     assert _cli(["--model", "es-ev-tiny", "--out", str(tmp_path), "--format", "tensorrt"]) == 2
     err = capsys.readouterr().err.strip()
     assert "tensorrt" in err.lower() and ("pip install" in err or "GPU" in err) and "\n" not in err
+
+
+def test_tensorrt_backend_reuses_the_export_folders_graphs_and_engines(
+    tiny_model, tmp_path, monkeypatch, capsys
+):
+    """`export --format tensorrt --out DIR`, then RuntimeOptions(onnx_dir=DIR): the backend runs DIR's
+    graphs and engines, exporting and building nothing (CPU stand-in: TensorRT and the GPU are faked)."""
+    import dataclasses
+    import json
+    import sys
+    import types
+
+    from efficientsam3_ros.runtime import RuntimeOptions, trt_backend
+
+    fake_trt = types.ModuleType("tensorrt")
+    fake_trt.__version__ = "10.99.0"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: fake_trt)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    built: list[str] = []
+
+    def fake_build(path: Path, precision: str, shapes: Any, timing: Path | None = None) -> bytes:
+        built.append(Path(path).stem)
+        return f"{Path(path).stem} {precision} {sorted(shapes)}".encode()
+
+    class FakeRunner:
+        def __init__(self, data: bytes, device: torch.device):
+            self.data = data
+
+    monkeypatch.setattr(trt_backend, "build_engine", fake_build)
+    monkeypatch.setattr(trt_backend, "TrtRunner", FakeRunner)
+    out = tmp_path / "exported"
+    argv = ["--model", "es-ev-tiny", "--out", str(out), "--format", "tensorrt", "--precision", "fp16"]
+    assert _cli([*argv, "--max-concepts", "8", "--opt-concepts", "2", "--no-parity"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert sorted(built) == sorted(DETECTOR_GRAPHS)
+    engines = {
+        g: (out / "engines" / f).read_bytes()
+        for g, f in json.loads((out / "manifest.json").read_text())["engines"].items()
+    }
+    built.clear()
+
+    def no_export(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the export folder's graphs were exported again")
+
+    monkeypatch.setattr(onnx_cache, "export_graph", no_export)
+    options = RuntimeOptions(
+        onnx_dir=out, cache_dir=tmp_path / "cache", precision="fp16", max_concepts=8, opt_concepts=2
+    )
+    backend = trt_backend.TensorRTBackend(tiny_model, options)
+    assert built == []  # every engine came from the export folder
+    assert {g: r.data for g, r in backend.runners.items()} == engines
+    assert not (tmp_path / "cache").exists()
+    # another concept profile: the graphs with a concept axis get new engines, kept beside the export's
+    trt_backend.TensorRTBackend(tiny_model, dataclasses.replace(options, max_concepts=4))
+    with_concepts = sorted(g for g in DETECTOR_GRAPHS if get_graph(g).dynamic_inputs)
+    assert sorted(built) == with_concepts == ["detector", "text_encoder"]
+    assert len(list((out / "engines").glob("*.engine"))) == len(DETECTOR_GRAPHS) + len(with_concepts)
+
+
+def test_an_export_folder_serves_only_the_model_it_was_exported_from(
+    tiny_model, tmp_path, monkeypatch, capsys
+):
+    """A graph carries its weights: an export of other weights or another input size must not run instead."""
+    from efficientsam3_ros.modeling import build_model
+    from efficientsam3_ros.runtime import RuntimeOptions
+    from efficientsam3_ros.runtime.ort_backend import OnnxRuntimeBackend
+
+    out = tmp_path / "exported"
+    assert _cli(["--model", "es-ev-tiny", "--out", str(out), "--no-parity"]) == 0, capsys.readouterr().err
+
+    def no_export(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the export folder's graphs were exported again")
+
+    monkeypatch.setattr(onnx_cache, "export_graph", no_export)
+    options = RuntimeOptions(onnx_dir=out, cache_dir=tmp_path / "cache")
+    ids, mask = tiny_model.tokenize(["red mug"])
+    assert OnnxRuntimeBackend(tiny_model, options).encode_text(ids, mask).shape[0] == 1  # the same weights
+    torch.manual_seed(1)
+    with pytest.raises(ValueError, match="other weights"):
+        OnnxRuntimeBackend(build_model("es-ev-tiny"), options)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="not 56 px"):
+        OnnxRuntimeBackend(build_model("es-ev-tiny", input_size=56), options)
+    detector = out / "detector.onnx"
+    detector.write_bytes(detector.read_bytes()[:-10])  # a truncated copy
+    with pytest.raises(ValueError, match="differs from the one"):
+        OnnxRuntimeBackend(tiny_model, options)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tensorrt_backend_runs_the_engines_export_built(tiny_model, tmp_path, monkeypatch, capsys):
+    """Real TensorRT: the export's engines are the ones the backend runs (none rebuilt), and they match torch."""
+    pytest.importorskip("tensorrt", reason="needs TensorRT (pip install tensorrt)")
+    from efficientsam3_ros.runtime import RuntimeOptions, trt_backend
+    from efficientsam3_ros.runtime.torch_backend import TorchBackend
+
+    out = tmp_path / "exported"
+    argv = ["--model", "es-ev-tiny", "--out", str(out), "--format", "tensorrt", "--precision", "fp32"]
+    assert _cli([*argv, "--max-concepts", "4", "--opt-concepts", "2"]) == 0, capsys.readouterr().err
+
+    def no_build(*args: Any, **kwargs: Any) -> bytes:
+        raise AssertionError("an engine the export built was built again")
+
+    monkeypatch.setattr(trt_backend, "build_engine", no_build)
+    options = RuntimeOptions(
+        onnx_dir=out, cache_dir=tmp_path / "cache", precision="fp32", max_concepts=4, opt_concepts=2
+    )
+    backend = trt_backend.TensorRTBackend(tiny_model, options)
+    ids, mask = tiny_model.tokenize(["red mug", "person"])
+    torch.testing.assert_close(
+        backend.encode_text(ids, mask), TorchBackend(tiny_model).encode_text(ids, mask), rtol=1e-3, atol=1e-4
+    )
 
 
 def test_parity_check_detects_a_wrong_graph(tiny_model):

@@ -173,3 +173,29 @@ def test_memory_parameter_is_static_validated_and_reaches_the_segmenter(monkeypa
     assert (seen["memory"], seen["memory_checkpoint"]) == ("perceiver", tracker)
     core.default_segmenter_factory(params.NodeConfig.from_values({"memory_checkpoint": tracker}))
     assert seen["memory_checkpoint"] is None  # memory none: the file is not loaded
+
+
+def test_runtime_parameters_reach_the_backends_options(monkeypatch):
+    """precision, onnx_dir (an `efficientsam3 export` folder) and cache_dir become the RuntimeOptions."""
+    from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
+    from efficientsam3_ros.ros import core
+
+    seen: dict = {}
+    monkeypatch.setattr(ConceptSegmenter, "from_name", classmethod(lambda cls, name, **kw: seen.update(kw)))
+    core.default_segmenter_factory(params.NodeConfig.from_values({}))
+    options = seen["options"]
+    assert (options.precision, options.onnx_dir, options.cache_dir) == ("fp16", None, None)
+    assert options.max_concepts == seen["max_concepts"] == params.BY_NAME["max_concepts"].default
+    values = {"precision": "fp32", "onnx_dir": "/opt/export", "cache_dir": "/data/cache", "max_concepts": 2}
+    core.default_segmenter_factory(params.NodeConfig.from_values(values))
+    options = seen["options"]
+    assert (options.precision, str(options.onnx_dir), str(options.cache_dir)) == (
+        "fp32",
+        "/opt/export",
+        "/data/cache",
+    )
+    assert (options.max_concepts, options.opt_concepts) == (
+        2,
+        2,
+    )  # the TensorRT profile covers what the node allows
+    assert params.validate({"precision": "int8"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,6 +241,119 @@ def test_backend_failing_mid_run_hands_over_to_the_next(tiny_model, frame, caplo
     assert "handing over" in caplog.text
 
 
+class DeadCudaTensor(torch.Tensor):
+    """Stands in for a CUDA tensor after a lasting CUDA error: every op on it, a copy included, raises."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+class DeadGpuBackend(Backend):
+    """A GPU backend whose context died: its image features are unreadable, its detector raises."""
+
+    name = "tensorrt"
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
+        return ImageFeatures(tuple(torch.zeros(1).as_subclass(DeadCudaTensor) for _ in range(3)))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return TorchBackend(self.model).encode_text(input_ids, attention_mask)
+
+    def run_detector(self, features, embeds, mask):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_dead_gpu_inputs_lose_one_frame_not_the_next_backend(tiny_model, frame, tmp_path, caplog):
+    """The dead GPU's features cannot be copied to the CPU: that frame is lost (raised), but
+    onnxruntime-cpu, which never got them, is not blamed and closed, and serves the next frame."""
+    from efficientsam3_ros.runtime.ort_backend import OnnxRuntimeBackend
+
+    pixels, ids, mask, _ = frame
+    options = RuntimeOptions(cache_dir=tmp_path)
+    chain = FallbackChain(
+        [
+            ("tensorrt", lambda: DeadGpuBackend(tiny_model)),
+            ("onnxruntime-cpu", lambda: OnnxRuntimeBackend(tiny_model, options, "cpu")),
+            ("torch-cpu", lambda: pytest.fail("onnxruntime-cpu was blamed for the dead GPU's tensors")),
+        ]
+    )
+    embeds = chain.encode_text(ids, mask)
+    feats = chain.encode_image(pixels)
+    with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError, match="call is lost.*onnxruntime-cpu"):
+        chain.detect(feats, embeds, mask)
+    info = chain.info
+    assert info["backend"] == "onnxruntime-cpu" and info["remaining"] == ["torch-cpu"]
+    assert len(info["fallbacks"]) == 1 and info["fallbacks"][0].startswith("tensorrt: failed at run time")
+    _run(chain, frame)  # the next frame works on onnxruntime-cpu
+    assert chain.info["backend"] == "onnxruntime-cpu" and len(chain.info["fallbacks"]) == 1
+
+
+def test_hand_over_retries_with_the_inputs_on_the_cpu(tiny_model, frame):
+    """A readable input (a GPU that ran out of memory) reaches the next backend as a CPU copy."""
+    seen: list[torch.device] = []
+
+    class Recording(TorchBackend):
+        def run_detector(self, features, embeds, mask):
+            seen.extend([*(f.device for f in features.fpn), embeds.device, mask.device])
+            return super().run_detector(features, embeds, mask)
+
+    class OnMeta(ImageFeatures):  # stands in for features left on a GPU: .to("cpu") gives real ones
+        def to(self, device, dtype=None):
+            return real.to(device, dtype)
+
+    pixels, ids, mask, ref = frame
+    cpu = TorchBackend(tiny_model)
+    real = cpu.encode_image(pixels)
+    flaky = FlakyBackend(cpu, ok_calls=0)
+    chain = FallbackChain([("flaky-gpu", lambda: flaky), ("torch-cpu", lambda: Recording(tiny_model))])
+    out = chain.detect(OnMeta(tuple(f.to("meta") for f in real.fpn)), cpu.encode_text(ids, mask), mask)
+    torch.testing.assert_close(out.pred_logits, ref.pred_logits, rtol=1e-3, atol=1e-4)
+    assert seen and all(d.type == "cpu" for d in seen)
+
+
+def test_torch_cpu_detects_on_half_features_from_torch_cuda(tiny_model, frame):
+    """torch-cuda under fp16 autocast hands over half features; the fp32 CPU backend must take them."""
+    pixels, ids, mask, _ = frame
+    cpu = TorchBackend(tiny_model, device="cpu")
+    feats, embeds = cpu.encode_image(pixels), cpu.encode_text(ids, mask)
+    ref = cpu.detect(feats, embeds, mask)
+    half = ImageFeatures(tuple(f.half() for f in feats.fpn), feats.trunk.half())
+    out = cpu.detect(half, embeds, mask)
+    torch.testing.assert_close(out.pred_logits, ref.pred_logits, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(out.pred_boxes, ref.pred_boxes, atol=5e-2, rtol=5e-2)
+
+
+def test_ort_tensorrt_engine_cache_differs_per_weights(tmp_path):
+    """ORT's TensorRT EP names engines by file name and node names, not weights: two checkpoints
+    (same graph names) must get two engine folders; one graph, one setting, one folder."""
+    from efficientsam3_ros.modeling import build_model
+    from efficientsam3_ros.runtime.onnx_cache import cached_graphs
+    from efficientsam3_ros.runtime.ort_backend import ort_tensorrt_options
+
+    options = RuntimeOptions(cache_dir=tmp_path / "cache")
+    found = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model("es-ev-tiny")
+        path = cached_graphs(model, ["text_encoder"], tmp_path / "graphs")["text_encoder"]
+        found.append((model, path, ort_tensorrt_options("text_encoder", path, model, options)))
+    (m0, p0, a), (_, p1, b) = found
+    assert p0.name == p1.name and p0.read_bytes() != p1.read_bytes()
+    assert a["trt_engine_cache_path"] != b["trt_engine_cache_path"]
+    assert Path(a["trt_engine_cache_path"]).is_dir()  # made, parents and all
+    assert a["trt_timing_cache_path"] == b["trt_timing_cache_path"]  # kernel timings are shared
+    assert ort_tensorrt_options("text_encoder", p0, m0, options) == a
+    fp32 = dataclasses.replace(options, precision="fp32")
+    assert (
+        ort_tensorrt_options("text_encoder", p0, m0, fp32)["trt_engine_cache_path"]
+        != a["trt_engine_cache_path"]
+    )
+
+
 def test_exemplar_boxes_give_the_model_result_on_every_backend(tiny_model, frame, tmp_path):
     """Box prompts run the (not exported) geometry encoder through PyTorch, from any backend."""
     from efficientsam3_ros.runtime.ort_backend import OnnxRuntimeBackend
@@ -332,3 +446,38 @@ def test_tensorrt_backend_builds_caches_and_matches(tiny_model, frame, tmp_path)
     assert len(engines) == 3
     TensorRTBackend(tiny_model, options)  # reuses the cache
     assert sorted(p.name for p in (tmp_path / "engines").glob("*.engine")) == engines
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_torch_cuda_fp16_hands_over_to_torch_cpu_within_the_frame(tiny_model, frame):
+    """Real half CUDA features (fp16 autocast) reach torch-cpu after torch-cuda fails in detect."""
+    pixels, ids, mask, ref = frame
+    cuda = TorchBackend(tiny_model, RuntimeOptions(precision="fp16"), device="cuda")
+    flaky = FlakyBackend(cuda, ok_calls=2)  # encode_image + encode_text on the GPU, detect fails
+    chain = FallbackChain([("torch-cuda", lambda: flaky), ("torch-cpu", lambda: TorchBackend(tiny_model))])
+    feats = chain.encode_image(pixels)
+    assert feats.device.type == "cuda" and feats.fpn[0].dtype == torch.float16
+    out = chain.detect(feats, chain.encode_text(ids, mask), mask)
+    assert chain.info["backend"] == "torch-cpu"
+    torch.testing.assert_close(out.pred_logits, ref.pred_logits, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_onnxruntime_tensorrt_engines_follow_the_weights(tmp_path):
+    """Two checkpoints, one cache: each onnxruntime-tensorrt backend runs its own weights' engine."""
+    ort = pytest.importorskip("onnxruntime")
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime without TensorrtExecutionProvider (onnxruntime-gpu + TensorRT libraries)")
+    from efficientsam3_ros.modeling import build_model
+    from efficientsam3_ros.runtime.ort_backend import OnnxRuntimeBackend
+
+    options = RuntimeOptions(cache_dir=tmp_path, precision="fp32", max_concepts=4, opt_concepts=2)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model("es-ev-tiny")
+        ids, mask = model.tokenize(["red mug", "person"])
+        got = OnnxRuntimeBackend(model, options, provider="tensorrt").encode_text(ids, mask)
+        torch.testing.assert_close(got, TorchBackend(model).encode_text(ids, mask), rtol=1e-2, atol=1e-3)
+    assert len(list((tmp_path / "ort_trt").glob("text_encoder-*"))) == 2

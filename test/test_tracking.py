@@ -182,6 +182,22 @@ def test_associate_last_mask_rescues_a_rough_propagation():
         ]
 
 
+def test_matched_track_keeps_its_mask_when_memory_gives_an_empty_one():
+    """associate_last_mask matches the detection against the last mask while the memory lost the
+    object (empty propagated mask): the track reports the detection's mask, not an empty one with
+    box [0,0,0,0], and keeps it, so the same detection next frame continues it (no duplicate id)."""
+    empty = {1: (np.zeros(SHAPE, bool), 0.2)}
+    trk = ConceptTracker(TrackingConfig(associate_last_mask=True))
+    trk.update([det(A)])
+    (inst,) = trk.update([det(A)], propagated=empty).instances
+    assert (inst.track_id, inst.state) == (1, TrackState.TRACKED)
+    np.testing.assert_array_equal(inst.mask, A)
+    np.testing.assert_array_equal(inst.box_xyxy, box_from_mask(A))
+    up = trk.update([det(A)], propagated=empty)
+    assert [(i.track_id, i.state) for i in up.instances] == [(1, TrackState.TRACKED)]
+    assert trk.track_ids() == [1] and trk.stats.births == 1
+
+
 def test_output_mask_source():
     prop = rect(0, 0, 10, 9)  # IoU with A_SHIFT = 80 / 110, below recondition_iou
     trk = ConceptTracker()

@@ -89,7 +89,16 @@ SegmenterFactory = Callable[[NodeConfig], Segmenter]
 def default_segmenter_factory(config: NodeConfig) -> Segmenter:
     """Load the pipeline's ConceptSegmenter as the parameters say (imported lazily: it pulls in torch)."""
     from ..pipeline import ConceptSegmenter
+    from ..runtime import RuntimeOptions
 
+    options = RuntimeOptions(
+        precision=config.precision,
+        onnx_dir=config.onnx_dir or None,
+        cache_dir=config.cache_dir or None,
+        # TensorRT's concept profile covers what the node allows (more concepts run in chunks)
+        max_concepts=config.max_concepts,
+        opt_concepts=min(RuntimeOptions.opt_concepts, config.max_concepts),
+    )
     return ConceptSegmenter.from_name(
         config.model,
         checkpoint=config.checkpoint or None,
@@ -99,6 +108,7 @@ def default_segmenter_factory(config: NodeConfig) -> Segmenter:
         memory=config.memory,
         memory_checkpoint=(config.memory_checkpoint or None) if config.memory != "none" else None,
         max_concepts=config.max_concepts,
+        options=options,
     )
 
 

@@ -122,6 +122,28 @@ PARAMS: tuple[ParamSpec, ...] = (
         "Stage-2 tracker file for memory (e.g. the demo's models/demo/tracker.safetensors); "
         "empty: random tracker weights, whose propagated masks are noise.",
     ),
+    ParamSpec(
+        "precision",
+        "str",
+        "fp16",
+        "GPU backends' precision (TensorRT engines, CUDA autocast); CPU backends always run fp32.",
+        choices=("fp16", "fp32"),
+    ),
+    ParamSpec(
+        "onnx_dir",
+        "str",
+        "",
+        "Folder written by `efficientsam3 export` (ONNX graphs, TensorRT engines) to run from; empty: "
+        "graphs are exported into cache_dir on first use. Engines are reused when built at this "
+        "precision and max_concepts.",
+    ),
+    ParamSpec(
+        "cache_dir",
+        "str",
+        "",
+        "Where exported graphs and built TensorRT engines are kept between starts; empty: "
+        "~/.cache/efficientsam3_ros.",
+    ),
     # inputs (static)
     ParamSpec(
         "image_topics",

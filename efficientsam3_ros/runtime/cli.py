@@ -6,9 +6,14 @@
 writes ``<out>/{image_encoder,text_encoder,detector}.onnx`` (``--graphs tracker_step,...`` adds the
 memory tracker's graphs, static at ``--tracks`` tracks; ``--tracker-checkpoint`` a stage-2 file, else random weights) (+ ``engines/`` for
 ``--format tensorrt``) and ``<out>/manifest.json``, then runs every graph on random inputs
-against the PyTorch modules and prints max abs / relative error per output. The node loads
-the folder with the ``onnx_dir`` option. Exit codes: 0 ok, 1 parity above tolerance,
-2 bad arguments or a missing dependency (one line naming the fix).
+against the PyTorch modules and prints max abs / relative error per output. Python code loads
+the folder with ``RuntimeOptions(onnx_dir=<out>)`` (e.g. ``ConceptSegmenter.from_name(...,
+options=...)``): the onnxruntime and tensorrt backends read its graphs instead of exporting
+into the cache, and the tensorrt backend its ``engines/`` (reused when its precision and
+concept profile match ``--precision``/``--max-concepts``/``--opt-concepts``; any other is
+built and added there). The ROS node and ``eval-bag`` have no parameter for it yet: they
+export into, and build engines in, ``~/.cache/efficientsam3_ros``. Exit codes: 0 ok,
+1 parity above tolerance, 2 bad arguments or a missing dependency (one line naming the fix).
 """
 
 from __future__ import annotations
@@ -153,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..modeling import build_model
     from .export import export_graph, format_parity, parity_check
     from .graphs import get_graph
-    from .onnx_cache import file_sha256
+    from .onnx_cache import file_sha256, weights_sha256
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -206,6 +211,7 @@ def _run(args: argparse.Namespace) -> int:
         "engines": engines,
         "parity": [r.__dict__ for r in rows],
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "weights_sha256": weights_sha256(model),  # what a backend given this folder checks
         "tracker": (
             {
                 "memory": args.memory,
@@ -255,20 +261,20 @@ def _trt_runners(paths: dict[str, Path], args: argparse.Namespace) -> tuple[dict
     import torch
     from tqdm import tqdm
 
-    from .engine_cache import EngineCache, EngineKey
-    from .onnx_cache import file_sha256
-    from .trt_backend import TrtRunner, build_engine, profile_shapes, profile_string
+    from .engine_cache import EngineCache
+    from .trt_backend import TrtRunner, build_engine, engine_key, profile_shapes, timing_cache_path
 
     device = torch.device("cuda")
     gpu = torch.cuda.get_device_name(device)
+    # The layout and keys TensorRTBackend reads with RuntimeOptions(onnx_dir=args.out).
     cache = EngineCache(args.out / "engines")
-    timing = args.out / "engines" / "timing.cache"
+    timing = timing_cache_path(args.out / "engines", trt.__version__, gpu)
     runners, engines = {}, {}
     for name, path in tqdm(
         paths.items(), desc=f"build TensorRT {args.precision}", unit="engine", file=sys.stderr
     ):
         shapes = profile_shapes(path, name, 1, args.opt_concepts, args.max_concepts)
-        key = EngineKey(file_sha256(path), trt.__version__, gpu, args.precision, profile_string(shapes))
+        key = engine_key(path, shapes, trt.__version__, gpu, args.precision)
         data, _ = cache.get_or_build(
             name, key, lambda p=path, s=shapes: build_engine(p, args.precision, s, timing)
         )

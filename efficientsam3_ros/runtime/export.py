@@ -9,6 +9,8 @@ is kept as an option for when the TorchScript path is removed from torch.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,24 +50,39 @@ def export_graph(
     module = spec.build(model).eval()
     inputs = spec.example_inputs(model, num_concepts)
     input_names = spec.inputs_for(model)
-    tmp = path.with_suffix(".tmp.onnx")
+    tmp = _temporary_path(path)
     graph_io = dict(
         input_names=list(input_names),
         output_names=list(spec.output_names),
         dynamic_axes=spec.dynamic_axes or None,
         opset_version=opset,
     )
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about python ints: shapes are static by design
-        if exporter == "torchscript":
-            torch.onnx.export(module, inputs, str(tmp), **graph_io, do_constant_folding=True, dynamo=False)
-        elif exporter == "dynamo":
-            torch.onnx.export(module, inputs, str(tmp), **graph_io, dynamo=True, external_data=False)
-        else:
-            raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
-    check_graph(tmp, spec, input_names)
-    tmp.replace(path)
+    if exporter not in ("torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about python ints: shapes are static by design
+            if exporter == "torchscript":
+                torch.onnx.export(
+                    module, inputs, str(tmp), **graph_io, do_constant_folding=True, dynamo=False
+                )
+            else:
+                torch.onnx.export(module, inputs, str(tmp), **graph_io, dynamo=True, external_data=False)
+        check_graph(tmp, spec, input_names)
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed or interrupted export leaves no half-written file
     return path
+
+
+def _temporary_path(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other exporter uses (pid + random).
+
+    Two processes exporting into one folder (two nodes starting on one cache) each write their
+    own file and rename it into place; one fixed name let one process rename, truncate or
+    check the other's half-written graph (the engine cache's writes work the same way).
+    """
+    return path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.onnx")
 
 
 def check_graph(

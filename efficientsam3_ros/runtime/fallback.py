@@ -4,8 +4,10 @@ A robot should degrade, not die: ``select_backend("auto", model)`` walks
 tensorrt -> onnxruntime-cuda -> torch-cuda -> onnxruntime-cpu -> torch-cpu, takes the
 first that starts, and remembers why each earlier one was skipped. If the chosen backend
 raises at run time (CUDA out of memory, a driver reset, an engine that fails to
-execute), the chain logs a warning, moves to the next backend and retries the same call,
-so the node keeps publishing. ``info`` exposes the choice and every fall-back reason for
+execute), the chain logs a warning, moves to the next backend and retries the same call
+with its inputs copied to the CPU, so the node keeps publishing. If those inputs were
+left unreadable by the failed GPU (a lasting CUDA error), that one call is lost (raised),
+not the next backend. ``info`` exposes the choice and every fall-back reason for
 the node's diagnostics.
 
 Caller errors (``ValueError``/``TypeError``: wrong shapes, bad arguments) are re-raised
@@ -125,18 +127,39 @@ class FallbackChain(Backend):
                 raise
             except Exception as exc:
                 with self._lock:
-                    if self.active is not backend:  # another thread already moved on
-                        continue
-                    if not self._pending:
-                        raise
-                    reason = f"{backend.name}: failed at run time in {method} ({type(exc).__name__}: {exc})"
-                    self._fallbacks.append(reason)
-                    log.warning("backend %s; handing over to the next backend", reason)
-                    try:
-                        backend.close()
-                    except Exception:  # noqa: BLE001 - a broken backend may fail to close too
-                        log.debug("closing %s failed", backend.name, exc_info=True)
-                    self._advance()
+                    if self.active is backend:  # else another thread already moved on
+                        if not self._pending:
+                            raise
+                        self._hand_over(backend, method, exc)
+                args = self._inputs_for_next(method, args, exc)
+
+    def _hand_over(self, backend: Backend, method: str, exc: Exception) -> None:
+        """Record why ``backend`` failed, close it and start the next candidate (under the lock)."""
+        reason = f"{backend.name}: failed at run time in {method} ({type(exc).__name__}: {exc})"
+        self._fallbacks.append(reason)
+        log.warning("backend %s; handing over to the next backend", reason)
+        try:
+            backend.close()
+        except Exception:  # noqa: BLE001 - a broken backend may fail to close too
+            log.debug("closing %s failed", backend.name, exc_info=True)
+        self._advance()
+
+    def _inputs_for_next(self, method: str, args: tuple[Any, ...], exc: Exception) -> tuple[Any, ...]:
+        """The retried call's inputs, copied to the CPU, where every backend can read them.
+
+        They may be outputs of the backend that just failed (image features on its GPU). After a
+        lasting CUDA error they cannot be read at all; passed on as they are, the next backend
+        would fail on them and be blamed and closed in turn, down to the last one. So the copy is
+        made here: if it fails, the inputs are dead and this call is lost (re-raised for the
+        caller to count); the new backend, blameless, serves the next call.
+        """
+        try:
+            return tuple(_on_cpu(a) for a in args)
+        except Exception as copy_exc:
+            raise RuntimeError(
+                f"{method}: its inputs were left unreadable by the failed backend ({copy_exc}); "
+                f"this call is lost, the next one runs on {self.name}"
+            ) from exc
 
     # ---------------------------------------------------------------- Backend API
     @property
@@ -177,6 +200,13 @@ class FallbackChain(Backend):
     def close(self) -> None:
         if self.active is not None:
             self.active.close()
+
+
+def _on_cpu(value: Any) -> Any:
+    """A call input on the CPU (tensors, image features; anything else as it is), dtype kept."""
+    if isinstance(value, (torch.Tensor, ImageFeatures)):
+        return value.to("cpu")
+    return value
 
 
 def select_backend(

@@ -3,8 +3,11 @@
 Exporting the detector of a full-size model takes tens of seconds; a robot restarts often.
 Graphs are stored under ``<cache>/onnx/<model>-<size>-<key>/<graph>.onnx`` where the key
 hashes everything that changes the graph: model name, full config, the weights, input
-size, opset, exporter and torch version. A changed checkpoint therefore never reuses a
-stale graph, and an unchanged one never re-exports.
+size, opset, exporter, the torch and transformers versions (a graph is a trace of
+transformers' SAM3 modules run by torch) and this package's version and graph revision
+(its wrappers). A changed checkpoint or an upgrade therefore never reuses a stale graph
+(nor, through the graph file's sha256, a stale TensorRT engine), and an unchanged setup
+never re-exports.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+import transformers
+
+import efficientsam3_ros
 
 from ..modeling.efficientsam3 import EfficientSam3Model
 from .export import DEFAULT_OPSET, export_graph
@@ -50,6 +56,8 @@ def graph_cache_key(
         "opset": opset,
         "exporter": exporter,
         "torch": torch.__version__,
+        "transformers": transformers.__version__,  # the traced SAM3 modules are transformers' code
+        "package": efficientsam3_ros.__version__,  # the graph wrappers are ours
         "graphs_revision": GRAPHS_REVISION,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -77,17 +85,61 @@ def cached_graphs(
     return paths
 
 
-def graphs_from_dir(onnx_dir: Path, names: Iterable[str]) -> dict[str, Path]:
-    """Graphs written by ``efficientsam3 export``; a missing one is an error naming the fix."""
+def graphs_from_dir(
+    onnx_dir: Path, names: Iterable[str], model: EfficientSam3Model | None = None
+) -> dict[str, Path]:
+    """Graphs written by ``efficientsam3 export``; a missing one is an error naming the fix.
+
+    With ``model``, the folder's ``manifest.json`` must describe it: the same input size and,
+    when the manifest records them (exports by this version on), the same weights, which also
+    pins the architecture. A graph carries its own weights, so an export of another model or
+    checkpoint would otherwise run in its place, silently.
+    Each graph must also still have the sha256 the manifest recorded (a truncated copy fails here
+    rather than inside onnxruntime or TensorRT).
+    """
+    onnx_dir = Path(onnx_dir)
+    manifest = _read_manifest(onnx_dir)
+    if model is not None and manifest is not None:
+        _check_manifest_describes(manifest, model, onnx_dir)
     paths = {}
     for name in names:
-        path = Path(onnx_dir) / f"{name}.onnx"
+        path = onnx_dir / f"{name}.onnx"
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} not found: run `efficientsam3 export --out {onnx_dir} ...` or drop onnx_dir to export"
             )
+        recorded = ((manifest or {}).get("graphs", {}).get(name) or {}).get("sha256")
+        if recorded and file_sha256(path) != recorded:
+            raise ValueError(
+                f"{path} differs from the one {onnx_dir / 'manifest.json'} recorded: export again"
+            )
         paths[name] = path
     return paths
+
+
+def _read_manifest(onnx_dir: Path) -> dict | None:
+    path = onnx_dir / "manifest.json"
+    if not path.is_file():
+        return None  # graphs copied in by hand: nothing to check them against
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is unreadable ({err}): export again or remove it") from err
+
+
+def _check_manifest_describes(manifest: dict, model: EfficientSam3Model, onnx_dir: Path) -> None:
+    """Refuse an export folder made for another model, input size or checkpoint."""
+    what = (
+        f"{onnx_dir} was exported for {manifest.get('model')!r} (checkpoint {manifest.get('checkpoint')!r})"
+    )
+    fix = "export this model there (`efficientsam3 export --out DIR`), or point onnx_dir elsewhere"
+    if manifest.get("input_size") != model.config.image_size:
+        raise ValueError(
+            f"{what} at {manifest.get('input_size')} px, not {model.config.image_size} px: {fix}"
+        )
+    recorded = manifest.get("weights_sha256")
+    if recorded and recorded != weights_sha256(model):
+        raise ValueError(f"{what}, with other weights than this {model.config.name!r}: {fix}")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -7,6 +7,8 @@ features stay numpy-backed torch tensors (zero-copy) between the two per-frame c
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from .base import (
     to_cpu_output,
 )
 from .graphs import DETECTOR_GRAPHS, get_graph
-from .onnx_cache import cached_graphs, graphs_from_dir
+from .onnx_cache import cached_graphs, file_sha256, graphs_from_dir
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -35,7 +37,7 @@ PROVIDERS = {
 def graph_paths(model: EfficientSam3Model, options: RuntimeOptions, names=DETECTOR_GRAPHS) -> dict[str, Path]:
     """Exported graphs for ``model``: the export folder if given, else the on-disk cache."""
     if options.onnx_dir is not None:
-        return graphs_from_dir(options.onnx_dir, names)
+        return graphs_from_dir(options.onnx_dir, names, model)
     return cached_graphs(model, names, options.resolved_cache_dir(), opset=options.opset)
 
 
@@ -71,29 +73,20 @@ class OnnxRuntimeBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         self.sessions = {
-            name: ort.InferenceSession(str(path), so, providers=self._providers(provider, name, model))
+            name: ort.InferenceSession(str(path), so, providers=self._providers(provider, name, path, model))
             for name, path in paths.items()
         }
         active = self.sessions["detector"].get_providers()[0]
         if active != ep:  # onnxruntime falls back to CPU silently; we do not
             raise BackendUnavailable(f"onnxruntime could not start {ep} (got {active})")
 
-    def _providers(self, provider: str, graph: str, model: EfficientSam3Model) -> list[Any]:
+    def _providers(self, provider: str, graph: str, path: Path, model: EfficientSam3Model) -> list[Any]:
         if provider == "cpu":
             return ["CPUExecutionProvider"]
         if provider == "cuda":
             return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
-        cache = self.options.resolved_cache_dir() / "ort_trt"
-        trt_opts: dict[str, Any] = {
-            "trt_fp16_enable": self.options.precision == "fp16",
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": str(cache),
-        }
-        trt_opts.update(_ort_trt_profiles(graph, model, self.options))
         return [
-            ("TensorrtExecutionProvider", trt_opts),
+            ("TensorrtExecutionProvider", ort_tensorrt_options(graph, path, model, self.options)),
             ("CUDAExecutionProvider", {}),
             "CPUExecutionProvider",
         ]
@@ -129,6 +122,38 @@ def _np(t: torch.Tensor | np.ndarray, dtype: type) -> np.ndarray:
     if isinstance(t, torch.Tensor):
         t = t.detach().cpu().numpy()
     return np.ascontiguousarray(t, dtype=dtype)
+
+
+def ort_tensorrt_options(
+    graph: str, path: Path, model: EfficientSam3Model, options: RuntimeOptions
+) -> dict[str, Any]:
+    """TensorRT EP options for ``graph`` (the ONNX file ``path``), its engine cache folder included.
+
+    The EP names a cached engine by a hash of the model file's name, its input and node names and
+    the ORT/TensorRT versions: not the weights, the precision or the profile. Our graphs are always
+    called ``text_encoder.onnx`` / ``detector.onnx``, so one shared folder would hand a model the
+    engine built from another checkpoint. Each graph file content (sha256) + build settings
+    therefore gets its own folder; the timing cache (kernel timings, weight-independent) is shared.
+    """
+    root = options.resolved_cache_dir() / "ort_trt"
+    profiles = _ort_trt_profiles(graph, model, options)
+    engines = root / ort_tensorrt_engine_folder(graph, path, options.precision, profiles)
+    engines.mkdir(parents=True, exist_ok=True)  # the EP creates only the last level itself
+    return {
+        "trt_fp16_enable": options.precision == "fp16",
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(engines),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(root),
+        **profiles,
+    }
+
+
+def ort_tensorrt_engine_folder(graph: str, path: Path, precision: str, profiles: dict[str, str]) -> str:
+    """``<graph>-<digest>``: digest of the graph file's sha256, the precision and the profile shapes."""
+    parts = {"onnx_sha256": file_sha256(path), "precision": precision, "profiles": profiles}
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return f"{graph}-{digest[:24]}"
 
 
 def _ort_trt_profiles(graph: str, model: EfficientSam3Model, options: RuntimeOptions) -> dict[str, str]:

@@ -66,7 +66,9 @@ class TorchBackend(Backend):
     def run_detector(
         self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor
     ) -> DetectorOutput:
-        fpn = features.to(self.device).fpn
+        # Features from torch-cuda's fp16 autocast are half; without autocast here (CPU, fp32) the
+        # detector's float32 weights cannot take them, so a hand-over would lose the frame.
+        fpn = features.to(self.device, None if self.autocast else torch.float32).fpn
         with self._ctx():
             out = self.graphs["detector"](*fpn, embeds.to(self.device), mask.to(self.device))
         return to_cpu_output(*out)

@@ -1,7 +1,9 @@
 """The TensorRT backend: engines built from the ONNX graphs with the TensorRT Python API.
 
 Engines are built once per (graph sha256, TensorRT version, GPU, precision, profile) and
-kept in an ``EngineCache``; a shared timing cache makes rebuilds after an upgrade fast.
+kept in an ``EngineCache`` (``<onnx_dir>/engines`` for an export folder, where
+``efficientsam3 export --format tensorrt`` put them, else ``<cache>/engines``); a shared
+timing cache makes rebuilds after an upgrade fast.
 The concept axis gets one optimisation profile (1 .. max_concepts, tuned for
 opt_concepts); larger concept sets are run in chunks. I/O uses torch CUDA tensors, so no
 pycuda/cuda-python dependency is needed.
@@ -71,6 +73,29 @@ def profile_shapes(onnx_path: Path, graph: str, min_k: int, opt_k: int, max_k: i
 
 def profile_string(shapes: Shapes) -> str:
     return ";".join(f"{n}:{'/'.join('x'.join(map(str, s)) for s in v)}" for n, v in sorted(shapes.items()))
+
+
+def engine_key(onnx_path: Path, shapes: Shapes, trt_version: str, gpu: str, precision: str) -> EngineKey:
+    """The engine cache key of one graph; ``efficientsam3 export`` and the backend share it, so an
+    engine the export built is the one the backend looks up."""
+    return EngineKey(file_sha256(onnx_path), trt_version, gpu, precision, profile_string(shapes))
+
+
+def engine_dir(options: RuntimeOptions) -> Path:
+    """Where the backend keeps engines: beside the graphs of an export folder, else in the cache.
+
+    ``efficientsam3 export --format tensorrt --out DIR`` writes ``DIR/engines``; pointing
+    ``onnx_dir`` at DIR therefore reuses its engines (same precision and concept profile) and
+    adds any others there, instead of building them all again under ``<cache>/engines``.
+    """
+    if options.onnx_dir is not None:
+        return Path(options.onnx_dir) / "engines"
+    return options.resolved_cache_dir() / "engines"
+
+
+def timing_cache_path(root: Path, trt_version: str, gpu: str) -> Path:
+    """The timing cache shared by every build in ``root`` (one per TensorRT version and GPU)."""
+    return root / f"timing-{trt_version}-{_slug(gpu)}.cache"
 
 
 def build_engine(
@@ -177,15 +202,13 @@ class TensorRTBackend(Backend):
         self.max_concepts = options.max_concepts
         self.model = model  # exemplar-box prompts run through PyTorch (geometry encoder not exported)
         gpu = torch.cuda.get_device_name(self.device)
-        root = options.resolved_cache_dir() / "engines"
+        root = engine_dir(options)
         cache = EngineCache(root)
-        timing = root / f"timing-{trt.__version__}-{_slug(gpu)}.cache"
+        timing = timing_cache_path(root, trt.__version__, gpu)
         self.runners: dict[str, TrtRunner] = {}
         for graph, path in graph_paths(model, options).items():
             shapes = profile_shapes(path, graph, 1, options.opt_concepts, options.max_concepts)
-            key = EngineKey(
-                file_sha256(path), trt.__version__, gpu, options.precision, profile_string(shapes)
-            )
+            key = engine_key(path, shapes, trt.__version__, gpu, options.precision)
             data, built = cache.get_or_build(
                 graph, key, lambda p=path, s=shapes: build_engine(p, options.precision, s, timing)
             )

@@ -79,8 +79,10 @@ class TrackingConfig:
     use_propagated_masks: bool = True
     """Report a matched track with the mask propagated from its memory when the pipeline supplied
     one (SAM3 outputs the tracker's masks; the detector only validates them), except on frames
-    where the track is re-conditioned, which report the detection's mask as SAM3 does. False
-    reports the detection's mask whenever a track is matched."""
+    where the track is re-conditioned, which report the detection's mask as SAM3 does, and when
+    the propagated mask is empty (matched through ``associate_last_mask``), which report the
+    detection's so that a track never keeps an empty mask. False reports the detection's mask
+    whenever a track is matched."""
 
     associate_last_mask: bool = False
     """Also match a detection against the track's last published mask, not only against the

@@ -280,7 +280,12 @@ class ConceptTracker:
                 if recond:
                     track.last_conditioned = frame
                     self._stats.reconditions += 1
-                if cfg.use_propagated_masks and tid in pred_score and not recond:
+                # An empty propagated mask (the memory lost the object; with associate_last_mask the
+                # detection still matched the last mask) must not become the track's mask: _Track.mask
+                # is its last non-empty one, and an empty one would let next frame's detection start a
+                # duplicate track. The detection's mask is reported instead.
+                propagated_ok = tid in pred_score and bool(pred_mask[tid].any())
+                if cfg.use_propagated_masks and propagated_ok and not recond:
                     track.mask = pred_mask[tid]
                     track.box = box_from_mask(track.mask)
                 else:
