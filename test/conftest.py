@@ -72,3 +72,22 @@ def high_res_tiny():
 def rgb_image() -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(90, 130, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def png_bomb() -> bytes:
+    """A PNG whose header (IHDR with a valid CRC) claims 40000 x 40000 pixels over a few bytes of data:
+    OpenCV refuses it with cv2.error (over CV_IO_MAX_IMAGE_PIXELS), Pillow as a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + chunk(b"IEND", b"")
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image as PILImage
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -493,6 +494,45 @@ def test_bad_messages_are_counted_and_skipped(tmp_path: Path):
     assert [messages.stamp_to_ns(m.header) for _, _, m in msgs] == [stamps[0], stamps[2], stamps[5]]
 
 
+def compressed_bomb_bag(path: Path, png: bytes, n: int = 5) -> list[int]:
+    """A compressed-image bag whose message 1 is ``png`` (e.g. a header claiming 40000 x 40000 pixels)."""
+    bomb = TS.types[messages.COMPRESSED_IMAGE](
+        header=_header(T0 + 100_000_007), format="png", data=np.frombuffer(png, np.uint8)
+    )
+    return write_bag(path, n=n, compressed=True, raw_override={1: messages.serialize(bomb, TS)})
+
+
+def test_an_image_the_decoder_refuses_is_one_failed_frame(tmp_path: Path, png_bomb):
+    """OpenCV raises cv2.error, not a ValueError: it must fail that frame, not stop the run."""
+    compressed_bomb_bag(tmp_path / "in", png_bomb)
+    outcome = evaluate_bag(config(tmp_path / "in", tmp_path / "out"), segmenter=FakeSegmenter())
+    assert outcome.exit_code == EXIT_OK, outcome.error
+    frames, failures = outcome.report["frames"], outcome.report["failures"]
+    assert (frames["processed"], frames["failed"]) == (4, 1)
+    assert failures[0]["index"] == 1 and failures[0]["stage"] == "decode"
+
+
+def failing_decoder(monkeypatch, stamp: int) -> None:
+    """Make the image decoder raise a non-FrameError (as cv2.error or struct.error are) at ``stamp``."""
+    decode = messages.msg_to_rgb
+
+    def flaky(msg):
+        if messages.stamp_to_ns(msg.header) == stamp:
+            raise RuntimeError("decoder gave up")
+        return decode(msg)
+
+    monkeypatch.setattr(messages, "msg_to_rgb", flaky)
+
+
+def test_whatever_the_decoder_raises_is_one_failed_frame(tmp_path: Path, monkeypatch):
+    stamps = write_bag(tmp_path / "in", n=3)
+    failing_decoder(monkeypatch, stamps[1])
+    outcome = evaluate_bag(config(tmp_path / "in", tmp_path / "out"), segmenter=FakeSegmenter())
+    assert outcome.exit_code == EXIT_OK, outcome.error
+    assert outcome.report["frames"]["processed"] == 2
+    assert outcome.report["failures"][0]["error"] == "RuntimeError: decoder gave up"
+
+
 def test_truncated_sqlite_bag_keeps_partial_outputs(tmp_path: Path):
     """A storage file cut mid-page (recorder killed): opens, breaks while reading; work so far is kept."""
     bag = tmp_path / "in"
@@ -602,3 +642,64 @@ def test_unreadable_gt_file_is_a_usage_error(tmp_path: Path):
     outcome = evaluate_bag(config(bag, tmp_path / "out", gt=tmp_path / "gt.json"), segmenter=FakeSegmenter())
     assert outcome.exit_code == EXIT_USAGE and "not valid JSON" in outcome.error
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
+    folder = evaluate_bag(config(bag, tmp_path / "out", gt=tmp_path), segmenter=FakeSegmenter())
+    assert folder.exit_code == EXIT_USAGE and "Is a directory" in folder.error
+    assert not (tmp_path / "out").exists()
+
+
+def test_broken_mask_on_the_gt_topic_is_a_usage_error(tmp_path: Path):
+    """Counts pycocotools cannot read would make scoring loop forever after the whole model pass."""
+    bag = tmp_path / "in"
+    stamps = write_bag(bag, n=1)
+    reference = FakeSegmenter()
+    reference.set_concepts(CONCEPTS)
+    msg = messages.frame_result_to_msg(
+        reference.process(np.zeros((24, 32, 3), np.uint8)), header=_header(stamps[0]), typestore=TS
+    )
+    msg.instances[0].mask_rle = "!!!notrle"
+    with (
+        AnyReader([bag]) as reader,
+        Writer(tmp_path / "with_gt", version=9, storage_plugin=StoragePlugin.SQLITE3) as writer,
+    ):
+        cam = writer.add_connection("/cam", messages.IMAGE, typestore=TS)
+        ref = writer.add_connection("/reference", messages.CONCEPT_INSTANCE_ARRAY, typestore=TS)
+        for conn, log_time, raw in reader.messages():
+            if conn.topic == "/cam":
+                writer.write(cam, log_time, raw)
+        writer.write(ref, stamps[0], messages.serialize(msg, TS))
+    fake = FakeSegmenter()
+    outcome = evaluate_bag(
+        config(tmp_path / "with_gt", tmp_path / "out", gt_topic="/reference"), segmenter=fake
+    )
+    assert outcome.exit_code == EXIT_USAGE, outcome.error
+    assert "/reference" in outcome.error and "not a valid COCO RLE" in outcome.error
+    assert fake.calls == 0
+
+
+# ----------------------------------------------------------------------------- bags we write
+
+
+def humble_can_open(bag: Path) -> None:
+    """metadata.yaml as ROS 2 Humble's rosbag2 reads it (version 8: every offered_qos_profiles a
+    string; v9 writes YAML lists, "yaml-cpp: bad conversion" there), and rosbags still reads the bag."""
+    meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["version"] == 8
+    topics = [t["topic_metadata"] for t in meta["topics_with_message_count"]]
+    assert topics and all(isinstance(t["offered_qos_profiles"], str) for t in topics), topics
+    with AnyReader([bag]) as reader:  # no typestore given: definitions are embedded
+        assert sum(1 for _ in reader.messages()) == meta["message_count"] > 0
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_results_and_world_bags_open_in_humble_and_jazzy(tmp_path: Path, storage: str):
+    from efficientsam3_ros.synthetic.world import WorldConfig
+    from efficientsam3_ros.synthetic.writers import write_rosbag
+
+    write_bag(tmp_path / "in", storage, n=2)
+    outcome = evaluate_bag(config(tmp_path / "in", tmp_path / "out", overlay=True), segmenter=FakeSegmenter())
+    assert outcome.exit_code == EXIT_OK, outcome.error
+    humble_can_open(tmp_path / "out" / "results")
+    world, _ = write_rosbag(
+        tmp_path / "world", num_frames=2, config=WorldConfig(width=32, height=24), storage=storage
+    )
+    humble_can_open(world)

@@ -8,13 +8,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from rosbags.rosbag2 import StoragePlugin, Writer
+from test_bag import (
+    CONCEPTS,
+    T0,
+    TS,
+    FakeSegmenter,
+    compressed_bomb_bag,
+    failing_decoder,
+    image_cdr,
+    write_bag,
+)
 
 from efficientsam3_ros.bag.run import EvalConfig, evaluate_bag
+from efficientsam3_ros.bag.sweep import SweepBag, detect, sweep
 from efficientsam3_ros.cli import main
+from efficientsam3_ros.evaluation.ground_truth import load_ground_truth
+from efficientsam3_ros.evaluation.records import mask_to_record_rle
 from efficientsam3_ros.evaluation.scoring import pool_overall
+from efficientsam3_ros.modeling.config import OperatingPoint
+from efficientsam3_ros.pipeline.results import FrameResult, Instance
+from efficientsam3_ros.ros import messages
 from efficientsam3_ros.synthetic import DEFAULT_CONCEPTS
+from efficientsam3_ros.tracking import ConceptTracker, TrackingConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_WEIGHTS = REPO_ROOT / "models" / "demo" / "model.safetensors"
@@ -132,3 +152,155 @@ def test_unreadable_ground_truth_is_a_usage_error_before_the_model_loads(tmp_pat
     argv = _sweep_argv([(world_bags[0][0], bad)], tmp_path / "out", "--model", "no-such-model")
     assert main(argv) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- stand-in models, small bags
+
+
+def write_gt(path: Path, stamps: list[int], mask: np.ndarray | None = None) -> Path:
+    """One "red circle" per frame, at ``mask`` (default: where FakeSegmenter puts it in a 24 x 32 frame)."""
+    if mask is None:
+        mask = np.zeros((24, 32), bool)
+        mask[:12, 0:3] = True
+    h, w = mask.shape
+    path.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": i + 1, "stamp_ns": s, "height": h, "width": w} for i, s in enumerate(stamps)
+                ],
+                "categories": [{"id": 1, "name": CONCEPTS[0]}],
+                "annotations": [
+                    {
+                        "id": i + 1,
+                        "image_id": i + 1,
+                        "category_id": 1,
+                        "track_id": 1,
+                        "segmentation": mask_to_record_rle(mask),
+                    }
+                    for i in range(len(stamps))
+                ],
+            }
+        )
+    )
+    return path
+
+
+def sweep_bag(bag: Path, gt: Path) -> SweepBag:
+    seq = SweepBag(bag, gt)
+    seq.gt, seq.gt_labels = load_ground_truth(gt)
+    return seq
+
+
+def test_a_new_track_threshold_under_every_score_threshold_is_scored_as_equal(tmp_path):
+    """(0.6, 0.5) starts tracks exactly as (0.6, 0.6) does; it used to be skipped, leaving no rows."""
+    stamps = write_bag(tmp_path / "in", n=3)
+    seq = sweep_bag(tmp_path / "in", write_gt(tmp_path / "gt.json", stamps))
+    fake = FakeSegmenter()
+    fake.set_concepts(CONCEPTS)
+    detect(fake, seq, "/cam", progress=False)
+    rows = sweep([seq], CONCEPTS, OperatingPoint(), [0.6], [0.5])
+    assert [(r["score_threshold"], r["new_track_threshold"]) for r in rows] == [(0.6, 0.6)]
+    assert rows[0]["mask_iou"] == pytest.approx(1.0)
+    grid = sweep([seq], CONCEPTS, OperatingPoint(), [0.2, 0.6], [0.5, 0.6])  # (0.6, 0.5) repeats (0.6, 0.6)
+    assert [(r["score_threshold"], r["new_track_threshold"]) for r in grid] == [
+        (0.2, 0.5),
+        (0.2, 0.6),
+        (0.6, 0.6),
+    ]
+    with pytest.raises(ValueError, match="no threshold pairs"):
+        sweep([seq], CONCEPTS, OperatingPoint(), [0.6], [])
+
+
+class StandInSegmenter(FakeSegmenter):
+    """What sweep-thresholds reads from a ConceptSegmenter, around FakeSegmenter's squares."""
+
+    model = SimpleNamespace(config=SimpleNamespace(operating_point=OperatingPoint()))
+    mask_threshold = 0.5
+    crop_masks_to_boxes = False
+
+
+def test_cli_with_no_new_track_threshold_above_the_score_threshold(tmp_path, monkeypatch, capsys):
+    from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
+
+    monkeypatch.setattr(ConceptSegmenter, "from_name", lambda *a, **k: StandInSegmenter())
+    stamps = write_bag(tmp_path / "in", n=3)
+    gt = write_gt(tmp_path / "gt.json", stamps)
+    argv = ["sweep-thresholds", "--image-topic", "/cam", "--bag", str(tmp_path / "in"), str(gt)]
+    argv += ["--concept", CONCEPTS[0], "--no-progress", "--out", str(tmp_path / "out")]
+    argv += ["--score-thresholds", "0.6", "--new-track-thresholds", "0.5"]
+    assert main(argv) == 0
+    pairs = json.loads((tmp_path / "out" / "sweep.json").read_text())["pairs"]
+    assert [(r["score_threshold"], r["new_track_threshold"]) for r in pairs] == [(0.6, 0.6)]
+    assert "best 0.6 / 0.6" in capsys.readouterr().out
+
+
+def test_an_image_the_decoder_refuses_does_not_stop_the_model_pass(tmp_path, png_bomb):
+    """As in eval-bag: OpenCV's cv2.error on one message fails that frame only."""
+    stamps = compressed_bomb_bag(tmp_path / "in", png_bomb)
+    seq = sweep_bag(tmp_path / "in", write_gt(tmp_path / "gt.json", stamps))
+    fake = FakeSegmenter()
+    fake.set_concepts(CONCEPTS)
+    detect(fake, seq, "/cam", progress=False)
+    assert seq.failed == 1 and len(seq.frames) == 4
+
+
+def test_whatever_the_decoder_raises_does_not_stop_the_model_pass(tmp_path, monkeypatch):
+    stamps = write_bag(tmp_path / "in", n=3)
+    failing_decoder(monkeypatch, stamps[1])
+    seq = sweep_bag(tmp_path / "in", write_gt(tmp_path / "gt.json", stamps))
+    fake = FakeSegmenter()
+    fake.set_concepts(CONCEPTS)
+    detect(fake, seq, "/cam", progress=False)
+    assert seq.failed == 1 and [f.stamp_ns for f in seq.frames] == [stamps[0], stamps[2]]
+
+
+class StampDetector:
+    """Finds the object (columns 0..7) in every frame but message 2, whose stamp repeats message 1's
+    and where it misses by far; the message index is written into the pixels."""
+
+    backend_info = {"backend": "stand-in"}
+
+    def __init__(self, tracker: ConceptTracker | None = None) -> None:
+        self.tracker = tracker
+
+    def set_concepts(self, labels: list[str]) -> list[int]:
+        return [0]
+
+    def process(self, rgb: np.ndarray) -> FrameResult:
+        h, w = rgb.shape[:2]
+        mask = np.zeros((h, w), bool)
+        columns = slice(20, 28) if int(rgb[0, 0, 0]) // 40 == 2 else slice(0, 8)
+        mask[:, columns] = True
+        instances = [Instance(0, CONCEPTS[0], 0.9, np.array([0, 0, 8, h], np.float32), mask)]
+        if self.tracker is not None:
+            instances = self.tracker.update(instances).instances
+        return FrameResult(instances, (h, w), {0: CONCEPTS[0]}, {"total": 1.0})
+
+
+def test_a_repeated_stamp_scores_the_same_frame_as_eval_bag(tmp_path):
+    """Both score the first frame of a repeated stamp (the tracker still sees every frame)."""
+    stamps = [T0, T0 + 10**8, T0 + 10**8, T0 + 2 * 10**8]  # messages 1 and 2 share a stamp
+    bag = tmp_path / "in"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        cam = writer.add_connection("/cam", messages.IMAGE, typestore=TS)
+        for k, stamp in enumerate(stamps):
+            writer.write(cam, stamp + 1000 + k, image_cdr(np.full((24, 32, 3), k * 40, np.uint8), stamp))
+    mask = np.zeros((24, 32), bool)
+    mask[:, 0:8] = True
+    gt = write_gt(tmp_path / "gt.json", sorted(set(stamps)), mask)
+    point = OperatingPoint(score_threshold=0.5, new_track_threshold=0.7)
+    evaluated = evaluate_bag(
+        EvalConfig(
+            bag=bag, image_topic="/cam", concepts=CONCEPTS[:1], out_dir=tmp_path / "ev", gt=gt, progress=False
+        ),
+        segmenter=StampDetector(ConceptTracker(TrackingConfig(new_det_threshold=0.7))),
+    )
+    assert evaluated.report["frames"]["duplicate_stamps"] == 1
+    expected = evaluated.report["scores"]["overall"]
+    seq = sweep_bag(bag, gt)
+    detect(StampDetector(), seq, "/cam", progress=False)
+    (row,) = sweep([seq], CONCEPTS[:1], point, [0.5], [0.7])
+    assert expected["mask_iou"] == pytest.approx(1.0)  # message 1, not its miss-by-far repeat, was scored
+    for key, value in expected.items():
+        assert row[key] == pytest.approx(value), key

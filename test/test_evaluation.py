@@ -140,6 +140,23 @@ def test_only_frames_on_both_sides_count(gt):
     assert score(gt, half, ["green star"])["concepts_without_gt"] == ["green star"]
 
 
+def test_frames_whose_image_sizes_differ_are_left_out_and_counted(gt, caplog):
+    """Masks of different sizes never overlap: scoring such a frame would report zeros as results."""
+    first = min(gt)
+    small = np.zeros((36, 48), bool)
+    small[:10, :10] = True
+    shrunk = dict(gt)
+    shrunk[first] = replace(
+        gt[first],
+        image_size=(36, 48),
+        instances=[replace(i, rle=mask_to_record_rle(small)) for i in gt[first].instances],
+    )
+    result = score(gt, shrunk, CONCEPTS)
+    assert result["frames_size_mismatch"] == 1 and result["frames_evaluated"] == len(gt) - 1
+    assert result["overall"]["mask_iou"] == pytest.approx(1.0)  # the left-out frame scores no zeros
+    assert "differ in size" in caplog.text and "[72, 96]" in caplog.text and "[36, 48]" in caplog.text
+
+
 def test_iou_matrix_orientation():
     a = np.zeros((10, 10), bool)
     a[:5] = True
@@ -195,6 +212,31 @@ def test_ground_truth_formats(tmp_path: Path):
         (lambda d: d["annotations"][0].update(image_id=99), "unknown image"),
         (lambda d: d["images"][1].update(stamp={"sec": 0, "nanosec": 5}), "share stamp"),
         (lambda d: d.pop("categories"), "categories"),
+        (lambda d: d["images"][0].pop("height"), "image 1 has no 'height'"),
+        (lambda d: d["images"][1].update(width=None), "image 2: int"),
+        (lambda d: d["annotations"][0].pop("segmentation"), "annotation 1 has no 'segmentation'"),
+        (lambda d: d["annotations"][1].pop("image_id"), "annotation 2 has no 'image_id'"),
+        (lambda d: d["categories"][0].pop("name"), "category 7 has no 'name'"),
+        # a mask of another size than its image (here transposed) would score 0 against everything
+        (
+            lambda d: d["annotations"][0].update(segmentation=mask_to_record_rle(np.zeros((30, 20), bool))),
+            r"annotation 1: segmentation size \[30, 20\] differs from its image's \[height, width\] \[20, 30\]",
+        ),
+        # counts pycocotools cannot read, or that stop short of the image: its merge would loop forever
+        (
+            lambda d: d["annotations"][0].update(segmentation={"size": [20, 30], "counts": b"!!!notrle"}),
+            "annotation 1: segmentation counts are not a valid COCO RLE",
+        ),
+        (
+            lambda d: d["annotations"][0]["segmentation"].update(
+                counts=mask_to_record_rle(np.ones((10, 30), bool))["counts"]
+            ),
+            "annotation 1: segmentation counts do not cover the 20x30 image",
+        ),
+        (
+            lambda d: d["annotations"][2]["segmentation"].update(counts=[40, 6, 100]),
+            "annotation 3: segmentation counts do not cover",
+        ),
     ],
 )
 def test_ground_truth_errors(mutate, match):
@@ -202,6 +244,16 @@ def test_ground_truth_errors(mutate, match):
     mutate(doc)
     with pytest.raises(GroundTruthError, match=match):
         ground_truth_from_coco(doc)
+
+
+def test_ground_truth_file_errors(tmp_path: Path):
+    with pytest.raises(GroundTruthError, match="does not exist"):
+        load_ground_truth(tmp_path / "missing.json")
+    with pytest.raises(GroundTruthError, match=f"cannot read ground-truth file {tmp_path}: Is a directory"):
+        load_ground_truth(tmp_path)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(GroundTruthError, match="must be a JSON object"):
+        load_ground_truth(tmp_path / "list.json")
 
 
 def test_synthetic_rosbag_gt_needs_no_conversion(tmp_path: Path):

@@ -164,6 +164,13 @@ def test_bad_compressed_frames(data, fmt, error):
         convert.msg_to_rgb(_compressed(data, fmt))
 
 
+def test_a_png_claiming_a_huge_size_is_a_bad_frame_with_opencv(png_bomb):
+    """OpenCV raises cv2.error (not a ValueError) past CV_IO_MAX_IMAGE_PIXELS; callers catch FrameError."""
+    pytest.importorskip("cv2", reason="the OpenCV decode path")
+    with pytest.raises(convert.BadFrameError, match="refused by OpenCV"):
+        convert.msg_to_rgb(_compressed(png_bomb, "png"))
+
+
 def test_array_to_image_fields_rejects_empty():
     with pytest.raises(ValueError):
         convert.array_to_image_fields(np.zeros((0, 3), np.uint8), "mono8")

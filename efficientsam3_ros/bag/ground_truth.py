@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from efficientsam3_ros.bag.source import BagSource, MessageError
+from efficientsam3_ros.evaluation.ground_truth import check_rle
 from efficientsam3_ros.evaluation.records import FrameRecord, InstanceRecord
 from efficientsam3_ros.ros import messages
 
@@ -37,8 +38,9 @@ def read_gt_topic(source: BagSource, topic: str) -> tuple[dict[int, FrameRecord]
     """Every ConceptInstanceArray on ``topic`` keyed by stamp, plus the concept labels seen.
 
     Raises :class:`~efficientsam3_ros.bag.source.TopicNotFoundError` (listing the bag's
-    topics) when the topic is absent or of another type, and MessageError on a corrupt message:
-    ground truth with holes would silently lower every score.
+    topics) when the topic is absent or of another type, and MessageError on a corrupt message or
+    mask (:func:`~efficientsam3_ros.evaluation.ground_truth.check_rle`): ground truth with holes
+    would silently lower every score, and a broken mask would hang scoring after the model pass.
     """
     conns = source.connections(topic, (messages.CONCEPT_INSTANCE_ARRAY,), "ConceptInstanceArray")
     frames: dict[int, FrameRecord] = {}
@@ -46,6 +48,14 @@ def read_gt_topic(source: BagSource, topic: str) -> tuple[dict[int, FrameRecord]
     for conn, _, raw in source.raw_messages(conns):
         msg = source.deserialize(raw, conn.msgtype)
         record = instance_array_to_record(msg)
+        for instance in record.instances:
+            try:
+                check_rle(instance.rle, *record.image_size)
+            except ValueError as err:
+                raise MessageError(
+                    f"ground-truth topic {topic}, message stamped {record.stamp_ns} ns, "
+                    f"instance {instance.label!r}: {err}"
+                ) from None
         if record.stamp_ns in frames:
             raise MessageError(f"ground-truth topic {topic} has two messages stamped {record.stamp_ns} ns")
         frames[record.stamp_ns] = record

@@ -28,12 +28,11 @@ from efficientsam3_ros.bag.source import (
     BagOpenError,
     BagReadError,
     BagSource,
-    MessageError,
     header_stamp_ns,
 )
 from efficientsam3_ros.config_utils import check_mask_threshold
 from efficientsam3_ros.evaluation.ground_truth import load_ground_truth
-from efficientsam3_ros.evaluation.records import FrameRecord, InstanceRecord
+from efficientsam3_ros.evaluation.records import FrameRecord, InstanceRecord, records_by_stamp
 from efficientsam3_ros.evaluation.report import write_report
 from efficientsam3_ros.evaluation.scoring import score
 from efficientsam3_ros.evaluation.stats import instances_over_time, latency_stats, track_lifetimes
@@ -50,8 +49,10 @@ EXIT_USAGE = 2  # bad arguments: missing topic, unreadable ground truth, existin
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
-#: What decoding one image message can raise: a bad message is counted and skipped, never fatal.
-DECODE_ERRORS = (MessageError, messages.FrameError, AttributeError, ValueError)
+#: What stops the whole run even when one frame raised it: the user, or the process itself in trouble.
+#: Anything else raised while decoding or processing one image message fails that frame only
+#: (decoders raise more than FrameError: cv2.error, struct.error, ...), so it is counted and skipped.
+FATAL_ERRORS = (KeyboardInterrupt, MemoryError)
 
 
 class Segmenter(Protocol):
@@ -320,12 +321,14 @@ def _loop(
                     state.duplicates += 1
                 state.stamps.add(stamp)
                 rgb = messages.msg_to_rgb(msg)
-            except DECODE_ERRORS as err:
+            except FATAL_ERRORS:
+                raise
+            except Exception as err:  # a message that does not decode is one failed frame
                 state.fail(index, stamp, "decode", err)
                 continue
             try:
                 result = segmenter.process(rgb)
-            except (KeyboardInterrupt, MemoryError):
+            except FATAL_ERRORS:
                 raise
             except Exception as err:  # a frame the model refuses (size, content) is one failed frame
                 state.fail(index, stamp, "model", err)
@@ -411,9 +414,7 @@ def _finish(
         "scores": None,
     }
     if gt is not None:
-        pred = {}
-        for frame in state.frames:
-            pred.setdefault(frame.stamp_ns, frame)
+        pred = records_by_stamp(state.frames)  # a repeated stamp scores its first frame
         report["scores"] = score(gt, pred, config.concepts, source=gt_source, gt_labels=gt_labels)
     json_path, html_path = write_report(report, config.out_dir, state.timings)
     if code != EXIT_OK:

@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 from rosbags.interfaces import Connection
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import Writer
 
 from efficientsam3_ros.pipeline.results import FrameResult
 from efficientsam3_ros.ros import messages
 
-STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
-BAG_VERSION = 9  # rosbag2 metadata version written; rosbags writes 8 or 9
+STORAGES = messages.BAG_STORAGES  # the storages the results bag can be written in
 
 
 def output_topic(image_topic: str, suffix: str) -> str:
@@ -43,8 +42,6 @@ class ResultsWriter:
         overlay: bool = False,
         custom_data: dict[str, str] | None = None,
     ) -> None:
-        if storage not in STORAGES:
-            raise ValueError(f"storage must be one of {sorted(STORAGES)}, got {storage!r}")
         self.path = Path(path)
         self.storage = storage
         self.typestore = messages.get_typestore()
@@ -64,8 +61,8 @@ class ResultsWriter:
         self.close()
 
     def open(self) -> None:
-        """Create the bag directory and its connections (fails if the directory exists)."""
-        writer = Writer(self.path, version=BAG_VERSION, storage_plugin=STORAGES[self.storage])
+        """Create the bag directory and its connections (fails if it exists or the storage is unknown)."""
+        writer = messages.bag_writer(self.path, self.storage)
         for key, value in self.custom_data.items():
             writer.set_custom_data(key, str(value))
         writer.open()

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from efficientsam3_ros.bag.run import DECODE_ERRORS, to_record
+from efficientsam3_ros.bag.run import FATAL_ERRORS, to_record
 from efficientsam3_ros.bag.source import BagSource, header_stamp_ns
-from efficientsam3_ros.evaluation.records import FrameRecord
+from efficientsam3_ros.evaluation.records import FrameRecord, records_by_stamp
 from efficientsam3_ros.evaluation.scoring import pool_overall, score
 from efficientsam3_ros.pipeline.results import FrameResult, Instance
 from efficientsam3_ros.ros import messages
@@ -79,13 +79,18 @@ class SweepBag:
 
 
 def frames_of(source: BagSource, image_topic: str) -> Iterator[tuple[int, np.ndarray] | Exception]:
-    """(stamp, RGB) per image message in log-time order; an undecodable message yields its error."""
+    """(stamp, RGB) per image message in log-time order; an undecodable message yields its error
+    (whatever the decoder raised, as eval-bag counts it: one bad message must not end the pass)."""
     for conn, _, raw in source.raw_messages(source.image_connections(image_topic)):
+        item: tuple[int, np.ndarray] | Exception
         try:
             msg = source.deserialize(raw, conn.msgtype)
-            yield header_stamp_ns(msg), messages.msg_to_rgb(msg)
-        except DECODE_ERRORS as err:
-            yield err
+            item = header_stamp_ns(msg), messages.msg_to_rgb(msg)
+        except FATAL_ERRORS:
+            raise
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            item = err
+        yield item
 
 
 def detect(segmenter: Any, sequence: SweepBag, image_topic: str, progress: bool = True) -> None:
@@ -100,6 +105,8 @@ def detect(segmenter: Any, sequence: SweepBag, image_topic: str, progress: bool 
             stamp, rgb = item
             try:
                 result = segmenter.process(rgb)
+            except FATAL_ERRORS:
+                raise
             except Exception as err:  # noqa: BLE001 - one refused frame is counted, not fatal
                 sequence.failed += 1
                 log.warning("%s: frame %d refused by the model: %s", sequence.bag, stamp, err)
@@ -109,12 +116,27 @@ def detect(segmenter: Any, sequence: SweepBag, image_topic: str, progress: bool 
 
 def replay(frames: Sequence[StoredFrame], score_threshold: float, tracker: Any) -> dict[int, FrameRecord]:
     """The tracker over the stored detections at one score threshold: what eval-bag would have scored."""
-    records = {}
-    for frame in frames:
+    records = []
+    for frame in frames:  # the tracker sees every frame, also one whose stamp repeats another's
         instances = tracker.update(frame.above(score_threshold)).instances
         result = FrameResult(instances, frame.image_size, frame.concepts, {})
-        records[frame.stamp_ns] = to_record(result, frame.stamp_ns)
-    return records
+        records.append(to_record(result, frame.stamp_ns))
+    return records_by_stamp(records)  # a repeated stamp scores its first frame, as eval-bag does
+
+
+def threshold_pairs(
+    score_thresholds: Sequence[float], new_track_thresholds: Sequence[float]
+) -> list[tuple[float, float]]:
+    """The distinct (score, new-track) pairs to score, in order; raises ValueError when there are none.
+
+    A detection under the score threshold never reaches the tracker, so a new-track threshold
+    under it starts tracks exactly as one equal to it does: (s, nt < s) is scored as (s, s), the
+    pair eval-bag's results would match, and listed once.
+    """
+    if not score_thresholds or not new_track_thresholds:
+        raise ValueError("no threshold pairs to score: give at least one score and one new-track threshold")
+    pairs = [(s, max(nt, s)) for s in sorted(score_thresholds) for nt in sorted(new_track_thresholds)]
+    return list(dict.fromkeys(pairs))
 
 
 def sweep(
@@ -127,24 +149,21 @@ def sweep(
     """Pooled scores (see :func:`pool_overall`) per (score, new-track) pair; ``point`` is the model's
     ``OperatingPoint`` (its tracking rules, with each pair's new-track threshold).
 
-    Pairs whose new-track threshold is under the score threshold are left out: a detection under
-    the score threshold never reaches the tracker, so they repeat the pair (s, s).
+    The pairs are :func:`threshold_pairs`'s (a new-track threshold under the score threshold is
+    scored, and reported, as equal to it).
     """
     from efficientsam3_ros.pipeline.segmenter import make_tracker
 
     rows = []
-    for s in sorted(score_thresholds):
-        for nt in sorted(new_track_thresholds):
-            if nt < s:
-                continue
-            pair = dataclasses.replace(point, score_threshold=s, new_track_threshold=nt)
-            runs = []
-            for seq in sequences:
-                pred = replay(seq.frames, s, make_tracker(True, pair))
-                runs.append(score(seq.gt, pred, concepts, gt_labels=seq.gt_labels)["overall"])
-            pooled = pool_overall(runs)
-            pooled["criterion"] = criterion(pooled)
-            rows.append({"score_threshold": s, "new_track_threshold": nt, **pooled})
+    for s, nt in threshold_pairs(score_thresholds, new_track_thresholds):
+        pair = dataclasses.replace(point, score_threshold=s, new_track_threshold=nt)
+        runs = []
+        for seq in sequences:
+            pred = replay(seq.frames, s, make_tracker(True, pair))
+            runs.append(score(seq.gt, pred, concepts, gt_labels=seq.gt_labels)["overall"])
+        pooled = pool_overall(runs)
+        pooled["criterion"] = criterion(pooled)
+        rows.append({"score_threshold": s, "new_track_threshold": nt, **pooled})
     return rows
 
 

@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from efficientsam3_ros.bag.source import BagError
-    from efficientsam3_ros.bag.sweep import SweepBag, detect, sweep
+    from efficientsam3_ros.bag.sweep import SweepBag, detect, sweep, threshold_pairs
     from efficientsam3_ros.config_utils import check_mask_threshold
     from efficientsam3_ros.evaluation.ground_truth import load_ground_truth
 
@@ -80,11 +80,12 @@ def run(args: argparse.Namespace) -> int:
             bag.gt, bag.gt_labels = load_ground_truth(bag.gt_path)
         except ValueError as err:
             raise CliError(str(err)) from None
-    if args.mask_threshold is not None:
-        try:
+    try:
+        threshold_pairs(args.score_thresholds, args.new_track_thresholds)
+        if args.mask_threshold is not None:
             check_mask_threshold(args.mask_threshold, "--mask-threshold")
-        except ValueError as err:
-            raise CliError(str(err)) from None
+    except ValueError as err:
+        raise CliError(str(err)) from None
     args.out.mkdir(parents=True, exist_ok=True)
 
     from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter

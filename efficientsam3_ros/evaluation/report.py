@@ -34,6 +34,12 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _size_mismatch(scores: dict[str, Any]) -> str:
+    """The scores line's note on frames left out because ground truth and image differ in size."""
+    n = scores.get("frames_size_mismatch") or 0
+    return f"; <b>{n} frames were left out: ground truth and image differ in size</b>" if n else ""
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str], first: str = "") -> str:
     if not rows:
         return "<p><em>none</em></p>"
@@ -107,7 +113,8 @@ def render_html(report: dict[str, Any], figures: dict[str, str | None]) -> str:
         parts += [
             f"<h2>Scores against ground truth ({html.escape(scores['source'])})</h2>",
             f"<p>{scores['frames_evaluated']} frames evaluated; {scores['gt_frames_not_processed']} ground-truth "
-            f"frames were not processed; {scores['processed_frames_without_gt']} processed frames had no ground truth.</p>",
+            f"frames were not processed; {scores['processed_frames_without_gt']} processed frames had no ground truth"
+            f"{_size_mismatch(scores)}.</p>",
             "<h3>Mask IoU and AP (pycocotools, segm)</h3>",
             _table(
                 [{"_name": c, **scores["mask_iou"][c], **scores["coco"][c]} for c in scores["mask_iou"]],

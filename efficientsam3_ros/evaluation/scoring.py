@@ -3,10 +3,13 @@
 Frames are paired by stamp. Only frames present on both sides are scored: a bag read
 with ``--every N`` or stopped early leaves ground-truth frames unprocessed, and those
 must not count as misses. How many frames were left out on each side is reported.
+A pair whose image sizes differ (ground truth annotated on resized images) is left out
+and counted too: its masks cannot overlap, so scoring it would report zeros as a result.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +17,8 @@ from efficientsam3_ros.evaluation.coco_ap import coco_ap_per_concept
 from efficientsam3_ros.evaluation.masks import mask_iou_scores
 from efficientsam3_ros.evaluation.records import FrameRecord, normalise_label
 from efficientsam3_ros.evaluation.tracking import tracking_metrics
+
+log = logging.getLogger(__name__)
 
 
 def score(
@@ -30,6 +35,7 @@ def score(
     ``concepts_without_gt`` list, so a misspelt ``--concept`` is easy to spot.
     """
     concepts = list(concepts)
+    gt, pred, mismatched = _drop_size_mismatches(gt, pred)
     common = set(gt) & set(pred)
     known = {normalise_label(x) for x in gt_labels} | {
         normalise_label(i.label) for f in gt.values() for i in f.instances
@@ -42,12 +48,37 @@ def score(
         "frames_evaluated": len(common),
         "gt_frames_not_processed": len(set(gt) - common),
         "processed_frames_without_gt": len(set(pred) - common),
+        "frames_size_mismatch": mismatched,
         "concepts_without_gt": [c for c in concepts if normalise_label(c) not in known],
         "mask_iou": mask_iou,
         "coco": coco,
         "tracking": tracking,
         "overall": overall_scores(mask_iou, coco, tracking),
     }
+
+
+def _drop_size_mismatches(
+    gt: dict[int, FrameRecord], pred: dict[int, FrameRecord]
+) -> tuple[dict[int, FrameRecord], dict[int, FrameRecord], int]:
+    """``gt`` and ``pred`` without the stamps whose two sides differ in image size, and how many those were."""
+    bad = sorted(s for s in set(gt) & set(pred) if tuple(gt[s].image_size) != tuple(pred[s].image_size))
+    if not bad:
+        return gt, pred, 0
+    first = bad[0]
+    log.warning(
+        "%d frame(s) left out of the scores: ground truth and processed image differ in size "
+        "(first: stamp %d, ground truth %s, processed %s); was the ground truth made on resized images?",
+        len(bad),
+        first,
+        list(gt[first].image_size),
+        list(pred[first].image_size),
+    )
+    dropped = set(bad)
+    return (
+        {s: f for s, f in gt.items() if s not in dropped},
+        {s: f for s, f in pred.items() if s not in dropped},
+        len(bad),
+    )
 
 
 def overall_scores(

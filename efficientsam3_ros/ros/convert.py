@@ -173,7 +173,10 @@ def _as_bytes(data: Any) -> bytes | memoryview | np.ndarray:
 def _decode_cv2(buffer: np.ndarray) -> np.ndarray | None:
     import cv2
 
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error as err:  # e.g. a header claiming more than CV_IO_MAX_IMAGE_PIXELS: not a ValueError
+        raise BadFrameError(f"compressed image refused by OpenCV: {str(err).strip()}") from err
     if bgr is None:
         return None
     return np.ascontiguousarray(bgr[:, :, ::-1])

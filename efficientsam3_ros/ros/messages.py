@@ -12,6 +12,8 @@ One module serves the live node, the offline bag evaluator and the tests:
 * :func:`msg_to_rgb` (re-exported from :mod:`.convert`) turns a sensor_msgs/Image
   or CompressedImage into the pipeline's RGB input; :func:`numpy_to_image_msg`
   goes the other way for overlay and label images.
+* :func:`bag_writer` is the one rosbag2 writer setup (metadata version, storage plugin)
+  for every bag this package writes (eval-bag results, synthetic world bags).
 
 Example (bag evaluator)::
 
@@ -25,9 +27,11 @@ Example (bag evaluator)::
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg
 from rosbags.typesys import get_typestore as _rosbags_typestore
 from rosbags.typesys.store import Typestore
@@ -69,6 +73,9 @@ __all__ = [
     "numpy_to_image_msg",
     "serialize",
     "deserialize",
+    "BAG_VERSION",
+    "BAG_STORAGES",
+    "bag_writer",
     "msg_to_rgb",
     "image_msg_to_rgb",
     "compressed_msg_to_rgb",
@@ -84,6 +91,13 @@ DIAGNOSTIC_ARRAY = "diagnostic_msgs/msg/DiagnosticArray"
 
 # Standard types are identical across Humble/Jazzy for everything used here.
 DEFAULT_STORE = Stores.LATEST
+
+# rosbag2 metadata version of the bags this package writes. Not 9: version 9 writes each topic's
+# offered_qos_profiles as a YAML list, and Humble's rosbag2 reads that field as a string for any
+# version >= 4, so it cannot open such a bag ("yaml-cpp: bad conversion"; ros2/rosbag2#2013, caused
+# by ros2/rosbag2#1476). Version 8 writes it as a string, and Jazzy reads version 8 too.
+BAG_VERSION = 8
+BAG_STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 
 
 def interface_types() -> dict[str, Any]:
@@ -245,6 +259,16 @@ def numpy_to_image_msg(
     """Build a sensor_msgs/Image from a numpy image already laid out as ``encoding`` (rgb8, mono16, 32SC1, ...)."""
     ts = typestore or get_typestore()
     return ts.types[IMAGE](header=_copy_header(header, ts), **array_to_image_fields(image, encoding))
+
+
+def bag_writer(path: str | Path, storage: str = "sqlite3") -> Writer:
+    """An unopened rosbags ``Writer`` for ``path`` that Humble and Jazzy can both open (see BAG_VERSION).
+
+    ``storage`` is ``"sqlite3"`` or ``"mcap"``; the directory must not exist yet.
+    """
+    if storage not in BAG_STORAGES:
+        raise ValueError(f"storage must be one of {sorted(BAG_STORAGES)}, got {storage!r}")
+    return Writer(Path(path), version=BAG_VERSION, storage_plugin=BAG_STORAGES[storage])
 
 
 def serialize(msg: Any, typestore: Typestore | None = None) -> bytes:

@@ -389,23 +389,22 @@ def write_rosbag(
     record, and its pixels are exactly ``render_video(seed, num_frames, config)[i].image``.
     ``storage`` is ``"sqlite3"`` or ``"mcap"``. Returns ``(bag_dir, gt_json)``.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
-    if storage not in plugins:
-        raise ValueError(f"storage must be one of {sorted(plugins)}, got {storage!r}")
+    from ..ros.messages import bag_writer
+
     cfg = config or WorldConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     bag_dir = out / "bag"
+    bag = bag_writer(bag_dir, storage)  # refuses an unknown storage before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     typestore = get_typestore(Stores.ROS2_HUMBLE)
     ImageMsg = typestore.types["sensor_msgs/msg/Image"]
     Header = typestore.types["std_msgs/msg/Header"]
     Time = typestore.types["builtin_interfaces/msg/Time"]
 
     builder = CocoBuilder(track_ids=True)
-    with Writer(bag_dir, version=9, storage_plugin=plugins[storage]) as writer:
+    with bag as writer:
         conn = writer.add_connection(topic, ImageMsg.__msgtype__, typestore=typestore)
         for frame in iter_video(seed, num_frames, cfg):
             stamp = start_ns + round(frame.index * 1e9 / fps)
