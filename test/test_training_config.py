@@ -127,3 +127,46 @@ def test_demo_recipe_configs_validate_and_chain_to_the_shipped_input_size():
         assert getattr(configs["student_stage3_hires"], section) == getattr(
             configs["student_stage3"], section
         )
+
+
+_OUT_OF_RANGE = [
+    ("stage3", "run", "seed", -1, r"\[0, 2\*\*32\)"),
+    ("stage3", "run", "seed", 2**32, r"\[0, 2\*\*32\)"),
+    ("stage3", "optim", "min_lr_ratio", -0.1, r"\[0, 1\]"),
+    ("stage3", "optim", "min_lr_ratio", 1.5, r"\[0, 1\]"),
+    ("stage3", "optim", "betas", [0.9, 1.0], r"\[0, 1\)"),
+    ("stage3", "optim", "betas", [-0.1, 0.999], r"\[0, 1\)"),
+    ("stage3", "optim", "weight_decay", -0.01, ">= 0"),
+    ("stage3", "model", "input_size", 0, "positive"),
+    ("stage3", "model", "input_size", -14, "positive"),
+    ("stage3", "data", "limit", 0, "at least 1"),
+    ("stage3", "data", "num_workers", -1, ">= 0"),
+    ("stage2", "data", "frame_stride", 0, "at least 1"),
+    ("stage1-image", "options", "cache_shard_size", 0, "at least 1"),
+    ("stage1-image", "options", "cache_batch_size", 0, "at least 1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("stage", "section", "key", "value", "accepted"),
+    _OUT_OF_RANGE,
+    ids=[f"{section}.{key}={value}" for _, section, key, value, _ in _OUT_OF_RANGE],
+)
+def test_out_of_range_values_are_refused_with_the_key_and_the_range(stage, section, key, value, accepted):
+    """Each of these passed validation and crashed later (seed, sizes) or trained wrongly (lr, betas)."""
+    data_format = {"stage1-image": "sa1b", "stage2": "sav", "stage3": "saco"}[stage]
+    raw = {"stage": stage, "data": {"format": data_format}}
+    raw.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError, match=rf"'{section}\.{key}'.*{accepted}"):
+        config_from_dict(raw)
+
+
+def test_date_style_seeds_and_range_edges_are_accepted():
+    ok = {
+        "stage": "stage3",
+        "data": {"format": "saco", "limit": 1, "num_workers": 0},
+        "run": {"seed": 20240101},
+        "optim": {"min_lr_ratio": 0.0, "betas": [0.0, 0.999], "weight_decay": 0.0},
+    }
+    assert config_from_dict(ok).run.seed == 20240101
+    assert config_from_dict({**ok, "run": {"seed": 2**32 - 1}, "optim": {"min_lr_ratio": 1.0}})

@@ -184,3 +184,106 @@ def test_grouped_sampler_keeps_an_images_phrases_together_and_still_resumes():
     assert not r0 & r1
     with pytest.raises(ValueError, match="group_keys"):
         ResumableBatchSampler(40, 8, group_keys=keys[:-1], group_size=4)
+
+
+# ----------------------------------------------------------------------------- real-format corner cases
+def _write_released_sav(root, frame_ids, rows=6, size=32):
+    """A video as SA-V releases it: ``*_manual.json`` with only its real fields (no
+    ``annotated_frame_indices``; rows annotated at 6 fps), frame files named by their 24 fps
+    video frame id. Frame ``f`` is filled with the grey level ``8 * f``, to tell files apart."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    video = root / "sav_000001"
+    video.mkdir(parents=True)
+    masklet = []
+    for i in range(rows):
+        mask = np.zeros((size, size), np.uint8)
+        mask[:, 4 * i : 4 * i + 4] = 1
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        masklet.append([{"size": rle["size"], "counts": rle["counts"].decode()}])
+    doc = {"video_id": "sav_000001", "video_height": size, "video_width": size, "masklet": masklet}
+    (root / "sav_000001_manual.json").write_text(json.dumps({**doc, "masklet_num": 1}))
+    for f in frame_ids:
+        Image.fromarray(np.full((size, size, 3), 8 * f, np.uint8)).save(video / f"{f:05d}.jpg", quality=100)
+
+
+def _frame_level(pixels: torch.Tensor) -> float:
+    """The grey level a (uniform) input frame was read from: pixels are (level / 255 - 0.5) / 0.5."""
+    return float((pixels.mean() * 0.5 + 0.5) * 255)
+
+
+@pytest.mark.parametrize("layout", ["every 4th frame (SAM 2's extraction)", "all 24 fps frames"])
+def test_sav_reader_pairs_released_masklet_rows_with_every_4th_video_frame(layout, tmp_path):
+    frames = range(0, 24, 4) if layout.startswith("every") else range(24)
+    _write_released_sav(tmp_path, frames)
+    ds = SAVDataset(tmp_path, 28, clip_length=2)
+    assert ds.records[0]["frames"] == [0, 4, 8, 12, 16, 20]
+    for seed in range(6):
+        clip = ds[(0, seed)]
+        start = int(clip["key"].rsplit(":", 1)[1])
+        for t in range(2):
+            # row start + t is video frame 4 * (start + t), file {4 * (start + t):05d}.jpg
+            assert _frame_level(clip["pixels"][t]) == pytest.approx(8 * 4 * (start + t), abs=2)
+
+
+def test_sav_frame_stride_is_an_option_and_checked(tmp_path):
+    _write_released_sav(tmp_path, range(6))  # a folder holding exactly the annotated frames
+    ds = SAVDataset(tmp_path, 28, clip_length=2, frame_stride=1)
+    clip = ds[(0, 1)]
+    start = int(clip["key"].rsplit(":", 1)[1])
+    assert _frame_level(clip["pixels"][1]) == pytest.approx(8 * (start + 1), abs=2)
+    with pytest.raises(DataError, match="missing frames"):  # default stride 4: no 00004.jpg here
+        SAVDataset(tmp_path, 28, clip_length=2)
+    with pytest.raises(ValueError, match="frame_stride"):
+        SAVDataset(tmp_path, 28, clip_length=2, frame_stride=0)
+
+
+def _write_coco(root, annotations, categories, images=("a.jpg",), **image_fields):
+    from PIL import Image
+
+    root.mkdir(exist_ok=True)
+    entries = []
+    for i, name in enumerate(images, start=1):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / name)
+        entries.append({"id": i, "file_name": name, "height": 32, "width": 32, **image_fields})
+    doc = {"images": entries, "annotations": annotations, "categories": categories}
+    (root / "annotations.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_coco_category_present_only_as_a_crowd_is_never_a_negative(tmp_path):
+    square = [[2, 2, 20, 2, 20, 20, 2, 20]]
+    crowd_rle = {"counts": [40, 200, 784], "size": [32, 32]}
+    root = _write_coco(
+        tmp_path / "coco",
+        [
+            {"id": 1, "image_id": 1, "category_id": 2, "segmentation": square, "bbox": [2, 2, 18, 18]},
+            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": crowd_rle, "iscrowd": 1},
+        ],
+        [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "cat"}],
+    )
+    ds = ConceptDataset(root, 28, style="coco", negatives_per_image=1)
+    assert sorted(str(r["phrase"]) for r in ds.records) == ["None", "dog"]  # the crowd is no instance
+    negative = next(i for i, r in enumerate(ds.records) if r["phrase"] is None)
+    drawn = {ds[(negative, seed)]["phrase"] for seed in range(40)}
+    assert drawn == {"cat"}  # "person" is in the image (as a crowd): never drawn as absent
+
+
+@pytest.mark.parametrize("polygon", [[[]], [[5, 5]], [[1, 2, 3, 4, 5]], [[1, 1, 9, 1]]])
+def test_degenerate_polygon_is_a_skipped_record(polygon, tmp_path):
+    square = [[2, 2, 20, 2, 20, 20, 2, 20]]
+    root = _write_coco(
+        tmp_path / "saco",
+        [
+            {"id": 1, "image_id": 1, "segmentation": polygon, "bbox": [2, 2, 18, 18]},
+            {"id": 2, "image_id": 2, "segmentation": square, "bbox": [2, 2, 18, 18]},
+        ],
+        [],
+        images=("a.jpg", "b.jpg"),
+        text_input="dog",
+    )
+    ds = ConceptDataset(root, 28, style="saco")
+    sample = ds[0]  # a.jpg's polygon cannot be decoded: its neighbour stands in
+    assert sample["key"] == "b.jpg" and len(sample["boxes"]) == 1
+    assert ds.bad.count == 1 and "unreadable (ValueError)" in ds.bad.reasons

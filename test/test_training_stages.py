@@ -704,3 +704,126 @@ def test_a_trackers_random_start_depends_on_the_run_seed_only(tmp_path):
     assert random_start
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in random_start)
+
+
+# ----------------------------------------------------------------------------- review fixes
+def test_a_date_style_seed_trains(datasets, tmp_path, one_thread):
+    """run.seed=20240101 made the per-step seed ~8e19, past what torch.manual_seed takes."""
+    from efficientsam3_ros.training.trainer import _step_seed
+
+    config = _config(
+        "tiny_stage1_text",
+        tmp_path,
+        f"data.prompts={datasets['prompts']}",
+        "run.seed=20240101",
+        "run.steps=1",
+    )
+    assert train(config).step == 1
+    assert 0 <= _step_seed(2**32 - 1, 10**9, 1023, 64) < 2**63
+    assert _step_seed(0, 5, 1, 2) == ((0 * 1_000_003 + 5) * 1_009 + 2) * 4_099 + 1  # small seeds unchanged
+
+
+def test_the_feature_cache_refuses_other_teacher_weights_and_another_data_root(
+    datasets, tmp_path, one_thread
+):
+    """The fingerprint holds the teacher's weights (sha256 of its checkpoint) and the resolved data
+    root: a cache filled from one checkpoint was silently reused after the checkpoint changed."""
+    from efficientsam3_ros.modeling.checkpoint import save_checkpoint
+    from efficientsam3_ros.training.data import SA1BDataset
+    from efficientsam3_ros.training.feature_cache import CacheError, fill_cache, weights_identity
+
+    teachers = {}
+    for name, seed in (("a", 123), ("b", 456)):
+        torch.manual_seed(seed)
+        teachers[name] = save_checkpoint(build_model("sam3-tiny"), tmp_path / f"teacher_{name}.safetensors")
+    cache = tmp_path / "cache"
+
+    def prepare(teacher_file):
+        config = _config(
+            "tiny_stage1_image",
+            tmp_path,
+            f"data.root={datasets['sa1b']}",
+            f"options.feature_cache={cache}",
+            f"model.teacher_checkpoint={teacher_file}",
+        )
+        build_stage(config, DistContext()).prepare()
+
+    prepare(teachers["a"])
+    prepare(teachers["a"])  # the same teacher file: the cache is reused
+    with pytest.raises(CacheError, match=r"another teacher.*teacher_weights 'sha256:[0-9a-f]+' -> 'sha256:"):
+        prepare(teachers["b"])
+    assert weights_identity(None, 7) == "random (run.seed 7)"
+
+    teacher = build_model("sam3-tiny")
+    ds = SA1BDataset(datasets["sa1b"], 112)
+    keys = [ds.key(i) for i in range(len(ds))]
+    kwargs = {"teacher_name": "sam3-tiny", "input_size": 112, "resize": "stretch", "teacher_weights": "w"}
+    folder = tmp_path / "cache2"
+    fill_cache(folder, ds, keys, teacher, DistContext(), data_root="/data/one", **kwargs)
+    with pytest.raises(CacheError, match="data_root '/data/one' -> '/data/two'"):
+        fill_cache(folder, ds, keys, teacher, DistContext(), data_root="/data/two", **kwargs)
+
+
+def test_only_the_cuda_rng_states_of_visible_gpus_are_restored():
+    """A checkpoint written with 4 GPUs visible resumes on a machine with fewer."""
+    from efficientsam3_ros.training.checkpointing import cuda_states_to_restore
+
+    states = [torch.full((4,), i, dtype=torch.uint8) for i in range(4)]
+    assert [int(s[0]) for s in cuda_states_to_restore(states, 1)] == [0]
+    assert [int(s[0]) for s in cuda_states_to_restore(states, 4)] == [0, 1, 2, 3]
+    assert [int(s[0]) for s in cuda_states_to_restore(states, 8)] == [0, 1, 2, 3]
+    assert cuda_states_to_restore([], 2) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_rng_states_saved_with_more_gpus_than_visible_restore():
+    from efficientsam3_ros.training.checkpointing import capture_rng_state, restore_rng_state
+
+    state = capture_rng_state()
+    saved = state["cuda"][0].clone()
+    state["cuda"] = [*state["cuda"], saved.clone()]  # as if written on a node with one more GPU
+    torch.cuda.manual_seed_all(1234)
+    restore_rng_state(state)  # raised IndexError in set_rng_state_all
+    assert torch.equal(torch.cuda.get_rng_state(0), saved)
+
+
+def test_a_resume_drops_the_metrics_logged_after_its_checkpoint(datasets, tmp_path, one_thread):
+    """Killed at step 5 with the last checkpoint at 4: step 5 was logged, is run again on resume,
+    and must be in metrics.jsonl once (the resumed run's entry)."""
+    common = [
+        f"data.prompts={datasets['prompts']}",
+        "run.steps=6",
+        "run.checkpoint_every=2",
+        "run.log_every=1",
+    ]
+    train(_config("tiny_stage1_text", tmp_path, *common, "run.stop_at_step=5"))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with metrics.open("a") as handle:
+        handle.write('{"step": 6, "loss": 0.')  # and a line the kill cut short
+    resumed = train(_config("tiny_stage1_text", tmp_path, *common), resume="auto")
+    assert resumed.resumed_from.name == "step-00000004.pt"
+    entries = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [e["step"] for e in entries] == [1, 2, 3, 4, 5, 6]
+    assert entries[4]["loss"] == resumed.history[0]["loss"]
+
+
+def test_environment_json_is_replaced_whole(tmp_path, monkeypatch):
+    """Written like the checkpoints (temp file, fsync, rename): a kill mid-write leaves the old file."""
+    from efficientsam3_ros.training import checkpointing
+    from efficientsam3_ros.training.environment import record_environment
+
+    path = tmp_path / "environment.json"
+    record_environment(tmp_path, DistContext(), resumed=False)
+    before = path.read_text()
+    real_replace = os.replace
+    seen = []
+
+    def replace(src, dst):
+        seen.append(Path(dst).read_text())  # what a reader sees until the rename: the whole old file
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpointing.os, "replace", replace)
+    record_environment(tmp_path, DistContext(), resumed=True)
+    assert seen == [before]
+    assert len(json.loads(path.read_text())["starts"]) == 2

@@ -183,3 +183,58 @@ def test_shipped_path_finds_the_source_tree_then_an_installed_share_copy(tmp_pat
     share.mkdir(parents=True)
     monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "install"))  # what a sourced colcon workspace sets
     assert shipped_path(name) == share
+
+
+def test_a_cached_file_is_checked_against_the_zoo_digest_each_time_it_is_handed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only right after its download: a copy in the cache may be replaced or damaged later. A
+    pass is remembered by size and mtime, so an unchanged file is hashed once."""
+    import hashlib
+    import importlib
+
+    from efficientsam3_ros.zoo import ZooEntry
+
+    dl = importlib.import_module("efficientsam3_ros.zoo.download")  # the package re-exports download()
+
+    monkeypatch.setenv("EFFICIENTSAM3_HOME", str(tmp_path / "home"))
+    cached = tmp_path / "hub" / "w.safetensors"
+    cached.parent.mkdir()
+    served = {"bytes": b"corrupted download"}
+
+    def fake_fetch(entry: ZooEntry, local_only: bool) -> Path:  # huggingface_hub and its cache
+        if not local_only:
+            cached.write_bytes(served["bytes"])
+        if not cached.exists():
+            raise FileNotFoundError("not cached")
+        return cached
+
+    hashed: list[Path] = []
+
+    def counting_sha256(path: str | Path) -> str:
+        hashed.append(Path(path))
+        return sha256_file(path)
+
+    monkeypatch.setattr(dl, "_hub_fetch", fake_fetch)
+    monkeypatch.setattr(dl, "sha256_file", counting_sha256)
+    good = b"the real weights"
+    entry = ZooEntry(
+        name="x",
+        format="efficientsam3_ros",
+        hub_repo="o/r",
+        hub_file="w.safetensors",
+        architecture="es-ev-tiny",
+        sha256=hashlib.sha256(good).hexdigest(),
+    )
+    with pytest.raises(ZooError, match="does not match"):
+        dl.download(entry)  # the download itself is checked
+    with pytest.raises(ZooError, match="does not match"):
+        dl.download(entry)  # and so is the same bad file, now found in the cache
+    cached.write_bytes(good)
+    hashed.clear()
+    assert dl.download(entry) == cached
+    assert dl.download(entry) == cached
+    assert len(hashed) == 1  # the pass is remembered: an unchanged file is not hashed again
+    cached.write_bytes(b"changed on disk")  # another size (and mtime): checked again
+    with pytest.raises(ZooError, match="does not match"):
+        dl.download(entry)

@@ -14,8 +14,9 @@ import logging
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -53,7 +54,25 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all(cuda_states_to_restore(state["cuda"], torch.cuda.device_count()))
+
+
+def cuda_states_to_restore(states: list[torch.Tensor], visible: int) -> list[torch.Tensor]:
+    """The saved CUDA RNG states this machine can take: the first ``visible`` ones.
+
+    Why: a checkpoint keeps one state per GPU its process saw, and ``set_rng_state_all``
+    raises IndexError for more states than visible devices, so a run checkpointed on a
+    4-GPU node could not resume on 1 GPU. Each rank seeds its own device per step anyway
+    (trainer ``_step_seed``), so the dropped states do not change what the run draws.
+    """
+    if len(states) > visible:
+        log.info(
+            "checkpoint holds %d CUDA RNG states, %d GPU(s) visible: restoring the first %d",
+            len(states),
+            visible,
+            visible,
+        )
+    return list(states[:visible])
 
 
 # ----------------------------------------------------------------------------- files
@@ -78,19 +97,29 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to ``<path>.tmp.<pid>``, fsync, rename: readers see the old file or the whole new one."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(handle)`` to ``<path>.tmp.<pid>``, fsync, rename: readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save, written with :func:`atomic_write`."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """UTF-8 text (a run's JSON side files), written with :func:`atomic_write`."""
+    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:

@@ -14,6 +14,7 @@ import sys
 
 import yaml
 
+from ..modeling.checkpoint_files import CheckpointError as WeightsError
 from .checkpointing import CheckpointError
 from .config import STAGES, ConfigError, load_config
 from .data.common import DataError
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         from .trainer import train
 
         result = train(config, resume=args.resume)
-    except (ConfigError, DataError, CheckpointError, CacheError, FileNotFoundError) as err:
+    # WeightsError: a start / teacher / tracker weights file that is corrupt or made for another model
+    except (ConfigError, DataError, CheckpointError, WeightsError, CacheError, FileNotFoundError) as err:
         print(f"efficientsam3-train: error: {err}", file=sys.stderr)
         return 2
     if result.export_path is not None:

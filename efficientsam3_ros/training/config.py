@@ -59,6 +59,9 @@ class DataSection:
     resize: str = "stretch"  # stretch (SAM3: resize to the square) | letterbox (keep aspect, pad)
     hflip: float = 0.0  # probability of a horizontal flip
     clip_length: int = 4  # stage 2: frames per training clip
+    # SA-V: video frames per masklet row when the JSON has no annotated_frame_indices (the released
+    # files annotate at 6 fps of 24: row i is frame 4*i, file <4*i:05d>.jpg)
+    frame_stride: int = 4
     max_objects: int = 4  # stage 2 objects per clip / stage1 prompts per image
     negatives_per_image: int = 1  # COCO -> concept pairs: absent category names per image
     # stage 3: batch up to this many of one image's phrases side by side; the image is encoded once
@@ -360,14 +363,31 @@ def _check_values(config: TrainConfig) -> None:
         "data.phrases_per_image",
         "only stage3 encodes an image once for several phrases; leave it at 1",
     )
+    need(config.data.frame_stride >= 1, "data.frame_stride", "at least 1 (video frames per masklet row)")
+    need(config.data.limit is None or config.data.limit >= 1, "data.limit", "at least 1, or null for all")
+    need(config.data.num_workers >= 0, "data.num_workers", "must be >= 0 (0 loads in the main process)")
     need(config.run.steps >= 1, "run.steps", "at least 1")
     need(config.run.batch_size >= 1, "run.batch_size", "at least 1")
     need(config.run.checkpoint_every >= 1, "run.checkpoint_every", "at least 1")
     need(config.run.log_every >= 1, "run.log_every", "at least 1")
+    # numpy's and torch's seeders take [0, 2**32) everywhere; the per-step seeds mix it further
+    need(0 <= config.run.seed < 2**32, "run.seed", "an integer in [0, 2**32), e.g. 0 or 20240101")
     need(config.optim.grad_accum >= 1, "optim.grad_accum", "at least 1")
     need(config.optim.lr > 0, "optim.lr", "must be positive")
+    need(config.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     need(len(config.optim.betas) == 2, "optim.betas", "two numbers, e.g. [0.9, 0.999]")
+    need(
+        all(0.0 <= beta < 1.0 for beta in config.optim.betas),
+        "optim.betas",
+        "each in [0, 1), e.g. [0.9, 0.999]",
+    )
     need(config.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    need(0.0 <= config.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio", "in [0, 1] (final lr / lr)")
+    need(
+        config.model.input_size is None or config.model.input_size > 0,
+        "model.input_size",
+        "a positive multiple of the patch size 14, or null for the model's own",
+    )
     need(
         config.model.input_size is None or config.model.input_size % 14 == 0,
         "model.input_size",
@@ -388,6 +408,8 @@ def _check_values(config: TrainConfig) -> None:
             "must be 0 with options.feature_cache (the cache holds features of unflipped images)",
         )
         need(0.0 <= options.point_prob <= 1.0, "options.point_prob", "a probability in [0, 1]")
+        need(options.cache_shard_size >= 1, "options.cache_shard_size", "at least 1 (samples per shard)")
+        need(options.cache_batch_size >= 1, "options.cache_batch_size", "at least 1 (teacher batch)")
     if config.stage == "stage2":
         need(options.target in ("teacher", "gt"), "options.target", "use 'teacher' or 'gt'")
         from ..modeling.tracker_config import (

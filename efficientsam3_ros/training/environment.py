@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from .checkpointing import atomic_write_text
 from .distributed import DistContext
 
 log = logging.getLogger(__name__)
@@ -82,5 +83,7 @@ def record_environment(out: Path, ctx: DistContext, resumed: bool) -> dict[str, 
                 ", ".join(changed),
             )
     starts.append(now)
-    path.write_text(json.dumps({"starts": starts}, indent=2) + "\n")
+    # atomically, as the checkpoints: a job killed mid-write kept half a file, and every later
+    # resume then failed to read it
+    atomic_write_text(path, json.dumps({"starts": starts}, indent=2) + "\n")
     return now

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..modeling import EfficientSam3Model, TrackerModel
 from ..modeling.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
-from ..modeling.checkpoint_files import write_safetensors
+from ..modeling.checkpoint_files import CheckpointError, OpenCheckpoint, open_checkpoint, write_safetensors
 from ..modeling.tracker_checkpoint import TRACKER_FORMAT
 
 
@@ -54,29 +53,48 @@ def export_tracker(tracker: TrackerModel, path: str | Path) -> Path:
     )
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = False) -> list[str]:
+def load_weights(model: nn.Module, path: str | Path | OpenCheckpoint, strict: bool = False) -> list[str]:
     """Load weights into ``model``; returns the model keys the file did not supply (non-strict).
 
     Image models go through ``modeling.checkpoint.load_checkpoint`` (our safetensors, the
     released SAM3 / EfficientSAM3 ``.pt`` files and HF directories). Other modules (the
-    tracker) read a safetensors state dict. ``strict=False`` because stages load partial
-    models on purpose (a stage-1 image export into a text student).
+    tracker) read a state dict by name. ``strict=False`` because stages load partial
+    models on purpose (a stage-1 image export into a text student); which parts a start
+    file must fill is checked by the callers (``training.models``). A file that does not
+    fit raises ``CheckpointError`` (the CLI's exit code 2), never a bare ValueError.
     """
-    path = Path(path)
-    if not path.exists():
+    if not isinstance(path, OpenCheckpoint) and not Path(path).exists():
         raise FileNotFoundError(f"weights file {path} does not exist")
+    ckpt = path if isinstance(path, OpenCheckpoint) else open_checkpoint(path)
     if isinstance(model, EfficientSam3Model):
-        report = load_checkpoint(model, path, strict=strict)
+        report = load_checkpoint(model, ckpt, strict=strict)
+        if not report.loaded:
+            raise _nothing_loaded(model, ckpt)
         return sorted(set(model.state_dict()) - set(report.plan.assignments))
-    state = load_file(str(path))
     own = model.state_dict()
-    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if not any(k in own for k in ckpt.shapes):
+        raise _nothing_loaded(model, ckpt)
+    bad = [k for k, shape in ckpt.shapes.items() if k in own and tuple(own[k].shape) != shape]
     if bad:
-        raise ValueError(f"{path}: shape mismatch for {bad[:5]} (built for another model size?)")
-    result = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    if strict and result.missing_keys:
-        raise ValueError(f"{path} lacks {len(result.missing_keys)} weights, e.g. {result.missing_keys[:5]}")
-    return list(result.missing_keys)
+        raise CheckpointError(
+            f"{ckpt.path}: shape mismatch for {bad[:5]} (built for another model size?); "
+            f"use weights of this {type(model).__name__}"
+        )
+    missing = [k for k in own if k not in ckpt.shapes]
+    if strict and missing:
+        raise CheckpointError(f"{ckpt.path} lacks {len(missing)} weights, e.g. {missing[:5]}")
+    model.load_state_dict({k: ckpt.get(k) for k in ckpt.shapes if k in own}, strict=False)
+    return missing
+
+
+def _nothing_loaded(model: nn.Module, ckpt: OpenCheckpoint) -> CheckpointError:
+    """A partial load is sometimes meant; one that copies nothing never is (a file of another model)."""
+    config = getattr(model, "config", None)
+    name = getattr(config, "name", None) or type(model).__name__
+    return CheckpointError(
+        f"{ckpt.path}: none of its {len(ckpt.shapes)} tensors is a weight of {name} "
+        f"(first keys: {list(ckpt.shapes)[:3]}); it holds another model: pass that model's weights"
+    )
 
 
 def transfer_matching(src: nn.Module, dst: nn.Module, exclude: tuple[str, ...] = ()) -> int:
@@ -85,13 +103,21 @@ def transfer_matching(src: nn.Module, dst: nn.Module, exclude: tuple[str, ...] =
     Why: students reuse SAM3's heads verbatim (neck, detector, tracker SAM heads), so the
     part that is not being distilled starts as the teacher's. Returns the number copied.
     """
-    src_state = src.state_dict()
-    dst_state = dst.state_dict()
-    take = {
-        k: v
-        for k, v in src_state.items()
-        if k in dst_state and dst_state[k].shape == v.shape and not k.startswith(exclude)
-    }
+    take = _matching(src, dst, exclude)
     with torch.no_grad():
         dst.load_state_dict(take, strict=False)
     return len(take)
+
+
+def matching_names(src: nn.Module, dst: nn.Module, exclude: tuple[str, ...] = ()) -> set[str]:
+    """The names :func:`transfer_matching` copies from ``src`` into ``dst``."""
+    return set(_matching(src, dst, exclude))
+
+
+def _matching(src: nn.Module, dst: nn.Module, exclude: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    dst_state = dst.state_dict()
+    return {
+        k: v
+        for k, v in src.state_dict().items()
+        if k in dst_state and dst_state[k].shape == v.shape and not k.startswith(exclude)
+    }

@@ -6,8 +6,9 @@ and read back every epoch. Layout in the cache folder:
 
 * ``shard-<s:06d>.safetensors``: samples ``[s*N, (s+1)*N)`` of the dataset, one fp16
   ``[C, g, g]`` tensor per sample key; the metadata carries the cache fingerprint.
-* ``index.json``: fingerprint (teacher, input size, resize mode, keys), grid, channels
-  and which shard holds each key; written last, by rank 0, after every rank is done.
+* ``index.json``: fingerprint (teacher, the sha256 of its weights, input size, resize mode,
+  the resolved data root, keys), grid, channels and which shard holds each key; written
+  last, by rank 0, after every rank is done.
 
 Several ranks fill it together: shard ``s`` belongs to rank ``s % world_size`` and each
 rank writes only its own shards (temp file + ``os.replace``), so no two processes ever
@@ -41,9 +42,43 @@ class CacheError(RuntimeError):
     """The cache folder does not match this run (other teacher / size / dataset) or is incomplete."""
 
 
-def fingerprint(keys: list[str], teacher: str, input_size: int, resize: str) -> str:
-    digest = hashlib.sha256(json.dumps([teacher, input_size, resize, keys]).encode())
+def fingerprint(
+    keys: list[str],
+    teacher: str,
+    input_size: int,
+    resize: str,
+    teacher_weights: str = "",
+    data_root: str = "",
+) -> str:
+    """What the cached features depend on. Why the weights and the root: with only the teacher's
+    name, a cache filled from one checkpoint (or dataset folder with the same file names) was
+    silently reused after ``model.teacher_checkpoint`` (or ``data.root``) changed."""
+    digest = hashlib.sha256(
+        json.dumps([teacher, input_size, resize, keys, teacher_weights, data_root]).encode()
+    )
     return digest.hexdigest()[:32]
+
+
+def weights_identity(path: str | Path | None, seed: int) -> str:
+    """Names the teacher's weights: ``sha256:<hex>`` of its checkpoint (file, or every file of an
+    HF directory by relative name), or the seed its random weights were drawn from.
+
+    Why the whole file and not its size and header: two trainings of one architecture can
+    share both, and the cache would then serve the other teacher's features. Hashing reads
+    the file once more (~1 GB/s: ~4 s for SAM3's 3.4 GB, against minutes to fill a cache).
+    """
+    if not path:
+        return f"random (run.seed {seed})"
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _shard_name(shard: int) -> str:
@@ -71,19 +106,34 @@ def fill_cache(
     resize: str,
     shard_size: int = 256,
     batch_size: int = 8,
+    teacher_weights: str = "",
+    data_root: str = "",
 ) -> Path:
-    """Compute the missing shards of this rank, then (rank 0) write the index. All ranks must call it."""
+    """Compute the missing shards of this rank, then (rank 0) write the index. All ranks must call it.
+
+    ``teacher_weights``: :func:`weights_identity` of the teacher; ``data_root``: the resolved
+    dataset folder. Both are part of the fingerprint.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint(keys, teacher_name, input_size, resize)
+    fp = fingerprint(keys, teacher_name, input_size, resize, teacher_weights, data_root)
     index_path = folder / INDEX
     if index_path.is_file():
         index = json.loads(index_path.read_text())
         if index.get("fingerprint") == fp:
             return index_path
+        now = {
+            "teacher": teacher_name,
+            "teacher_weights": teacher_weights,
+            "input_size": input_size,
+            "resize": resize,
+            "data_root": data_root,
+        }
+        differs = [f"{k} {index.get(k)!r} -> {v!r}" for k, v in now.items() if index.get(k) != v]
         raise CacheError(
-            f"feature cache {folder} was built for another teacher, input size or dataset "
-            f"(fingerprint {index.get('fingerprint')} != {fp}); point options.feature_cache elsewhere or delete it"
+            f"feature cache {folder} was built for another teacher, teacher weights, input size or dataset "
+            f"({'; '.join(differs) or 'other sample keys'}; fingerprint {index.get('fingerprint')} != {fp}); "
+            "point options.feature_cache elsewhere or delete it"
         )
     num_shards = (len(keys) + shard_size - 1) // shard_size
     device = next(teacher.parameters()).device
@@ -121,6 +171,8 @@ def fill_cache(
             "version": 1,
             "fingerprint": fp,
             "teacher": teacher_name,
+            "teacher_weights": teacher_weights,
+            "data_root": data_root,
             "input_size": input_size,
             "resize": resize,
             "dtype": "float16",

@@ -27,7 +27,7 @@ from .config import ImageStageOptions, TrainConfig
 from .data import build_dataset, valid_grid
 from .distributed import DistContext
 from .export import export_model
-from .feature_cache import CachedFeatures, FeatureCache, fill_cache, fingerprint
+from .feature_cache import CachedFeatures, FeatureCache, fill_cache, fingerprint, weights_identity
 from .losses import dice_loss, masked_feature_losses, soft_bce_loss
 from .models import TRUNK_PREFIX, StageModule, build_student, build_teacher, build_tracker, freeze
 from .trainer import StageRunner, set_trainable
@@ -171,6 +171,10 @@ class ImageDistillStage(StageRunner):
         keys = [self.base.key(i) for i in range(len(self.base))]
         if len(set(keys)) != len(keys):
             raise ValueError("the feature cache needs unique sample keys; the dataset lists an image twice")
+        identity = {
+            "teacher_weights": weights_identity(self.config.model.teacher_checkpoint, self.config.run.seed),
+            "data_root": str(Path(self.config.data.root).resolve()),
+        }
         fill_cache(
             options.feature_cache,
             self.base,
@@ -182,8 +186,11 @@ class ImageDistillStage(StageRunner):
             resize=self.config.data.resize,
             shard_size=options.cache_shard_size,
             batch_size=options.cache_batch_size,
+            **identity,
         )
-        expected = fingerprint(keys, self.config.model.teacher, self.input_size, self.config.data.resize)
+        expected = fingerprint(
+            keys, self.config.model.teacher, self.input_size, self.config.data.resize, **identity
+        )
         self.dataset = CachedFeatures(self.base, FeatureCache(options.feature_cache, expected))
         self.module.drop_teacher()
 

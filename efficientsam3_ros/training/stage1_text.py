@@ -56,7 +56,7 @@ class TextDistillStage(StageRunner):
     def __init__(self, config: TrainConfig, ctx: DistContext):
         super().__init__(config, ctx)
         teacher = build_teacher(config)
-        student = build_student(config, teacher, exclude=TEXT_PREFIXES)
+        student = build_student(config, teacher, exclude=TEXT_PREFIXES, may_lack=TEXT_PREFIXES)
         if student.config.text_encoder != "mobileclip":
             raise ValueError(
                 f"stage1-text trains a MobileCLIP text tower; model.student={config.model.student!r} has "

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..modeling import get_config
 from ..modeling.memory_format import resolve_memory_format
 from .checkpointing import (
+    atomic_write_text,
     list_checkpoints,
     load_checkpoint,
     resolve_resume,
@@ -148,7 +149,13 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]
 
 
 def _step_seed(seed: int, step: int, rank: int, micro: int = 0) -> int:
-    return ((seed * 1_000_003 + step) * 1_009 + micro) * 4_099 + rank
+    """One seed per (seed, step, rank, micro-batch), within what ``torch.manual_seed`` accepts.
+
+    Why the modulo: the mix grows as seed * 4e12, so a date-style ``run.seed`` (20240101) gave
+    8e19, past torch's 64-bit limit ("Overflow when unpacking long long"). Seeds whose mix
+    stays below 2**63 (every seed below ~2.2 million) keep the values they always had.
+    """
+    return (((seed * 1_000_003 + step) * 1_009 + micro) * 4_099 + rank) % 2**63
 
 
 @dataclass
@@ -281,6 +288,8 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
             log.info("resumed from %s at step %d", resume_path, start)
     if ctx.is_main:
         record_environment(out, ctx, resumed=resume_path is not None)
+        if resume_path is not None:
+            drop_metrics_after(out / "metrics.jsonl", start)
     result.step = start
 
     sampler = stage_sampler(stage, ctx, start_batch=start * optim.grad_accum)
@@ -377,6 +386,32 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
             writer.close()
         if metrics is not None:
             metrics.close()
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """On resume, keep only the ``metrics.jsonl`` entries up to the resumed ``step``.
+
+    Why: a killed run logged the steps after its last checkpoint, and the resumed run logs
+    them again, so they appeared twice (with the second copy the one the weights have). A
+    line cut short by the kill goes too. Rewritten atomically, as the checkpoints are.
+    """
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            logged = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            logged = step + 1  # a line the kill cut short
+        if logged <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+        log.info("metrics.jsonl: dropped %d entries after the resumed step %d", dropped, step)
 
 
 def _checkpoint(

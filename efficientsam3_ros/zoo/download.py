@@ -3,17 +3,27 @@
 Downloads go through huggingface_hub into its cache (its own progress bar, resumable,
 shared with transformers). Offline, or for a gated repo without a login, the error is
 one line that names the directory where a hand-copied file will be found.
+
+A file whose zoo entry records a ``sha256`` is checked every time it is handed out, not
+only right after its download: a cached or hand-placed copy can be replaced or damaged
+later. A pass is remembered by path, size and mtime (``$EFFICIENTSAM3_HOME/verified.json``),
+so an unchanged multi-GB file is not hashed again on every call.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 from pathlib import Path
 
 from .manifest import ZooEntry, ZooError
 
+log = logging.getLogger(__name__)
+
 HOME_ENV = "EFFICIENTSAM3_HOME"
+VERIFIED = "verified.json"
 _CHUNK = 1 << 22
 
 
@@ -79,6 +89,8 @@ def download(entry: ZooEntry) -> Path:
     """
     local = find_local(entry)
     if local is not None:
+        if entry.sha256 and local.is_file():
+            verify_sha256(local, entry.sha256)
         return local
     if not entry.hub_repo:
         raise ZooError(f"{entry.name}: local weights {entry.local} do not exist")
@@ -87,7 +99,7 @@ def download(entry: ZooEntry) -> Path:
     except Exception as err:
         raise ZooError(offline_message(entry, err)) from None
     if entry.sha256 and path.is_file():
-        check_sha256(path, entry.sha256)
+        verify_sha256(path, entry.sha256)
     return path
 
 
@@ -116,3 +128,43 @@ def check_sha256(path: str | Path, expected: str) -> None:
         raise ZooError(
             f"{path}: sha256 {actual} does not match the zoo's {expected}: delete it and download again"
         )
+
+
+def verify_sha256(path: str | Path, expected: str) -> None:
+    """:func:`check_sha256`, skipped when this very file (same resolved path, size and mtime)
+    already passed against ``expected``; a pass is recorded in ``verified.json``."""
+    path = Path(path)
+    stat = path.stat()
+    key = str(path.resolve())
+    record = [stat.st_size, stat.st_mtime_ns, expected.lower()]
+    ledger = _read_verified()
+    if ledger.get(key) == record:
+        return
+    check_sha256(path, expected)
+    ledger[key] = record
+    _write_verified(ledger)
+
+
+def _verified_path() -> Path:
+    return models_dir().parent / VERIFIED
+
+
+def _read_verified() -> dict[str, list]:
+    try:
+        data = json.loads(_verified_path().read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: verify again
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_verified(ledger: dict[str, list]) -> None:
+    """Temp file + rename, so a reader never sees half a ledger; a read-only home only costs re-hashing."""
+    path = _verified_path()
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        log.debug("cannot record the sha256 check in %s: %s", path, err)
+        tmp.unlink(missing_ok=True)

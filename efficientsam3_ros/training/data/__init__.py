@@ -66,6 +66,7 @@ def build_dataset(config: TrainConfig, input_size: int, *, masks: bool = False) 
             data.resize,
             data.hflip,
             data.limit,
+            frame_stride=data.frame_stride,
         )
     if data.format == "text":
         if not data.prompts:

@@ -5,7 +5,8 @@ Fields used from the COCO-style JSON (``data.annotations``, default
 ``images[].id``, ``images[].file_name`` (relative to ``data.root``), ``images[].height``,
 ``images[].width``; ``annotations[].image_id``, ``annotations[].segmentation`` (RLE with
 string or list counts, or polygons), ``annotations[].bbox`` (used only when a mask is
-empty), ``annotations[].iscrowd`` (crowd regions are dropped);
+empty), ``annotations[].iscrowd`` (crowd regions are not instances, but their category
+counts as present: a crowd of people is no negative example of "person");
 ``categories[].id`` / ``categories[].name``.
 
 * **SA-Co** (``format: saco``; SA-Co/Gold is the benchmark): each ``images`` entry is one
@@ -75,10 +76,11 @@ class ConceptDataset(RecordDataset):
             self.categories = {int(c["id"]): str(c["name"]) for c in doc.get("categories", [])}
         except (ValueError, KeyError, TypeError) as err:
             raise DataError(f"{style}: {ann_path} is not a COCO-style file ({err})") from None
-        by_image: dict[Any, list[dict]] = defaultdict(list)
+        by_image: dict[Any, list[dict]] = defaultdict(list)  # instances (no crowd regions)
+        crowds: dict[Any, list[dict]] = defaultdict(list)  # crowd regions: present, not instances
         for ann in anns:
-            if not ann.get("iscrowd", 0) and "image_id" in ann:
-                by_image[ann["image_id"]].append(ann)
+            if "image_id" in ann:
+                (crowds if ann.get("iscrowd", 0) else by_image)[ann["image_id"]].append(ann)
         bad = BadRecords(style)
         records: list[dict[str, Any]] = []
         seen: set[Path] = set()
@@ -95,6 +97,9 @@ class ConceptDataset(RecordDataset):
                 else:
                     phrase = None
                     phrases = sorted({self.categories[int(a["category_id"])] for a in image_anns})
+                    present = set(phrases) | {
+                        self.categories[int(a["category_id"])] for a in crowds.get(entry["id"], [])
+                    }
             except (KeyError, ValueError, TypeError):
                 bad.add(
                     "bad image entry", str(entry.get("id", entry)) if isinstance(entry, dict) else str(entry)
@@ -115,7 +120,7 @@ class ConceptDataset(RecordDataset):
                     chosen = [a for a in image_anns if self.categories[int(a["category_id"])] == name]
                     records.append({**base, "phrase": name, "annotations": chosen})
                 for _ in range(negatives_per_image):
-                    records.append({**base, "phrase": None, "absent": set(phrases), "annotations": []})
+                    records.append({**base, "phrase": None, "present": present, "annotations": []})
         super().__init__(records, bad, len(images), limit)
         self._recent_images = RecentImages()
 
@@ -128,7 +133,7 @@ class ConceptDataset(RecordDataset):
     def load(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         phrase = record["phrase"]
         if phrase is None:  # a COCO negative: an absent category, drawn from the sample's seed
-            absent = sorted(set(self.categories.values()) - record["absent"])
+            absent = sorted(set(self.categories.values()) - record["present"])
             if not absent:
                 raise ValueError("every category is present; no negative phrase to draw")
             phrase = absent[int(rng.integers(len(absent)))]

@@ -118,6 +118,7 @@ class RecentImages:
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
     """COCO segmentation (RLE with str/bytes counts, uncompressed RLE, or polygons) -> bool [H, W]."""
     if isinstance(segmentation, list):  # polygons
+        _check_polygons(segmentation)
         rles = mask_utils.frPyObjects(segmentation, height, width)
         rle = mask_utils.merge(rles)
     elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
@@ -128,6 +129,21 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     else:
         raise ValueError(f"unsupported segmentation {type(segmentation).__name__}")
     return mask_utils.decode(rle).astype(bool)
+
+
+def _check_polygons(polygons: list[Any]) -> None:
+    """Each polygon a flat list of at least 3 (x, y) points, as ``frPyObjects`` needs.
+
+    Why: for ``[[]]`` or ``[[x, y]]`` pycocotools raises a bare ``Exception``, which no
+    reader catches, so one degenerate annotation stopped a run; a ValueError is counted
+    as a bad record and the record is skipped.
+    """
+    if not polygons:
+        raise ValueError("empty polygon list")
+    for polygon in polygons:
+        if not isinstance(polygon, list | tuple) or len(polygon) < 6 or len(polygon) % 2:
+            size = len(polygon) if isinstance(polygon, list | tuple) else type(polygon).__name__
+            raise ValueError(f"degenerate polygon ({size} coordinates; need an even number >= 6)")
 
 
 def mask_boxes(masks: np.ndarray) -> np.ndarray:

@@ -4,8 +4,12 @@ Fields used, per ``<video_id>_manual.json`` (frames in ``<root>/<video_id>/<fram
 ``video_id``, ``video_height``, ``video_width``, ``masklet`` (list over annotated frames
 of a list over masklets of COCO RLE, ``null`` or an all-zero RLE where the object is not
 visible), ``masklet_num``. ``annotated_frame_indices`` (the video frame of each
-``masklet`` row) is used when present; otherwise row i is frame i (the public SA-V frame
-folders hold exactly the annotated frames, every 4th of the 24 fps video).
+``masklet`` row) is used when present. The released ``*_manual.json`` files have no such
+field: their masklets are annotated at 6 fps, so row i is video frame ``frame_stride * i``
+(``data.frame_stride``, default 4 for SA-V's 24 fps videos), and SAM2's frame extraction
+names each file by that video frame id (``00000.jpg, 00004.jpg, 00008.jpg ...``), as does
+a folder holding all 24 fps frames. Reading row i as ``{i:05d}.jpg`` paired masks with
+the wrong frames (or found no frames at all).
 The record list is every ``*_manual.json`` under ``data.root`` or the video ids in
 ``data.file_list``.
 
@@ -43,6 +47,13 @@ def _visible(rle: Any) -> bool:
     return bool(decode_segmentation(rle, h, w).any())
 
 
+def _frame_ids(doc: dict[str, Any], num_rows: int, stride: int) -> list[int]:
+    """The video frame of each masklet row: the file's own list, else every ``stride``-th frame."""
+    if "annotated_frame_indices" in doc:
+        return [int(i) for i in doc["annotated_frame_indices"]]
+    return [stride * i for i in range(num_rows)]
+
+
 class SAVDataset(RecordDataset):
     """Clips: frames [T, 3, S, S], masks [T, N, S, S] bool, visible [T, N] bool."""
 
@@ -58,7 +69,10 @@ class SAVDataset(RecordDataset):
         resize: str = "stretch",
         hflip: float = 0.0,
         limit: int | None = None,
+        frame_stride: int = 4,
     ):
+        if frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1 (video frames per masklet row), got {frame_stride}")
         self.root = require_dir(root, "SA-V")
         self.input_size = input_size
         self.clip_length = clip_length
@@ -78,7 +92,7 @@ class SAVDataset(RecordDataset):
                 video_id = str(doc["video_id"])
                 rows = doc["masklet"]
                 size = (int(doc["video_height"]), int(doc["video_width"]))
-                frames = [int(i) for i in doc.get("annotated_frame_indices", range(len(rows)))]
+                frames = _frame_ids(doc, len(rows), frame_stride)
                 if len(frames) != len(rows):
                     raise ValueError("annotated_frame_indices and masklet differ in length")
                 visible = np.array([[_visible(r) for r in row] for row in rows], dtype=bool).reshape(
