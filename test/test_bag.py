@@ -703,3 +703,43 @@ def test_results_and_world_bags_open_in_humble_and_jazzy(tmp_path: Path, storage
         tmp_path / "world", num_frames=2, config=WorldConfig(width=32, height=24), storage=storage
     )
     humble_can_open(world)
+
+
+def test_eval_bag_runs_an_export_folder_and_names_why_it_refuses_one(tmp_path: Path, capsys):
+    """--onnx-dir: the graphs `efficientsam3 export` wrote for these weights run; another model's are refused."""
+    import argparse
+
+    import torch
+
+    from efficientsam3_ros.modeling import build_model
+    from efficientsam3_ros.modeling.checkpoint import save_checkpoint
+    from efficientsam3_ros.runtime import cli as export_cli
+
+    torch.manual_seed(0)
+    weights = save_checkpoint(build_model("es-ev-tiny"), tmp_path / "tiny.safetensors")
+    exported = tmp_path / "exported"
+    parser = argparse.ArgumentParser()
+    export_cli.add_arguments(parser)
+    argv = ["--model", "es-ev-tiny", "--checkpoint", str(weights), "--out", str(exported), "--no-parity"]
+    assert export_cli.run(parser.parse_args(argv)) == 0, capsys.readouterr().err
+    bag, args = tiny_model_cli(tmp_path, n=2)
+    run_args = [
+        *args,
+        "--backend",
+        "onnxruntime",
+        "--onnx-dir",
+        str(exported),
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
+    out = tmp_path / "out"
+    assert cli.main([*run_args, "--checkpoint", str(weights), "--no-progress", "--out", str(out)]) == EXIT_OK
+    backend = json.loads((out / "report.json").read_text())["backend"]
+    assert backend["backend"] == "onnxruntime-cpu", backend
+    assert not (tmp_path / "c").exists()  # nothing exported: the folder's graphs ran
+    other = tmp_path / "other"  # random es-ev-tiny weights, not the exported ones
+    assert cli.main([*run_args, "--no-progress", "--out", str(other)]) == EXIT_OK
+    backend = json.loads((other / "report.json").read_text())["backend"]
+    assert backend["backend"].startswith("torch") and "other weights" in " ".join(backend["fallbacks"]), (
+        backend
+    )

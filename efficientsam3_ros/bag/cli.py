@@ -42,6 +42,30 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", help="tensorrt, onnxruntime, torch or auto (default)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: best available)")
     parser.add_argument("--input-size", type=int, default=None, help="model input side in pixels")
+    parser.add_argument(
+        "--precision",
+        choices=("fp16", "fp32"),
+        default="fp16",
+        help="GPU backends' precision (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--onnx-dir",
+        type=Path,
+        default=None,
+        help="folder written by `efficientsam3 export` to run (what the node's onnx_dir runs); default: "
+        "export into the cache",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="exported graphs and engines (default: ~/.cache/efficientsam3_ros)",
+    )
+
+
+def runtime_arguments(args: argparse.Namespace) -> dict[str, object]:
+    """The options above that reach the backends (``RuntimeOptions`` fields), by name."""
+    return {"precision": args.precision, "onnx_dir": args.onnx_dir, "cache_dir": args.cache_dir}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         backend=args.backend,
         device=args.device,
         input_size=args.input_size,
+        **runtime_arguments(args),
         memory=args.memory,
         memory_checkpoint=args.memory_checkpoint,
         score_threshold=args.score_threshold,

@@ -79,6 +79,10 @@ class EvalConfig:
     backend: str = "auto"
     device: str | None = None
     input_size: int | None = None
+    # what reaches the backends (runtime.RuntimeOptions): the node's precision / onnx_dir / cache_dir
+    precision: str = "fp16"
+    onnx_dir: Path | None = None  # a folder written by `efficientsam3 export`; None: export into cache_dir
+    cache_dir: Path | None = None  # None: ~/.cache/efficientsam3_ros
     memory: str = "none"  # none | perceiver | dense: propagate tracks through a memory tracker
     memory_checkpoint: str | None = None  # trained tracker weights (stage-2 export) for ``memory``
     # None: the model's operating point (ModelConfig.operating_point; SAM3's 0.5 / 0.7 by default)
@@ -138,13 +142,16 @@ class _RunState:
 def build_segmenter(config: EvalConfig) -> Segmenter:
     """The real pipeline; imported here so reading and scoring bags never needs torch."""
     from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
+    from efficientsam3_ros.runtime import RuntimeOptions
 
+    options = RuntimeOptions(precision=config.precision, onnx_dir=config.onnx_dir, cache_dir=config.cache_dir)
     return ConceptSegmenter.from_name(
         config.model,
         checkpoint=config.checkpoint,
         backend=config.backend,
         device=config.device,
         input_size=config.input_size,
+        options=options,
         memory=config.memory,
         memory_checkpoint=config.memory_checkpoint,
         score_threshold=config.score_threshold,

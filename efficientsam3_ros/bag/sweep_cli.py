@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from efficientsam3_ros.bag.cli import add_model_arguments
+from efficientsam3_ros.bag.cli import add_model_arguments, runtime_arguments
 from efficientsam3_ros.cli import CliError
 
 SHOWN = 8  # rows printed; the files hold every pair
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
+    from efficientsam3_ros.runtime import RuntimeOptions
 
     started = time.time()
     segmenter = ConceptSegmenter.from_name(
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         device=args.device,
         input_size=args.input_size,
+        options=RuntimeOptions(**runtime_arguments(args)),
         tracking=False,
         score_threshold=min(args.score_thresholds),
         mask_threshold=args.mask_threshold,
