@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # (name, help, module exposing add_arguments/run)
 SUBCOMMANDS: list[tuple[str, str, str]] = [
@@ -80,6 +80,30 @@ def add_operating_point_arguments(parser: argparse.ArgumentParser, tracking: boo
     )
 
 
+def check_device(name: str) -> None:
+    """Refuse a ``--device`` the model cannot be built on, before it loads.
+
+    Otherwise the model loads first (seconds to minutes for a large checkpoint) and the first
+    tensor put on the device ends the run in a torch traceback. The backends run on the CPU or
+    on CUDA, so other torch devices (meta, mps, ...) are refused too.
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise CliError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise CliError(f"--device {name}: the backends run on cpu or cuda[:N], not {device.type}")
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise CliError(f"--device {name}: torch sees no CUDA device here; use --device cpu")
+    if device.index is not None and device.index >= count:
+        raise CliError(f"--device {name}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="efficientsam3", description="EfficientSAM3 concept segmentation and tracking for robots."
@@ -93,17 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(
+    command: str, run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace
+) -> int:
+    """Run one subcommand; a CliError becomes one line on stderr and exit code 2.
+
+    Shared by ``main`` and the stand-alone entry points (``python -m efficientsam3_ros.synthetic``)
+    so a bad input reads the same, without a traceback, whichever door it came through.
+    """
+    try:
+        return int(run(args) or 0)
+    except CliError as err:
+        print(f"efficientsam3 {command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"efficientsam3 {command}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args._run(args) or 0)
-    except CliError as err:
-        print(f"efficientsam3 {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"efficientsam3 {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(args.command, args._run, args)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,13 @@ def check_scalar_types(cls: type, data: dict[str, Any], what: str) -> None:
             raise ValueError(f"{what} {f.name} must be of type {f.type}, got {value!r}")
 
 
+def check_score_threshold(value: float, name: str = "score_threshold") -> float:
+    """A score cut is a probability in [0, 1]: above 1 keeps nothing and below 0 everything, silently."""
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1] (scores are probabilities), got {value}")
+    return float(value)
+
+
 def check_mask_threshold(value: float, name: str = "mask_threshold") -> float:
     """A mask cut is a probability strictly between 0 and 1 (SAM3: 0.5, i.e. logit 0).
 

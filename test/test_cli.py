@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from efficientsam3_ros.cli import SUBCOMMANDS, build_parser, main
@@ -98,3 +100,81 @@ def test_segment_refuses_unreadable_image(tmp_path, capsys):
         ["segment", str(bad), "--concept", "mug", "--model", "es-ev-tiny", "--out", str(tmp_path / "o.png")]
     )
     assert code == 2 and "cannot read image" in capsys.readouterr().err
+
+
+def _one_error_line(capsys, code: int) -> str:
+    """The command's stderr, checked to be one error line (no traceback) after exit code 2."""
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def blank_safetensors(tmp_path):
+    """A readable safetensors file with no model config beside it (and one tensor of no model's)."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "blank.safetensors"
+    save_file({"a": torch.zeros(1)}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "message"),
+    [
+        ('{"name": "y", "family": "sam3", "bogus": 1}', r"unknown model config keys \['bogus'\]"),
+        ("{not json", "Expecting property name"),
+    ],
+    ids=["unknown-key", "invalid-json"],
+)
+def test_models_verify_names_a_bad_sidecar_in_one_line(blank_safetensors, capsys, sidecar, message):
+    blank_safetensors.with_suffix(".json").write_text(sidecar)
+    err = _one_error_line(capsys, main(["models", "verify", str(blank_safetensors)]))
+    assert "blank.json" in err and re.search(message, err) and "--model" in err
+
+
+def test_models_verify_refuses_an_unknown_model_name_in_one_line(blank_safetensors, capsys):
+    err = _one_error_line(capsys, main(["models", "verify", str(blank_safetensors), "--model", "nope"]))
+    assert "unknown model 'nope'" in err and "sam3-litetext-s0" in err and "es-ev-tiny" in err
+
+
+def test_models_verify_takes_a_zoo_only_name(tmp_path, blank_safetensors, capsys):
+    """sam3-litetext-s0 is a zoo name, not a registry one: its architecture is the directory's config.json."""
+    from efficientsam3_ros.modeling import build_model
+
+    build_model("sam3-tiny").detector.save_pretrained(tmp_path / "hf")
+    assert main(["models", "verify", str(tmp_path / "hf"), "--model", "sam3-litetext-s0"]) == 0
+    assert "architecture sam3-litetext-s0" in capsys.readouterr().out
+    argv = ["models", "verify", str(blank_safetensors), "--model", "sam3-litetext-s0"]
+    assert "verify its directory" in _one_error_line(capsys, main(argv))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "gpu0"], "--device 'gpu0' is not a torch device"),
+        (["--device", "cuda:99"], "CUDA device"),  # none on a CPU machine, too few on a GPU one
+        (["--out", "photo"], "--out photo has no image extension; use e.g. photo.png"),
+        (["--out", "photo.txt"], "Pillow writes no image format as .txt"),
+        (["--out", "photo.json"], "the JSON is written beside the overlay"),
+        (["--score-threshold", "2"], r"--score-threshold must be in \[0, 1\]"),
+        (["--score-threshold", "-5"], r"--score-threshold must be in \[0, 1\]"),
+    ],
+    ids=" ".join,
+)
+def test_segment_refuses_a_bad_flag_before_the_model_loads(
+    tmp_path, image_file, capsys, monkeypatch, flags, message
+):
+    """Each of these loaded the model first, then ended in a traceback or a silently wrong answer."""
+    from efficientsam3_ros.pipeline import ConceptSegmenter
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(ConceptSegmenter, "from_name", no_model)
+    monkeypatch.chdir(tmp_path)
+    argv = ["segment", str(image_file), "--concept", "mug", "--model", "es-ev-tiny", "--out", "o.png", *flags]
+    err = _one_error_line(capsys, main(argv))
+    assert re.search(message, err), err
+    assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob("photo*"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,32 @@ def test_concept_task_real_model_and_cli(tiny, saco: Path, tmp_path: Path, capsy
 def test_missing_image_is_a_clear_error(tiny, coco: Path, tmp_path: Path) -> None:
     with pytest.raises(ev.EvalImagesError, match="image not found"):
         ev.evaluate_images(tiny, coco, tmp_path, task="box", limit=1)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--limit", "-1"], "--limit must be >= 1"),  # it dropped the last image without a word
+        (["--limit", "0"], "--limit must be >= 1"),
+        (["--device", "gpu0"], "--device 'gpu0' is not a torch device"),
+        (["--device", "cuda:99"], "CUDA device"),
+        (["--score-threshold", "2"], r"--score-threshold must be in \[0, 1\]"),
+    ],
+    ids=" ".join,
+)
+def test_cli_refuses_a_bad_flag_before_the_model_loads(
+    coco: Path, tmp_path: Path, capsys, monkeypatch, flags: list[str], message: str
+) -> None:
+    from efficientsam3_ros.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr("efficientsam3_ros.zoo.resolve_model", no_model)
+    out = tmp_path / "r.json"
+    argv = ["eval-images", "--model", "es-ev-tiny", "--ann", str(coco), "--images", str(coco.parent)]
+    code = main([*argv, "--task", "box", "--out", str(out), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+    assert not out.exists()

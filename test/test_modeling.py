@@ -287,7 +287,7 @@ def test_detr_level_scale_must_be_a_level_sam3s_neck_builds():
     with pytest.raises(ValueError, match="detr_level_scale 0.5 is not one of"):
         EfficientSam3Model(config)
     data = {**get_config("es-ev-tiny").to_dict(), "detr_level_scale": True}  # a YAML "yes", not 1.0
-    with pytest.raises(ValueError, match="detr_level_scale True is not one of"):
+    with pytest.raises(ValueError, match="detr_level_scale must be of type float, got True"):
         ModelConfig.from_dict(data)  # refused when the file is read, before anything is built
 
 
@@ -300,3 +300,55 @@ def test_high_res_fusion_learns_from_zero(high_res_tiny):
     (out.pred_masks.sum() + out.pred_logits.sum()).backward()
     grads = [conv.weight.grad for conv in model.detector.vision_encoder.high_res_fusion.projections]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def _edited(edit: dict) -> dict:
+    """sam3-tiny's config as a file holds it, with ``edit`` applied at its dotted key."""
+    import json
+
+    data = json.loads(json.dumps(get_config("sam3-tiny").to_dict()))
+    for dotted, value in edit.items():
+        *parents, key = dotted.split(".")
+        section = data
+        for parent in parents:
+            section = section[parent]
+        section[key] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"operating_point.crop_masks_to_boxes": "no"}, "crop_masks_to_boxes must be of type bool"),
+        ({"image_size": "112"}, "image_size must be of type int"),
+        ({"image_size": 120}, "image_size 120 must be a positive multiple of the patch size 14"),
+        ({"image_size": 0}, "image_size 0 must be a positive multiple"),
+        (
+            {"detector.detr_decoder.num_querys": 8},
+            r"unknown model config detector.detr_decoder keys \['num_querys'\]",
+        ),
+        ({"vit.num_hiden_layers": 2}, r"unknown model config vit keys \['num_hiden_layers'\]"),
+        ({"text.hidden_sise": 32}, r"unknown model config text keys \['hidden_sise'\]"),
+        ({"vit.image_size": 224}, "vit.image_size is set by the model config's image_size"),
+        ({"detector.detr_decodr": {}}, "detector must have the parts"),
+        ({"text_encoder": "bert"}, "text_encoder 'bert' is not one of"),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
+)
+def test_model_config_from_dict_refuses_what_would_build_another_model(edit, message):
+    """A file's typo or wrong type must fail when read, not build defaults or the opposite setting."""
+    from efficientsam3_ros.modeling import ModelConfig
+
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_dict(_edited(edit))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registry_config_round_trips_through_json(name):
+    """What a checkpoint's metadata holds reads back as the same config (tuples come back as lists)."""
+    import json
+
+    from efficientsam3_ros.modeling import ModelConfig
+
+    written = json.loads(json.dumps(get_config(name).to_dict()))
+    assert json.loads(json.dumps(ModelConfig.from_dict(written).to_dict())) == written

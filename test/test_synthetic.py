@@ -315,3 +315,49 @@ def test_world_cli_writes_the_requested_negatives(tmp_path: Path) -> None:
     assert doc["info"]["negatives_per_image"] == 2
     with pytest.raises(SystemExit):
         main(["saco", str(tmp_path / "x"), "--negatives", "-1"])
+
+
+def _exit_code(main: object, argv: list[str]) -> int:
+    """What the shell would see: argparse's errors exit through SystemExit, the command's return."""
+    try:
+        return main(argv)  # type: ignore[operator]
+    except SystemExit as stop:
+        return int(stop.code)
+
+
+@pytest.mark.parametrize("door", ["efficientsam3 world", "python -m efficientsam3_ros.synthetic"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["coco", "--objects", "5", "2"],  # WorldConfig's range check
+        ["coco", "--objects", "-1", "2"],
+        ["coco", "--size", "8x8"],
+        ["coco", "--p-enter", "2"],
+        ["sav", "--annotate-every", "0"],
+        ["rosbag", "--fps", "0"],  # divided by in the timestamps
+        ["sav", "--fps", "0"],
+        ["coco", "--seed", "-1"],  # numpy refuses it
+        ["coco", "--num", "-1"],  # wrote an empty dataset and exited 0
+        ["sav", "--frames", "0"],
+    ],
+    ids=" ".join,
+)
+def test_world_cli_refuses_bad_options_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], door: str
+) -> None:
+    """Bad options end in exit code 2 and one error line, no traceback, and nothing written."""
+    from efficientsam3_ros.cli import main as efficientsam3
+
+    out = tmp_path / "out"
+    kind, options = argv[0], argv[1:]
+    if door == "efficientsam3 world":
+        code = _exit_code(efficientsam3, ["world", kind, str(out), *options])
+    else:
+        code = _exit_code(world_cli.main, [kind, str(out), *options])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    # argparse puts its usage synopsis above a bad flag's error; the error itself is one line
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1], err
+    assert not out.exists()

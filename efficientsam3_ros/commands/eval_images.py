@@ -42,12 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse what would load the model and then mislead: a cut outside [0, 1], no images, no device."""
+    from ..cli import check_device
+    from ..config_utils import check_score_threshold
+
+    try:
+        check_score_threshold(args.score_threshold, "--score-threshold")
+    except ValueError as err:
+        raise _cli_error(str(err)) from None
+    if args.limit is not None and args.limit < 1:  # a negative one sliced the last images off
+        raise _cli_error(f"--limit must be >= 1 (images to evaluate), got {args.limit}; leave it out for all")
+    check_device(args.device)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.images import EvalImagesError, evaluate_images, format_table
     from ..modeling.checkpoint_files import CheckpointError
     from ..modeling.memory_format import lay_out
     from ..zoo import ZooError, resolve_model
 
+    check_arguments(args)
     try:
         model = resolve_model(args.model, args.checkpoint, input_size=args.input_size, device=args.device)
         lay_out(model, model.config, args.device)  # channels-last for a student on the CPU

@@ -10,6 +10,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..modeling.config import ModelConfig
 
 
 def _cli_error(message: str) -> Exception:
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             return _download(args.name)
         if action == "verify":
             return _verify(args.path, args.model, full=not args.quick)
-    except (ZooError, CheckpointError) as err:
+    except (ZooError, CheckpointError, ValueError) as err:
         raise _cli_error(str(err)) from None
     raise _cli_error(f"unknown action {action!r}")
 
@@ -134,8 +138,7 @@ def _verify(path: Path, model_name: str | None, full: bool) -> int:
     from ..modeling.checkpoint import plan_checkpoint
     from ..modeling.checkpoint_files import open_checkpoint
     from ..modeling.efficientsam3 import EfficientSam3Model
-    from ..modeling.registry import get_config
-    from ..zoo import config_for_path, load_zoo, sha256_file
+    from ..zoo import load_zoo, sha256_file
 
     ckpt = open_checkpoint(path, full_check=full)  # raises on truncation / corruption / unsafe pickle
     print(f"{path}: readable {ckpt.kind} checkpoint, {len(ckpt.shapes)} tensors")
@@ -148,7 +151,7 @@ def _verify(path: Path, model_name: str | None, full: bool) -> int:
             raise _cli_error(
                 f"{path.name}: sha256 differs from the zoo's {same_name[0].sha256} ({same_name[0].name})"
             )
-    config = get_config(model_name) if model_name else config_for_path(path)
+    config = _architecture(path, model_name)
     with torch.device("meta"):  # names and shapes only: no weights allocated
         model = EfficientSam3Model(config)
     fmt, plan = plan_checkpoint(model, ckpt)
@@ -165,3 +168,40 @@ def _verify(path: Path, model_name: str | None, full: bool) -> int:
         return 1
     print("OK: the checkpoint fills every parameter and buffer")
     return 0
+
+
+def _architecture(path: Path, model_name: str | None) -> ModelConfig:
+    """The config ``path`` is checked against: ``--model`` as resolve_model reads a name, else the file's own.
+
+    A zoo name comes first (its architecture plus overrides, or an HF directory's config.json),
+    then a registry name, so every name ``segment`` takes can be verified.
+    """
+    from ..modeling.checkpoint import sidecar_path
+    from ..modeling.registry import get_config, list_models
+    from ..zoo import config_for_path, load_zoo
+    from ..zoo.resolve import _entry_config
+
+    if model_name is None:
+        try:
+            return config_for_path(path)
+        except ValueError as err:  # stored config: not JSON, or not a ModelConfig
+            raise _cli_error(
+                f"{path}: its stored model config (safetensors metadata or {sidecar_path(path).name}) "
+                f"is invalid: {err}; fix it, or name the architecture with --model"
+            ) from None
+    zoo = load_zoo()
+    if model_name in zoo:
+        entry = zoo[model_name]
+        if entry.format == "hf" and not path.is_dir():  # its architecture is the directory's config.json
+            raise _cli_error(
+                f"{model_name} is an HF-format model: verify its directory (config.json + *.safetensors), "
+                f"not the file {path}"
+            )
+        return _entry_config(entry, path)
+    try:
+        return get_config(model_name)
+    except KeyError:
+        raise _cli_error(
+            f"unknown model {model_name!r}: not a zoo name ({', '.join(zoo) or 'none'}) "
+            f"or a registry name ({', '.join(list_models())}); see `efficientsam3 models list`"
+        ) from None

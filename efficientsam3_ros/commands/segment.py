@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import add_operating_point_arguments
+from ..cli import add_operating_point_arguments, check_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,11 +48,28 @@ def load_rgb(path: Path) -> np.ndarray:
         raise CliError(f"cannot read image {path}: {err}") from None
 
 
+def check_overlay_path(path: Path) -> None:
+    """Refuse an ``--out`` Pillow cannot write, before the model runs (it failed after, writing nothing)."""
+    from PIL import Image
+
+    from ..cli import CliError
+
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        raise CliError(
+            f"--out {path}: the JSON is written beside the overlay; name the overlay image, e.g. .png"
+        )
+    if not suffix:
+        raise CliError(f"--out {path} has no image extension; use e.g. {path}.png")
+    if Image.registered_extensions().get(suffix) not in Image.SAVE:
+        raise CliError(f"--out {path}: Pillow writes no image format as {suffix}; use e.g. .png or .jpg")
+
+
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..cli import CliError
-    from ..config_utils import check_mask_threshold
+    from ..config_utils import check_mask_threshold, check_score_threshold
     from ..modeling.checkpoint_files import CheckpointError
     from ..modeling.tokenizer import validate_phrase
     from ..pipeline import ConceptSegmenter
@@ -63,8 +80,12 @@ def run(args: argparse.Namespace) -> int:
         concepts = [validate_phrase(c) for c in args.concept]
         if args.mask_threshold is not None:  # before the model loads, named as the flag
             check_mask_threshold(args.mask_threshold, "--mask-threshold")
+        if args.score_threshold is not None:
+            check_score_threshold(args.score_threshold, "--score-threshold")
     except ValueError as err:
         raise CliError(str(err)) from None
+    check_device(args.device)
+    check_overlay_path(args.out)
     image = load_rgb(args.image)
     try:
         segmenter = ConceptSegmenter.from_name(

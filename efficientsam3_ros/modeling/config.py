@@ -10,10 +10,11 @@ text encoder change between variants.
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..config_utils import check_known_keys, check_mask_threshold
+from ..config_utils import check_known_keys, check_mask_threshold, check_scalar_types, check_score_threshold
 
 # SAM3's detector heads at full size (transformers' Sam3Config defaults, spelled out so a
 # tiny config can override only what it shrinks).
@@ -126,11 +127,7 @@ class OperatingPoint:
 
     def __post_init__(self) -> None:
         for name in ("score_threshold", "new_track_threshold"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(
-                    f"operating_point.{name} must be in [0, 1] (scores are probabilities), got {value}"
-                )
+            check_score_threshold(getattr(self, name), f"operating_point.{name}")
         check_mask_threshold(self.mask_threshold, "operating_point.mask_threshold")
         from ..tracking.config import TrackingConfig  # a plain dataclass: no torch, no numpy work
 
@@ -157,11 +154,86 @@ class OperatingPoint:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OperatingPoint:
         check_known_keys(cls, data, "operating_point keys")
+        check_scalar_types(cls, data, "operating_point")  # a YAML/JSON "no" would switch cropping on
         return cls(**data)
 
 
 #: ModelConfig.detr_level_scale values: SAM3's 1x level, or the 2x one (a finer detector grid)
 DETR_LEVEL_SCALES = (1.0, 2.0)
+
+#: ModelConfig.text_encoder values: SAM3's CLIP tower, or a SAM3-LiteText MobileCLIP one
+TEXT_ENCODERS = ("clip", "mobileclip")
+
+#: keys of the nested dicts that a ModelConfig field sets: the nested copy would override it
+#: (vit's image size) or clash with it (MobileCLIP's position table), so it is refused
+_SET_BY_FIELD = {
+    "vit": {"image_size": "image_size", "patch_size": "patch_size"},
+    "text": {"max_position_embeddings": "context_length"},
+}
+
+
+def check_image_size(image_size: int, patch_size: int, what: str = "input size") -> None:
+    """The trunk cuts the input into patch_size-pixel patches: anything else breaks its grid."""
+    if patch_size <= 0:
+        raise ValueError(f"patch_size must be positive (SAM3: 14), got {patch_size}")
+    if image_size <= 0 or image_size % patch_size:
+        raise ValueError(
+            f"{what} {image_size} must be a positive multiple of the patch size {patch_size} "
+            f"(e.g. {patch_size * max(1, round(image_size / patch_size))})"
+        )
+
+
+def _own_keywords(cls: type) -> set[str]:
+    """The architecture keywords a transformers config class takes (PreTrainedConfig's own left out)."""
+    from transformers import PreTrainedConfig
+
+    def keywords(c: type) -> set[str]:
+        params = inspect.signature(c.__init__).parameters.values()
+        return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+
+    return keywords(cls) - keywords(PreTrainedConfig)
+
+
+def _nested_config_classes(text_encoder: str) -> dict[str, type]:
+    """The transformers config each nested dict becomes (efficientsam3._to_sam3_config, EfficientSam3Model)."""
+    from transformers import CLIPTextConfig
+    from transformers.models.sam3 import configuration_sam3 as sam3
+    from transformers.models.sam3_lite_text.configuration_sam3_lite_text import Sam3LiteTextTextConfig
+
+    return {
+        "vit": sam3.Sam3ViTConfig,
+        "text": Sam3LiteTextTextConfig if text_encoder == "mobileclip" else CLIPTextConfig,
+        "detector.geometry_encoder": sam3.Sam3GeometryEncoderConfig,
+        "detector.detr_encoder": sam3.Sam3DETREncoderConfig,
+        "detector.detr_decoder": sam3.Sam3DETRDecoderConfig,
+        "detector.mask_decoder": sam3.Sam3MaskDecoderConfig,
+    }
+
+
+def _check_nested_keys(config: ModelConfig) -> None:
+    """Refuse a key of vit / text / detector.* that the transformers config it becomes does not take.
+
+    transformers' configs keep an unknown keyword as a plain attribute, so a typo
+    (``detector.detr_decoder.num_querys``) would build the default size without a word.
+    """
+    if not isinstance(config.detector, dict) or set(config.detector) != set(FULL_DETECTOR):
+        parts = sorted(config.detector) if isinstance(config.detector, dict) else config.detector
+        raise ValueError(f"model config detector must have the parts {sorted(FULL_DETECTOR)}, got {parts}")
+    sections = {"vit": config.vit, "text": config.text}
+    sections.update({f"detector.{part}": value for part, value in config.detector.items()})
+    for name, cls in _nested_config_classes(config.text_encoder).items():
+        section = sections[name]
+        if not isinstance(section, dict):
+            raise ValueError(f"model config {name} must be a mapping, got {section!r}")
+        for key, owner in _SET_BY_FIELD.get(name, {}).items():
+            if key in section:
+                raise ValueError(f"model config {name}.{key} is set by the model config's {owner}: set that")
+        known = _own_keywords(cls) - set(_SET_BY_FIELD.get(name, {}))
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown model config {name} keys {unknown} ({cls.__name__}); known: {sorted(known)}"
+            )
 
 
 @dataclass
@@ -239,11 +311,7 @@ class ModelConfig:
 
     def with_image_size(self, image_size: int) -> ModelConfig:
         """A copy at another input size (must be a multiple of the patch size)."""
-        if image_size <= 0 or image_size % self.patch_size:
-            raise ValueError(
-                f"input size {image_size} must be a positive multiple of the patch size {self.patch_size} "
-                f"(e.g. {self.patch_size * max(1, round(image_size / self.patch_size))})"
-            )
+        check_image_size(image_size, self.patch_size)
         cfg = copy.deepcopy(self)
         cfg.image_size = image_size
         return cfg
@@ -253,10 +321,23 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """A config read from a file (checkpoint metadata, sidecar, zoo overrides), checked before anything is built."""
         check_known_keys(cls, data, "model config keys")
+        check_scalar_types(cls, data, "model config")
         data = copy.deepcopy(data)
-        if isinstance(data.get("operating_point"), dict):
-            data["operating_point"] = OperatingPoint.from_dict(data["operating_point"])
+        point = data.get("operating_point")
+        if isinstance(point, dict):
+            data["operating_point"] = OperatingPoint.from_dict(point)
+        elif point is not None and not isinstance(point, OperatingPoint):
+            raise ValueError(f"model config operating_point must be a mapping, got {point!r}")
         config = cls(**data)
-        config.fpn_level_scales  # noqa: B018 -- validates detr_level_scale when the file is read, not at build time
+        config._check()
         return config
+
+    def _check(self) -> None:
+        """Refuse what would build a model other than the one described, or fail only at build time."""
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"model config text_encoder {self.text_encoder!r} is not one of {TEXT_ENCODERS}")
+        check_image_size(self.image_size, self.patch_size, "model config image_size")
+        self.fpn_level_scales  # noqa: B018 -- validates detr_level_scale
+        _check_nested_keys(self)

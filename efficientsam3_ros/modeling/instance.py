@@ -23,8 +23,9 @@ from .tracker_neck import TrackerFrame
 class InstancePredictor:
     """Points / boxes -> masks + IoU scores on the cached features of one image.
 
-    Coordinates are pixels of the model input (``image_size`` square, after resize + pad);
-    masks come back at that size.
+    Coordinates are pixels of the model input: the ``image_size`` square the whole image is
+    stretched to, without padding (``pipeline.preprocess``, SAM3's own). A point (x, y) of a
+    W x H image is (x * S / W, y * S / H) there; masks come back at that size.
     """
 
     def __init__(self, image_model: EfficientSam3Model, tracker: TrackerModel):

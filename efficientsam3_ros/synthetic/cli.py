@@ -7,9 +7,11 @@ a subcommand; ``python -m efficientsam3_ros.synthetic`` runs it on its own.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from efficientsam3_ros.cli import CliError, run_command
 from efficientsam3_ros.synthetic.world import CONCEPTS, WorldConfig
 from efficientsam3_ros.synthetic.writers import DEFAULT_TOPIC, KINDS, write_dataset
 
@@ -22,15 +24,55 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _count(text: str) -> int:
-    value = int(text)
+def _int_from(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int >= ``minimum``, so a seed numpy refuses or zero frames fail at parse time."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_count = _int_from(0)
+_positive = _int_from(1)
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """A frame rate: 0 would divide by zero in the writers' timestamps."""
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    """A speed is a magnitude (the heading is drawn apart): a negative one sends entering objects away."""
+    value = _finite_float(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
 def _concepts(text: str) -> tuple[str, ...]:
     items = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("no concept given; name at least one, e.g. 'red circle'")
     unknown = [c for c in items if c not in CONCEPTS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown concepts {unknown}; known: {', '.join(CONCEPTS)}")
@@ -43,9 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "kind", choices=KINDS, help="dataset format: sa1b, sav, saco (SA-Co/COCO), coco, rosbag"
     )
     parser.add_argument("out_dir", help="output folder (a rosbag kind writes OUT/bag and OUT/gt.json)")
-    parser.add_argument("--seed", type=int, default=0, help="world seed; the same seed gives identical files")
-    parser.add_argument("--num", type=int, default=None, help="images (sa1b, saco, coco) or videos (sav)")
-    parser.add_argument("--frames", type=int, default=None, help="frames per video (sav, rosbag)")
+    parser.add_argument(
+        "--seed", type=_count, default=0, help="world seed; the same seed gives identical files"
+    )
+    parser.add_argument(
+        "--num", type=_positive, default=None, help="images (sa1b, saco, coco) or videos (sav)"
+    )
+    parser.add_argument("--frames", type=_positive, default=None, help="frames per video (sav, rosbag)")
     parser.add_argument(
         "--size", type=_size, default=(320, 240), metavar="WxH", help="image size, default 320x240"
     )
@@ -62,7 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--distractors", type=int, nargs=2, default=None, metavar=("MIN", "MAX"), help="distractor objects"
     )
     parser.add_argument(
-        "--speed", type=float, default=None, help="mean speed, fraction of the short side per frame"
+        "--speed",
+        type=_non_negative_float,
+        default=None,
+        help="mean speed, fraction of the short side per frame",
     )
     parser.add_argument("--p-enter", type=float, default=None, help="per-frame chance an object enters")
     parser.add_argument("--p-leave", type=float, default=None, help="per-frame, per-object chance it leaves")
@@ -70,9 +119,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="rosbag2 storage plugin"
     )
     parser.add_argument("--topic", default=DEFAULT_TOPIC, help="rosbag image topic")
-    parser.add_argument("--fps", type=float, default=None, help="frame rate (rosbag stamps, SA-V duration)")
     parser.add_argument(
-        "--annotate-every", type=int, default=1, help="sav: annotate every k-th frame (SA-V uses 4)"
+        "--fps", type=_positive_float, default=None, help="frame rate (rosbag stamps, SA-V duration)"
+    )
+    parser.add_argument(
+        "--annotate-every", type=_positive, default=1, help="sav: annotate every k-th frame (SA-V uses 4)"
     )
     parser.add_argument(
         "--negatives",
@@ -85,7 +136,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> WorldConfig:
-    """The WorldConfig the parsed options describe."""
+    """The WorldConfig the parsed options describe; CliError (one line, exit 2) if WorldConfig refuses them.
+
+    WorldConfig checks the combinations argparse types cannot (an objects range with MIN > MAX,
+    a size under 16 px, a probability over 1), so its ValueError is the user's error, not a bug.
+    """
+    try:
+        return _world_config(args)
+    except ValueError as err:
+        raise CliError(f"bad world options: {err}") from None
+
+
+def _world_config(args: argparse.Namespace) -> WorldConfig:
     cfg = WorldConfig().with_size(*args.size)
     changes = {}
     if args.concepts:
@@ -126,4 +188,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry point (``python -m efficientsam3_ros.synthetic``)."""
     parser = argparse.ArgumentParser(prog="efficientsam3 world", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_command("world", run, parser.parse_args(argv))

@@ -142,7 +142,7 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16:
-            raise ValueError("image must be at least 16x16")
+            raise ValueError(f"image must be at least 16x16, got {self.width}x{self.height}")
         if not self.concepts:
             raise ValueError("concepts must not be empty")
         for c in (*self.concepts, *(self.distractor_concepts or ())):
@@ -155,7 +155,7 @@ class WorldConfig:
             raise ValueError("max_objects must be in [1, 254]")
         for name in ("p_enter", "p_leave", "p_distractor"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a probability")
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
 
     @property
     def distractor_pool(self) -> tuple[str, ...]:
