@@ -179,7 +179,7 @@ def _architecture(path: Path, model_name: str | None) -> ModelConfig:
     from ..modeling.checkpoint import sidecar_path
     from ..modeling.registry import get_config, list_models
     from ..zoo import config_for_path, load_zoo
-    from ..zoo.resolve import _entry_config
+    from ..zoo.resolve import entry_config
 
     if model_name is None:
         try:
@@ -197,7 +197,7 @@ def _architecture(path: Path, model_name: str | None) -> ModelConfig:
                 f"{model_name} is an HF-format model: verify its directory (config.json + *.safetensors), "
                 f"not the file {path}"
             )
-        return _entry_config(entry, path)
+        return entry_config(entry, path)
     try:
         return get_config(model_name)
     except KeyError:

@@ -52,7 +52,7 @@ def resolve_model(
     if spec in zoo:
         entry = zoo[spec]
         weights = Path(checkpoint) if checkpoint is not None else download(entry)
-        return _load(_entry_config(entry, weights), weights, input_size, device)
+        return _load(entry_config(entry, weights), weights, input_size, device)
     if spec in list_models():
         config = get_config(spec)
         if checkpoint is None:
@@ -78,7 +78,7 @@ def config_for_path(path: Path) -> ModelConfig:
         return config
     for entry in load_zoo().values():
         if entry.format != "hf" and entry.file_name == path.name:
-            return _entry_config(entry, path)
+            return entry_config(entry, path)
     raise CheckpointError(
         f"cannot tell which architecture {path.name} holds: pass a model name with it "
         f"(--model es-ev-s --checkpoint {path}) or write its ModelConfig JSON to {sidecar_path(path)}"
@@ -89,7 +89,11 @@ def _from_path(path: Path, input_size: int | None, device: str | torch.device) -
     return _load(config_for_path(path), path, input_size, device)
 
 
-def _entry_config(entry: ZooEntry, weights: Path) -> ModelConfig:
+def entry_config(entry: ZooEntry, weights: Path) -> ModelConfig:
+    """The architecture a zoo entry builds (its HF config.json, or its registry name plus overrides).
+
+    Public because `efficientsam3 models verify --model NAME` checks a file against it.
+    """
     if entry.format == "hf":
         config = config_from_hf(read_hf_config(weights), name=entry.name)
     else:
