@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from efficientsam3_ros.modeling.memory import MemoryLayout, TrackMemory
 from efficientsam3_ros.modeling.registry import get_config
 from efficientsam3_ros.modeling.tracker import TrackerModel
 from efficientsam3_ros.modeling.tracker_config import TrackerConfig, to_edgetam_config
@@ -113,6 +114,52 @@ def test_propagate_shapes_and_memory_growth(memory: str) -> None:
     assert layout.features.shape[1:] == (model.tokens_per_memory_frame, 64)
     assert layout.tpos_index.tolist() == [6, 2, 1, 0]  # conditioning slot, then oldest -> newest
     assert layout.pointer_offsets.tolist() == [4.0, 1.0, 2.0, 3.0]
+
+
+def _entry(frame_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Memory tokens and a pointer that say which frame they came from."""
+    return torch.full((2, 3), float(frame_idx)), torch.full((4,), float(frame_idx))
+
+
+def _read(layout: MemoryLayout) -> tuple[list[int], list[int], dict[int, float]]:
+    """(frames of the memory rows, their temporal rows, {pointer's frame: its offset})."""
+    frames = [int(f[0, 0]) for f in layout.features]
+    pointers = {int(p[0]): o for p, o in zip(layout.pointers, layout.pointer_offsets.tolist())}
+    assert len(pointers) == layout.pointers.shape[0]  # no frame's pointer twice
+    return frames, layout.tpos_index.tolist(), pointers
+
+
+def test_conditioning_frames_pushed_out_are_still_read_as_recent_memory() -> None:
+    """SAM3 (sam3_tracker_base._prepare_memory_conditioned_features; transformers'
+    Sam3TrackerVideoModel._gather_memory_frame_outputs and _get_object_pointers) attends to the
+    max_cond_frames conditioning frames closest to the tracked frame; one left out still counts as a
+    recent frame (temporal row offset - 1) among the last num_maskmem - 1 frames and as a pointer
+    among the last max_object_pointers - 1 frames. A track re-conditioned on every frame (the demo's
+    memory_tracking) relies on that."""
+    memory = TrackMemory(num_maskmem=7, max_cond_frames=4, max_object_pointers=16)
+    for f in range(6):
+        memory.add_conditioning(f, *_entry(f))
+    frames, tpos, pointers = _read(memory.gather(6))
+    # selected: 2..5 at the conditioning row (6); frames 0, 1 at offsets 6, 5 -> rows 5, 4
+    assert frames == [2, 3, 4, 5, 0, 1] and tpos == [6, 6, 6, 6, 5, 4]
+    assert pointers == {5: 1.0, 4: 2.0, 3: 3.0, 2: 4.0, 1: 5.0, 0: 6.0}
+
+    # a pushed-out frame outside num_maskmem - 1 frames but inside max_object_pointers - 1:
+    # only its pointer is read
+    memory = TrackMemory(num_maskmem=7, max_cond_frames=4, max_object_pointers=16)
+    for f in range(4):
+        memory.add_conditioning(f, *_entry(f))
+    for f in range(4, 9):
+        memory.add_tracked(f, *_entry(f))
+    memory.add_conditioning(9, *_entry(9))
+    frames, tpos, pointers = _read(memory.gather(10))
+    assert frames == [1, 2, 3, 9, 4, 5, 6, 7, 8] and tpos == [6, 6, 6, 6, 5, 4, 3, 2, 1]
+    assert pointers == {9: 1.0, 3: 7.0, 2: 8.0, 1: 9.0, 8: 2.0, 7: 3.0, 6: 4.0, 5: 5.0, 4: 6.0, 0: 10.0}
+    # and once it is older than max_object_pointers - 1 frames, nothing of it is read
+    for f in range(10, 16):
+        memory.add_tracked(f, *_entry(f))
+    frames, _, pointers = _read(memory.gather(16))
+    assert 0 not in frames and 0 not in pointers and pointers[1] == 15.0
 
 
 @pytest.mark.parametrize(("memory", "prompt"), [("perceiver", False), ("dense", False), ("perceiver", True)])

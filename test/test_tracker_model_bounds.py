@@ -71,3 +71,38 @@ def test_long_run_memory_is_bounded(memory: str, num_frames: int, prompt: bool) 
     assert layout.pointers.shape[0] == cfg.max_cond_frames + cfg.max_object_pointers - 1
     # only the latest max_cond_frames conditioning frames survive (every 50th frame)
     assert layout.pointer_offsets.max() <= 50 * cfg.max_cond_frames
+
+
+def test_reconditioned_every_frame_reads_its_recent_frames_within_the_bound() -> None:
+    """The pipeline with the demo's memory_tracking (recondition_every: 1) propagates a track and
+    then conditions it on the same frame, so every memory frame is a conditioning frame. SAM3 still
+    reads the ones pushed out of the latest max_cond_frames as recent frames and pointers; the
+    memory they take stays within the bound, which they fill exactly."""
+    cfg = TrackerConfig.tiny("perceiver")
+    cfg.prompt_previous_mask = True  # as the demo tracker
+    cfg.memory_attention_layers = 1
+    torch.manual_seed(0)
+    model = TrackerModel(get_config("es-ev-tiny"), cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    size = model.image_config.image_size
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[20:70, 30:90] = True
+    bound = model.memory_bytes()
+    # the frames max_cond_frames + 1 .. num_maskmem - 1 back are read as recent: row = offset - 1
+    recent_rows = [offset - 1 for offset in range(cfg.num_maskmem - 1, cfg.max_cond_frames, -1)]
+    offsets = [float(o) for o in range(1, cfg.max_object_pointers)]  # a pointer for every frame back
+    with torch.inference_mode():
+        track = model.new_track()
+        for idx in range(100):
+            frame = _frame(cfg, model.grid_size, idx, gen)
+            if idx:
+                model.propagate([track], frame)
+            model.condition(track, frame, mask)
+            assert track.nbytes() <= bound
+            if idx + 1 >= cfg.max_cond_frames + cfg.max_object_pointers - 1:  # every deque full
+                assert track.nbytes() == bound
+            if idx + 1 < cfg.max_object_pointers:
+                continue
+            layout = track.gather(idx + 1)
+            assert layout.tpos_index.tolist() == [cfg.num_maskmem - 1] * cfg.max_cond_frames + recent_rows
+            assert sorted(layout.pointer_offsets.tolist()) == offsets

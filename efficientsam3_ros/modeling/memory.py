@@ -1,14 +1,21 @@
 """Per-track tracker memory: bounded deques, so nothing grows with the length of the video.
 
-A track holds at most ``max_cond_frames`` conditioning frames (from detections), the
-``num_maskmem - 1`` most recent tracked frames, and the ``max_object_pointers - 1``
-most recent object pointers. That is exactly what SAM3's memory attention can read in
-streaming mode (its session keeps every past frame; a robot running for hours cannot),
-so dropping older entries changes nothing the model sees.
+A track holds at most ``max_cond_frames`` conditioning frames (from detections; the latest
+ones), the ``num_maskmem - 1`` latest other memory frames and the ``max_object_pointers - 1``
+latest other object pointers. SAM3 attends to the ``max_cond_frames`` conditioning frames
+closest to the tracked frame; one it leaves out (pushed out here by a newer one) it still
+reads as a recent frame while it is among the last ``num_maskmem - 1`` frames, and its pointer
+while among the last ``max_object_pointers - 1``. So a pushed-out conditioning frame joins the
+recent deques, in frame order, beside the tracked frames. That is all SAM3's tracker reads when
+tracking forward (sam3_tracker_base ``_prepare_memory_conditioned_features`` without its
+optional memory selection; transformers' port also reads the pointer of every earlier
+conditioning frame, however old). Its session keeps every past frame, a robot running for
+hours cannot, and dropping the older entries changes nothing SAM3's tracker would see.
 
-``gather(frame_idx)`` lays the memory out the way SAM3 orders it (conditioning frames
-first, then recent frames oldest first; conditioning pointers first, then recent
-pointers nearest first), together with the temporal indices the graphs need.
+``gather(frame_idx)`` lays the memory out as SAM3 does (conditioning frames first, then recent
+frames oldest first; conditioning pointers first, then recent pointers nearest first), with the
+temporal indices the graphs need. Only the order among conditioning frames differs (here oldest
+first, SAM3 nearest first); they share one temporal row, so attention does not see it.
 """
 
 from __future__ import annotations
@@ -57,10 +64,19 @@ class TrackMemory:
         return len(self.cond) > 0
 
     def add_conditioning(self, frame_idx: int, features: torch.Tensor, pointer: torch.Tensor) -> None:
-        """A frame whose mask came from outside (a detection): kept as a conditioning frame."""
+        """A frame whose mask came from outside (a detection): kept as a conditioning frame.
+
+        The latest ``max_cond_frames`` of them (by frame index) are the conditioning memory; an
+        older one joins the recent frames and pointers, as SAM3 reads it (see the module docstring).
+        """
         self._drop_recent(frame_idx)
-        self.cond = deque([c for c in self.cond if c[0] != frame_idx], maxlen=self.cond.maxlen)
-        self.cond.append((frame_idx, features, pointer))
+        held = [c for c in self.cond if c[0] != frame_idx] + [(frame_idx, features, pointer)]
+        held.sort(key=_frame)
+        cut = max(len(held) - (self.cond.maxlen or 0), 0)
+        self.cond = deque(held[cut:], maxlen=self.cond.maxlen)
+        for f, feats, ptr in held[:cut]:
+            self.recent = _insert_in_frame_order(self.recent, f, feats)
+            self.recent_pointers = _insert_in_frame_order(self.recent_pointers, f, ptr)
         self.last_frame_idx = frame_idx
 
     def add_tracked(self, frame_idx: int, features: torch.Tensor, pointer: torch.Tensor) -> None:
@@ -118,3 +134,15 @@ class TrackMemory:
     def nbytes(self) -> int:
         """Bytes of tensor storage held by this track (not counting Python object overhead)."""
         return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+def _frame(entry: tuple) -> int:
+    return entry[0]
+
+
+def _insert_in_frame_order(entries: deque, frame_idx: int, value: torch.Tensor) -> deque:
+    """``entries`` (in frame order) with ``(frame_idx, value)`` added; when full, the oldest frame goes."""
+    if not entries.maxlen:
+        return entries
+    held = sorted([*entries, (frame_idx, value)], key=_frame)
+    return deque(held[-entries.maxlen :], maxlen=entries.maxlen)
