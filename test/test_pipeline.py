@@ -233,3 +233,62 @@ def test_mask_threshold_is_a_probability_taken_from_the_operating_point(tiny_mod
     with pytest.raises(ValueError, match="got 1.5"):
         seg.mask_threshold = 1.5  # checked on every set (the node sets it live)
     assert seg.mask_threshold == 0.01
+
+
+def test_an_exemplar_on_one_concept_leaves_the_others_untouched(segmenter, rgb_image):
+    """SAM3's geometry encoder adds a prompt token to every row it gets, padding rows too: concepts
+    without exemplars must not share that call."""
+    segmenter.set_concepts(["red mug", "person"])
+    before = segmenter.process(rgb_image)
+    segmenter.add_exemplar(0, np.array([[10, 10, 60, 50]]), [True])
+    after = segmenter.process(rgb_image)
+
+    def of(result, cid):
+        found = sorted((i for i in result.instances if i.concept_id == cid), key=lambda i: -i.score)
+        return (
+            [i.score for i in found],
+            np.array([i.box_xyxy for i in found]),
+            [mask_to_rle(i.mask) for i in found],
+        )
+
+    scores, boxes, masks = of(after, 1)
+    assert (
+        scores == of(before, 1)[0] and np.array_equal(boxes, of(before, 1)[1]) and masks == of(before, 1)[2]
+    )
+    assert not np.allclose(of(before, 0)[0], of(after, 0)[0])  # the exemplar does act on its own concept
+
+
+def test_a_new_image_size_resets_the_tracks_instead_of_failing_every_frame(tiny_model, rgb_image):
+    from efficientsam3_ros.tracking import ConceptTracker, TrackingConfig
+
+    tracker = ConceptTracker(TrackingConfig(new_det_threshold=0.0))
+    segmenter = ConceptSegmenter(tiny_model, score_threshold=0.0, tracker=tracker)
+    segmenter.set_concepts(["red mug"])
+    first = segmenter.process(rgb_image)
+    assert first.instances and tracker.track_ids()
+    bigger = np.concatenate([rgb_image, rgb_image], axis=0)  # a camera switched resolution
+    for _ in range(2):
+        result = segmenter.process(bigger)
+        assert result.image_size == bigger.shape[:2] and result.instances
+
+
+def test_a_repeated_concept_id_is_removed_once(segmenter):
+    segmenter.set_concepts(["red mug", "person"])
+    segmenter.remove_concepts([1, 1])
+    assert segmenter.concepts == {0: "red mug"}
+
+
+def test_the_text_cache_stays_bounded_and_keeps_recent_phrases(segmenter, monkeypatch):
+    from efficientsam3_ros.pipeline import segmenter as segmenter_module
+
+    monkeypatch.setattr(segmenter_module, "TEXT_CACHE_SIZE", 4)
+    encoded = []
+    encode_text = segmenter.backend.encode_text
+    monkeypatch.setattr(
+        segmenter.backend, "encode_text", lambda ids, mask: encoded.append(len(ids)) or encode_text(ids, mask)
+    )
+    for i in range(10):
+        segmenter.set_concepts([f"thing {i}"])
+    assert len(segmenter._text_cache) == 4 and sum(encoded) == 10
+    segmenter.set_concepts(["thing 9"])  # still cached: not encoded again
+    assert sum(encoded) == 10

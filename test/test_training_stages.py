@@ -827,3 +827,40 @@ def test_environment_json_is_replaced_whole(tmp_path, monkeypatch):
     record_environment(tmp_path, DistContext(), resumed=True)
     assert seen == [before]
     assert len(json.loads(path.read_text())["starts"]) == 2
+
+
+def test_stage2_trains_with_the_trackers_dropout_and_keeps_frozen_heads_in_eval(
+    datasets, tracker_checkpoint, tmp_path, one_thread
+):
+    """Dropout modules own no parameters: they follow the part they sit in, so the memory attention's
+    dropout applies while it trains, and the frozen SAM heads stay in eval mode."""
+    from efficientsam3_ros.training.distributed import DistContext
+    from efficientsam3_ros.training.stage2 import MemoryDistillStage
+
+    config = _config(
+        "tiny_stage2",
+        tmp_path,
+        f"data.root={datasets['sav']}",
+        f"model.tracker_checkpoint={tracker_checkpoint}",
+    )
+    stage = MemoryDistillStage(config, DistContext())
+    student = stage.module.train().student
+    dropouts = {
+        n: m.training for n, m in student.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0
+    }
+    in_memory = {n: t for n, t in dropouts.items() if n.startswith("sam.memory_attention.")}
+    assert in_memory and all(in_memory.values()), dropouts
+    frozen = [
+        n
+        for n, m in student.named_modules()
+        if list(m.parameters()) and not any(p.requires_grad for p in m.parameters())
+    ]
+    assert frozen and not any(student.get_submodule(n).training for n in frozen)
+    assert all(not training for n, training in dropouts.items() if any(n.startswith(f + ".") for f in frozen))
+    batch = stage.collate([stage.dataset[(0, 0)]])
+    losses = []
+    for seed in (1, 2):  # dropout draws from torch's global generator
+        torch.manual_seed(seed)
+        losses.append(float(stage.module(batch, torch.Generator().manual_seed(0))[0]))
+    assert losses[0] != losses[1]
+    assert not stage.module.eval().student.training

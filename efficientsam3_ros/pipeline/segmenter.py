@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,7 @@ from ..modeling.tokenizer import validate_phrase
 from ..modeling.tracker_checkpoint import load_tracker
 from ..modeling.tracker_neck import TrackerFrame
 from ..runtime import Backend, ImageFeatures, RuntimeOptions, select_backend
+from ..runtime.base import PADDING_BOX_LABEL
 from ..runtime.torch_backend import TorchBackend
 from ..tracking import ConceptTracker, TrackingConfig
 from .preprocess import (
@@ -47,6 +49,7 @@ from .results import FrameResult, Instance
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCEPTS = 32
+TEXT_CACHE_SIZE = 512  # phrases whose text features are kept for re-use (per model, shared by forks)
 MEMORY_KINDS = ("none", "perceiver", "dense")
 
 
@@ -106,7 +109,7 @@ class ConceptSegmenter:
         self._last_image_size: tuple[int, int] | None = None
         self.frames_processed = 0
         # label -> (embeds, mask); shared between forks so each phrase is encoded once per model
-        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def fork(self, tracker: ConceptTracker | None = None) -> ConceptSegmenter:
         """A segmenter for another camera: shares the model, backend, tracker weights and text cache.
@@ -237,6 +240,7 @@ class ConceptSegmenter:
         return [by_label[label] for label in cleaned]
 
     def remove_concepts(self, concept_ids: list[int]) -> None:
+        concept_ids = list(dict.fromkeys(concept_ids))  # [1, 1] removes concept 1 once
         unknown = [cid for cid in concept_ids if cid not in self._concepts]
         if unknown:
             raise ValueError(f"unknown concept ids {unknown}; active: {sorted(self._concepts)}")
@@ -307,6 +311,10 @@ class ConceptSegmenter:
             timings["post"] = (time.perf_counter() - t3) * 1e3
         if self.tracker is not None:
             t4 = time.perf_counter()
+            if self._last_image_size not in (None, image_size):
+                # a camera changed resolution: tracks of the old size cannot match the new masks
+                log.info("image size %s -> %s: tracks reset", self._last_image_size, image_size)
+                self.reset()
             instances = self._track(instances, features, image_size)
             timings["track"] = (time.perf_counter() - t4) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
@@ -339,14 +347,20 @@ class ConceptSegmenter:
                 embeds = self.backend.encode_text(input_ids, attention_mask)
             for i, label in enumerate(missing):
                 self._text_cache[label] = (embeds[i], attention_mask[i])
-        return {label: self._text_cache[label] for label in labels}
+        found = {}
+        for label in labels:
+            self._text_cache.move_to_end(label)  # least recently used first
+            found[label] = self._text_cache[label]
+        while len(self._text_cache) > TEXT_CACHE_SIZE:  # a node whose concepts change for days
+            self._text_cache.popitem(last=False)  # active concepts keep their own copy (_Concept)
+        return found
 
     def _exemplar_tensors(self, concepts: list[_Concept]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         most = max(len(c.exemplar_boxes) for c in concepts)
         if most == 0:
             return None, None
         boxes = torch.zeros(len(concepts), most, 4)
-        labels = torch.full((len(concepts), most), -10, dtype=torch.long)  # -10: padding (transformers' Sam3)
+        labels = torch.full((len(concepts), most), PADDING_BOX_LABEL, dtype=torch.long)
         for i, c in enumerate(concepts):
             n = len(c.exemplar_boxes)
             if n:

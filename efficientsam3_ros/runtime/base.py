@@ -142,10 +142,19 @@ class Backend(ABC):
 
         Exemplar boxes need the geometry encoder, which is not exported: on every backend they
         run through the PyTorch modules (``self.model``); everything else runs the detector graph.
+        Only the concepts that have exemplars take that path. SAM3's geometry encoder adds a
+        prompt token to every row it is given, even a row of padding boxes, so a concept without
+        exemplars must not share the call: one concept's exemplar would otherwise move every
+        other concept's scores and masks (and all of them off the exported graph).
         """
-        if has_exemplars(boxes):
-            return detect_with_exemplars(self.model, features, embeds, mask, boxes, box_labels)
-        return self.run_detector(features, embeds, mask)
+        rows = exemplar_rows(boxes, box_labels)
+        if rows is None or not rows.any():
+            return self.run_detector(features, embeds, mask)
+        labels = box_labels[rows] if box_labels is not None else None
+        prompted = detect_with_exemplars(self.model, features, embeds[rows], mask[rows], boxes[rows], labels)
+        if rows.all():
+            return prompted
+        return merge_rows(rows, prompted, self.run_detector(features, embeds[~rows], mask[~rows]))
 
     def run_detector(
         self, features: ImageFeatures, embeds: torch.Tensor, mask: torch.Tensor
@@ -178,6 +187,35 @@ def features_by_name(names: list[str], outputs: list[torch.Tensor]) -> ImageFeat
 
 def has_exemplars(boxes: torch.Tensor | None) -> bool:
     return boxes is not None and boxes.numel() > 0
+
+
+#: The box label transformers' Sam3 reads as padding (a row's unused exemplar slots).
+PADDING_BOX_LABEL = -10
+
+
+def exemplar_rows(boxes: torch.Tensor | None, box_labels: torch.Tensor | None) -> torch.Tensor | None:
+    """Which concepts ([K] bool) have at least one real exemplar box; None when there are no boxes at all."""
+    if not has_exemplars(boxes):
+        return None
+    if box_labels is None:
+        return torch.ones(boxes.shape[0], dtype=torch.bool)
+    return (box_labels != PADDING_BOX_LABEL).any(dim=1).cpu()
+
+
+def merge_rows(rows: torch.Tensor, chosen: DetectorOutput, others: DetectorOutput) -> DetectorOutput:
+    """One output for all K concepts: ``chosen`` holds the rows where ``rows`` is True, ``others`` the rest."""
+
+    def merged(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = a.new_empty((rows.shape[0], *a.shape[1:]))
+        out[rows], out[~rows] = a, b
+        return out
+
+    return DetectorOutput(
+        pred_masks=merged(chosen.pred_masks, others.pred_masks),
+        pred_boxes=merged(chosen.pred_boxes, others.pred_boxes),
+        pred_logits=merged(chosen.pred_logits, others.pred_logits),
+        presence_logits=merged(chosen.presence_logits, others.presence_logits),
+    )
 
 
 def detect_with_exemplars(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..modeling import EfficientSam3Model
 from ..modeling.memory import TrackMemory
@@ -41,6 +42,22 @@ from .propagation import REPORT_CLIPS, masks_at, score_propagation
 from .trainer import StageRunner, set_trainable
 
 log = logging.getLogger(__name__)
+
+
+def training_modules(root: nn.Module) -> list[nn.Module]:
+    """The modules under ``root`` that should be in train mode when only some parameters train.
+
+    A module with parameters trains when one of them (at any depth) requires grad; one without
+    any takes its parent's mode.
+    """
+    training: dict[str, bool] = {}
+    for name, module in root.named_modules():
+        params = list(module.parameters())
+        if params:
+            training[name] = any(p.requires_grad for p in params)
+        else:
+            training[name] = training.get(name.rpartition(".")[0], False)
+    return [m for name, m in root.named_modules() if training[name]]
 
 
 class MemoryDistillModule(StageModule):
@@ -59,12 +76,17 @@ class MemoryDistillModule(StageModule):
         self.trainable = trainable
 
     def train(self, mode: bool = True) -> MemoryDistillModule:
-        """Frozen SAM heads stay in eval mode; only modules that own trainable parameters train."""
+        """Frozen SAM heads stay in eval mode; the parts that train run in train mode, dropout included.
+
+        A module trains when any parameter under it trains; a module without parameters of its
+        own under it (``nn.Dropout``, an attention wrapper whose weights sit in child layers)
+        follows its parent. Deciding by a module's own parameters alone left every dropout in
+        eval mode, so the configured memory-attention dropout never applied.
+        """
         super().train(False)
         if mode:
-            for sub in self.student.modules():
-                if any(p.requires_grad for p in sub.parameters(recurse=False)):
-                    sub.train(True)
+            for sub in training_modules(self.student):
+                sub.training = True
         self.training = mode
         return self
 
