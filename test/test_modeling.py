@@ -332,6 +332,11 @@ def _edited(edit: dict) -> dict:
         ({"vit.image_size": 224}, "vit.image_size is set by the model config's image_size"),
         ({"detector.detr_decodr": {}}, "detector must have the parts"),
         ({"text_encoder": "bert"}, "text_encoder 'bert' is not one of"),
+        ({"family": "vit"}, "family 'vit' is not one of"),
+        ({"family": "repvit"}, "family 'repvit' does not go with backbone 'sam3_vit'"),
+        ({"init": "xavier"}, "init 'xavier' is not one of"),
+        ({"context_length": 0}, "context_length must be at least 1"),
+        ({"tracker": {"hiden_size": 64}}, r"unknown model config tracker keys \['hiden_size'\]"),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
 )

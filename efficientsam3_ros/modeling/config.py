@@ -164,6 +164,12 @@ DETR_LEVEL_SCALES = (1.0, 2.0)
 #: ModelConfig.text_encoder values: SAM3's CLIP tower, or a SAM3-LiteText MobileCLIP one
 TEXT_ENCODERS = ("clip", "mobileclip")
 
+#: ModelConfig.family values: the teacher, and the three student families the paper distils into
+FAMILIES = ("sam3", "repvit", "tinyvit", "efficientvit")
+
+#: ModelConfig.init values (see the field)
+INIT_SCHEMES = ("sam3", "fan_in")
+
 #: keys of the nested dicts that a ModelConfig field sets: the nested copy would override it
 #: (vit's image size) or clash with it (MobileCLIP's position table), so it is refused
 _SET_BY_FIELD = {
@@ -338,6 +344,23 @@ class ModelConfig:
         """Refuse what would build a model other than the one described, or fail only at build time."""
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"model config text_encoder {self.text_encoder!r} is not one of {TEXT_ENCODERS}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"model config family {self.family!r} is not one of {FAMILIES}")
+        if (self.family == "sam3") != (self.backbone == "sam3_vit"):
+            # the family picks how released checkpoints are converted (modeling.convert_backbones)
+            raise ValueError(
+                f"model config family {self.family!r} does not go with backbone {self.backbone!r}: "
+                "family 'sam3' is the ViT teacher (backbone 'sam3_vit'), the others are students"
+            )
+        if self.init not in INIT_SCHEMES:
+            raise ValueError(f"model config init {self.init!r} is not one of {INIT_SCHEMES}")
+        if self.context_length < 1:
+            raise ValueError(
+                f"model config context_length must be at least 1 token, got {self.context_length}"
+            )
+        from .tracker_config import TrackerConfig  # imports this module
+
+        check_known_keys(TrackerConfig, self.tracker, "model config tracker keys")
         check_image_size(self.image_size, self.patch_size, "model config image_size")
         self.fpn_level_scales  # noqa: B018 -- validates detr_level_scale
         _check_nested_keys(self)
