@@ -514,3 +514,37 @@ def test_export_command_exports_a_trained_tracker_file(tmp_path, capsys):
     capsys.readouterr()
     assert _cli([*argv, "--out", str(tmp_path / "dense"), "--memory", "dense"]) == 2
     assert "--tracker-checkpoint" in capsys.readouterr().err  # a perceiver file is not a dense tracker
+
+
+def test_export_command_takes_a_checkpoint_path_with_its_own_input_size(tmp_path, capsys):
+    """--model models/demo/model.safetensors exports at the 224 px its config carries (its registry
+    name builds 168 px, which the shipped tracker and eval-bag --onnx-dir refuse)."""
+    import json
+
+    from efficientsam3_ros.commands.demo import demo_dir
+
+    weights, tracker = demo_dir() / "model.safetensors", demo_dir() / "tracker.safetensors"
+    argv = ["--model", str(weights), "--graphs", "tracker_step", "--memory", "perceiver"]
+    argv += ["--tracker-checkpoint", str(tracker), "--tracks", "1", "--no-parity"]
+    assert _cli([*argv, "--out", str(tmp_path / "demo")]) == 0, capsys.readouterr().err
+    manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
+    assert manifest["input_size"] == 224 and manifest["checkpoint"] == str(weights)
+    capsys.readouterr()
+    assert _cli([*argv, "--out", str(tmp_path / "both"), "--checkpoint", str(weights)]) == 2
+    assert "leave out --checkpoint" in capsys.readouterr().err
+    assert _cli(["--model", "no-such-model", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_export_command_dynamo_failure_is_one_line(tmp_path, capsys):
+    """torch.export cannot trace the detector with torch 2.14: the command says so in one line
+    (exit 2) and names the exporter that works, instead of ending in a traceback."""
+    argv = ["--model", "es-ev-tiny", "--input-size", "56", "--graphs", "detector", "--exporter", "dynamo"]
+    rc = _cli([*argv, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    if rc == 0:  # a torch whose exporter traces it: the graph must then exist
+        assert (tmp_path / "detector.onnx").is_file()
+        return
+    assert rc == 2, err
+    last = err.strip().splitlines()[-1]
+    assert "--exporter dynamo could not export detector" in last and "torchscript" in last

@@ -8,19 +8,20 @@ memory tracker's graphs, static at ``--tracks`` tracks; ``--tracker-checkpoint``
 ``--format tensorrt``) and ``<out>/manifest.json``, then runs every graph on random inputs
 against the PyTorch modules and prints max abs / relative error per output. Python code loads
 the folder with ``RuntimeOptions(onnx_dir=<out>)`` (e.g. ``ConceptSegmenter.from_name(...,
-options=...)``): the onnxruntime and tensorrt backends read its graphs instead of exporting
-into the cache, and the tensorrt backend its ``engines/`` (reused when its precision and
-concept profile match ``--precision``/``--max-concepts``/``--opt-concepts``; any other is
-built and added there). The ROS node and ``eval-bag`` have no parameter for it yet: they
-export into, and build engines in, ``~/.cache/efficientsam3_ros``. Exit codes: 0 ok,
+options=...)``), the ROS node with its ``onnx_dir`` parameter and ``eval-bag`` /
+``sweep-thresholds`` with ``--onnx-dir``: the onnxruntime and tensorrt backends read its graphs
+instead of exporting into the cache, and the tensorrt backend its ``engines/`` (reused when its
+precision and concept profile match ``--precision``/``--max-concepts``/``--opt-concepts``; any
+other is built and added there). ``--model`` takes a name or a checkpoint path, as every other
+command does. Exit codes: 0 ok,
 1 parity above tolerance, 2 bad arguments or a missing dependency (one line naming the fix).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,12 @@ class ExportError(Exception):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="registered model name (see `efficientsam3 models`)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model name (see `efficientsam3 models`) or a checkpoint file / HF directory, which "
+        "carries its own architecture and input size (e.g. models/demo/model.safetensors)",
+    )
     parser.add_argument(
         "--checkpoint", type=Path, help="weights to load (safetensors); random weights if omitted"
     )
@@ -89,14 +95,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> list[str]:
-    from ..modeling import get_config
     from .graphs import GRAPHS
 
-    try:
-        config = get_config(args.model)
-    except KeyError as err:
-        raise ExportError(str(err.args[0])) from None
-    if args.input_size is not None:
+    config = _model_config(args)
+    if config is not None and args.input_size is not None:
         try:
             config.with_image_size(args.input_size)
         except ValueError as err:
@@ -125,15 +127,46 @@ def _validate(args: argparse.Namespace) -> list[str]:
     return graphs
 
 
-def _load_checkpoint(model: Any, path: Path) -> None:
-    if importlib.util.find_spec("efficientsam3_ros.modeling.checkpoint") is None:
-        raise ExportError(
-            "--checkpoint needs efficientsam3_ros.modeling.checkpoint (not in this build yet); "
-            "export random weights by leaving --checkpoint out"
-        )
-    from ..modeling.checkpoint import load_checkpoint
+def _model_config(args: argparse.Namespace) -> Any:
+    """The architecture ``--model`` names, checked before anything is built (None: a zoo entry,
+    whose architecture may come with its weights).
 
-    load_checkpoint(model, path)
+    A checkpoint path is resolved as every other command resolves it (its metadata or sidecar
+    config), so the demo model exports at the 224 px it ships with, not its registry name's 168.
+    """
+    from ..modeling import get_config, list_models
+    from ..modeling.checkpoint_files import CheckpointError
+    from ..zoo import load_zoo
+    from ..zoo.resolve import config_for_path
+
+    path = Path(args.model).expanduser()
+    if path.exists():
+        if args.checkpoint is not None:
+            raise ExportError(f"--model {args.model} is already a checkpoint; leave out --checkpoint")
+        try:
+            return config_for_path(path)
+        except CheckpointError as err:
+            raise ExportError(str(err)) from None
+    if args.model in list_models():
+        return get_config(args.model)
+    if args.model in load_zoo():
+        return None
+    raise ExportError(
+        f"unknown model {args.model!r} (--model): not a file, a registry name or a zoo name "
+        "(see `efficientsam3 models`)"
+    )
+
+
+def _build(args: argparse.Namespace) -> Any:
+    """The model to export, with its weights: :func:`resolve_model`, the loader every command uses."""
+    from ..modeling.checkpoint_files import CheckpointError
+    from ..zoo.resolve import resolve_model
+
+    checkpoint = str(args.checkpoint) if args.checkpoint is not None else None
+    try:
+        return resolve_model(args.model, checkpoint, input_size=args.input_size)
+    except (CheckpointError, ValueError) as err:
+        raise ExportError(str(err)) from None
 
 
 def _tracker_for(model: Any, args: argparse.Namespace) -> Any:
@@ -155,7 +188,6 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..modeling import build_model
     from .export import export_graph, format_parity, parity_check
     from .graphs import get_graph
     from .onnx_cache import file_sha256, weights_sha256
@@ -163,9 +195,7 @@ def _run(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with tqdm(total=1, desc=f"build {args.model}", unit="model", file=sys.stderr) as bar:
-        model = build_model(args.model, input_size=args.input_size)
-        if args.checkpoint is not None:
-            _load_checkpoint(model, args.checkpoint)
+        model = _build(args)
         bar.update()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -176,14 +206,28 @@ def _run(args: argparse.Namespace) -> int:
     paths: dict[str, Path] = {}
     for name in tqdm(graphs, desc="export onnx", unit="graph", file=sys.stderr):
         spec = get_graph(name)
-        paths[name] = export_graph(
-            spec,
-            sources[spec.source],
-            out / f"{name}.onnx",
-            opset=args.opset,
-            exporter=args.exporter,
-            **({"num_concepts": tracks} if spec.source == "tracker" else {}),
-        )
+        try:
+            paths[name] = export_graph(
+                spec,
+                sources[spec.source],
+                out / f"{name}.onnx",
+                opset=args.opset,
+                exporter=args.exporter,
+                **({"num_concepts": tracks} if spec.source == "tracker" else {}),
+            )
+        except Exception as err:
+            if args.exporter != "dynamo":
+                raise
+            # torch.export cannot trace every graph (the detector's data-dependent shapes with
+            # torch 2.14); the default exporter can, so say that instead of a long traceback
+            root = err
+            while root.__cause__ is not None:  # torch.onnx wraps torch.export's own error
+                root = root.__cause__
+            first = re.sub(r"\x1b\[[0-9;]*m", "", (str(root).strip().splitlines() or [""])[0])
+            raise ExportError(
+                f"--exporter dynamo could not export {name} ({type(root).__name__}: {first[:160]}); "
+                "the default --exporter torchscript exports every graph"
+            ) from None
 
     runners = _onnx_runners(paths)
     tolerance = TOLERANCE["fp32"]
@@ -210,7 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         "graphs": {n: {"file": p.name, "sha256": file_sha256(p)} for n, p in paths.items()},
         "engines": engines,
         "parity": [r.__dict__ for r in rows],
-        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "checkpoint": str(args.checkpoint or "") or (args.model if Path(args.model).exists() else None),
         "weights_sha256": weights_sha256(model),  # what a backend given this folder checks
         "tracker": (
             {
