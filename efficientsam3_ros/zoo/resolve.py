@@ -58,11 +58,36 @@ def resolve_model(
         if checkpoint is None:
             log.warning("model %s has no weights given: using random initialisation", spec)
             return build_model(config, input_size=input_size, device=device)
+        if input_size is None:
+            input_size = _stored_input_size(Path(checkpoint), config)
         return _load(config, Path(checkpoint), input_size, device)
     raise ValueError(
         f"unknown model {spec!r}: not a file, an HF directory, a zoo name ({', '.join(zoo) or 'none'}) "
         f"or a registry name ({', '.join(list_models())})"
     )
+
+
+def _stored_input_size(weights: Path, config: ModelConfig) -> int | None:
+    """The input size ``weights`` records for this architecture when it differs from the name's.
+
+    A name with a checkpoint takes its architecture from the name, but the input size is a
+    deployment choice the file carries (the demo student: registry 168 px, shipped at 224); run
+    at the name's size it loads without complaint and scores worse.
+    """
+    try:
+        stored = read_config(weights)
+    except (CheckpointError, ValueError, OSError):
+        return None  # the load that follows names what is wrong with the file
+    if stored is None or stored.name != config.name or stored.image_size == config.image_size:
+        return None
+    log.info(
+        "%s: input size %d px from %s (the name's is %d)",
+        config.name,
+        stored.image_size,
+        weights.name,
+        config.image_size,
+    )
+    return stored.image_size
 
 
 def config_for_path(path: Path) -> ModelConfig:
