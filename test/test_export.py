@@ -289,6 +289,7 @@ def test_tensorrt_backend_reuses_the_export_folders_graphs_and_engines(
 ):
     """`export --format tensorrt --out DIR`, then RuntimeOptions(onnx_dir=DIR): the backend runs DIR's
     graphs and engines, exporting and building nothing (CPU stand-in: TensorRT and the GPU are faked)."""
+    import contextlib
     import dataclasses
     import json
     import sys
@@ -301,6 +302,7 @@ def test_tensorrt_backend_reuses_the_export_folders_graphs_and_engines(
     monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
     monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: fake_trt)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(trt_backend, "gpu_context", lambda device: contextlib.nullcontext())
     built: list[str] = []
 
     def fake_build(path: Path, precision: str, shapes: Any, timing: Path | None = None) -> bytes:

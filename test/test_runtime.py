@@ -481,3 +481,124 @@ def test_onnxruntime_tensorrt_engines_follow_the_weights(tmp_path):
         got = OnnxRuntimeBackend(model, options, provider="tensorrt").encode_text(ids, mask)
         torch.testing.assert_close(got, TorchBackend(model).encode_text(ids, mask), rtol=1e-2, atol=1e-3)
     assert len(list((tmp_path / "ort_trt").glob("text_encoder-*"))) == 2
+
+
+# ------------------------------------------------------------------ devices and caches
+def _fake_engine_build() -> tuple[list[int], object]:
+    calls: list[int] = []
+
+    def build() -> bytes:
+        calls.append(1)
+        return b"engine bytes"
+
+    return calls, build
+
+
+def test_an_engine_built_beside_a_read_only_export_lands_in_the_spare_cache(tmp_path, caplog):
+    """onnx_dir on a read-only filesystem (here: a folder that cannot be made): the built engine is
+    kept, stored in the cache instead, and found there on the next start (before: the backend
+    failed to start after a build of minutes, and built again every start)."""
+    (tmp_path / "ro").write_text("a file, so nothing can be created under it")
+    export, spare = EngineCache(tmp_path / "ro" / "engines"), EngineCache(tmp_path / "cache" / "engines")
+    key = EngineKey("sha", "10.0", "gpu", "fp16", "p")
+    calls, build = _fake_engine_build()
+    with caplog.at_level(logging.WARNING):
+        assert export.get_or_build("detector", key, build, spare=spare) == (b"engine bytes", True)
+    assert "cannot cache the detector engine" in caplog.text
+    assert spare.load("detector", key) == b"engine bytes"
+    assert export.get_or_build("detector", key, build, spare=spare) == (b"engine bytes", False)
+    assert len(calls) == 1
+
+
+def test_an_engine_that_can_be_cached_nowhere_is_still_used(tmp_path, caplog):
+    (tmp_path / "ro").write_text("")
+    cache = EngineCache(tmp_path / "ro" / "engines")
+    calls, build = _fake_engine_build()
+    with caplog.at_level(logging.WARNING):
+        data, built = cache.get_or_build("detector", EngineKey("s", "v", "g", "fp16", "p"), build)
+    assert (data, built) == (b"engine bytes", True)
+    assert "built again at the next start" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "requested, device, expected, cuda_device",
+    [
+        ("auto", None, "auto", 0),
+        ("auto", "cpu", "cpu", 0),  # before: auto still took the GPU
+        ("onnxruntime", "cpu", "cpu", 0),
+        ("torch", "cpu", "torch-cpu", 0),
+        ("onnxruntime-cpu", "cpu", "onnxruntime-cpu", 0),
+        ("auto", "cuda", "auto", 0),
+        ("auto", "cuda:1", "auto", 1),  # before: every GPU backend ran on GPU 0
+        ("tensorrt", "cuda:2", "tensorrt", 2),
+    ],
+)
+def test_a_device_becomes_a_choice_of_backends_and_a_gpu(requested, device, expected, cuda_device):
+    from efficientsam3_ros.runtime.fallback import backend_for_device
+
+    name, options = backend_for_device(requested, device, RuntimeOptions())
+    assert (name, options.cuda_device) == (expected, cuda_device)
+
+
+@pytest.mark.parametrize("requested, device", [("tensorrt", "cpu"), ("torch-cuda", "cpu"), ("auto", "gpu")])
+def test_a_device_that_contradicts_the_backend_is_refused(requested, device):
+    from efficientsam3_ros.runtime.fallback import backend_for_device
+
+    with pytest.raises(ValueError, match="device"):
+        backend_for_device(requested, device, RuntimeOptions())
+
+
+def test_a_gpu_backend_named_by_index_starts_on_that_gpu_or_says_which_exist(tiny_model):
+    """torch-cuda on cuda:<options.cuda_device>; an index past the last GPU is unavailable, named."""
+    from efficientsam3_ros.runtime.fallback import make_backend
+
+    missing = torch.cuda.device_count() if HAS_CUDA else 3
+    with pytest.raises(BackendUnavailable, match="cuda" if HAS_CUDA else "no CUDA device"):
+        make_backend("torch-cuda", tiny_model, RuntimeOptions(cuda_device=missing))
+
+
+def test_the_start_line_is_a_warning_when_the_backend_asked_for_did_not_start(tiny_model, caplog):
+    def broken(model, options):
+        raise BackendUnavailable("no engine here")
+
+    with caplog.at_level(logging.INFO, logger="efficientsam3_ros.runtime"):
+        select_backend("tensorrt", tiny_model, factories={"tensorrt": broken, "onnxruntime-cuda": broken})
+    started = [r for r in caplog.records if "backend: using" in r.getMessage()]
+    assert len(started) == 1 and started[0].levelno == logging.WARNING
+    assert "skipped: tensorrt: unavailable: no engine here" in started[0].getMessage()
+
+
+def _one_input_graph(path: Path, size: int) -> None:
+    """A real ONNX graph whose only input is ``pixels`` [1, 3, size, size] (an Identity)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    pixels = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 3, size, size])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, size, size])
+    graph = helper.make_graph([helper.make_node("Identity", ["pixels"], ["out"])], "g", [pixels], [out])
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def test_graphs_copied_without_a_manifest_are_checked_for_their_input_size(tiny_model, tmp_path):
+    """Without manifest.json the image encoder's own input says its size: a graph of another size
+    is refused at start (before: accepted, then every frame failed in onnxruntime)."""
+    from efficientsam3_ros.runtime.onnx_cache import graphs_from_dir
+
+    size = tiny_model.config.image_size
+    _one_input_graph(tmp_path / "image_encoder.onnx", size + 56)
+    with pytest.raises(ValueError, match=f"takes {size + 56}x{size + 56} px images, this model {size} px"):
+        graphs_from_dir(tmp_path, ["image_encoder"], tiny_model)
+    _one_input_graph(tmp_path / "image_encoder.onnx", size)
+    assert graphs_from_dir(tmp_path, ["image_encoder"], tiny_model) == {
+        "image_encoder": tmp_path / "image_encoder.onnx"
+    }
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_torch_cuda_uses_the_models_own_copy_whatever_the_gpu_is_called(tiny_model):
+    """A model already on cuda:0 is not copied again for "cuda" (before: cuda != cuda:0, a second copy)."""
+    model = TorchBackend(tiny_model, device="cuda").model
+    for device in ("cuda", "cuda:0"):
+        backend = TorchBackend(model, RuntimeOptions(memory_format="contiguous"), device=device)
+        assert backend.device == torch.device("cuda", 0) and backend.model is model

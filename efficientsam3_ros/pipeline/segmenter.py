@@ -27,13 +27,14 @@ import torch.nn.functional as F
 
 from ..config_utils import check_mask_threshold
 from ..modeling import EfficientSam3Model, TrackerModel, TrackMemory, build_tracker
-from ..modeling.config import OperatingPoint
+from ..modeling.config import ModelConfig, OperatingPoint
 from ..modeling.memory_format import lay_out
 from ..modeling.tokenizer import validate_phrase
 from ..modeling.tracker_checkpoint import load_tracker
 from ..modeling.tracker_neck import TrackerFrame
 from ..runtime import Backend, ImageFeatures, RuntimeOptions, select_backend
 from ..runtime.base import PADDING_BOX_LABEL
+from ..runtime.fallback import backend_for_device
 from ..runtime.torch_backend import TorchBackend
 from ..tracking import ConceptTracker, TrackingConfig
 from .preprocess import (
@@ -77,8 +78,13 @@ class ConceptSegmenter:
         max_concepts: int = DEFAULT_MAX_CONCEPTS,
         tracker: ConceptTracker | None = None,
         memory: TrackerModel | None = None,
+        memory_source: MemorySource | None = None,
     ):
         """``tracker`` gives stable ids; ``memory`` (needs ``tracker``) makes tracks propagate through memory.
+
+        ``memory_source`` says how to build ``memory`` again (``from_name`` sets it): when the
+        backend hands over to another device, the tracker follows it, and weights on a GPU that
+        died cannot be copied off it, only loaded again.
 
         Without ``memory`` a track's prediction for the next frame is its last mask; with it,
         the mask its memory predicts, which keeps ids through fast motion and short misses.
@@ -101,8 +107,10 @@ class ConceptSegmenter:
         self.max_concepts = max_concepts
         self.tracker = tracker
         self.memory = memory.eval() if memory is not None else None
+        self.memory_source = memory_source
         self._memories: dict[int, TrackMemory] = {}  # live track id -> its memory (memory tracker only)
         self._memory_frame = 0  # frame index the memories see; never reset, so it only grows per track
+        self._memory_device = _device_of(self.memory) if self.memory is not None else None
         self.propagate_calls = 0  # batched propagate() calls, for diagnostics and tests
         self._concepts: dict[int, _Concept] = {}
         self._next_concept_id = 0
@@ -127,6 +135,7 @@ class ConceptSegmenter:
             max_concepts=self.max_concepts,
             tracker=tracker,
             memory=self.memory if tracker is not None else None,
+            memory_source=self.memory_source,
         )
         other._text_cache = self._text_cache
         return other
@@ -148,6 +157,10 @@ class ConceptSegmenter:
         **kwargs: object,
     ) -> ConceptSegmenter:
         """Build the model (registry or zoo name, checkpoint file, HF directory) and pick a backend.
+
+        ``device`` narrows the backends: ``"cpu"`` keeps ``auto`` (and the onnxruntime/torch
+        families) off the GPU, ``"cuda:N"`` runs every GPU backend on GPU N; None lets ``backend``
+        choose. The memory tracker runs on the device the chosen backend runs on.
 
         ``tracking`` attaches a ConceptTracker (stable track ids across frames); pass False for
         single images, or a TrackingConfig to change its thresholds (True: SAM3's rules, with the
@@ -172,19 +185,22 @@ class ConceptSegmenter:
             raise ValueError(f"memory={memory!r} needs tracking (the memory follows tracks)")
         if memory == "none" and memory_checkpoint is not None:
             raise ValueError("memory_checkpoint given but memory='none': pick 'perceiver' or 'dense'")
-        options = options or RuntimeOptions()
+        # the device picks the backends and the GPU (cpu keeps "auto" off the GPU, cuda:1 is GPU 1)
+        backend, options = backend_for_device(backend, device, options or RuntimeOptions())
         model = resolve_model(name, checkpoint, input_size=input_size, device=device or "cpu")
         chain = select_backend(backend, model, options)
-        tracker_model = None
+        tracker_model = source = None
         if memory != "none":
-            tracker_model = build_memory_tracker(model, memory, memory_checkpoint)
-            # the tracker is ours: re-laid in place, as the torch backend lays out its copy
-            lay_out(tracker_model, model.config, device or "cpu", options.memory_format)
+            # the tracker runs where the backend runs (it reads the trunk tokens the backend returns)
+            source = MemorySource(memory, memory_checkpoint, options.memory_format)
+            tracker_model = source.build(model.config, chain.device)
         point = model.config.operating_point
         if new_track_threshold is not None:
             point = dataclasses.replace(point, new_track_threshold=new_track_threshold)
         tracker = make_tracker(tracking, point, memory=tracker_model is not None)
-        return cls(model, backend=chain, tracker=tracker, memory=tracker_model, **kwargs)
+        return cls(
+            model, backend=chain, tracker=tracker, memory=tracker_model, memory_source=source, **kwargs
+        )
 
     # ------------------------------------------------------------------- concepts
     @property
@@ -292,29 +308,34 @@ class ConceptSegmenter:
         t0 = time.perf_counter()
         image = validate_image(image)
         image_size = (int(image.shape[0]), int(image.shape[1]))
-        pixels = preprocess(image, self.input_size, device=self.backend.device)  # resize on the GPU if any
-        t1 = time.perf_counter()
-        timings["preprocess"] = (t1 - t0) * 1e3
-        features = self.backend.encode_image(pixels)
-        t2 = time.perf_counter()
-        timings["encode"] = (t2 - t1) * 1e3
+        if self.tracker is not None and self._last_image_size not in (None, image_size):
+            # a camera changed resolution: tracks of the old size cannot match the new masks
+            log.info("image size %s -> %s: tracks reset", self._last_image_size, image_size)
+            self.reset()
         instances: list[Instance] = []
-        if self._concepts:
-            concepts = list(self._concepts.values())
-            embeds = torch.stack([c.embeds for c in concepts])
-            mask = torch.stack([c.mask for c in concepts])
-            boxes, box_labels = self._exemplar_tensors(concepts)
-            out = self.backend.detect(features, embeds, mask, boxes, box_labels)
-            t3 = time.perf_counter()
-            timings["detect"] = (t3 - t2) * 1e3
-            instances = self._postprocess(out, concepts, image_size)
-            timings["post"] = (time.perf_counter() - t3) * 1e3
+        features: ImageFeatures | None = None
+        # With no concept and no track memory nothing reads the image features: an idle node
+        # leaves the accelerator alone (its tracker still ages the tracks, which then end).
+        if self._concepts or self._memories:
+            pixels = self._preprocess(image)
+            t1 = time.perf_counter()
+            timings["preprocess"] = (t1 - t0) * 1e3
+            features = self.backend.encode_image(pixels)  # a failing backend hands over in here
+            t2 = time.perf_counter()
+            timings["encode"] = (t2 - t1) * 1e3
+            if self._concepts:
+                concepts = list(self._concepts.values())
+                embeds = torch.stack([c.embeds for c in concepts])
+                mask = torch.stack([c.mask for c in concepts])
+                boxes, box_labels = self._exemplar_tensors(concepts)
+                out = self.backend.detect(features, embeds, mask, boxes, box_labels)
+                t3 = time.perf_counter()
+                timings["detect"] = (t3 - t2) * 1e3
+                instances = self._postprocess(out, concepts, image_size)
+                timings["post"] = (time.perf_counter() - t3) * 1e3
         if self.tracker is not None:
             t4 = time.perf_counter()
-            if self._last_image_size not in (None, image_size):
-                # a camera changed resolution: tracks of the old size cannot match the new masks
-                log.info("image size %s -> %s: tracks reset", self._last_image_size, image_size)
-                self.reset()
+            self._follow_backend_device()
             instances = self._track(instances, features, image_size)
             timings["track"] = (time.perf_counter() - t4) * 1e3
         timings["total"] = (time.perf_counter() - t0) * 1e3
@@ -398,11 +419,66 @@ class ConceptSegmenter:
             for tid in self.tracker.remove_concept(concept_id):
                 self._memories.pop(tid, None)
 
+    def _preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """The model input, resized on the backend's device when it is a GPU.
+
+        Why the CPU retry: after a lasting CUDA error (driver reset, Xid) this copy is the first
+        thing of a frame to touch the GPU. Raised here, outside the backend, the fallback chain
+        would never see the failure and every later frame would fail the same way; on the CPU
+        the frame reaches the backend, which fails and hands over to the next one.
+        """
+        device = self.backend.device
+        try:
+            return preprocess(image, self.input_size, device=device)
+        except (ValueError, TypeError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any device failure: let the backend decide
+            if device.type == "cpu":
+                raise
+            log.warning("preprocessing on %s failed (%s); this frame is resized on the CPU", device, exc)
+            return preprocess(image, self.input_size, device="cpu")
+
     # ---------------------------------------------------------------- memory tracking
+    def _follow_backend_device(self) -> None:
+        """Put the memory tracker where the backend now runs (it changes when the chain hands over).
+
+        This camera's track memories stay on the old device, which may be dead: its tracks are
+        reset. The tracker module is shared by forks; the first to notice moves it.
+        """
+        if self.memory is None:
+            return
+        target = self.backend.device
+        if _same_device(self._memory_device, target):
+            return
+        log.warning(
+            "backend now runs on %s: the memory tracker moves there from %s and this camera's tracks restart",
+            target,
+            self._memory_device,
+        )
+        self.reset()
+        if not _same_device(_device_of(self.memory), target):
+            try:
+                self.memory.to(target)
+            except Exception as exc:  # noqa: BLE001 - weights on a dead GPU cannot be copied off
+                if self.memory_source is None:
+                    raise RuntimeError(
+                        f"the memory tracker could not move to {target} ({exc}) and has no source to "
+                        "load it again from: build the segmenter with ConceptSegmenter.from_name"
+                    ) from exc
+                fresh = self.memory_source.build(self.model.config, target)
+                self.memory.to_empty(device=target)
+                self.memory.load_state_dict(fresh.state_dict())
+            if self.memory_source is not None:
+                lay_out(self.memory, self.model.config, target, self.memory_source.memory_format)
+        self._memory_device = _device_of(self.memory)
+
     def _track(
-        self, detections: list[Instance], features: ImageFeatures, image_size: tuple[int, int]
+        self, detections: list[Instance], features: ImageFeatures | None, image_size: tuple[int, int]
     ) -> list[Instance]:
-        """Association (+ propagation and conditioning when a memory tracker is set) for one frame."""
+        """Association (+ propagation and conditioning when a memory tracker is set) for one frame.
+
+        ``features`` is None only when there is nothing to propagate or condition (no concept, no memory).
+        """
         assert self.tracker is not None
         if self.memory is None:
             return self.tracker.update(detections).instances
@@ -437,9 +513,9 @@ class ConceptSegmenter:
             del self._memories[tid]
         return update.instances
 
-    def _memory_frame_features(self, features: ImageFeatures, frame_idx: int) -> TrackerFrame:
+    def _memory_frame_features(self, features: ImageFeatures | None, frame_idx: int) -> TrackerFrame:
         """The tracker neck on this frame's trunk tokens (computed by the image encoder, not again)."""
-        assert self.memory is not None
+        assert self.memory is not None and features is not None
         if features.trunk is None:
             raise RuntimeError(
                 f"backend {self.backend.name} returned no trunk feature, which the memory tracker needs: "
@@ -481,17 +557,44 @@ def make_tracker(
     return ConceptTracker(TrackingConfig(**point.tracking_rules(memory)))
 
 
-def build_memory_tracker(
-    model: EfficientSam3Model, memory: str, checkpoint: str | None = None
-) -> TrackerModel:
-    """The memory tracker for ``model``: a stage-2 tracker file (its own sizes), else random weights."""
+@dataclass(frozen=True)
+class MemorySource:
+    """What a memory tracker is built from, kept so that it can be built again on another device."""
+
+    kind: str  # "perceiver" or "dense"
+    checkpoint: str | None = None  # a stage-2 tracker file; None: random weights
+    memory_format: str = "auto"  # RuntimeOptions.memory_format
+
+    def build(self, config: ModelConfig, device: torch.device | str) -> TrackerModel:
+        """The tracker on ``device``, its weights laid out as the torch backend lays out its own."""
+        tracker = build_memory_tracker(config, self.kind, self.checkpoint).to(device)
+        return lay_out(tracker, config, device, self.memory_format)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _same_device(a: torch.device | None, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` are one device when 0 is the current one."""
+    if a is None or a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+
+
+def build_memory_tracker(config: ModelConfig, memory: str, checkpoint: str | None = None) -> TrackerModel:
+    """The memory tracker for a model of ``config`` on the CPU: a stage-2 tracker file (its own
+    sizes), else random weights."""
     if checkpoint is None:
         log.warning(
             "memory tracker %r has random weights: propagated masks are not meaningful; pass "
             "memory_checkpoint= (a stage-2 tracker file, e.g. models/demo/tracker.safetensors)",
             memory,
         )
-        tracker = build_tracker(model.config, memory=memory)
+        tracker = build_tracker(config, memory=memory)
     else:
-        tracker = load_tracker(checkpoint, model.config, memory)
-    return tracker.to(next(model.parameters()).device).eval()
+        tracker = load_tracker(checkpoint, config, memory)
+    return tracker.eval()

@@ -97,7 +97,11 @@ PARAMS: tuple[ParamSpec, ...] = (
         choices=BACKENDS,
     ),
     ParamSpec(
-        "device", "str", "", "Torch device (cuda, cuda:1, cpu); empty picks the GPU when there is one."
+        "device",
+        "str",
+        "",
+        "Device (cuda, cuda:1, cpu): cpu keeps backend auto off the GPU, cuda:N runs every GPU backend on GPU N; "
+        "empty picks the GPU when there is one.",
     ),
     ParamSpec(
         "input_size",

@@ -40,6 +40,7 @@ __all__ = [
     "DetectorOutput",
     "ImageFeatures",
     "RuntimeOptions",
+    "check_cuda_device",
     "detect_with_exemplars",
     "features_by_name",
     "has_exemplars",
@@ -88,6 +89,7 @@ class RuntimeOptions:
     max_concepts: int = 16  # upper bound of the concept axis in TensorRT optimisation profiles
     opt_concepts: int = 4  # the concept count TensorRT tunes kernels for
     opset: int = 18
+    cuda_device: int = 0  # the GPU (cuda:N) the GPU backends run on
     # torch backend and memory tracker: layout of the models' 4-D weights (modeling.memory_format);
     # auto is channels-last for a student on the CPU (README "Channels-last on the CPU"), as is elsewhere
     memory_format: str = "auto"
@@ -101,6 +103,8 @@ class RuntimeOptions:
             raise ValueError(
                 f"need 1 <= opt_concepts ({self.opt_concepts}) <= max_concepts ({self.max_concepts})"
             )
+        if self.cuda_device < 0:
+            raise ValueError(f"cuda_device must be a GPU index >= 0, got {self.cuda_device}")
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
         if self.onnx_dir is not None:
@@ -108,6 +112,17 @@ class RuntimeOptions:
 
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "efficientsam3_ros"
+
+
+def check_cuda_device(device: torch.device) -> None:
+    """Raise ``BackendUnavailable`` unless torch can run on the GPU ``device`` names."""
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("torch has no CUDA device (torch.cuda.is_available() is False)")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise BackendUnavailable(
+            f"{device} asked for, but torch sees {count} GPU(s): cuda:0 .. cuda:{count - 1}"
+        )
 
 
 class Backend(ABC):

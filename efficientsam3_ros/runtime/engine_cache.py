@@ -75,17 +75,32 @@ class EngineCache:
             "engine_sha256": hashlib.sha256(data).hexdigest(),
             "engine_size": len(data),
         }
-        _atomic_write(engine_path, data)
-        _atomic_write(sidecar_path, json.dumps(sidecar, indent=1).encode())
+        atomic_write(engine_path, data)
+        atomic_write(sidecar_path, json.dumps(sidecar, indent=1).encode())
         return engine_path
 
-    def get_or_build(self, graph: str, key: EngineKey, build: Callable[[], bytes]) -> tuple[bytes, bool]:
-        """(engine bytes, True if it was just built)."""
-        data = self.load(graph, key)
-        if data is not None:
-            return data, False
+    def get_or_build(
+        self, graph: str, key: EngineKey, build: Callable[[], bytes], spare: EngineCache | None = None
+    ) -> tuple[bytes, bool]:
+        """(engine bytes, True if it was just built).
+
+        ``spare`` is a second cache, looked in after this one and written to when this one cannot
+        be (an export folder on a read-only filesystem): an engine takes minutes to build on a
+        Jetson, so it must land somewhere, and a write failure must not throw the built engine away.
+        """
+        caches = [c for c in (self, spare) if c is not None]
+        for cache in caches:
+            data = cache.load(graph, key)
+            if data is not None:
+                return data, False
         data = bytes(build())
-        self.store(graph, key, data)
+        for cache in caches:
+            try:
+                cache.store(graph, key, data)
+                return data, True
+            except OSError as exc:
+                log.warning("cannot cache the %s engine in %s (%s)", graph, cache.root, exc)
+        log.warning("the %s engine is not cached anywhere: it will be built again at the next start", graph)
         return data, True
 
     @staticmethod
@@ -111,7 +126,8 @@ class EngineCache:
         return None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` so that a crash leaves either the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)

@@ -16,6 +16,7 @@ as they are: another backend would fail the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ def make_backend(name: str, model: EfficientSam3Model, options: RuntimeOptions) 
     if name == "tensorrt":
         from .trt_backend import TensorRTBackend
 
-        return TensorRTBackend(model, options)
+        return TensorRTBackend(model, options)  # on cuda:<options.cuda_device>
     if name.startswith("onnxruntime-"):
         from .ort_backend import OnnxRuntimeBackend
 
@@ -54,7 +55,8 @@ def make_backend(name: str, model: EfficientSam3Model, options: RuntimeOptions) 
     if name.startswith("torch-"):
         from .torch_backend import TorchBackend
 
-        return TorchBackend(model, options, device=name.removeprefix("torch-"))
+        kind = name.removeprefix("torch-")
+        return TorchBackend(model, options, device=f"cuda:{options.cuda_device}" if kind == "cuda" else kind)
     raise ValueError(f"unknown backend {name!r}; choose auto, {', '.join((*BACKEND_NAMES, *ALIASES))}")
 
 
@@ -107,7 +109,13 @@ class FallbackChain(Backend):
                 log.info("backend %s", reason)
                 continue
             self.active = backend
-            log.info("backend: using %s%s", backend.name, self._skipped_note())
+            # an operator must see why the backend asked for was not the one that started
+            log.log(
+                logging.WARNING if self._fallbacks else logging.INFO,
+                "backend: using %s%s",
+                backend.name,
+                self._skipped_note(),
+            )
             return
         self.active = None
         raise BackendUnavailable("no backend could start: " + " | ".join(self._fallbacks))
@@ -207,6 +215,35 @@ def _on_cpu(value: Any) -> Any:
     if isinstance(value, (torch.Tensor, ImageFeatures)):
         return value.to("cpu")
     return value
+
+
+GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-tensorrt")
+
+
+def backend_for_device(name: str, device: str | None, options: RuntimeOptions) -> tuple[str, RuntimeOptions]:
+    """The backend request and options that honour a ``device`` ("cpu", "cuda", "cuda:1"; None: any).
+
+    Why: the backends pick their device from their name, so a device has to become a choice of
+    backends (``cpu`` keeps auto off the GPU) and a GPU index (``cuda:1`` for every GPU backend).
+    """
+    if not device:
+        return name, options
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r} is not a torch device: use cpu, cuda or cuda:N") from exc
+    if parsed.type == "cuda":
+        index = options.cuda_device if parsed.index is None else parsed.index
+        return name, dataclasses.replace(options, cuda_device=index)
+    if parsed.type != "cpu":
+        raise ValueError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
+    if name in ("auto", "onnxruntime"):
+        return "cpu", options
+    if name == "torch":
+        return "torch-cpu", options
+    if name in GPU_BACKENDS:
+        raise ValueError(f"backend {name!r} runs on a GPU but device is {device!r}: pick one of them")
+    return name, options
 
 
 def select_backend(

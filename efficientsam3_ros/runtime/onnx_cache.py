@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+import onnx
 import torch
 import transformers
 
@@ -101,6 +102,10 @@ def graphs_from_dir(
     manifest = _read_manifest(onnx_dir)
     if model is not None and manifest is not None:
         _check_manifest_describes(manifest, model, onnx_dir)
+    elif model is not None and "image_encoder" in names:
+        # graphs copied in by hand: the input size is in the graph itself, and a wrong one would
+        # only fail on the first frame (and TensorRT would build every engine first)
+        _check_graph_input_size(onnx_dir / "image_encoder.onnx", model.config.image_size)
     paths = {}
     for name in names:
         path = onnx_dir / f"{name}.onnx"
@@ -115,6 +120,24 @@ def graphs_from_dir(
             )
         paths[name] = path
     return paths
+
+
+def _check_graph_input_size(path: Path, image_size: int) -> None:
+    """Refuse an image encoder graph whose fixed ``pixels`` input is not ``image_size`` square."""
+    if not path.is_file():
+        return  # reported with its fix by the caller
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as err:  # noqa: BLE001 - onnx raises several kinds for a damaged file
+        raise ValueError(f"{path} is not a readable ONNX graph ({err}): export again") from err
+    for inp in graph.input:
+        if inp.name == "pixels":
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+            if None not in dims[-2:] and dims[-2:] != [image_size, image_size]:
+                raise ValueError(
+                    f"{path} takes {dims[-2]}x{dims[-1]} px images, this model {image_size} px: export it "
+                    f"again at this size (`efficientsam3 export --out {path.parent}`) or pass input_size"
+                )
 
 
 def _read_manifest(onnx_dir: Path) -> dict | None:

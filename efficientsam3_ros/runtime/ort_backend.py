@@ -62,8 +62,8 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable(
                 f"onnxruntime has no {ep} (available: {', '.join(ort.get_available_providers())}); {fix}"
             )
-        if provider != "cpu" and not torch.cuda.is_available():
-            raise BackendUnavailable(f"{ep} needs a CUDA GPU and none is visible")
+        # no torch.cuda check: this backend never puts a tensor on the GPU, and a Jetson may run
+        # onnxruntime-gpu beside a CPU-only torch; a provider that cannot start is caught below
         self.name = f"onnxruntime-{provider}"
         self.device = torch.device("cpu")  # tensors cross the boundary on the host
         self.options = options
@@ -83,11 +83,13 @@ class OnnxRuntimeBackend(Backend):
     def _providers(self, provider: str, graph: str, path: Path, model: EfficientSam3Model) -> list[Any]:
         if provider == "cpu":
             return ["CPUExecutionProvider"]
+        gpu = self.options.cuda_device
         if provider == "cuda":
-            return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+            return [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
+        trt_options = {**ort_tensorrt_options(graph, path, model, self.options), "device_id": gpu}
         return [
-            ("TensorrtExecutionProvider", ort_tensorrt_options(graph, path, model, self.options)),
-            ("CUDAExecutionProvider", {}),
+            ("TensorrtExecutionProvider", trt_options),
+            ("CUDAExecutionProvider", {"device_id": gpu}),
             "CPUExecutionProvider",
         ]
 

@@ -17,6 +17,7 @@ from .base import (
     BackendUnavailable,
     ImageFeatures,
     RuntimeOptions,
+    check_cuda_device,
     to_cpu_output,
 )
 from .graphs import DETECTOR_GRAPHS, get_graph
@@ -28,10 +29,13 @@ class TorchBackend(Backend):
     def __init__(self, model: EfficientSam3Model, options: RuntimeOptions | None = None, device: str = "cpu"):
         options = options or RuntimeOptions()
         self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable("torch has no CUDA device (torch.cuda.is_available() is False)")
         if self.device.type not in ("cpu", "cuda"):
             raise BackendUnavailable(f"unsupported torch device {device!r}")
+        if self.device.type == "cuda":
+            check_cuda_device(self.device)
+            # "cuda" means the current GPU: name it, so that it compares equal to the model's
+            index = self.device.index
+            self.device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
         self.name = f"torch-{self.device.type}"
         model_device = next(model.parameters()).device
         memory_format = resolve_memory_format(options.memory_format, model.config, self.device)

@@ -11,6 +11,7 @@ pycuda/cuda-python dependency is needed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,11 @@ from .base import (
     BackendUnavailable,
     ImageFeatures,
     RuntimeOptions,
+    check_cuda_device,
     features_by_name,
     to_cpu_output,
 )
-from .engine_cache import EngineCache, EngineKey
+from .engine_cache import EngineCache, EngineKey, atomic_write
 from .graphs import get_graph
 from .onnx_cache import file_sha256
 from .ort_backend import graph_paths
@@ -139,9 +141,19 @@ def build_engine(
             f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)"
         )
     if timing_cache_path is not None:
-        timing_cache_path.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        try:  # a speed-up for later builds only: an unwritable folder must not cost this engine
+            timing_cache_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+        except OSError as exc:
+            log.warning("cannot write the TensorRT timing cache %s (%s)", timing_cache_path, exc)
     return bytes(serialized)
+
+
+def gpu_context(device: torch.device) -> contextlib.AbstractContextManager:
+    """``device`` as the current GPU, checked first: TensorRT builds, deserialises and runs on the
+    current GPU, whatever device the tensors name."""
+    check_cuda_device(device)
+    return torch.cuda.device(device)
 
 
 class TrtRunner:
@@ -164,6 +176,10 @@ class TrtRunner:
         self.stream = torch.cuda.Stream(device=device)
 
     def __call__(self, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        with torch.cuda.device(self.device):  # the engine's context lives on this GPU
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         keep = []
         for name in self.inputs:
             t = feeds[name].to(self.device, self.dtypes[name]).contiguous()
@@ -193,29 +209,36 @@ class TensorRTBackend(Backend):
     """Engines for the three detector graphs, built or loaded from the engine cache."""
 
     def __init__(
-        self, model: EfficientSam3Model, options: RuntimeOptions | None = None, device: str = "cuda"
+        self, model: EfficientSam3Model, options: RuntimeOptions | None = None, device: str | None = None
     ):
         trt = import_tensorrt()
         options = options or RuntimeOptions()
         self.name = "tensorrt"
-        self.device = torch.device(device)
+        self.device = torch.device(device or f"cuda:{options.cuda_device}")
         self.max_concepts = options.max_concepts
         self.model = model  # exemplar-box prompts run through PyTorch (geometry encoder not exported)
+        on_gpu = gpu_context(self.device)
         gpu = torch.cuda.get_device_name(self.device)
         root = engine_dir(options)
         cache = EngineCache(root)
+        # an export folder may be read-only (/opt on a robot): engines built here then go to the cache
+        spare = EngineCache(options.resolved_cache_dir() / "engines") if options.onnx_dir else None
         timing = timing_cache_path(root, trt.__version__, gpu)
         self.runners: dict[str, TrtRunner] = {}
-        for graph, path in graph_paths(model, options).items():
-            shapes = profile_shapes(path, graph, 1, options.opt_concepts, options.max_concepts)
-            key = engine_key(path, shapes, trt.__version__, gpu, options.precision)
-            data, built = cache.get_or_build(
-                graph, key, lambda p=path, s=shapes: build_engine(p, options.precision, s, timing)
-            )
-            log.info(
-                "TensorRT %s engine for %s (%s)", "built" if built else "cached", graph, options.precision
-            )
-            self.runners[graph] = TrtRunner(data, self.device)
+        with on_gpu:
+            for graph, path in graph_paths(model, options).items():
+                shapes = profile_shapes(path, graph, 1, options.opt_concepts, options.max_concepts)
+                key = engine_key(path, shapes, trt.__version__, gpu, options.precision)
+                data, built = cache.get_or_build(
+                    graph,
+                    key,
+                    lambda p=path, s=shapes: build_engine(p, options.precision, s, timing),
+                    spare=spare,
+                )
+                log.info(
+                    "TensorRT %s engine for %s (%s)", "built" if built else "cached", graph, options.precision
+                )
+                self.runners[graph] = TrtRunner(data, self.device)
 
     def encode_image(self, pixels: torch.Tensor) -> ImageFeatures:
         runner = self.runners["image_encoder"]
