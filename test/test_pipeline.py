@@ -292,3 +292,25 @@ def test_the_text_cache_stays_bounded_and_keeps_recent_phrases(segmenter, monkey
     assert len(segmenter._text_cache) == 4 and sum(encoded) == 10
     segmenter.set_concepts(["thing 9"])  # still cached: not encoded again
     assert sum(encoded) == 10
+
+
+def test_overlay_draws_on_every_frame_process_accepts(segmenter, rgb_image):
+    from efficientsam3_ros.pipeline import Instance
+    from efficientsam3_ros.pipeline.overlay import draw_overlay
+
+    gray = np.ascontiguousarray(rgb_image[:, :, 1])
+    segmenter.set_concepts(["cat"])
+    result = segmenter.process(gray)  # the pipeline takes a gray frame
+    mask = np.zeros(gray.shape, dtype=bool)
+    mask[10:30, 20:60] = True
+    drawn_mask = Instance(0, "cat", 0.9, np.array([20, 10, 60, 30], np.float32), mask)
+    instances = [*result.instances, drawn_mask]
+    drawn = draw_overlay(gray, instances)
+    assert drawn.shape == (*gray.shape, 3) and drawn.dtype == np.uint8
+    np.testing.assert_array_equal(drawn, draw_overlay(np.repeat(gray[:, :, None], 3, axis=2), instances))
+    assert (drawn[20, 40] != gray[20, 40]).any(), "the mask is drawn"
+    for bad, fragment in [(gray.astype(np.float32), "uint8"), (np.zeros((4, 4, 4), np.uint8), "HxWx3")]:
+        with pytest.raises(ValueError, match=fragment):  # refused as process() refuses it, with its message
+            draw_overlay(bad, [])
+        with pytest.raises(ValueError, match=fragment):
+            segmenter.process(bad)

@@ -453,3 +453,113 @@ def test_max_concepts_above_the_pipelines_default_reaches_the_segmenter():
     assert core.cameras[""].segmenter.max_concepts == 50
     result = core.set_concepts(many + [f"more {i}" for i in range(11)])
     assert not result.success and "max_concepts=50" in result.message
+
+
+def test_phrases_that_differ_only_in_whitespace_are_one_concept():
+    core = make_core(max_concepts=4, max_phrase_length=12)
+    before = core.concepts()
+    twice = core.set_concepts(["red circle", "red  circle"])
+    assert not twice.success and "twice" in twice.message and "'red circle'" in twice.message
+    assert core.concepts() == before, "a refused request changes nothing"
+
+    result = core.set_concepts(["  red \u00a0 circle ", "blue\u00a0mug"])
+    assert result.success, result.message
+    assert result.labels == ["red circle", "blue mug"], "the labels answered are the ones the model holds"
+    assert dict(zip(result.concept_ids, result.labels)) == core.concepts()
+    assert core.list_concepts().labels == result.labels
+
+    again = core.set_concepts(["red\u00a0circle"], append=True)
+    assert not again.success and "already active" in again.message, again.message
+    assert again.concept_ids == [] and again.labels == []
+    assert core.concepts() == dict(zip(result.concept_ids, result.labels))
+
+    # the service's own checks still come first, with their messages
+    for labels, fragment in [
+        (["red\tcircle"], "control"),  # an inner tab is refused, not collapsed into a space
+        (["red" + " " * 7 + "mug"], "max_phrase_length"),  # the length counts what was sent
+        (["\u00a0\u00a0"], "empty"),
+    ]:
+        refused = core.set_concepts(labels)
+        assert not refused.success and fragment in refused.message, (labels, refused.message)
+    assert core.set_concepts([" red mug "], append=True).labels == ["red mug"]
+
+
+def test_max_concepts_in_the_same_change_governs_the_concepts_and_a_refusal_changes_nothing():
+    core = make_core(image_topics=["front/image", "rear/image"], max_concepts=2, concepts=["cup", "bottle"])
+    segs = [cam.segmenter for cam in core.cameras.values()]
+
+    def state():
+        return (
+            core.concepts(),
+            dict(core.config.values),
+            [
+                (s.concepts, s.max_concepts, s.score_threshold, s.mask_threshold, s.tracker.config)
+                for s in segs
+            ],
+        )
+
+    ok, why = core.set_parameters({"max_concepts": 4, "concepts": ["cup", "bottle", "chair"]})
+    assert ok, why
+    assert sorted(core.concepts().values()) == ["bottle", "chair", "cup"]
+    assert core.config.max_concepts == 4 and all(s.max_concepts == 4 for s in segs)
+
+    before = state()
+    ok, why = core.set_parameters({"max_concepts": 1, "score_threshold": 0.3})
+    assert not ok and "3 active concepts" in why and "remove_concepts" in why and "together" in why, why
+    assert state() == before
+    for refused in [
+        {
+            "max_concepts": 2,
+            "concepts": ["a", "b", "c"],
+            "score_threshold": 0.3,
+        },  # too many for the new limit
+        {
+            "max_concepts": 8,
+            "concepts": ["a", ""],
+            "mask_threshold": 0.3,
+        },  # the limit was raised for a moment
+        {"max_phrase_length": 3, "concepts": ["dog", "bird"]},  # the new phrase limit governs too
+    ]:
+        ok, why = core.set_parameters(refused)
+        assert not ok and why.startswith("concepts: "), (refused, why)
+        assert state() == before, refused
+
+    ok, why = core.set_parameters({"max_concepts": 1, "concepts": ["dog"]})
+    assert ok, why
+    assert list(core.concepts().values()) == ["dog"] and all(s.max_concepts == 1 for s in segs)
+    assert not core.set_concepts(["dog", "cat"]).success
+
+
+def test_configure_warns_in_the_node_log_which_backends_were_skipped_and_why(tiny_model, caplog):
+    from efficientsam3_ros.runtime import BackendUnavailable, select_backend
+    from efficientsam3_ros.runtime.torch_backend import TorchBackend
+
+    def down(model, options):
+        raise BackendUnavailable(f"no GPU for {model.config.name}")
+
+    def factory_for(requested):
+        def factory(config):
+            down_ones = {n: down for n in ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu")}
+            torch_cpu = {"torch-cpu": lambda m, o: TorchBackend(m, o)}
+            backend = select_backend(requested, tiny_model, factories={**down_ones, **torch_cpu})
+            return pipeline.ConceptSegmenter(tiny_model, backend=backend)
+
+        return factory
+
+    def configure_lines(requested):
+        core = NodeCore({"backend": "tensorrt"}, segmenter_factory=factory_for(requested), typestore=TS)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="efficientsam3_ros.node"):
+            core.configure()
+        return [r for r in caplog.records if r.name == "efficientsam3_ros.node" and "configured" in r.message]
+
+    (line,) = configure_lines("tensorrt")
+    assert line.levelno == logging.WARNING
+    assert line.message.startswith(
+        "configured 1 camera(s) on backend torch-cpu (backend parameter: tensorrt)"
+    )
+    reason = f"no GPU for {tiny_model.config.name}"
+    for skipped in ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu"):
+        assert f"{skipped}: unavailable: {reason}" in line.message
+    (line,) = configure_lines("torch-cpu")  # nothing skipped: the plain line, as before
+    assert (line.levelno, line.message) == (logging.INFO, "configured 1 camera(s) on backend torch-cpu")

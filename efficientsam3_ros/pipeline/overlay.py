@@ -11,6 +11,7 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .preprocess import validate_image
 from .results import Instance
 
 
@@ -22,8 +23,11 @@ def color_for(key: int) -> tuple[int, int, int]:
 
 
 def draw_overlay(image: np.ndarray, instances: list[Instance], alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 image with translucent masks, boxes and ``label score #track`` captions."""
-    canvas = image.astype(np.float32).copy()
+    """RGB uint8 image with translucent masks, boxes and ``label score #track`` captions.
+
+    ``image`` is what ``ConceptSegmenter.process`` takes: HxWx3 RGB or HxW gray, uint8.
+    """
+    canvas = validate_image(image).astype(np.float32)  # a new array: the caller's image is left as it is
     for inst in instances:
         color = np.array(
             color_for(inst.track_id if inst.track_id >= 0 else inst.concept_id), dtype=np.float32

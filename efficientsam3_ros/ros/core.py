@@ -199,7 +199,24 @@ class NodeCore:
         self.scheduler = LatestFrameScheduler(names, cfg.max_rate_hz, self._clock)
         self.scheduler.close()  # frames are refused until activate
         self.state = INACTIVE
-        self.log.info(f"configured {len(names)} camera(s) on backend {self.backend_info().get('backend')}")
+        self._log_backend(len(names))
+
+    def _log_backend(self, n_cameras: int) -> None:
+        """Say which backend runs; when the fallback chain skipped some, warn with each reason.
+
+        The runtime logs the same through Python logging, which rclpy does not show; the
+        node's logger is what an operator reads, so why TensorRT was not used is said here too.
+        """
+        info = self.backend_info()
+        text = f"configured {n_cameras} camera(s) on backend {info.get('backend')}"
+        fallbacks = [str(reason) for reason in info.get("fallbacks") or []]
+        if not fallbacks:
+            self.log.info(text)
+            return
+        self.log.warning(
+            f"{text} (backend parameter: {self.config.backend}); skipped {len(fallbacks)} backend(s): "
+            + " | ".join(fallbacks)  # a reason may itself contain "; "
+        )
 
     def _share(self, first: Segmenter) -> Segmenter:
         """A segmenter for one more camera: a fork sharing weights when supported, else a fresh load."""
@@ -453,10 +470,13 @@ class NodeCore:
 
     # ------------------------------------------------------------------ parameters
     def set_parameters(self, changes: dict[str, Any]) -> tuple[bool, str]:
-        """Validate and apply parameter changes atomically enough for a parameter callback.
+        """Validate and apply parameter changes all together or not at all.
 
         Returns (accepted, reason). Static parameters are refused while configured;
-        a bad concept list is refused with the service's message.
+        a bad concept list is refused with the service's message. Limits in the same
+        change (``max_concepts``, ``max_phrase_length``) govern its ``concepts``; a
+        ``max_concepts`` below the number of active concepts is refused. A refused change
+        leaves the config, the segmenters and the concepts as they were.
         """
         problems = validate(changes)
         if problems:
@@ -464,25 +484,59 @@ class NodeCore:
         static = [n for n in changes if not BY_NAME[n].dynamic]
         if static and self.state != UNCONFIGURED:
             return False, f"{static} only change when unconfigured (deactivate, cleanup, set, configure)"
-        if "concepts" in changes and self.cameras:
+        values = dict(self.config.values)
+        for name, value in changes.items():
+            values[name] = float(value) if BY_NAME[name].kind == "float" else value
+        config = NodeConfig(values)
+        with self._model_lock:  # frames see the old parameters or the new ones, never a mix
+            if self.cameras:
+                refused = self._change_concepts(changes, config)
+                if refused:
+                    return False, refused
+            self.config = config
+            for seg in self._segmenters():
+                _apply_thresholds(seg, self.config)
+        if self.scheduler is not None:
+            self.scheduler.max_rate_hz = self.config.max_rate_hz
+        return True, ""
+
+    def _change_concepts(self, changes: dict[str, Any], config: NodeConfig) -> str:
+        """Apply the change's concepts under its limits (``config``); return why not, or "" when done.
+
+        On refusal the config and the segmenters' limits are as before; the concepts too,
+        since the service and the pipeline refuse before changing anything.
+        """
+        limit = int(config.max_concepts)
+        if "concepts" not in changes:
+            active = len(self.concepts())
+            if active > limit:
+                return (
+                    f"max_concepts={limit} is below the {active} active concepts: remove "
+                    f"{active - limit} first (remove_concepts service), or set concepts and "
+                    "max_concepts together in one change"
+                )
+            return ""
+        old_config = self.config
+        segmenters = self._segmenters()
+        old_limits = [seg.max_concepts for seg in segmenters]  # set by _apply_thresholds at configure
+        # the service check reads self.config and the pipeline its own max_concepts: both take the new limit
+        self.config = config
+        for seg in segmenters:
+            seg.max_concepts = limit
+        result = ServiceResult(False, "not applied")
+        try:
             labels = list(changes["concepts"])
             if labels:
                 result = self.set_concepts(labels, append=False)
             else:
                 known = list(self.concepts())
                 result = self.remove_concepts(known) if known else ServiceResult(True, "")
+        finally:
             if not result.success:
-                return False, f"concepts: {result.message}"
-        values = dict(self.config.values)
-        for name, value in changes.items():
-            values[name] = float(value) if BY_NAME[name].kind == "float" else value
-        self.config = NodeConfig(values)
-        with self._model_lock:
-            for seg in self._segmenters():
-                _apply_thresholds(seg, self.config)
-        if self.scheduler is not None:
-            self.scheduler.max_rate_hz = self.config.max_rate_hz
-        return True, ""
+                self.config = old_config
+                for seg, old in zip(segmenters, old_limits):
+                    seg.max_concepts = old
+        return "" if result.success else f"concepts: {result.message}"
 
     # ------------------------------------------------------------------ introspection
     def backend_info(self) -> dict:

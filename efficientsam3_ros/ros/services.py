@@ -39,24 +39,44 @@ def validate_phrases(
     max_concepts: int,
     max_phrase_length: int,
 ) -> list[str]:
-    """Return the stripped phrases, or raise when one is empty/too long/duplicated or there would be too many.
+    """Return the normalised phrases, or raise when one is empty/too long/duplicated or there would be too many.
 
-    ``current`` are the active labels; appending one of them again is refused.
+    Each phrase is normalised by the pipeline's own ``validate_phrase`` (surrounding
+    whitespace removed, inner runs of whitespace, non-breaking spaces included, collapsed to
+    one space), so phrases that differ only in whitespace are the same concept: given twice
+    they are refused, and appending one that is active is refused. ``current`` are the
+    active labels, as the pipeline holds them (normalised). The length limit applies to the
+    phrase as sent (stripped), before inner whitespace is collapsed, so the message counts
+    the characters the caller sent and a phrase can never reach the tokenizer's own limit.
     """
-    phrases = [str(label).strip() for label in labels]
-    if not phrases:
+    from ..modeling.tokenizer import validate_phrase  # lazily: it pulls in torch (loaded with any model)
+
+    stripped = [str(label).strip() for label in labels]
+    if not stripped:
         raise ServiceInputError("no concepts given (send at least one phrase)")
-    for i, phrase in enumerate(phrases):
+    phrases = []
+    for i, phrase in enumerate(stripped):
         if not phrase:
             raise ServiceInputError(f"phrase {i} is empty")
         if len(phrase) > max_phrase_length:
             raise ServiceInputError(
                 f"phrase {i} has {len(phrase)} characters, more than max_phrase_length={max_phrase_length}"
             )
+        # before normalising, which would turn these into spaces
         if any(ch in phrase for ch in "\n\r\t\x00"):
             raise ServiceInputError(f"phrase {i} contains control characters")
-    if len(set(phrases)) != len(phrases):
-        raise ServiceInputError("the same phrase is given twice")
+        try:
+            phrases.append(validate_phrase(phrase))
+        except ValueError as err:
+            raise ServiceInputError(f"phrase {i}: {err}") from None
+    first: dict[str, int] = {}
+    for i, phrase in enumerate(phrases):
+        if phrase in first:
+            raise ServiceInputError(
+                f"the same phrase is given twice: phrases {first[phrase]} and {i} are both {phrase!r} "
+                "once whitespace is collapsed"
+            )
+        first[phrase] = i
     if append and set(phrases) & set(current):
         raise ServiceInputError(f"already active: {sorted(set(phrases) & set(current))}")
     total = len(phrases) + (len(current) if append else 0)
