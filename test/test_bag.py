@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,7 @@ def test_round_trip(tmp_path: Path, request, storage: str, compressed: bool, mod
         "skipped": 0,
         "failed": 0,
         "duplicate_stamps": 0,
+        "stamps_backwards": 0,
         "wall_fps": None,
     }
     assert report["stop"]["reason"] == "completed"
@@ -743,3 +745,241 @@ def test_eval_bag_runs_an_export_folder_and_names_why_it_refuses_one(tmp_path: P
     assert backend["backend"].startswith("torch") and "other weights" in " ".join(backend["fallbacks"]), (
         backend
     )
+
+
+# ----------------------------------------------------------------------------- paths, other recorders, nothing to do
+
+
+@pytest.mark.parametrize("char", ["#", "?", "%41"])
+def test_sqlite3_paths_with_uri_characters_are_refused_up_front(tmp_path: Path, char: str):
+    """rosbags opens sqlite3 files as the URI file:<path>: "#"/"?" cut the path, "%41" is read as "A".
+    Writing used to put the results into a stray file (exit 0); reading called a good bag corrupt."""
+    bag = tmp_path / "in"
+    write_bag(bag, n=2)
+    fake = FakeSegmenter()
+    out = tmp_path / "runs" / f"trial{char}3"
+    refused = evaluate_bag(config(bag, out), segmenter=fake)
+    assert refused.exit_code == EXIT_USAGE, refused.error
+    assert f"contains {char[0]!r}" in refused.error and "--storage mcap" in refused.error
+    assert fake.calls == 0 and not (tmp_path / "runs").exists()
+    with pytest.raises(ValueError, match="cannot write a sqlite3 bag"):
+        messages.bag_writer(out, "sqlite3")
+    mcap = evaluate_bag(config(bag, out, storage="mcap"), segmenter=fake)
+    assert mcap.exit_code == EXIT_OK, mcap.error
+    assert len(read_results(out / "results")) == 2
+    moved = tmp_path / f"run{char}1" / "bag"
+    moved.parent.mkdir()
+    bag.rename(moved)
+    unread = evaluate_bag(config(moved, tmp_path / "out2"), segmenter=FakeSegmenter())
+    assert unread.exit_code == EXIT_USAGE
+    assert f"cannot read sqlite3 bag {moved}" in unread.error and f"contains {char[0]!r}" in unread.error
+    assert "Rename or move" in unread.error and not (tmp_path / "out2").exists()
+
+
+class TrackIdSegmenter(FakeSegmenter):
+    """One instance of the first concept per frame, with the given track id per call."""
+
+    def __init__(self, track_ids: list[int]) -> None:
+        super().__init__()
+        self.track_ids = track_ids
+
+    def process(self, rgb: np.ndarray) -> FrameResult:
+        result = super().process(rgb)
+        result.instances = [replace(result.instances[0], track_id=self.track_ids[self.calls - 1])]
+        return result
+
+
+def test_stamps_going_backwards_are_scored_in_processing_order_and_counted(tmp_path: Path, caplog):
+    """Header stamps 0, 2, 1, 3 in bag order; the tracker switched ids once (ids 1, 1, 2, 2).
+    Scoring in stamp order reported 3 switches and MOTA 0.25."""
+    bag = tmp_path / "in"
+    order = [0, 2, 1, 3]
+    reference = TrackIdSegmenter([1] * 4)
+    reference.set_concepts(CONCEPTS)
+    rgb = np.zeros((24, 32, 3), np.uint8)
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        cam = writer.add_connection("/cam", messages.IMAGE, typestore=TS)
+        ref = writer.add_connection("/reference", messages.CONCEPT_INSTANCE_ARRAY, typestore=TS)
+        for k, s in enumerate(order):
+            stamp, log_time = T0 + s * 100_000_000, T0 + k * 100_000_000 + 5
+            writer.write(cam, log_time, image_cdr(rgb, stamp))
+            msg = messages.frame_result_to_msg(reference.process(rgb), header=_header(stamp), typestore=TS)
+            writer.write(ref, log_time, messages.serialize(msg, TS))
+    outcome = evaluate_bag(
+        config(bag, tmp_path / "out", gt_topic="/reference"), segmenter=TrackIdSegmenter([1, 1, 2, 2])
+    )
+    assert outcome.exit_code == EXIT_OK, outcome.error
+    tracking = outcome.report["scores"]["tracking"]["overall"]
+    assert tracking["num_switches"] == 1 and tracking["mota"] == pytest.approx(0.75)
+    assert outcome.report["frames"]["stamps_backwards"] == 1
+    assert "earlier than the previous message's" in caplog.text
+
+
+def jazzy_bag_without_definition(path: Path, msgtype: str, n: int = 3) -> None:
+    """A sqlite3 bag as ROS 2 Jazzy records it when ``msgtype`` is not installed on the recording
+    machine: that type's message_definitions row has encoding '' and no text. /cam carries n images;
+    with ``msgtype`` ConceptInstanceArray, /reference carries a FakeSegmenter result per image, else
+    /status (of type ``msgtype``) carries nothing."""
+    import sqlite3
+
+    with_reference = msgtype == messages.CONCEPT_INSTANCE_ARRAY
+    reference = FakeSegmenter()
+    reference.set_concepts(CONCEPTS)
+    rgb = np.zeros((24, 32, 3), np.uint8)
+    with Writer(path, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        cam = writer.add_connection("/cam", messages.IMAGE, typestore=TS)
+        other = messages.CONCEPT_INSTANCE_ARRAY if with_reference else "std_msgs/msg/String"
+        ref = writer.add_connection("/reference" if with_reference else "/status", other, typestore=TS)
+        for k in range(n):
+            stamp = T0 + k * 100_000_000
+            writer.write(cam, stamp, image_cdr(rgb, stamp))
+            if with_reference:
+                msg = messages.frame_result_to_msg(
+                    reference.process(rgb), header=_header(stamp), typestore=TS
+                )
+                writer.write(ref, stamp, messages.serialize(msg, TS))
+    conn = sqlite3.connect(next(path.glob("*.db3")))
+    with conn:
+        conn.execute("UPDATE topics SET type=? WHERE type=?", (msgtype, other))
+        conn.execute(
+            "UPDATE message_definitions SET topic_type=?, encoding='', encoded_message_definition='' "
+            "WHERE topic_type=?",
+            (msgtype, other),
+        )
+    conn.close()
+
+
+def test_a_jazzy_bag_missing_one_types_definition_is_read(tmp_path: Path, caplog):
+    """rosbags raised KeyError('') at open and eval-bag called the whole bag truncated or corrupt."""
+    bag = tmp_path / "in"
+    jazzy_bag_without_definition(bag, "my_robot_msgs/msg/Status")
+    outcome = evaluate_bag(config(bag, tmp_path / "out"), segmenter=FakeSegmenter())
+    assert outcome.exit_code == EXIT_OK, outcome.error
+    assert outcome.report["frames"]["processed"] == 3
+    assert outcome.report["run"]["bag_types_without_definition"] == ["my_robot_msgs/msg/Status"]
+    assert "stores no message definition for my_robot_msgs/msg/Status" in caplog.text
+
+
+def write_mcap(
+    path: Path, channels: list[tuple[str, str, str, str]], items: list[tuple[int, int, bytes]]
+) -> None:
+    """A minimal unindexed mcap file as a recorder without rosbags would write it.
+
+    ``channels``: (topic, type, schema encoding, schema text), ids from 1; ``items``:
+    (channel index, log time, CDR). Jazzy writes schema encoding '' and no text for a type it lacks."""
+    import struct
+
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return struct.pack("<I", len(raw)) + raw
+
+    def record(op: int, body: bytes) -> bytes:
+        return struct.pack("<BQ", op, len(body)) + body
+
+    magic = b"\x89MCAP0\r\n"
+    out = magic + record(0x01, text("ros2") + text("test"))
+    for i, (topic, typ, encoding, definition) in enumerate(channels, 1):
+        data = definition.encode()
+        out += record(
+            0x03, struct.pack("<H", i) + text(typ) + text(encoding) + struct.pack("<I", len(data)) + data
+        )
+        meta = text("offered_qos_profiles") + text("")
+        out += record(
+            0x04, struct.pack("<HH", i, i) + text(topic) + text("cdr") + struct.pack("<I", len(meta)) + meta
+        )
+    for seq, (channel, log_time, raw) in enumerate(items):
+        out += record(0x05, struct.pack("<HIQQ", channel + 1, seq, log_time, log_time) + raw)
+    out += record(0x0F, struct.pack("<I", 0)) + record(0x02, struct.pack("<QQI", 0, 0, 0)) + magic
+    path.write_bytes(out)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_gt_topic_recorded_without_this_package_installed(tmp_path: Path, storage: str):
+    """The bag has no definition of ConceptInstanceArray (recorded where efficientsam3_ros was not
+    installed): the package's own types read it (exit 2, KeyError, before)."""
+    if storage == "mcap":
+        bag = tmp_path / "in.mcap"
+        reference = FakeSegmenter()
+        reference.set_concepts(CONCEPTS)
+        rgb = np.zeros((24, 32, 3), np.uint8)
+        image_def = TS.generate_msgdef(messages.IMAGE, ros_version=2)[0]
+        items = []
+        for k in range(3):
+            stamp = T0 + k
+            items.append((0, stamp, image_cdr(rgb, stamp)))
+            msg = messages.frame_result_to_msg(reference.process(rgb), header=_header(stamp), typestore=TS)
+            items.append((1, stamp, messages.serialize(msg, TS)))
+        channels = [
+            ("/cam", messages.IMAGE, "ros2msg", image_def),
+            ("/reference", messages.CONCEPT_INSTANCE_ARRAY, "", ""),
+        ]
+        write_mcap(bag, channels, items)
+    else:
+        bag = tmp_path / "in"
+        jazzy_bag_without_definition(bag, messages.CONCEPT_INSTANCE_ARRAY)
+    outcome = evaluate_bag(config(bag, tmp_path / "out", gt_topic="/reference"), segmenter=FakeSegmenter())
+    assert outcome.exit_code == EXIT_OK, outcome.error
+    scores = outcome.report["scores"]
+    assert scores["frames_evaluated"] == 3 and scores["overall"]["mask_iou"] == pytest.approx(1.0)
+
+
+def test_a_result_that_cannot_be_written_is_one_failed_frame(tmp_path: Path):
+    """An unnormalised stamp near the int32 limit (sec=2**31-1, nanosec=2e9) decodes, but its result's
+    header cannot hold it: that frame fails (stage "write"); it used to stop the whole run."""
+    bad = messages.numpy_to_image_msg(
+        np.zeros((24, 32, 3), np.uint8), "rgb8", header=_header(0), typestore=TS
+    )
+    bad.header.stamp.sec, bad.header.stamp.nanosec = 2**31 - 1, 2_000_000_000
+    stamps = write_bag(tmp_path / "in", n=5, raw_override={1: messages.serialize(bad, TS)})
+    outcome = evaluate_bag(config(tmp_path / "in", tmp_path / "out", overlay=True), segmenter=FakeSegmenter())
+    assert outcome.exit_code == EXIT_OK, outcome.error
+    frames, failures = outcome.report["frames"], outcome.report["failures"]
+    assert (frames["processed"], frames["failed"]) == (4, 1)
+    assert (failures[0]["index"], failures[0]["stage"]) == (1, "write")
+    assert "32-bit" in failures[0]["error"] and "probably corrupt" in failures[0]["error"]
+    msgs = read_results(tmp_path / "out" / "results")
+    for topic in ("/cam/instances", "/cam/overlay"):  # nothing of the failed frame was written
+        assert [messages.stamp_to_ns(m.header) for t, _, m in msgs if t == topic] == [
+            stamps[k] for k in (0, 2, 3, 4)
+        ]
+
+
+def test_out_naming_an_existing_file_is_a_usage_error_before_the_model_is_built(tmp_path: Path, capsys):
+    bag, args = tiny_model_cli(tmp_path, n=1)
+    (tmp_path / "notes").write_text("old notes")
+    for out, says in ((tmp_path / "notes", "is an existing file"), (tmp_path / "notes" / "run", "is under")):
+        assert cli.main([*args, "--no-progress", "--out", str(out)]) == EXIT_USAGE
+        assert says in capsys.readouterr().err
+    assert (tmp_path / "notes").read_text() == "old notes"
+
+    def no_model(config):
+        raise AssertionError("the model was built")
+
+    outcome = evaluate_bag(config(bag, tmp_path / "notes"), segmenter_factory=no_model)
+    assert outcome.exit_code == EXIT_USAGE and "choose another --out" in outcome.error
+
+
+def test_runs_that_evaluate_nothing_do_not_report_success(tmp_path: Path):
+    bag = tmp_path / "in"
+    write_bag(bag, n=3)
+    for max_frames in (0, -3):
+        bad = evaluate_bag(
+            config(bag, tmp_path / f"m{max_frames}", max_frames=max_frames), segmenter=FakeSegmenter()
+        )
+        assert bad.exit_code == EXIT_USAGE and "--max-frames must be >= 1" in bad.error
+
+    def no_model(config):
+        raise AssertionError("the model was built for a topic without messages")
+
+    write_bag(tmp_path / "empty", n=0)
+    empty = evaluate_bag(config(tmp_path / "empty", tmp_path / "e"), segmenter_factory=no_model)
+    assert empty.exit_code == EXIT_ERROR
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["stop"]["reason"] == "empty_topic" and "/cam has no messages" in report["stop"]["message"]
+    assert report["frames"]["in_topic"] == 0 and empty.error == report["stop"]["message"]
+
+    failing = evaluate_bag(config(bag, tmp_path / "f"), segmenter=FakeSegmenter(fail_at=(0, 1, 2)))
+    assert failing.exit_code == EXIT_ERROR
+    report = json.loads((tmp_path / "f" / "report.json").read_text())
+    assert report["stop"]["reason"] == "all_frames_failed" and report["frames"]["failed"] == 3
+    assert "none of the 3 image message(s)" in report["stop"]["message"]

@@ -304,3 +304,40 @@ def test_a_repeated_stamp_scores_the_same_frame_as_eval_bag(tmp_path):
     assert expected["mask_iou"] == pytest.approx(1.0)  # message 1, not its miss-by-far repeat, was scored
     for key, value in expected.items():
         assert row[key] == pytest.approx(value), key
+
+
+def test_every_bags_image_topic_is_checked_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """A topic typo (or an empty topic) in the 2nd bag used to surface after the model build and
+    the 1st bag's whole model pass."""
+    from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(ConceptSegmenter, "from_name", no_model)
+    stamps = write_bag(tmp_path / "a", n=2)
+    gt = write_gt(tmp_path / "gt.json", stamps)
+    with Writer(tmp_path / "b", version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        writer.add_connection("/camera/image_raw", messages.IMAGE, typestore=TS)
+    write_bag(tmp_path / "empty", n=0)
+    for second, says in (("b", "Image topics in it: /camera/image_raw"), ("empty", "/cam has no messages")):
+        argv = ["sweep-thresholds", "--image-topic", "/cam", "--concept", CONCEPTS[0], "--no-progress"]
+        argv += ["--bag", str(tmp_path / "a"), str(gt), "--bag", str(tmp_path / second), str(gt)]
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert str(tmp_path / second) in err and says in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_stamps_going_backwards_are_counted_in_the_sweep(tmp_path):
+    bag = tmp_path / "in"
+    stamps = [T0, T0 + 2 * 10**8, T0 + 10**8]
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        cam = writer.add_connection("/cam", messages.IMAGE, typestore=TS)
+        for k, stamp in enumerate(stamps):
+            writer.write(cam, T0 + k, image_cdr(np.zeros((24, 32, 3), np.uint8), stamp))
+    seq = sweep_bag(bag, write_gt(tmp_path / "gt.json", sorted(stamps)))
+    fake = FakeSegmenter()
+    fake.set_concepts(CONCEPTS)
+    detect(fake, seq, "/cam", progress=False)
+    assert seq.stamps_backwards == 1 and [f.stamp_ns for f in seq.frames] == stamps

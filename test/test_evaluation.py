@@ -108,6 +108,26 @@ def test_id_switch_lowers_idf1_but_not_iou(gt):
         assert result["mask_iou"][concept]["mean_iou"] == pytest.approx(1.0)
 
 
+def test_tracking_is_scored_in_the_order_the_frames_were_processed():
+    """Header stamps that go backwards (0, 2, 1, 3 in bag order): the tracker changed the id once,
+    between the 2nd and 3rd frame it saw; re-sorting by stamp would count 3 switches."""
+    mask = np.zeros((8, 8), bool)
+    mask[:4, :4] = True
+    rle = mask_to_record_rle(mask)
+
+    def frames(stamps: list[int], ids: list[int]) -> dict[int, FrameRecord]:
+        return {
+            T0 + s: FrameRecord(T0 + s, (8, 8), [InstanceRecord(CONCEPTS[0], rle, 1.0, t)])
+            for s, t in zip(stamps, ids)
+        }
+
+    processed = [0, 2, 1, 3]
+    result = tracking_metrics(frames(sorted(processed), [1] * 4), frames(processed, [1, 1, 2, 2]), CONCEPTS)
+    overall = result["overall"]
+    assert (overall["num_switches"], overall["frames"]) == (1, 4)
+    assert overall["mota"] == pytest.approx(0.75)
+
+
 def test_misses_and_false_positives(gt):
     dropped = {s: replace(f, instances=f.instances[:1]) for s, f in gt.items()}
     result = mask_iou_scores(gt, dropped, CONCEPTS)

@@ -164,11 +164,53 @@ def test_bad_compressed_frames(data, fmt, error):
         convert.msg_to_rgb(_compressed(data, fmt))
 
 
-def test_a_png_claiming_a_huge_size_is_a_bad_frame_with_opencv(png_bomb):
-    """OpenCV raises cv2.error (not a ValueError) past CV_IO_MAX_IMAGE_PIXELS; callers catch FrameError."""
+def test_a_png_claiming_a_huge_size_is_a_bad_frame_with_opencv(png_bomb, monkeypatch):
+    """OpenCV raises cv2.error (not a ValueError) past CV_IO_MAX_IMAGE_PIXELS; callers catch FrameError.
+    (The header check refuses this PNG before OpenCV sees it; skipped here, as for a format Pillow
+    cannot read, to reach OpenCV's own refusal.)"""
     pytest.importorskip("cv2", reason="the OpenCV decode path")
+    monkeypatch.setattr(convert, "_check_header_size", lambda buffer: None)
     with pytest.raises(convert.BadFrameError, match="refused by OpenCV"):
         convert.msg_to_rgb(_compressed(png_bomb, "png"))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A valid grayscale PNG of zeros, width x height, compressed to a few hundred bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pixels = zlib.compress(b"\0" * ((width + 1) * height), 9)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("cv2_installed", [True, False], ids=["opencv", "pillow"])
+@pytest.mark.parametrize("image", ["over-max-side", "decompression-bomb"])
+def test_a_compressed_image_over_the_size_limit_is_refused_before_decoding(
+    request, monkeypatch, image, cv2_installed
+):
+    """The header's size is checked before any decoder allocates the pixels (a 0.4 MB 20000 x 20000
+    PNG used to take 2.5 GB in OpenCV before the size check refused it)."""
+
+    def no_cv2(buffer):
+        if not cv2_installed:
+            raise ImportError("cv2 hidden for this test")
+        raise AssertionError("OpenCV decoded the image before its size was checked")
+
+    def no_pillow(buffer):
+        raise AssertionError("Pillow decoded the image before its size was checked")
+
+    monkeypatch.setattr(convert, "_decode_cv2", no_cv2)
+    monkeypatch.setattr(convert, "_decode_pil", no_pillow)
+    if image == "over-max-side":  # 20000 x 1: under Pillow's pixel limit, over MAX_SIDE
+        data, match = _png_header_only(20000, 1), "20000 exceeds 16384 pixels per side"
+    else:  # 40000 x 40000 claimed over a few bytes: over Pillow's limit too
+        data, match = request.getfixturevalue("png_bomb"), "refused before decoding"
+    with pytest.raises(convert.BadFrameError, match=match):
+        convert.msg_to_rgb(_compressed(data, "png"))
 
 
 def test_array_to_image_fields_rejects_empty():

@@ -4,8 +4,14 @@ Why this shape: a long evaluation must never lose its work. Every way the loop c
 (finished, Ctrl-C, a storage file that breaks part-way, an unexpected error) goes
 through the same ``finally``: the results bag is closed (index + metadata.yaml written,
 so it plays), and the report is written with the reason and the place it stopped.
-A single bad message (corrupt CDR, undecodable image, a frame the model refuses) is
-counted as failed, listed in the report, and skipped.
+A single bad message (corrupt CDR, undecodable image, a frame the model refuses, a result
+that cannot be written) is counted as failed, listed in the report, and skipped. A run that
+evaluates nothing (an image topic without messages, every frame failed) does not end
+"completed": it has its own stop reason and exit code 1.
+
+Frames are processed, tracked and scored in bag log-time order. Header stamps that go
+backwards in that order (usually a bad recording: clocks reset, topics merged from several
+bags) are counted in the report's ``frames.stamps_backwards`` and warned about.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from efficientsam3_ros.bag.sink import ResultsWriter
 from efficientsam3_ros.bag.source import (
     BagError,
     BagOpenError,
+    BagPathError,
     BagReadError,
     BagSource,
     header_stamp_ns,
@@ -125,6 +132,7 @@ class _RunState:
     skipped: int = 0
     failed: int = 0
     duplicates: int = 0
+    backwards: int = 0  # messages whose header stamp is earlier than the previous message's
     stamps: set[int] = field(default_factory=set)
     last_index: int | None = None
     last_stamp: int | None = None
@@ -185,12 +193,17 @@ def evaluate_bag(
 ) -> EvalOutcome:
     """Run the evaluation; never raises for bag or model problems (see :class:`EvalOutcome`).
 
-    Usage errors (missing topic, bad ground truth, existing output) return ``EXIT_USAGE``
+    Usage errors (missing topic, bad ground truth, existing output, an --out that is a file, a
+    sqlite3 path with '#', '?' or '%') return ``EXIT_USAGE``
     with no outputs written. Everything after the first frame is attempted ends with a
     closed results bag and a written report.
     """
     if config.every < 1:
         return _usage(f"--every must be >= 1, got {config.every}")
+    if config.max_frames is not None and config.max_frames < 1:
+        return _usage(
+            f"--max-frames must be >= 1, got {config.max_frames} (leave it out to process every frame)"
+        )
     for flag, value in (
         ("--score-threshold", config.score_threshold),
         ("--new-track-threshold", config.new_track_threshold),
@@ -204,6 +217,12 @@ def evaluate_bag(
             return _usage(str(err))
     out_dir = Path(config.out_dir)
     results_path = out_dir / "results"
+    not_a_folder = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+    if not_a_folder is not None:
+        what = (
+            "is an existing file" if not_a_folder == out_dir else f"is under {not_a_folder}, an existing file"
+        )
+        return _usage(f"--out {out_dir} {what}, not a folder; choose another --out")
     if results_path.exists():
         return _usage(f"{results_path} already exists; choose another --out or remove it")
     gt, gt_labels, gt_source = None, [], ""
@@ -223,6 +242,8 @@ def evaluate_bag(
     try:
         try:
             source.open()
+        except BagPathError as err:
+            return _usage(str(err))
         except BagOpenError as err:
             state.stop_reason, state.stop_message = "bag_unreadable", str(err)
             log.error("%s", err)
@@ -239,6 +260,20 @@ def evaluate_bag(
         run_info["image_types"] = sorted({c.msgtype for c in conns})
         run_info["bag_version"] = source.info.version
         run_info["bag_embeds_definitions"] = source.info.embeds_definitions
+        run_info["bag_types_without_definition"] = list(source.info.types_without_definition)
+        storage = config.storage or source.info.storage
+        run_info["results_storage"] = storage
+        if storage == "sqlite3" and (problem := messages.sqlite_path_problem(results_path)):
+            return _usage(
+                f"cannot write the sqlite3 results bag {results_path}: {problem}. Choose an --out without "
+                f"{messages.sqlite_uri_chars_text()}, or pass --storage mcap."
+            )
+        if source.message_count(conns) == 0 and next(source.raw_messages(conns), None) is None:
+            state.in_topic = 0
+            _no_messages(config, state)
+            return _finish(
+                config, state, run_info, backend, None, gt, gt_labels, gt_source, started, EXIT_ERROR
+            )
 
         if segmenter is None:
             segmenter = segmenter_factory(config)
@@ -249,8 +284,6 @@ def evaluate_bag(
         backend = dict(segmenter.backend_info)
         run_info.update(getattr(segmenter, "operating_point", {}))  # the thresholds actually used
 
-        storage = config.storage or source.info.storage
-        run_info["results_storage"] = storage
         writer = ResultsWriter(
             results_path,
             config.image_topic,
@@ -281,8 +314,14 @@ def evaluate_bag(
         if writer is not None:
             writer.close()
         source.close()
-    if code == EXIT_OK and state.seen and not state.processed:
-        state.stop_message = "no image message could be processed; see failures"
+    if code == EXIT_OK and not state.seen:  # the index promised messages the topic did not have
+        _no_messages(config, state)
+        code = EXIT_ERROR
+    elif code == EXIT_OK and not state.processed:
+        state.stop_reason = "all_frames_failed"
+        state.stop_message = (
+            f"none of the {state.failed} image message(s) tried could be processed; see failures"
+        )
         code = EXIT_ERROR
     return _finish(
         config, state, run_info, backend, writer and writer.path, gt, gt_labels, gt_source, started, code
@@ -323,6 +362,7 @@ def _loop(
             try:
                 msg = source.deserialize(raw, conn.msgtype)
                 stamp = header_stamp_ns(msg)
+                _check_stamp_order(state, index, stamp)
                 state.last_stamp = stamp
                 if stamp in state.stamps:
                     state.duplicates += 1
@@ -340,16 +380,44 @@ def _loop(
             except Exception as err:  # a frame the model refuses (size, content) is one failed frame
                 state.fail(index, stamp, "model", err)
                 continue
-            frame_id = str(getattr(msg.header, "frame_id", ""))
-            writer.write_result(result, stamp, log_time, frame_id)
-            if draw_overlay is not None:
-                writer.write_overlay(draw_overlay(rgb, result.instances), stamp, log_time, frame_id)
-            state.frames.append(to_record(result, stamp))
+            try:
+                frame_id = str(getattr(msg.header, "frame_id", ""))
+                overlay = draw_overlay(rgb, result.instances) if draw_overlay is not None else None
+                record = to_record(result, stamp)
+                writer.write_frame(result, stamp, log_time, frame_id, overlay)
+            except FATAL_ERRORS:
+                raise
+            except Exception as err:  # a result that cannot be built or written is one failed frame
+                state.fail(index, stamp, "write", err)
+                continue
+            state.frames.append(record)
             state.timings.append(dict(result.timings_ms))
             state.processed += 1
             bar.set_postfix(processed=state.processed, failed=state.failed, refresh=False)
     finally:
         bar.close()
+
+
+def _check_stamp_order(state: _RunState, index: int, stamp: int) -> None:
+    """Count a header stamp earlier than the previous message's (warned about once, counted always)."""
+    if state.last_stamp is not None and stamp < state.last_stamp:
+        state.backwards += 1
+        if state.backwards == 1:
+            log.warning(
+                "image message %d: header stamp %d ns is earlier than the previous message's (%d ns); "
+                "frames are tracked and scored in bag order, so this usually means a bad recording "
+                "(see frames.stamps_backwards in the report)",
+                index,
+                stamp,
+                state.last_stamp,
+            )
+
+
+def _no_messages(config: EvalConfig, state: _RunState) -> None:
+    state.stop_reason = "empty_topic"
+    state.stop_message = (
+        f"image topic {config.image_topic} has no messages in bag {config.bag}; nothing was evaluated"
+    )
 
 
 def _usage(message: str) -> EvalOutcome:
@@ -412,6 +480,7 @@ def _finish(
             "skipped": state.skipped,
             "failed": state.failed,
             "duplicate_stamps": state.duplicates,
+            "stamps_backwards": state.backwards,
             "wall_fps": state.processed / wall if wall > 0 else None,
         },
         "failures": state.failures,
@@ -420,8 +489,15 @@ def _finish(
         "tracks": track_lifetimes(state.frames),
         "scores": None,
     }
+    if state.backwards:
+        log.warning(
+            "%d image message(s) have a header stamp earlier than the message before them; "
+            "tracking is scored in the order the frames were processed (bag log time)",
+            state.backwards,
+        )
     if gt is not None:
-        pred = records_by_stamp(state.frames)  # a repeated stamp scores its first frame
+        # a repeated stamp scores its first frame; frames stay in processing order for tracking
+        pred = records_by_stamp(state.frames)
         report["scores"] = score(gt, pred, config.concepts, source=gt_source, gt_labels=gt_labels)
     json_path, html_path = write_report(report, config.out_dir, state.timings)
     if code != EXIT_OK:

@@ -76,25 +76,40 @@ class ResultsWriter:
             )
 
     def _header(self, stamp_ns: int, frame_id: str) -> Any:
+        """The input's stamp, normalised (ValueError when its seconds do not fit an int32)."""
         return messages.make_header(int(stamp_ns), frame_id, self.typestore)
+
+    def write_frame(
+        self,
+        result: FrameResult,
+        stamp_ns: int,
+        log_time_ns: int,
+        frame_id: str = "",
+        overlay: np.ndarray | None = None,
+    ) -> None:
+        """Write one frame's ConceptInstanceArray (and its rgb8 overlay, when given and enabled).
+
+        Both messages are built and serialized before either is written, so a frame whose result
+        cannot be represented (e.g. a stamp beyond builtin_interfaces/Time's int32 seconds: ValueError)
+        leaves nothing in the bag and the caller can count it as one failed frame.
+        """
+        assert self._writer is not None and self._instances is not None, "writer is not open"
+        header = self._header(stamp_ns, frame_id)
+        raw = messages.serialize(
+            messages.frame_result_to_msg(result, header=header, typestore=self.typestore), self.typestore
+        )
+        raw_overlay = None
+        if overlay is not None and self._overlay is not None:
+            msg = messages.numpy_to_image_msg(overlay, "rgb8", header=header, typestore=self.typestore)
+            raw_overlay = messages.serialize(msg, self.typestore)
+        self._writer.write(self._instances, int(log_time_ns), raw)
+        self.count += 1
+        if raw_overlay is not None and self._overlay is not None:
+            self._writer.write(self._overlay, int(log_time_ns), raw_overlay)
 
     def write_result(self, result: FrameResult, stamp_ns: int, log_time_ns: int, frame_id: str = "") -> None:
         """Write one ConceptInstanceArray for the input image stamped ``stamp_ns``."""
-        assert self._writer is not None and self._instances is not None, "writer is not open"
-        msg = messages.frame_result_to_msg(
-            result, header=self._header(stamp_ns, frame_id), typestore=self.typestore
-        )
-        self._writer.write(self._instances, int(log_time_ns), messages.serialize(msg, self.typestore))
-        self.count += 1
-
-    def write_overlay(self, rgb: np.ndarray, stamp_ns: int, log_time_ns: int, frame_id: str = "") -> None:
-        """Write one rgb8 overlay image (no-op unless the writer was created with ``overlay=True``)."""
-        if self._overlay is None or self._writer is None:
-            return
-        msg = messages.numpy_to_image_msg(
-            rgb, "rgb8", header=self._header(stamp_ns, frame_id), typestore=self.typestore
-        )
-        self._writer.write(self._overlay, int(log_time_ns), messages.serialize(msg, self.typestore))
+        self.write_frame(result, stamp_ns, log_time_ns, frame_id)
 
     def close(self) -> None:
         """Flush: write the storage index and metadata.yaml (safe to call twice)."""

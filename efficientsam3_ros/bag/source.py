@@ -13,17 +13,26 @@ A single message that does not deserialize is *not* fatal: :meth:`BagSource.dese
 raises :class:`MessageError` and the caller counts the frame as failed.
 
 Bags written by ROS 2 Humble (metadata version 5, sqlite3) embed no message definitions;
-they are read with the standard ROS 2 Humble types plus this package's messages.
+they are read with the standard ROS 2 Humble types plus this package's messages. So is any
+type a bag stores no definition of (Jazzy records an empty definition for a type that was not
+installed on the recording machine): a bag with this package's messages recorded elsewhere
+still reads with ``--gt-topic``.
+
+rosbags opens a sqlite3 file as the SQLite URI ``file:<path>``, so a sqlite3 bag whose path
+contains "#", "?" or "%" is refused with :class:`BagPathError` before anything is read.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import apsw
 import yaml
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
@@ -31,7 +40,11 @@ from rosbags.typesys import Stores
 
 from efficientsam3_ros.ros import messages
 
+log = logging.getLogger(__name__)
+
 IMAGE_TYPES = (messages.IMAGE, messages.COMPRESSED_IMAGE)
+# message_definitions encodings rosbags reads; Jazzy writes "" for a type it had no definition of
+DEFINITION_ENCODINGS = ("ros2msg", "ros2idl")
 
 
 class BagError(RuntimeError):
@@ -40,6 +53,10 @@ class BagError(RuntimeError):
 
 class BagOpenError(BagError):
     """The bag (directory or storage file) cannot be opened."""
+
+
+class BagPathError(BagOpenError):
+    """The bag's path is one rosbags cannot open (a sqlite3 bag under a name with "#", "?" or "%")."""
 
 
 class BagReadError(BagError):
@@ -63,6 +80,8 @@ class BagInfo:
     version: int | None  # rosbag2 metadata version; None for a bare storage file
     topics: dict[str, tuple[str, int]] = field(default_factory=dict)  # topic -> (type, message count)
     embeds_definitions: bool = True
+    # types whose stored definition is empty (Jazzy, type not installed when recording): read without it
+    types_without_definition: list[str] = field(default_factory=list)
 
     def describe_topics(self) -> str:
         """One line per topic, "name (type, N msgs)", for error messages."""
@@ -98,6 +117,59 @@ def metadata_version(path: Path) -> int | None:
         return None
 
 
+def sqlite_files(path: Path) -> list[Path]:
+    """The sqlite3 storage files of a bag directory (or the bag itself when it is a file)."""
+    return [path] if path.is_file() else sorted(path.glob("*.db3"))
+
+
+def types_without_definition(path: Path) -> list[str]:
+    """Types a sqlite3 bag stores an unreadable definition for (encoding not ros2msg / ros2idl).
+
+    ROS 2 Jazzy's recorder writes such a row, with encoding "", for a topic whose type was not
+    installed on the recording machine; rosbags then fails to open the whole bag (KeyError: '').
+    An unreadable file or a bag without the table (metadata version < 8) gives [].
+    """
+    found: dict[str, None] = {}
+    for db in sqlite_files(path):
+        try:
+            conn = apsw.Connection(
+                f"file:{db}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+            )
+            try:
+                rows = conn.execute(
+                    "SELECT topic_type FROM message_definitions WHERE encoding NOT IN (?, ?)",
+                    DEFINITION_ENCODINGS,
+                ).fetchall()
+            finally:
+                conn.close()
+        except apsw.Error:  # no such table (older bag) or not a database: rosbags says what is wrong
+            continue
+        found.update(dict.fromkeys(str(r[0]) for r in rows))
+    return list(found)
+
+
+@contextmanager
+def _readable_definitions_only() -> Iterator[None]:
+    """While open: every new sqlite connection sees only the message_definitions rows rosbags reads.
+
+    A TEMP view shadows the table (SQLite looks up unqualified names in temp first); the bag file
+    itself is opened read-only and never changed. The types left out read with the default typestore.
+    """
+
+    def hook(conn: apsw.Connection) -> None:
+        with suppress(apsw.Error):  # not a bag with that table: nothing to hide
+            conn.execute(
+                "CREATE TEMP VIEW IF NOT EXISTS message_definitions AS SELECT * FROM main.message_definitions "
+                f"WHERE encoding IN {DEFINITION_ENCODINGS!r}"
+            )
+
+    apsw.connection_hooks.append(hook)
+    try:
+        yield
+    finally:
+        apsw.connection_hooks.remove(hook)
+
+
 def header_stamp_ns(msg: Any) -> int:
     """A message header's stamp as integer nanoseconds, ``sec * 1e9 + nanosec``.
 
@@ -130,9 +202,30 @@ class BagSource:
         """Open the bag, or raise :class:`BagOpenError` saying why (missing, truncated, corrupt)."""
         if not self.path.exists():
             raise BagOpenError(f"bag {self.path} does not exist")
+        undefined: list[str] = []
+        if self.info.storage == "sqlite3":
+            for path in (self.path, *sqlite_files(self.path)):
+                if problem := messages.sqlite_path_problem(path):
+                    raise BagPathError(
+                        f"cannot read sqlite3 bag {self.path}: {problem}. Rename or move the bag (or "
+                        f"the folders above it) to a path without {messages.sqlite_uri_chars_text()}."
+                    )
+            undefined = types_without_definition(self.path)
+            if undefined:
+                log.warning(
+                    "bag %s stores no message definition for %s (recorded where the type was not "
+                    "installed); reading it without that definition: topics of a type this package "
+                    "does not know cannot be decoded, the others are read as usual",
+                    self.path,
+                    ", ".join(undefined),
+                )
         try:
             reader = AnyReader([self.path], default_typestore=self.typestore)
-            reader.open()
+            if undefined:
+                with _readable_definitions_only():
+                    reader.open()
+            else:
+                reader.open()
         except Exception as err:  # rosbags raises several types (ReaderError, FileNotFoundError, apsw errors)
             raise BagOpenError(
                 f"cannot open bag {self.path} ({self.info.storage}): {err}. "
@@ -144,6 +237,7 @@ class BagSource:
             name: (topic.msgtype or "?", int(topic.msgcount)) for name, topic in reader.topics.items()
         }
         self.info.embeds_definitions = any(c.msgdef.data for c in reader.connections)
+        self.info.types_without_definition = undefined
 
     def close(self) -> None:
         """Close the bag (safe to call twice)."""
@@ -204,7 +298,23 @@ class BagSource:
             yield item
 
     def deserialize(self, raw: bytes, msgtype: str) -> Any:
-        """Deserialize one message, or raise :class:`MessageError` (the message is corrupt)."""
+        """Deserialize one message, or raise :class:`MessageError` (the message is corrupt).
+
+        A type the bag stores no definition of (rosbags' typestore for the bag then lacks it) is
+        read with the standard ROS 2 types plus this package's messages.
+        """
+        if msgtype not in self.reader.typestore.types:
+            if msgtype not in self.typestore.types:
+                raise MessageError(
+                    f"cannot deserialize {msgtype}: the bag stores no definition of this type and "
+                    "it is neither a standard ROS 2 type nor one of this package's messages"
+                )
+            try:
+                return self.typestore.deserialize_cdr(raw, msgtype)
+            except Exception as err:
+                raise MessageError(
+                    f"cannot deserialize {msgtype} ({len(raw)} bytes): {type(err).__name__}: {err}"
+                ) from err
         try:
             return self.reader.deserialize(raw, msgtype)
         except Exception as err:  # rosbags raises AnyReaderError, also IndexError/struct.error on short data

@@ -76,6 +76,7 @@ class SweepBag:
     gt_labels: list[str] = field(default_factory=list)
     frames: list[StoredFrame] = field(default_factory=list)
     failed: int = 0
+    stamps_backwards: int = 0  # frames whose header stamp is earlier than the previous frame's
 
 
 def frames_of(source: BagSource, image_topic: str) -> Iterator[tuple[int, np.ndarray] | Exception]:
@@ -97,12 +98,23 @@ def detect(segmenter: Any, sequence: SweepBag, image_topic: str, progress: bool 
     """The one model pass: every frame's detections (no tracker) stored on ``sequence``."""
     with BagSource(sequence.bag) as source:
         bar = tqdm(frames_of(source, image_topic), desc=f"detect {sequence.bag.name}", disable=not progress)
+        last_stamp: int | None = None
         for item in bar:
             if isinstance(item, Exception):
                 sequence.failed += 1
                 log.warning("%s: image message skipped: %s", sequence.bag, item)
                 continue
             stamp, rgb = item
+            if last_stamp is not None and stamp < last_stamp:
+                sequence.stamps_backwards += 1
+                if sequence.stamps_backwards == 1:
+                    log.warning(
+                        "%s: header stamp %d ns is earlier than the previous frame's; frames are tracked and "
+                        "scored in bag order, so this usually means a bad recording",
+                        sequence.bag,
+                        stamp,
+                    )
+            last_stamp = stamp
             try:
                 result = segmenter.process(rgb)
             except FATAL_ERRORS:
@@ -115,7 +127,9 @@ def detect(segmenter: Any, sequence: SweepBag, image_topic: str, progress: bool 
 
 
 def replay(frames: Sequence[StoredFrame], score_threshold: float, tracker: Any) -> dict[int, FrameRecord]:
-    """The tracker over the stored detections at one score threshold: what eval-bag would have scored."""
+    """The tracker over the stored detections at one score threshold: what eval-bag would have scored.
+
+    The records keep the frames' (bag log-time) order, which tracking is scored in."""
     records = []
     for frame in frames:  # the tracker sees every frame, also one whose stamp repeats another's
         instances = tracker.update(frame.above(score_threshold)).instances

@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
             bag.gt, bag.gt_labels = load_ground_truth(bag.gt_path)
         except ValueError as err:
             raise CliError(str(err)) from None
+        check_image_topic(bag.bag, args.image_topic)
+    if args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out} is an existing file, not a folder; choose another --out")
     try:
         threshold_pairs(args.score_thresholds, args.new_track_thresholds)
         if args.mask_threshold is not None:
@@ -116,7 +119,13 @@ def run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {
         "model": args.model,
         "bags": [
-            {"bag": str(b.bag), "gt": str(b.gt_path), "frames": len(b.frames), "failed": b.failed}
+            {
+                "bag": str(b.bag),
+                "gt": str(b.gt_path),
+                "frames": len(b.frames),
+                "failed": b.failed,
+                "stamps_backwards": b.stamps_backwards,
+            }
             for b in bags
         ],
         "concepts": list(args.concepts),
@@ -147,6 +156,20 @@ def run(args: argparse.Namespace) -> int:
         f"{args.out / 'sweep.md'}, sweep.json, sweep.png"
     )
     return 0
+
+
+def check_image_topic(bag: Path, image_topic: str) -> None:
+    """Open ``bag`` and check it has ``image_topic`` with messages on it, or raise CliError saying why
+    (unreadable bag, missing topic with the bag's topics listed, empty topic): before the model loads."""
+    from efficientsam3_ros.bag.source import BagError, BagSource
+
+    try:
+        with BagSource(bag) as source:
+            conns = source.image_connections(image_topic)
+            if source.message_count(conns) == 0 and next(source.raw_messages(conns), None) is None:
+                raise CliError(f"image topic {image_topic} has no messages in bag {bag}; nothing to sweep")
+    except BagError as err:
+        raise CliError(str(err)) from None
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -66,14 +66,19 @@ def tracking_metrics(
     concepts: Iterable[str],
     iou_threshold: float = 0.5,
 ) -> dict[str, dict[str, Any]]:
-    """CLEAR-MOT and identity metrics per concept and "overall", over frames in both inputs, in stamp order.
+    """CLEAR-MOT and identity metrics per concept and "overall", over frames in both inputs.
+
+    Frames are scored in ``pred``'s order, which must be the order the tracker saw them (eval-bag
+    and the sweep build it in bag log-time order): identity switches are counted between
+    consecutive frames the tracker processed, so re-sorting by stamp would invent switches when
+    header stamps go backwards in a recording.
 
     Ground-truth identities are the annotations' ``track_id`` (unique per concept);
     a prediction's identity is its tracker id.
     """
     concepts = list(concepts)
     keys = {normalise_label(c): c for c in concepts}
-    stamps = sorted(set(gt) & set(pred))
+    stamps = [s for s in pred if s in gt]  # processing order
     accs = {c: mm.MOTAccumulator(auto_id=True) for c in [*concepts, "overall"]}
     gt_ids, hyp_ids = _IdMap(), _IdMap()
     for stamp in stamps:

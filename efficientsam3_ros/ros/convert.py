@@ -116,7 +116,9 @@ def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage (JPEG, PNG, ...) to [H, W, 3] uint8 RGB.
 
     OpenCV decodes when it is installed (fast, the format image_transport writes);
-    Pillow, a core dependency, otherwise.
+    Pillow, a core dependency, otherwise. Either way the size in the image's header is
+    checked first (Pillow reads only the header when it opens an image), so a small file
+    claiming a huge image is refused before any pixel memory is allocated.
     """
     buffer = np.frombuffer(_as_bytes(msg.data), dtype=np.uint8)
     if buffer.size == 0:
@@ -124,6 +126,7 @@ def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
     fmt = str(getattr(msg, "format", "")).lower()
     if "compresseddepth" in fmt:
         raise UnsupportedEncodingError(f"compressedDepth images are not colour input (format {fmt!r})")
+    _check_header_size(buffer)
     try:
         image = _decode_cv2(buffer)
     except ImportError:
@@ -168,6 +171,25 @@ def _as_bytes(data: Any) -> bytes | memoryview | np.ndarray:
     if hasattr(data, "tobytes"):
         return data.tobytes()
     return bytes(data)
+
+
+def _check_header_size(buffer: np.ndarray) -> None:
+    """Check the width and height a compressed image's header declares, without decoding its pixels.
+
+    A format Pillow cannot identify is left to the decoder (and checked after decoding).
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(buffer.tobytes())) as img:  # lazy: parses the header only
+            height, width = img.height, img.width
+    except Image.DecompressionBombError as err:  # Pillow's own limit, checked in open()
+        raise BadFrameError(f"compressed image refused before decoding: {err}") from err
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return
+    _check_size(height, width)
 
 
 def _decode_cv2(buffer: np.ndarray) -> np.ndarray | None:

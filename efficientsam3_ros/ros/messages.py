@@ -75,6 +75,9 @@ __all__ = [
     "deserialize",
     "BAG_VERSION",
     "BAG_STORAGES",
+    "SQLITE_URI_CHARS",
+    "sqlite_path_problem",
+    "sqlite_uri_chars_text",
     "bag_writer",
     "msg_to_rgb",
     "image_msg_to_rgb",
@@ -156,6 +159,11 @@ def make_header(stamp: int | Any = 0, frame_id: str = "", typestore: Typestore |
     time_cls = ts.types["builtin_interfaces/msg/Time"]
     if isinstance(stamp, (int, np.integer)):
         sec, nanosec = divmod(int(stamp), 1_000_000_000)
+        if not -(2**31) <= sec < 2**31:  # builtin_interfaces/Time's sec is an int32
+            raise ValueError(
+                f"stamp {int(stamp)} ns is outside what a ROS header can hold (sec must fit a 32-bit "
+                f"signed integer, got sec={sec}); the input message's header stamp is probably corrupt"
+            )
         time = time_cls(sec=sec, nanosec=nanosec)
     else:
         time = time_cls(sec=int(stamp.sec), nanosec=int(stamp.nanosec))
@@ -261,13 +269,42 @@ def numpy_to_image_msg(
     return ts.types[IMAGE](header=_copy_header(header, ts), **array_to_image_fields(image, encoding))
 
 
+# Characters rosbags cannot have in a sqlite3 bag's path: it opens the database as the SQLite URI
+# ``file:<path>``, where "#" starts a fragment and "?" a query (the rest of the path is cut off,
+# so a writer writes to another file) and "%" starts a %XX escape. mcap storage is unaffected.
+SQLITE_URI_CHARS = "#?%"
+
+
+def sqlite_path_problem(path: str | Path) -> str | None:
+    """Why rosbags cannot open a sqlite3 database at ``path`` (see SQLITE_URI_CHARS), or None."""
+    bad = [c for c in SQLITE_URI_CHARS if c in str(path)]
+    if not bad:
+        return None
+    return (
+        f"the path contains {' and '.join(repr(c) for c in bad)}, which SQLite reads as URI syntax "
+        "(rosbags opens sqlite3 files as 'file:<path>'), so a different file would be opened"
+    )
+
+
+def sqlite_uri_chars_text() -> str:
+    """The refused characters as a message lists them: "'#', '?' or '%'"."""
+    quoted = [repr(c) for c in SQLITE_URI_CHARS]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
 def bag_writer(path: str | Path, storage: str = "sqlite3") -> Writer:
     """An unopened rosbags ``Writer`` for ``path`` that Humble and Jazzy can both open (see BAG_VERSION).
 
-    ``storage`` is ``"sqlite3"`` or ``"mcap"``; the directory must not exist yet.
+    ``storage`` is ``"sqlite3"`` or ``"mcap"``; the directory must not exist yet. A sqlite3 bag's
+    path must not contain "#", "?" or "%" (:func:`sqlite_path_problem`): ValueError.
     """
     if storage not in BAG_STORAGES:
         raise ValueError(f"storage must be one of {sorted(BAG_STORAGES)}, got {storage!r}")
+    if storage == "sqlite3" and (problem := sqlite_path_problem(path)):
+        raise ValueError(
+            f"cannot write a sqlite3 bag at {path}: {problem}. "
+            f"Use a path without {sqlite_uri_chars_text()}, or mcap storage."
+        )
     return Writer(Path(path), version=BAG_VERSION, storage_plugin=BAG_STORAGES[storage])
 
 
