@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_fixtures import CONFIGS, drop_ratio, write_datasets, write_tracker_checkpoint
+from training_fixtures import (
+    CONFIGS,
+    drop_ratio,
+    fill_tiny_feature_cache,
+    write_datasets,
+    write_tracker_checkpoint,
+)
 
 from efficientsam3_ros.modeling import build_model
 from efficientsam3_ros.training.checkpointing import CheckpointError, list_checkpoints, load_checkpoint
@@ -256,16 +262,11 @@ def test_stage3_freeze_patterns_choose_what_trains(datasets, tmp_path, one_threa
 
 
 def test_feature_cache_resumes_and_refuses_a_stale_cache(datasets, tmp_path, one_thread):
-    from efficientsam3_ros.training.data import SA1BDataset
     from efficientsam3_ros.training.distributed import DistContext
     from efficientsam3_ros.training.feature_cache import CacheError, fill_cache
 
-    teacher = build_model("sam3-tiny")
-    ds = SA1BDataset(datasets["sa1b"], 112)
-    keys = [ds.key(i) for i in range(len(ds))]
-    kwargs = {"teacher_name": "sam3-tiny", "input_size": 112, "resize": "stretch", "shard_size": 3}
     folder = tmp_path / "cache"
-    fill_cache(folder, ds, keys, teacher, DistContext(), **kwargs)
+    ds, keys, teacher, kwargs = fill_tiny_feature_cache(datasets["sa1b"], folder)
     shards = sorted(folder.glob("shard-*.safetensors"))
     assert len(shards) == 3
     kept = shards[0].stat().st_mtime_ns

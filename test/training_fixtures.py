@@ -60,3 +60,21 @@ def write_tracker_checkpoint(path: Path) -> Path:
 def drop_ratio(losses: list[float], window: int = 10) -> float:
     """mean of the last ``window`` losses / mean of the first ``window``."""
     return statistics.mean(losses[-window:]) / statistics.mean(losses[:window])
+
+
+def fill_tiny_feature_cache(sa1b_root: Path, folder: Path) -> tuple:
+    """A sam3-tiny feature cache of the SA-1B test images in ``folder``, 3 samples a shard.
+
+    Returns (dataset, keys, teacher, fill_cache keyword arguments), to fill it again the same way.
+    """
+    from efficientsam3_ros.modeling import build_model
+    from efficientsam3_ros.training.data import SA1BDataset
+    from efficientsam3_ros.training.distributed import DistContext
+    from efficientsam3_ros.training.feature_cache import fill_cache
+
+    teacher = build_model("sam3-tiny")
+    ds = SA1BDataset(sa1b_root, 112)
+    keys = [ds.key(i) for i in range(len(ds))]
+    kwargs = {"teacher_name": "sam3-tiny", "input_size": 112, "resize": "stretch", "shard_size": 3}
+    fill_cache(folder, ds, keys, teacher, DistContext(), **kwargs)
+    return ds, keys, teacher, kwargs

@@ -21,11 +21,15 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from ..modeling.checkpoint_files import CheckpointError as FileCheckError
+from ..modeling.checkpoint_files import check_torch_zip
+
 log = logging.getLogger(__name__)
 
 FORMAT = "efficientsam3-train-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
+_TEMP_NAME = re.compile(r"^step-\d{8}\.pt\.tmp\.(\d+)$")
 _REQUIRED = ("format", "version", "stage", "step", "model", "optimizer", "scheduler", "scaler", "rng")
 
 
@@ -127,10 +131,57 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any], ke
     payload = {"format": FORMAT, "version": VERSION, "step": step, "rng": capture_rng_state(), **state}
     path = checkpoint_path(output_dir, step)
     atomic_torch_save(payload, path)
+    remove_stale_temp_files(output_dir)
     if keep > 0:
         for _, old in list_checkpoints(output_dir)[:-keep]:
             old.unlink(missing_ok=True)
     return path
+
+
+def remove_stale_temp_files(output_dir: str | Path) -> list[Path]:
+    """Delete ``step-*.pt.tmp.<pid>`` files of other processes: writes a kill (SIGKILL, OOM) cut short.
+
+    Why: :func:`atomic_write` removes its temp file on any exception, but a killed process runs no
+    cleanup, and each left a partial checkpoint-sized file that nothing ever removed. Only rank 0
+    writes checkpoints, so a temp file of another pid is never one still being written.
+    """
+    folder = checkpoint_dir(output_dir)
+    removed = []
+    for path in folder.iterdir() if folder.is_dir() else []:
+        match = _TEMP_NAME.match(path.name)
+        if match and int(match.group(1)) != os.getpid():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info(
+            "removed %d temp file(s) left by an interrupted checkpoint write: %s",
+            len(removed),
+            ", ".join(p.name for p in sorted(removed)),
+        )
+    return removed
+
+
+def abandon_checkpoints_after(output_dir: str | Path, step: int) -> list[Path]:
+    """Rename the run's checkpoints after ``step`` to ``*.abandoned``; returns the new paths.
+
+    Why: resuming an older checkpoint (``--resume PATH``, a rollback) left the abandoned run's
+    later checkpoints under their real names, and the next ``--resume auto`` picked the newest of
+    them, silently continuing the run that was rolled back. Renamed, not deleted: nothing is lost.
+    """
+    moved = []
+    for found, path in list_checkpoints(output_dir):
+        if found > step:
+            target = path.with_name(f"{path.name}.abandoned")
+            os.replace(path, target)
+            moved.append(target)
+    if moved:
+        log.warning(
+            "resumed at step %d: renamed %d later checkpoint(s) of the abandoned run to *.abandoned (%s)",
+            step,
+            len(moved),
+            ", ".join(p.name for p in moved),
+        )
+    return moved
 
 
 def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any]:
@@ -138,6 +189,13 @@ def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    try:  # torch.load reads the zip without checking its CRCs: flipped bytes (bad disk) would load
+        check_torch_zip(path, full=True)
+    except FileCheckError as err:
+        detail = str(err).removeprefix(f"{path}: ").removesuffix(" (re-download it)")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt ({detail}); delete it to resume from the previous one"
+        ) from None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, foreign object: all mean "cannot resume from this"

@@ -31,6 +31,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from ..modeling.checkpoint_files import CheckpointError as FileCheckError
+from ..modeling.checkpoint_files import check_safetensors
 from .distributed import DistContext
 
 log = logging.getLogger(__name__)
@@ -120,21 +122,24 @@ def fill_cache(
     index_path = folder / INDEX
     if index_path.is_file():
         index = json.loads(index_path.read_text())
-        if index.get("fingerprint") == fp:
+        if index.get("fingerprint") != fp:
+            now = {
+                "teacher": teacher_name,
+                "teacher_weights": teacher_weights,
+                "input_size": input_size,
+                "resize": resize,
+                "data_root": data_root,
+            }
+            differs = [f"{k} {index.get(k)!r} -> {v!r}" for k, v in now.items() if index.get(k) != v]
+            raise CacheError(
+                f"feature cache {folder} was built for another teacher, teacher weights, input size or dataset "
+                f"({'; '.join(differs) or 'other sample keys'}; fingerprint {index.get('fingerprint')} != {fp}); "
+                "point options.feature_cache elsewhere or delete it"
+            )
+        missing = check_shards(folder, index)
+        if not missing:
             return index_path
-        now = {
-            "teacher": teacher_name,
-            "teacher_weights": teacher_weights,
-            "input_size": input_size,
-            "resize": resize,
-            "data_root": data_root,
-        }
-        differs = [f"{k} {index.get(k)!r} -> {v!r}" for k, v in now.items() if index.get(k) != v]
-        raise CacheError(
-            f"feature cache {folder} was built for another teacher, teacher weights, input size or dataset "
-            f"({'; '.join(differs) or 'other sample keys'}; fingerprint {index.get('fingerprint')} != {fp}); "
-            "point options.feature_cache elsewhere or delete it"
-        )
+        log.warning("feature cache %s: %d shard(s) missing (%s): refilling", folder, len(missing), missing[0])
     num_shards = (len(keys) + shard_size - 1) // shard_size
     device = next(teacher.parameters()).device
     grid = channels = None
@@ -188,6 +193,34 @@ def fill_cache(
     return index_path
 
 
+def check_shards(folder: Path, index: dict[str, Any]) -> list[str]:
+    """The index's shards that are missing; a damaged one (header unreadable, size or keys off) raises.
+
+    Why: the index was trusted, so a shard truncated or deleted after the fill (a full disk, a
+    cleanup) crashed training at the first batch that read it, possibly hours in. Reads headers only.
+    """
+    missing = []
+    for name, keys in index.get("shards", {}).items():
+        path = folder / name
+        if not path.is_file():
+            missing.append(name)
+            continue
+        try:
+            header, _ = check_safetensors(path)
+        except (FileCheckError, OSError) as err:
+            detail = str(err).removeprefix(f"{path}: ").removesuffix(" (re-download it)")
+            raise CacheError(
+                f"feature cache shard {path} is damaged ({detail}); delete it to refill"
+            ) from None
+        absent = [key for key in keys if key not in header]
+        if absent:
+            raise CacheError(
+                f"feature cache shard {path} lacks {len(absent)} of its {len(keys)} samples "
+                f"(e.g. {absent[0]!r}); delete it to refill"
+            )
+    return missing
+
+
 class FeatureCache:
     """Read side: ``cache[key]`` -> fp16 [C, g, g]; shard files are opened lazily (per loader worker)."""
 
@@ -199,6 +232,12 @@ class FeatureCache:
         self.index = json.loads(index_path.read_text())
         if expected_fingerprint is not None and self.index["fingerprint"] != expected_fingerprint:
             raise CacheError(f"feature cache {self.folder} does not match this run's teacher/dataset")
+        missing = check_shards(self.folder, self.index)
+        if missing:
+            raise CacheError(
+                f"feature cache shard {self.folder / missing[0]} is missing ({len(missing)} of "
+                f"{len(self.index['shards'])} listed in {INDEX}); run the stage again to refill it"
+            )
         self.where = {key: shard for shard, keys in self.index["shards"].items() for key in keys}
         self._handles: dict[str, Any] = {}
 

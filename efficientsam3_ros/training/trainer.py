@@ -18,7 +18,6 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -33,6 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..modeling import get_config
 from ..modeling.memory_format import resolve_memory_format
 from .checkpointing import (
+    CheckpointError,
+    abandon_checkpoints_after,
     atomic_write_text,
     list_checkpoints,
     load_checkpoint,
@@ -40,7 +41,7 @@ from .checkpointing import (
     restore_rng_state,
     save_checkpoint,
 )
-from .config import TrainConfig
+from .config import TrainConfig, config_from_dict
 from .data import ResumableBatchSampler, collate_list
 from .distributed import DistContext, init_distributed
 from .environment import record_environment
@@ -211,10 +212,6 @@ def _group_keys(dataset: Any, phrases_per_image: int) -> list[str] | None:
     return [dataset.key(i) for i in range(len(dataset))]
 
 
-def _batches(loader: DataLoader) -> Iterator[Any]:
-    yield from loader
-
-
 def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     """Run (or continue) one stage as configured; returns the step reached and rank 0's loss history."""
     ctx = init_distributed(config.run.device)
@@ -228,6 +225,12 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
     run = config.run
     out = Path(run.output_dir)
     device = ctx.device
+    # the checkpoint first: a resume that cannot continue this run fails before anything is built
+    resume_path = resolve_resume(resume, out)
+    payload = None
+    if resume_path is not None:
+        payload = load_checkpoint(resume_path, stage=config.stage)
+        check_resumable(resume_path, payload, config, ctx.world_size)
     torch.manual_seed(run.seed)  # identical model initialisation on every rank
     stage = build_stage(config, ctx)
     stage.prepare()
@@ -241,7 +244,6 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
         raise ValueError(f"{config.stage}: no trainable parameters (check the train/freeze patterns)")
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         n_train = sum(p.numel() for p in params)
         log.info(
             "%s: %d trainable parameters (%.2f M), %s", config.stage, n_train, n_train / 1e6, memory_format
@@ -271,11 +273,8 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
 
     result = TrainResult(step=0)
     start = 0
-    resume_path = resolve_resume(resume, out)
-    if resume_path is not None:
-        payload = load_checkpoint(resume_path, stage=config.stage)
-        module.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+    if payload is not None:
+        _load_states(resume_path, payload, module, optimizer)
         for group in optimizer.param_groups:  # the checkpoint's groups carry the old run's flags
             group.update(adamw_flags)
         _lay_out_like_params(optimizer)
@@ -283,13 +282,16 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
         scaler.load_state_dict(payload["scaler"])
         restore_rng_state(payload["rng"])
         start = int(payload["step"])
+        payload = None  # the states now live in the module and optimizer
         result.resumed_from = resume_path
         if ctx.is_main:
             log.info("resumed from %s at step %d", resume_path, start)
-    if ctx.is_main:
+    if ctx.is_main:  # after the resume checks: a refused resume leaves the run's config.yaml as it was
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         record_environment(out, ctx, resumed=resume_path is not None)
         if resume_path is not None:
             drop_metrics_after(out / "metrics.jsonl", start)
+            abandon_checkpoints_after(out, start)  # so a later --resume auto cannot pick them
     result.step = start
 
     sampler = stage_sampler(stage, ctx, start_batch=start * optim.grad_accum)
@@ -300,7 +302,10 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
         num_workers=config.data.num_workers,
         pin_memory=device.type == "cuda",
     )
-    batches = _batches(loader)
+    # The iterator now, not lazily in the first step: creating it draws the loader's base seed
+    # from the global torch RNG, which inside a step would come after the step's re-seed and shift
+    # that step's dropout etc. (a resume then differed from the uninterrupted run at its first step).
+    batches = iter(loader)
     writer = _summary_writer(out) if ctx.is_main and run.tensorboard else None
     metrics = open(out / "metrics.jsonl", "a") if ctx.is_main else None  # noqa: SIM115 (closed below)
     stop = run.steps if run.stop_at_step is None else min(run.steps, run.stop_at_step)
@@ -434,10 +439,134 @@ def _checkpoint(
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "world_size": ctx.world_size,
+            "trainable": [name for name, p in module.named_parameters() if p.requires_grad],
         }
         path = save_checkpoint(config.run.output_dir, step, state, keep=config.run.keep_checkpoints)
     ctx.barrier()
     return path
+
+
+#: Config keys a resume may change. Each only changes how the run is observed, stored or executed,
+#: not what it computes -- or, for run.steps/stop_at_step, is what a resume is for (continuing or
+#: extending a run; the cosine schedule then follows the new length from the resumed step). Any
+#: other difference (data, seed, batch size, accumulation, model, trainable set, lr, weight decay,
+#: betas, schedule, losses) means the checkpoint's weights and optimizer state belong to another
+#: experiment, and continuing would silently mix the two: refused (check_resumable).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "run.output_dir",  # the run folder was moved
+        "run.steps",  # extend a run (--resume auto run.steps=N)
+        "run.stop_at_step",  # time-boxed jobs
+        "run.progress",  # logging only
+        "run.log_every",
+        "run.tensorboard",
+        "run.checkpoint_every",  # storage only
+        "run.keep_checkpoints",
+        "run.export_name",
+        "run.device",  # another machine (environment.json records and warns about it)
+        "run.find_unused_parameters",  # DDP's graph walk: speed, not results
+        "run.memory_format",  # layout only; the optimizer state is re-laid out (_lay_out_like_params)
+        "data.num_workers",  # samples are seeded per sample, not per worker
+        "optim.implementation",  # the same AdamW update; the flags are re-applied on resume
+    }
+)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every key outside RESUMABLE_CHANGES that differs (defaults filled in)."""
+    with contextlib.suppress(Exception):  # written by older code: fill keys added since with defaults
+        old = config_from_dict(old).to_dict()
+    a, b = _flatten(old), _flatten(new)
+    missing = object()
+    return [
+        f"{key}: {a.get(key, missing)!r} -> {b.get(key, missing)!r}".replace(repr(missing), "<unset>")
+        for key in sorted(a.keys() | b.keys())
+        if key not in RESUMABLE_CHANGES and a.get(key, missing) != b.get(key, missing)
+    ]
+
+
+def _how_to_proceed(path: Path, config: TrainConfig) -> str:
+    return (
+        f"to continue that run, resume with its original config (saved in "
+        f"{path.parent.parent / 'config.yaml'}); to train with the new settings, start a new run "
+        f"with another run.output_dir than {config.run.output_dir}"
+    )
+
+
+def check_resumable(path: Path, payload: dict[str, Any], config: TrainConfig, world_size: int) -> None:
+    """Refuse (CheckpointError) to resume ``path`` under a config that would train something else."""
+    differences = []
+    if "config" not in payload:
+        log.warning("checkpoint %s records no config: cannot check that it fits this run's", path)
+    else:
+        differences = config_differences(payload["config"], config.to_dict())
+        old_steps = payload["config"].get("run", {}).get("steps")
+        if old_steps is not None and old_steps != config.run.steps:
+            log.warning(
+                "run.steps changed on resume (%s -> %d): the lr schedule follows the new length from step %d",
+                old_steps,
+                config.run.steps,
+                int(payload["step"]),
+            )
+    saved_world = payload.get("world_size")
+    if saved_world is not None and int(saved_world) != world_size:
+        # allowed: a requeued cluster job may get another number of GPUs. The global batch and
+        # the samples each rank draws change from here on, so the run is no longer bit-identical
+        log.warning(
+            "resuming %s on %d process(es), written by %d: the global batch is now %d x %d and the "
+            "run no longer repeats an uninterrupted one",
+            path,
+            world_size,
+            int(saved_world),
+            world_size,
+            config.run.batch_size,
+        )
+    if differences:
+        listing = "".join(f"\n  {line}" for line in differences)
+        raise CheckpointError(
+            f"cannot resume from {path}: this run's config differs from the one the checkpoint was "
+            f"trained with (old -> new):{listing}\n{_how_to_proceed(path, config)}"
+        )
+
+
+def _load_states(path: Path, payload: dict[str, Any], module: nn.Module, optimizer: Any) -> None:
+    """Model and optimizer states from a checkpoint; a mismatch is a CheckpointError, not a traceback."""
+    trainable = [name for name, p in module.named_parameters() if p.requires_grad]
+    saved = payload.get("trainable")
+    if saved is not None and list(saved) != trainable:
+        only_old, only_new = sorted(set(saved) - set(trainable)), sorted(set(trainable) - set(saved))
+        raise CheckpointError(
+            f"cannot resume from {path}: it trained another set of parameters ({len(saved)} "
+            f"trainable then, {len(trainable)} now; e.g. only then: {only_old[:3]}, only now: "
+            f"{only_new[:3]}); resume with the original model / train / freeze settings, or start "
+            "a new run in another run.output_dir"
+        )
+    try:
+        module.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        summary = "; ".join(line if len(line) < 300 else line[:300] + " ..." for line in lines[:3])
+        raise CheckpointError(
+            f"cannot resume from {path}: its weights do not fit this run's model ({summary}); resume "
+            "with the original model settings, or start a new run in another run.output_dir"
+        ) from None
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(
+            f"cannot resume from {path}: its optimizer state does not fit this run's trainable "
+            f"parameters ({err}); resume with the original train / freeze settings, or start a new "
+            "run in another run.output_dir"
+        ) from None
 
 
 def _summary_writer(out: Path) -> Any | None:

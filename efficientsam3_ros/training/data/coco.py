@@ -23,6 +23,7 @@ stores pixel or normalised ``bbox``); a mask-less annotation falls back to ``bbo
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from .common import (
     require_dir,
     resize_image,
 )
+
+log = logging.getLogger(__name__)
 
 
 class ConceptDataset(RecordDataset):
@@ -81,6 +84,7 @@ class ConceptDataset(RecordDataset):
         for ann in anns:
             if "image_id" in ann:
                 (crowds if ann.get("iscrowd", 0) else by_image)[ann["image_id"]].append(ann)
+        _check_image_ids(style, ann_path, images, anns)
         bad = BadRecords(style)
         records: list[dict[str, Any]] = []
         seen: set[Path] = set()
@@ -163,3 +167,35 @@ class ConceptDataset(RecordDataset):
             "masks": resized.masks(masks),
             "boxes": resized.boxes(boxes),
         }
+
+
+def _check_image_ids(style: str, ann_path: Path, images: list[Any], anns: list[Any]) -> None:
+    """Annotations whose ``image_id`` names no ``images[].id``: none matching is an error, some a warning.
+
+    Why: such annotations were dropped silently, so a JSON whose exporter wrote the ids as strings
+    on one side and ints on the other trained every datapoint as a "concept absent" negative.
+    """
+    ids = {entry["id"] for entry in images if isinstance(entry, dict) and "id" in entry}
+    linked = [ann["image_id"] for ann in anns if isinstance(ann, dict) and "image_id" in ann]
+    orphans = [image_id for image_id in linked if image_id not in ids]
+    if not orphans:
+        return
+    example = orphans[0]
+    known = next(iter(ids), None)
+    detail = (
+        f"e.g. image_id {example!r} ({type(example).__name__}); images[].id are like {known!r} "
+        f"({type(known).__name__}): an int/str id mismatch?"
+    )
+    if len(orphans) == len(linked):
+        raise DataError(
+            f"{style}: none of the {len(linked)} annotations in {ann_path} refers to an images[].id "
+            f"({detail}); fix the ids so annotations[].image_id matches images[].id"
+        )
+    log.warning(
+        "%s: %d of %d annotations in %s refer to no images[].id and are ignored (%s)",
+        style,
+        len(orphans),
+        len(linked),
+        ann_path,
+        detail,
+    )
