@@ -35,6 +35,7 @@ from efficientsam3_ros.bag.source import (
     BagPathError,
     BagReadError,
     BagSource,
+    StampOrder,
     header_stamp_ns,
 )
 from efficientsam3_ros.config_utils import check_mask_threshold
@@ -132,7 +133,7 @@ class _RunState:
     skipped: int = 0
     failed: int = 0
     duplicates: int = 0
-    backwards: int = 0  # messages whose header stamp is earlier than the previous message's
+    order: StampOrder = field(default_factory=lambda: StampOrder("eval-bag"))  # stamps going backwards
     stamps: set[int] = field(default_factory=set)
     last_index: int | None = None
     last_stamp: int | None = None
@@ -217,12 +218,8 @@ def evaluate_bag(
             return _usage(str(err))
     out_dir = Path(config.out_dir)
     results_path = out_dir / "results"
-    not_a_folder = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
-    if not_a_folder is not None:
-        what = (
-            "is an existing file" if not_a_folder == out_dir else f"is under {not_a_folder}, an existing file"
-        )
-        return _usage(f"--out {out_dir} {what}, not a folder; choose another --out")
+    if problem := out_dir_problem(out_dir):
+        return _usage(problem)
     if results_path.exists():
         return _usage(f"{results_path} already exists; choose another --out or remove it")
     gt, gt_labels, gt_source = None, [], ""
@@ -268,7 +265,7 @@ def evaluate_bag(
                 f"cannot write the sqlite3 results bag {results_path}: {problem}. Choose an --out without "
                 f"{messages.sqlite_uri_chars_text()}, or pass --storage mcap."
             )
-        if source.message_count(conns) == 0 and next(source.raw_messages(conns), None) is None:
+        if not source.has_messages(conns):
             state.in_topic = 0
             _no_messages(config, state)
             return _finish(
@@ -362,7 +359,7 @@ def _loop(
             try:
                 msg = source.deserialize(raw, conn.msgtype)
                 stamp = header_stamp_ns(msg)
-                _check_stamp_order(state, index, stamp)
+                state.order.see(stamp)
                 state.last_stamp = stamp
                 if stamp in state.stamps:
                     state.duplicates += 1
@@ -398,19 +395,13 @@ def _loop(
         bar.close()
 
 
-def _check_stamp_order(state: _RunState, index: int, stamp: int) -> None:
-    """Count a header stamp earlier than the previous message's (warned about once, counted always)."""
-    if state.last_stamp is not None and stamp < state.last_stamp:
-        state.backwards += 1
-        if state.backwards == 1:
-            log.warning(
-                "image message %d: header stamp %d ns is earlier than the previous message's (%d ns); "
-                "frames are tracked and scored in bag order, so this usually means a bad recording "
-                "(see frames.stamps_backwards in the report)",
-                index,
-                stamp,
-                state.last_stamp,
-            )
+def out_dir_problem(out_dir: Path) -> str | None:
+    """Why ``out_dir`` cannot be an output folder (it, or a folder above it, is a file), or None."""
+    not_a_folder = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+    if not_a_folder is None:
+        return None
+    what = "is an existing file" if not_a_folder == out_dir else f"is under {not_a_folder}, an existing file"
+    return f"--out {out_dir} {what}, not a folder; choose another --out"
 
 
 def _no_messages(config: EvalConfig, state: _RunState) -> None:
@@ -480,7 +471,7 @@ def _finish(
             "skipped": state.skipped,
             "failed": state.failed,
             "duplicate_stamps": state.duplicates,
-            "stamps_backwards": state.backwards,
+            "stamps_backwards": state.order.backwards,
             "wall_fps": state.processed / wall if wall > 0 else None,
         },
         "failures": state.failures,
@@ -489,11 +480,11 @@ def _finish(
         "tracks": track_lifetimes(state.frames),
         "scores": None,
     }
-    if state.backwards:
+    if state.order.backwards:
         log.warning(
             "%d image message(s) have a header stamp earlier than the message before them; "
             "tracking is scored in the order the frames were processed (bag log time)",
-            state.backwards,
+            state.order.backwards,
         )
     if gt is not None:
         # a repeated stamp scores its first frame; frames stay in processing order for tracking

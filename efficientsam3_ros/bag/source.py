@@ -180,6 +180,32 @@ def header_stamp_ns(msg: Any) -> int:
     return messages.stamp_to_ns(msg.header)
 
 
+@dataclass
+class StampOrder:
+    """Counts header stamps earlier than the one before them, in the order the bag gives them.
+
+    Frames are tracked and scored in that (log-time) order, so a stamp going backwards usually
+    means a bad recording (a clock reset, topics merged from several bags): warned once, counted.
+    """
+
+    where: str  # the bag, for the warning
+    backwards: int = 0
+    last: int | None = None
+
+    def see(self, stamp: int) -> None:
+        if self.last is not None and stamp < self.last:
+            self.backwards += 1
+            if self.backwards == 1:
+                log.warning(
+                    "%s: header stamp %d ns is earlier than the previous message's (%d ns); frames are "
+                    "tracked and scored in bag order, so this usually means a bad recording",
+                    self.where,
+                    stamp,
+                    self.last,
+                )
+        self.last = stamp
+
+
 class BagSource:
     """An open rosbag2 bag; use as a context manager."""
 
@@ -279,6 +305,11 @@ class BagSource:
     def message_count(self, conns: list[Connection]) -> int:
         """Messages on ``conns`` according to the bag's index (for the progress bar)."""
         return sum(int(c.msgcount) for c in conns)
+
+    def has_messages(self, conns: list[Connection]) -> bool:
+        """Whether ``conns`` carry any message: the index says so, or (an index that counts 0, as
+        some recorders leave it) a first message is there."""
+        return self.message_count(conns) > 0 or next(self.raw_messages(conns), None) is not None
 
     def raw_messages(self, conns: list[Connection]) -> Iterator[tuple[Connection, int, bytes]]:
         """Yield (connection, log time ns, raw CDR) in log-time order; :class:`BagReadError` if reading breaks."""

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from efficientsam3_ros.bag.run import FATAL_ERRORS, to_record
-from efficientsam3_ros.bag.source import BagSource, header_stamp_ns
+from efficientsam3_ros.bag.source import BagSource, StampOrder, header_stamp_ns
 from efficientsam3_ros.evaluation.records import FrameRecord, records_by_stamp
 from efficientsam3_ros.evaluation.scoring import pool_overall, score
 from efficientsam3_ros.pipeline.results import FrameResult, Instance
@@ -98,23 +98,15 @@ def detect(segmenter: Any, sequence: SweepBag, image_topic: str, progress: bool 
     """The one model pass: every frame's detections (no tracker) stored on ``sequence``."""
     with BagSource(sequence.bag) as source:
         bar = tqdm(frames_of(source, image_topic), desc=f"detect {sequence.bag.name}", disable=not progress)
-        last_stamp: int | None = None
+        order = StampOrder(str(sequence.bag))
         for item in bar:
             if isinstance(item, Exception):
                 sequence.failed += 1
                 log.warning("%s: image message skipped: %s", sequence.bag, item)
                 continue
             stamp, rgb = item
-            if last_stamp is not None and stamp < last_stamp:
-                sequence.stamps_backwards += 1
-                if sequence.stamps_backwards == 1:
-                    log.warning(
-                        "%s: header stamp %d ns is earlier than the previous frame's; frames are tracked and "
-                        "scored in bag order, so this usually means a bad recording",
-                        sequence.bag,
-                        stamp,
-                    )
-            last_stamp = stamp
+            order.see(stamp)
+            sequence.stamps_backwards = order.backwards
             try:
                 result = segmenter.process(rgb)
             except FATAL_ERRORS:

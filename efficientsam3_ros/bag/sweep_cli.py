@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from efficientsam3_ros.bag.run import out_dir_problem
     from efficientsam3_ros.bag.source import BagError
     from efficientsam3_ros.bag.sweep import SweepBag, detect, sweep, threshold_pairs
     from efficientsam3_ros.config_utils import check_mask_threshold
@@ -81,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise CliError(str(err)) from None
         check_image_topic(bag.bag, args.image_topic)
-    if args.out.exists() and not args.out.is_dir():
-        raise CliError(f"--out {args.out} is an existing file, not a folder; choose another --out")
+    if problem := out_dir_problem(args.out):
+        raise CliError(problem)
     try:
         threshold_pairs(args.score_thresholds, args.new_track_thresholds)
         if args.mask_threshold is not None:
@@ -166,7 +167,7 @@ def check_image_topic(bag: Path, image_topic: str) -> None:
     try:
         with BagSource(bag) as source:
             conns = source.image_connections(image_topic)
-            if source.message_count(conns) == 0 and next(source.raw_messages(conns), None) is None:
+            if not source.has_messages(conns):
                 raise CliError(f"image topic {image_topic} has no messages in bag {bag}; nothing to sweep")
     except BagError as err:
         raise CliError(str(err)) from None

@@ -33,7 +33,7 @@ from ..modeling.tokenizer import validate_phrase
 from ..modeling.tracker_checkpoint import load_tracker
 from ..modeling.tracker_neck import TrackerFrame
 from ..runtime import Backend, ImageFeatures, RuntimeOptions, select_backend
-from ..runtime.base import PADDING_BOX_LABEL
+from ..runtime.base import PADDING_BOX_LABEL, explicit_device
 from ..runtime.fallback import backend_for_device
 from ..runtime.torch_backend import TorchBackend
 from ..tracking import ConceptTracker, TrackingConfig
@@ -577,12 +577,7 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 
 def _same_device(a: torch.device | None, b: torch.device) -> bool:
     """``cuda`` and ``cuda:0`` are one device when 0 is the current one."""
-    if a is None or a.type != b.type:
-        return False
-    if a.type != "cuda":
-        return True
-    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
-    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a is not None and explicit_device(a) == explicit_device(b)
 
 
 def build_memory_tracker(config: ModelConfig, memory: str, checkpoint: str | None = None) -> TrackerModel:

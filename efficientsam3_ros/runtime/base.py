@@ -41,6 +41,7 @@ __all__ = [
     "ImageFeatures",
     "RuntimeOptions",
     "check_cuda_device",
+    "explicit_device",
     "detect_with_exemplars",
     "features_by_name",
     "has_exemplars",
@@ -123,6 +124,14 @@ def check_cuda_device(device: torch.device) -> None:
         raise BackendUnavailable(
             f"{device} asked for, but torch sees {count} GPU(s): cuda:0 .. cuda:{count - 1}"
         )
+
+
+def explicit_device(device: torch.device) -> torch.device:
+    """``device`` with its GPU index spelled out: ``cuda`` is the current GPU, so that it compares
+    equal to the ``cuda:N`` a tensor on it reports."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
 
 
 class Backend(ABC):

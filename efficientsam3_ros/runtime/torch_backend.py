@@ -18,6 +18,7 @@ from .base import (
     ImageFeatures,
     RuntimeOptions,
     check_cuda_device,
+    explicit_device,
     to_cpu_output,
 )
 from .graphs import DETECTOR_GRAPHS, get_graph
@@ -33,9 +34,7 @@ class TorchBackend(Backend):
             raise BackendUnavailable(f"unsupported torch device {device!r}")
         if self.device.type == "cuda":
             check_cuda_device(self.device)
-            # "cuda" means the current GPU: name it, so that it compares equal to the model's
-            index = self.device.index
-            self.device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
+            self.device = explicit_device(self.device)  # compares equal to the model's cuda:N
         self.name = f"torch-{self.device.type}"
         model_device = next(model.parameters()).device
         memory_format = resolve_memory_format(options.memory_format, model.config, self.device)
