@@ -107,10 +107,6 @@ class ResultsWriter:
         if raw_overlay is not None and self._overlay is not None:
             self._writer.write(self._overlay, int(log_time_ns), raw_overlay)
 
-    def write_result(self, result: FrameResult, stamp_ns: int, log_time_ns: int, frame_id: str = "") -> None:
-        """Write one ConceptInstanceArray for the input image stamped ``stamp_ns``."""
-        self.write_frame(result, stamp_ns, log_time_ns, frame_id)
-
     def close(self) -> None:
         """Flush: write the storage index and metadata.yaml (safe to call twice)."""
         if self._writer is not None:

@@ -17,6 +17,7 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -122,6 +123,11 @@ def graphs_from_dir(
     return paths
 
 
+def declared_dims(value_info: Any) -> list[int | None]:
+    """An ONNX input's declared shape: a fixed size per axis, None for a dynamic (named) axis."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
 def _check_graph_input_size(path: Path, image_size: int) -> None:
     """Refuse an image encoder graph whose fixed ``pixels`` input is not ``image_size`` square."""
     if not path.is_file():
@@ -132,7 +138,7 @@ def _check_graph_input_size(path: Path, image_size: int) -> None:
         raise ValueError(f"{path} is not a readable ONNX graph ({err}): export again") from err
     for inp in graph.input:
         if inp.name == "pixels":
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+            dims = declared_dims(inp)
             if None not in dims[-2:] and dims[-2:] != [image_size, image_size]:
                 raise ValueError(
                     f"{path} takes {dims[-2]}x{dims[-1]} px images, this model {image_size} px: export it "

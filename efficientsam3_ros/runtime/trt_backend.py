@@ -32,7 +32,7 @@ from .base import (
 )
 from .engine_cache import EngineCache, EngineKey, atomic_write
 from .graphs import get_graph
-from .onnx_cache import file_sha256
+from .onnx_cache import declared_dims, file_sha256
 from .ort_backend import graph_paths
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def profile_shapes(onnx_path: Path, graph: str, min_k: int, opt_k: int, max_k: i
     for inp in proto.graph.input:
         if inp.name not in spec.dynamic_inputs:
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+        dims = declared_dims(inp)
         for i, d in enumerate(dims):
             if d is None and i not in spec.dynamic_inputs[inp.name]:
                 raise ValueError(f"{graph}:{inp.name} axis {i} is dynamic but not declared in the GraphSpec")
