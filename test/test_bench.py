@@ -101,6 +101,17 @@ def test_memory_format_bench_times_both_layouts_of_a_stage_and_of_inference(caps
         assert float(line.split()[-1].rstrip("x")) == pytest.approx(nchw / last, abs=0.02), line
 
 
+def test_encodings_bench_times_opencv_and_numpy_side_by_side(capsys):
+    pytest.importorskip("cv2", reason="the bench compares OpenCV with the numpy fallback")
+    bench = _load("encodings")
+    assert bench.main(["--repeats", "1", "--sizes", "VGA"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("VGA")]
+    assert [row[1] for row in rows] == list(bench.FAMILIES)
+    for _, encoding, fast, slow, ratio in rows:  # "VGA    yuyv    0.07    2.06    31.3x"
+        assert float(fast) >= 0 and float(slow) > 0
+        assert ratio == "-" if encoding == "rgb8" else float(ratio.rstrip("x")) > 0
+
+
 @pytest.mark.parametrize("path", sorted(BENCH.glob("*.py")), ids=lambda path: path.stem)
 def test_every_bench_imports_against_the_current_code(path):
     """The full-size benches (runtime.py, tracker.py) take minutes; importing them still catches a

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from efficientsam3_ros.ros import convert, messages
+from efficientsam3_ros.ros import convert, messages, pixel_formats
 
 RNG = np.random.default_rng(1)
 H, W = 5, 7
@@ -82,7 +82,7 @@ def test_data_as_bytes_and_lists():
 @pytest.mark.parametrize(
     ("mutate", "error"),
     [
-        (lambda m: setattr(m, "encoding", "yuv422"), convert.UnsupportedEncodingError),
+        (lambda m: setattr(m, "encoding", "nv24"), convert.UnsupportedEncodingError),
         (lambda m: setattr(m, "encoding", "32FC1"), convert.UnsupportedEncodingError),
         (lambda m: setattr(m, "height", 0), convert.BadFrameError),
         (lambda m: setattr(m, "width", 0), convert.BadFrameError),
@@ -211,6 +211,140 @@ def test_a_compressed_image_over_the_size_limit_is_refused_before_decoding(
         data, match = request.getfixturevalue("png_bomb"), "refused before decoding"
     with pytest.raises(convert.BadFrameError, match=match):
         convert.msg_to_rgb(_compressed(data, "png"))
+
+
+# ----------------------------------------------------------------- camera encodings (YUV, Bayer)
+
+CAMERA_ENCODINGS = [
+    name for name in convert.RAW_ENCODINGS if name not in CASES and name not in ("mono8", "mono16")
+]
+
+
+@pytest.fixture(params=["opencv", "numpy"])
+def converter(request, monkeypatch):
+    """Run a test once with OpenCV doing the conversion and once with the numpy fallback."""
+    if request.param == "opencv":
+        pytest.importorskip("cv2", reason="the OpenCV conversion path")
+    else:
+        monkeypatch.setattr(pixel_formats, "opencv", lambda: None)
+    return request.param
+
+
+def _smooth_rgb(height: int = 24, width: int = 32) -> np.ndarray:
+    """Colour ramps (red along x, green along y, blue falling along x): every channel differs,
+    so a swapped R/B or a shifted mosaic shows, and bilinear interpolation of a ramp is exact."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.stack([20 + 6 * xx, 40 + 5 * yy, 230 - 5 * xx], axis=-1).astype(np.uint8)
+
+
+def _message(raw: np.ndarray, encoding: str, pad: int = 0):
+    """An Image message for ``raw`` (laid out as rgb_to_raw does), ``pad`` bytes after every row."""
+    msg = _image(encoding, raw, pad)
+    msg.height = convert.array_to_image_fields(raw, encoding)["height"]  # nv12: 2/3 of the rows
+    return msg
+
+
+def test_every_sensor_msgs_colour_encoding_is_accepted():
+    """The colour, mono and Bayer names of sensor_msgs/image_encodings.hpp (ROS 2 Jazzy), except
+    nv24, whose layout the header leaves ambiguous (2 channels at height scale 1)."""
+    wanted = {"rgb8", "rgba8", "rgb16", "rgba16", "bgr8", "bgra8", "bgr16", "bgra16", "mono8", "mono16"}
+    wanted |= {f"bayer_{p}{bits}" for p in ("rggb", "bggr", "gbrg", "grbg") for bits in (8, 16)}
+    wanted |= {"uyvy", "yuv422", "yuyv", "yuv422_yuy2", "nv12", "nv21"}
+    assert wanted == set(convert.RAW_ENCODINGS)
+
+
+@pytest.mark.parametrize("pad", [0, 6])
+@pytest.mark.parametrize("encoding", CAMERA_ENCODINGS)
+def test_camera_encodings_round_trip_to_the_same_colours(encoding, pad, converter):
+    """RGB -> a camera's layout -> message (row padding included) -> RGB gives the colours back:
+    within 2 grey levels for YUV (8-bit limited range; the image's colour is constant over the
+    2x2 blocks that share chroma), exactly inside the frame for Bayer (bilinear interpolation
+    of a ramp is exact)."""
+    rgb = _smooth_rgb()
+    if not encoding.startswith("bayer_"):
+        rgb = np.repeat(np.repeat(rgb[::2, ::2], 2, axis=0), 2, axis=1)
+    got = convert.msg_to_rgb(_message(convert.rgb_to_raw(rgb, encoding), encoding, pad))
+    assert got.dtype == np.uint8 and got.shape == rgb.shape and got.flags.c_contiguous
+    error = np.abs(got.astype(int) - rgb)
+    if encoding.startswith("bayer_"):
+        assert error[1:-1, 1:-1].max() == 0
+        assert error.max() <= 6  # the border repeats its inner neighbour: one ramp step
+    else:
+        assert error.max() <= 2
+
+
+@pytest.mark.parametrize("encoding", [e for e in CAMERA_ENCODINGS if not e.endswith("16")])
+def test_opencv_and_numpy_agree_on_any_input(encoding, monkeypatch):
+    """Random bytes (out-of-gamut YUV, luma under 16, noisy mosaics, odd Bayer sizes): the numpy
+    fallback and OpenCV differ by at most one grey level anywhere, borders included."""
+    pytest.importorskip("cv2", reason="OpenCV is the reference for the numpy fallback")
+    rng = np.random.default_rng(7)
+    height, width = (14, 20) if not encoding.startswith("bayer_") else (13, 17)
+    rows = height * 3 // 2 if encoding in ("nv12", "nv21") else height
+    shape = (rows, width, 2) if encoding in pixel_formats.PACKED_YUV422 else (rows, width)
+    raw = rng.integers(0, 256, shape, dtype=np.uint8)
+    with_opencv = convert.raw_to_rgb(raw, encoding)
+    monkeypatch.setattr(pixel_formats, "opencv", lambda: None)
+    with_numpy = convert.raw_to_rgb(raw, encoding)
+    assert np.abs(with_opencv.astype(int) - with_numpy).max() <= 1
+
+
+def test_yuv_decodes_known_colours(converter):
+    """BT.601 limited range, as cv_bridge: (16,128,128) black, (235,128,128) white,
+    (81,90,240) red, (145,54,34) green, (41,240,110) blue; luma under 16 is black."""
+    y = np.array([16, 235, 81, 145, 41, 3], np.uint8)
+    u = np.array([128, 128, 90, 54, 240, 128], np.uint8)
+    v = np.array([128, 128, 240, 34, 110, 128], np.uint8)
+    packed = np.stack([np.repeat(u, 2).reshape(-1, 2) * [1, 0] + np.repeat(v, 2).reshape(-1, 2) * [0, 1]])
+    packed = np.stack([packed.reshape(1, -1), np.repeat(y, 2)[None]], axis=-1).astype(np.uint8)  # UYVY
+    got = convert.raw_to_rgb(packed, "uyvy")[0, 0::2].astype(int)
+    want = np.array([[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255], [0, 0, 0]])
+    assert np.abs(got - want).max() <= 2
+
+
+@pytest.mark.parametrize(
+    ("encoding", "height", "width", "match"),
+    [
+        ("yuyv", 4, 7, "odd width"),
+        ("uyvy", 4, 7, "odd width"),
+        ("nv12", 5, 8, "even width and height"),
+        ("nv21", 4, 9, "even width and height"),
+    ],
+)
+def test_yuv_frames_with_unpaired_pixels_are_bad_frames(encoding, height, width, match):
+    msg = _image("mono8", np.zeros((height * 2, width * 2), np.uint8))
+    msg.encoding, msg.height, msg.width = encoding, height, width
+    with pytest.raises(convert.BadFrameError, match=match):
+        convert.msg_to_rgb(msg)
+
+
+def test_nv12_without_its_chroma_plane_is_a_bad_frame():
+    """A publisher that sends only the Y plane (height * step bytes) is refused, not read past."""
+    raw = convert.rgb_to_raw(_smooth_rgb(), "nv12")
+    msg = _message(raw, "nv12")
+    msg.data = msg.data[: 24 * 32]
+    with pytest.raises(convert.BadFrameError, match="needs"):
+        convert.msg_to_rgb(msg)
+
+
+@pytest.mark.parametrize("encoding", ["rgb16", "bgra16", "bayer_grbg16"])
+def test_16_bit_colour_and_bayer_in_either_byte_order(encoding):
+    rgb = _smooth_rgb()
+    raw = convert.rgb_to_raw(rgb, encoding)
+    for bigendian in (False, True):
+        msg = _image(encoding, raw, pad=4, bigendian=bigendian)
+        got = convert.msg_to_rgb(msg)
+        assert np.abs(got[1:-1, 1:-1].astype(int) - rgb[1:-1, 1:-1]).max() == 0
+
+
+def test_unsupported_encodings_say_what_to_publish():
+    msg = _image("rgb8", RGB)
+    msg.encoding = "8UC3"
+    with pytest.raises(convert.UnsupportedEncodingError, match="generic OpenCV type.*rgb8 or bgr8"):
+        convert.msg_to_rgb(msg)
+    msg.encoding = "nv24"
+    with pytest.raises(convert.UnsupportedEncodingError, match="nv12 or nv21"):
+        convert.msg_to_rgb(msg)
 
 
 def test_array_to_image_fields_rejects_empty():

@@ -13,6 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from efficientsam3_ros.cli import CliError
 from efficientsam3_ros.synthetic import (
     COLOURS,
     CONCEPTS,
@@ -261,6 +262,42 @@ def test_rosbag_writer_reads_back(tmp_path: Path, storage: str) -> None:
         for ann, obj in zip(anns, frame.objects):
             assert CONCEPTS[ann["category_id"] - 1] == obj.concept
             assert np.array_equal(coco.annToMask(ann).astype(bool), obj.mask)
+
+
+@pytest.mark.parametrize("encoding", ["yuyv", "nv12", "bayer_rggb8", "bgr16"])
+def test_rosbag_writer_writes_a_cameras_encoding(tmp_path: Path, encoding: str) -> None:
+    """--encoding lays the rendered frames out as a camera would; they decode back to the frames
+    (lossless for bgr16, and off only where chroma subsampling or demosaicing blurs an edge)."""
+    from rosbags.rosbag2 import Reader
+
+    from efficientsam3_ros.ros import messages
+
+    n = 3
+    bag_dir, gt_path = write_rosbag(tmp_path, seed=5, num_frames=n, config=BUSY, encoding=encoding)
+    assert json.loads(gt_path.read_text())["info"]["encoding"] == encoding
+    frames = render_video(5, n, BUSY)
+    typestore = messages.get_typestore()
+    with Reader(bag_dir) as reader:
+        decoded = [
+            messages.msg_to_rgb(typestore.deserialize_cdr(raw, conn.msgtype))
+            for conn, _, raw in reader.messages()
+        ]
+    assert len(decoded) == n
+    for frame, rgb in zip(frames, decoded):
+        error = np.abs(rgb.astype(int) - frame.image)
+        if encoding == "bgr16":
+            assert error.max() == 0
+        else:
+            assert error.mean() < 4 and np.percentile(error, 90) <= 4, (encoding, error.mean())
+
+
+def test_cli_refuses_a_size_the_encoding_cannot_hold(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    world_cli.add_arguments(parser)
+    args = parser.parse_args(["rosbag", str(tmp_path / "w"), "--encoding", "nv12", "--size", "33x32"])
+    with pytest.raises(CliError, match="nv12 does not fit --size 33x32.*even width and height"):
+        world_cli.run(args)
+    assert not (tmp_path / "w").exists()
 
 
 def test_cli_writes_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

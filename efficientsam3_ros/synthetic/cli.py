@@ -11,7 +11,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from efficientsam3_ros.cli import CliError, run_command
+from efficientsam3_ros.ros.convert import RAW_ENCODINGS, FrameError, rgb_to_raw
 from efficientsam3_ros.synthetic.world import CONCEPTS, WorldConfig
 from efficientsam3_ros.synthetic.writers import DEFAULT_TOPIC, KINDS, write_dataset
 
@@ -120,6 +123,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--topic", default=DEFAULT_TOPIC, help="rosbag image topic")
     parser.add_argument(
+        "--encoding",
+        choices=tuple(RAW_ENCODINGS),
+        default="rgb8",
+        metavar="ENCODING",
+        help="rosbag: sensor_msgs/Image encoding, as a camera would publish it (yuyv, nv12, "
+        "bayer_rggb8, ...; default %(default)s)",
+    )
+    parser.add_argument(
         "--fps", type=_positive_float, default=None, help="frame rate (rosbag stamps, SA-V duration)"
     )
     parser.add_argument(
@@ -162,12 +173,21 @@ def _world_config(args: argparse.Namespace) -> WorldConfig:
     return replace(cfg, **changes) if changes else cfg
 
 
+def _check_encoding_fits(encoding: str, cfg: WorldConfig) -> None:
+    """YUV encodings share chroma between pixel pairs or 2x2 blocks: refuse a size they cannot hold."""
+    try:
+        rgb_to_raw(np.zeros((cfg.height, cfg.width, 3), np.uint8), encoding)
+    except FrameError as err:
+        raise CliError(f"--encoding {encoding} does not fit --size {cfg.width}x{cfg.height}: {err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Write the dataset the options describe; print what was written. Returns an exit status."""
     cfg = config_from_args(args)
     extra: dict = {}
     if args.kind == "rosbag":
-        extra.update(storage=args.storage, topic=args.topic)
+        _check_encoding_fits(args.encoding, cfg)
+        extra.update(storage=args.storage, topic=args.topic, encoding=args.encoding)
         if args.fps is not None:
             extra["fps"] = args.fps
     elif args.kind == "saco":

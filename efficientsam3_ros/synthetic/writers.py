@@ -382,18 +382,24 @@ def write_rosbag(
     fps: float = 10.0,
     start_ns: int = DEFAULT_START_NS,
     frame_id: str = "camera",
+    encoding: str = "rgb8",
 ) -> tuple[Path, Path]:
-    """A rosbag2 of ``sensor_msgs/msg/Image`` (rgb8) at ``out_dir/bag`` plus its ground truth ``out_dir/gt.json``.
+    """A rosbag2 of ``sensor_msgs/msg/Image`` at ``out_dir/bag`` plus its ground truth ``out_dir/gt.json``.
 
     Frame i is stamped ``start_ns + round(i * 1e9 / fps)`` in both the header and the bag
-    record, and its pixels are exactly ``render_video(seed, num_frames, config)[i].image``.
+    record, and its pixels are exactly ``render_video(seed, num_frames, config)[i].image``,
+    laid out as ``encoding`` says (rgb8 by default; a camera's yuyv, nv12 or bayer_rggb8 to
+    test a pipeline on what that camera publishes: lossy, see ros.pixel_formats).
     ``storage`` is ``"sqlite3"`` or ``"mcap"``. Returns ``(bag_dir, gt_json)``.
     """
     from rosbags.typesys import Stores, get_typestore
 
+    from ..ros.convert import array_to_image_fields, rgb_to_raw
     from ..ros.messages import bag_writer
 
     cfg = config or WorldConfig()
+    # refuses an unknown encoding, or an odd size for YUV, before anything is written
+    rgb_to_raw(np.zeros((cfg.height, cfg.width, 3), np.uint8), encoding)
     out = Path(out_dir)
     bag_dir = out / "bag"
     bag = bag_writer(bag_dir, storage)  # refuses an unknown storage before anything is written
@@ -412,13 +418,7 @@ def write_rosbag(
                 stamp=Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000), frame_id=frame_id
             )
             msg = ImageMsg(
-                header=header,
-                height=frame.height,
-                width=frame.width,
-                encoding="rgb8",
-                is_bigendian=0,
-                step=frame.width * 3,
-                data=np.ascontiguousarray(frame.image).reshape(-1),
+                header=header, **array_to_image_fields(rgb_to_raw(frame.image, encoding), encoding)
             )
             writer.write(conn, stamp, typestore.serialize_cdr(msg, ImageMsg.__msgtype__))
             builder.add(frame, f"{frame.index:06d}", frame_index=frame.index, stamp_ns=stamp)
@@ -428,7 +428,7 @@ def write_rosbag(
         "bag": "bag",
         "topic": topic,
         "storage": storage,
-        "encoding": "rgb8",
+        "encoding": encoding,
         "frame_id": frame_id,
         "fps": fps,
         "start_ns": start_ns,
