@@ -153,7 +153,11 @@ def test_services_validate_inputs():
         (["a", "b", "c", "d"], False, "max_concepts"),
         (["table"], True, "max_concepts"),
         (["a", "a"], False, "twice"),
-        (["bad\nphrase"], False, "control"),
+        (["bad\nphrase"], False, "control character U+000A"),
+        (["red\u200bmug"], False, "U+200B (ZERO WIDTH SPACE) at position 3"),
+        (["\ufeffmug"], False, "U+FEFF"),
+        (["mug\u202e"], False, "U+202E"),
+        (["nul\x00"], False, "U+0000"),
         (["cup"], True, "already active"),
     ]:
         result = core.set_concepts(labels, append=append)

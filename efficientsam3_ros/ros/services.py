@@ -7,6 +7,7 @@ validator raises :class:`ServiceInputError`, which the core turns into that answ
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,19 @@ class ServiceResult:
     def fail(cls, message: str) -> ServiceResult:
         """A failed answer with ``message``."""
         return cls(False, message)
+
+
+def _first_invisible_character(phrase: str) -> tuple[int, str] | None:
+    """The first control or format character (Unicode Cc / Cf) and its position, if any.
+
+    Why: these print as nothing (zero-width spaces, bidi overrides, a BOM pasted from a file) or
+    break logs (newlines, NUL), so "red\u200bmug" would be a second concept that reads as
+    "red mug" in every log line and listing.
+    """
+    for pos, char in enumerate(phrase):
+        if unicodedata.category(char) in ("Cc", "Cf"):
+            return pos, char
+    return None
 
 
 def validate_phrases(
@@ -62,9 +76,15 @@ def validate_phrases(
             raise ServiceInputError(
                 f"phrase {i} has {len(phrase)} characters, more than max_phrase_length={max_phrase_length}"
             )
-        # before normalising, which would turn these into spaces
-        if any(ch in phrase for ch in "\n\r\t\x00"):
-            raise ServiceInputError(f"phrase {i} contains control characters")
+        # before normalising, which would turn \n \t into spaces
+        invisible = _first_invisible_character(phrase)
+        if invisible is not None:
+            pos, char = invisible
+            name = unicodedata.name(char, "a control character")
+            raise ServiceInputError(
+                f"phrase {i} contains control character U+{ord(char):04X} ({name}) at position {pos}; "
+                "send plain text"
+            )
         try:
             phrases.append(validate_phrase(phrase))
         except ValueError as err:
