@@ -108,7 +108,7 @@ def test_latest_frame_wins_through_the_core(core):
 def test_bad_frames_are_dropped_counted_and_warned_once(core, caplog):
     before = core.cameras[""].stats.bad_frames
     bad = image_msg(20)
-    bad.encoding = "yuv422"
+    bad.encoding = "nv24"
     short = image_msg(21)
     short.step = 3
     with caplog.at_level(logging.WARNING, logger="efficientsam3_ros.node"):
@@ -119,9 +119,25 @@ def test_bad_frames_are_dropped_counted_and_warned_once(core, caplog):
         assert core.process_next() == []
     assert core.cameras[""].stats.bad_frames - before == 4
     warnings = [r.message for r in caplog.records if "dropping frame" in r.message]
-    assert sum("yuv422" in w for w in warnings) == 1, "the same warning is throttled"
+    assert sum("nv24" in w for w in warnings) == 1, "the same warning is throttled"
     core.on_message("", image_msg(22))
     assert instances_of(core.process_next()).header.stamp.nanosec == 22  # still works afterwards
+
+
+@pytest.mark.parametrize("encoding", ["yuyv", "nv12", "bayer_gbrg8"])
+def test_a_cameras_own_encoding_is_segmented(core, encoding):
+    """A UVC webcam's yuyv, a Jetson camera's nv12, a machine-vision camera's Bayer mosaic: each
+    frame is processed (no conversion node in front), with the input's header."""
+    from efficientsam3_ros.ros.convert import rgb_to_raw
+
+    rgb = np.random.default_rng(3).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    msg = messages.numpy_to_image_msg(
+        rgb_to_raw(rgb, encoding), encoding, messages.make_header(31, "cam"), TS
+    )
+    bad_before = core.cameras[""].stats.bad_frames
+    core.on_message("", msg)
+    assert instances_of(core.process_next()).header.stamp.nanosec == 31
+    assert core.cameras[""].stats.bad_frames == bad_before
 
 
 def test_model_error_is_counted_not_raised(core, monkeypatch):
