@@ -460,6 +460,44 @@ def test_bad_masks_are_rejected():
     assert ConceptTracker().update([det(A.astype(np.uint8))]).new_track_ids == [1]
 
 
+def test_a_refused_frame_leaves_the_tracker_as_it_was():
+    """A frame update() refuses (float mask, other size, bad score) is no frame: it does not
+    advance the frame index, count in the statistics, or age a young track toward removal."""
+    trk = ConceptTracker(TrackingConfig(young_track_frames=3, young_track_max_missed=0))
+    trk.update([det(A)])
+    bad_frames = [
+        [det(A.astype(np.float32))],
+        [det(np.zeros((32, 32), bool))],
+        [det(A, float("nan"))],
+    ]
+    for frames, bad in enumerate(bad_frames):
+        with pytest.raises(ValueError):
+            trk.update(bad)
+        assert (trk.frame_index, trk.stats.frames) == (0, 1), frames
+    with pytest.raises(ValueError, match="bool or integer"):
+        trk.update([det(A)], propagated={1: (A.astype(np.float32), 0.5)})
+    assert trk.frame_index == 0
+    assert trk.update([det(A)]).instances[0].state == TrackState.TRACKED  # frame 1, not 5
+    # frame 2: still young (under 3 frames old), so its first miss removes it
+    assert trk.update([]).removed_track_ids == [1] and trk.stats.removed_young == 1
+    fresh = ConceptTracker()  # a refused first frame does not fix the session's mask size either
+    with pytest.raises(ValueError):
+        fresh.update([det(np.zeros((32, 32), np.float32))])
+    assert fresh.update([det(A)]).new_track_ids == [1]
+
+
+def test_detection_scores_must_be_probabilities():
+    """A NaN score used to continue a track and be published (TRACKED, score nan); an inf one
+    started a track with score inf. Scores are probabilities in [0, 1], as the message says."""
+    for score in (float("nan"), float("inf"), -0.1, 1.5):
+        trk = ConceptTracker()
+        trk.update([det(A)])
+        with pytest.raises(ValueError, match=r"scores must be in \[0, 1\]"):
+            trk.update([det(A_SHIFT), det(B, score)])
+        assert trk.stats.frames == 1 and trk.track_ids() == [1]
+    assert ConceptTracker().update([det(A, 0.0), det(B, 1.0)]).new_track_ids == [1]
+
+
 def test_config_validation():
     cfg = TrackingConfig(max_tracks=5)
     assert TrackingConfig.from_dict(cfg.to_dict()) == cfg
@@ -473,6 +511,37 @@ def test_config_validation():
         TrackingConfig(max_iou_for_new=0.6, assoc_iou_threshold=0.5)
     with pytest.raises(ValueError):
         TrackingConfig(max_missed_frames=-1)
+
+
+def test_zero_overlap_thresholds_are_refused():
+    """max_iou_for_new 0 asked for IoU < 0: no track was ever born, even in an empty scene;
+    duplicate_iou 0 removed every young track of a concept that has an older one, disjoint or not."""
+    for name in ("max_iou_for_new", "duplicate_iou"):
+        with pytest.raises(ValueError, match=rf"{name} must be in \(0, 1\]"):
+            TrackingConfig(**{name: 0.0})
+    assert TrackingConfig(max_iou_for_new=0.01, duplicate_iou=1.0).duplicate_iou == 1.0
+
+
+def test_tracks_keep_their_own_read_only_masks():
+    """The pipeline's masks are views into one [N, H, W] array per frame. A track kept its view,
+    and with it every mask of that frame, for as long as it lived (here 50x its own mask); and a
+    caller writing into a published mask or re-using its detection buffer changed the track, so
+    the next frame's detection started a new id."""
+    stack = np.zeros((50, *SHAPE), bool)  # one frame's masks, as masks_to_image returns them
+    stack[0] = A
+    stack[1:, 40:45, 40:45] = True
+    trk = ConceptTracker()
+    (inst,) = trk.update([det(stack[0])] + [det(m, 0.3) for m in stack[1:]]).instances
+    assert not np.shares_memory(inst.mask, stack)  # the frame's 49 dropped masks are not kept alive
+    with pytest.raises(ValueError, match="read-only"):
+        inst.mask[:] = False  # writing into a track's mask is refused, not silently applied
+    stack[:] = False  # the caller re-uses its buffer for the next frame
+    prop = rect(0, 0, 10, 11)
+    up = trk.update([det(A_SHIFT)], propagated={1: (prop, 0.9)})
+    assert [(i.track_id, i.state) for i in up.instances] == [(1, TrackState.TRACKED)]
+    assert not np.shares_memory(up.instances[0].mask, prop)
+    for track in trk._tracks.values():
+        assert track.mask.base is None and not track.mask.flags.writeable
 
 
 # ---------------------------------------------------------------------------- bounded state

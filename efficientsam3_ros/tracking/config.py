@@ -119,10 +119,16 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         """Reject settings that would silently break the lifecycle (e.g. negative budgets)."""
-        for name in ("assoc_iou_threshold", "max_iou_for_new", "duplicate_iou", "recondition_iou"):
+        for name in ("assoc_iou_threshold", "recondition_iou"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        # Both are compared as "IoU < this" / "IoU >= this": at 0 no track could ever be born
+        # (IoU < 0), and every young track with an older one of its concept would be a duplicate.
+        for name in ("max_iou_for_new", "duplicate_iou"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
         for name in ("new_det_threshold", "recondition_score"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

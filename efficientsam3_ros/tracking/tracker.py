@@ -52,12 +52,24 @@ class _Track:
     label: str
     birth_frame: int
     score: float  # last matched detection's score
-    mask: np.ndarray  # last non-empty mask reported for the track
-    box: np.ndarray
     last_conditioned: int  # frame its memory was last (re)conditioned from a detection
+    mask: np.ndarray = field(init=False)  # last non-empty mask reported for the track (own, read-only)
+    box: np.ndarray = field(init=False)
     missed: int = 0  # consecutive unmatched frames
     young_missed: int = 0  # unmatched frames while young, cumulative (SAM3 hot-start counting)
     dup_frames: int = 0  # frames spent duplicating an older track while young
+
+    def keep(self, mask: np.ndarray, box: np.ndarray | None = None) -> None:
+        """Make ``mask`` the track's mask, as its own read-only copy, and ``box`` (else the mask's) its box.
+
+        A copy because the pipeline's masks are views into one [N, H, W] array per frame: a kept
+        view would keep all N masks of that frame alive as long as the track lives, and a caller
+        re-using its buffer would change the track. Read-only because published instances share
+        it: writing into one would silently change what the next frame is matched against.
+        """
+        self.mask = np.array(mask, dtype=bool)
+        self.mask.flags.writeable = False
+        self.box = box_from_mask(self.mask) if box is None else np.array(box, dtype=np.float32)
 
 
 @dataclass
@@ -195,15 +207,15 @@ class ConceptTracker:
         ``detections``: all concepts' detections of this frame (their ``track_id``/``state`` are
         ignored; they are not modified). ``propagated``: optional track id -> (mask, score) from
         the model's memory; ids that are not live are ignored, live tracks without an entry are
-        predicted by their last mask. Masks must be bool (or integer 0/1) [H, W], all one size;
-        a size change between frames raises ``ValueError`` (call :meth:`reset` first).
+        predicted by their last mask. Masks must be bool (or integer 0/1) [H, W], all one size,
+        and detection scores in [0, 1]; otherwise ``ValueError`` is raised and the frame is not
+        counted (a size change between frames raises too: call :meth:`reset` first).
         """
         cfg = self.config
-        self._frame += 1
-        frame = self._frame
-        self._stats.frames += 1
-        self._check_shapes(detections, propagated)
+        # Everything that can refuse the frame runs before anything changes: a refused frame is
+        # no frame (it must not age the tracks, advance the schedules or count in the statistics).
         det_masks = [_as_bool_mask(d.mask) for d in detections]
+        _check_scores(detections)
 
         # 1. predictions
         pred_mask: dict[int, np.ndarray] = {}
@@ -215,6 +227,10 @@ class ConceptTracker:
                 pred_score[tid] = float(score)
             else:
                 pred_mask[tid] = track.mask
+        self._check_shapes(detections, propagated)
+        self._frame += 1
+        frame = self._frame
+        self._stats.frames += 1
 
         # 2. per-concept association
         dets_of: dict[int, list[int]] = {}
@@ -286,11 +302,9 @@ class ConceptTracker:
                 # duplicate track. The detection's mask is reported instead.
                 propagated_ok = tid in pred_score and bool(pred_mask[tid].any())
                 if cfg.use_propagated_masks and propagated_ok and not recond:
-                    track.mask = pred_mask[tid]
-                    track.box = box_from_mask(track.mask)
+                    track.keep(pred_mask[tid])
                 else:
-                    track.mask = det_masks[det_i]
-                    track.box = np.asarray(det.box_xyxy, np.float32)
+                    track.keep(det_masks[det_i], det.box_xyxy)
                 out_mask[tid] = (track.mask, track.box, track.score, TrackState.TRACKED)
                 if recond:
                     recondition[tid] = _instance(track, track.score, TrackState.TRACKED)
@@ -306,8 +320,7 @@ class ConceptTracker:
                 score = pred_score.get(tid, track.score)
                 mask = pred_mask[tid]
                 if tid in pred_score and mask.any():
-                    track.mask = mask
-                    track.box = box_from_mask(mask)
+                    track.keep(mask)
                 elif tid in pred_score or track.missed > cfg.stale_mask_frames:
                     continue  # memory lost the object, or the last mask is stale: keep it, report nothing
                 out_mask[tid] = (track.mask, track.box, score, TrackState.PREDICTED)
@@ -338,10 +351,9 @@ class ConceptTracker:
                 label=det.label,
                 birth_frame=frame,
                 score=float(det.score),
-                mask=det_masks[det_i],
-                box=np.asarray(det.box_xyxy, np.float32),
                 last_conditioned=frame,
             )
+            track.keep(det_masks[det_i], det.box_xyxy)
             self._tracks[tid] = track
             rows.append(row)
             new_ids.append(tid)
@@ -424,6 +436,13 @@ def _as_bool_mask(mask: np.ndarray) -> np.ndarray:
     raise ValueError(f"masks must be bool or integer 0/1, got {mask.dtype}; threshold them before tracking")
 
 
+def _check_scores(detections: Sequence[Instance]) -> None:
+    """Scores are probabilities: a NaN would continue a track and be published, an inf start one."""
+    bad = [(i, d.score) for i, d in enumerate(detections) if not 0.0 <= d.score <= 1.0]
+    if bad:
+        raise ValueError(f"detection scores must be in [0, 1], got (index, score) {bad}")
+
+
 def _subset(packed: PackedMasks, rows: list[int]) -> PackedMasks:
     """A view of some rows of a packed stack, to compare a few masks without re-packing."""
     out = PackedMasks.__new__(PackedMasks)
@@ -440,7 +459,7 @@ def _instance(
     mask: np.ndarray | None = None,
     box: np.ndarray | None = None,
 ) -> Instance:
-    """Output instance of a track (fresh object: callers may keep or mutate it freely)."""
+    """Output instance of a track: a fresh object, whose mask is the track's own read-only array."""
     return Instance(
         concept_id=track.concept_id,
         label=track.label,
