@@ -354,6 +354,52 @@ def test_diagnostics_report_rates_drops_and_backend():
     assert core.diagnostics(0).status[0].level == 3  # STALE when inactive
 
 
+def test_stamp_watch_says_when_stamps_jump():
+    from efficientsam3_ros.ros.time_jumps import StampWatch
+
+    s = 1_000_000_000
+    watch = StampWatch()
+    assert watch.observe(100 * s, 1.0, 5.0) is None  # the first stamp
+    assert watch.observe(99_500_000_000, 1.0, 5.0) is None  # back 0.5 s: jitter, not a loop
+    assert "went back 9.500 s" in watch.observe(90 * s, 1.0, 5.0)
+    assert watch.observe(0, 1.0, 5.0) is None and watch.last_ns == 90 * s  # an unfilled header
+    assert "no image for 6.000 s" in watch.observe(96 * s, 1.0, 5.0)
+    assert watch.observe(50 * s, 0.0, 0.0) is None and watch.observe(500 * s, 0.0, 0.0) is None  # 0: never
+
+
+def test_tracks_are_forgotten_when_a_cameras_stamps_jump(caplog):
+    """ros2 bag play --loop: the stamps go back to the recording's start, and the previous pass's
+    tracks (ids, memories) must not continue into the new one; a long pause resets when asked to."""
+    core = make_core(track_reset_gap_s=10.0)
+    camera = core.cameras[""]
+    resets = []
+    real_reset = camera.segmenter.reset
+    camera.segmenter.reset = lambda: (resets.append(camera.stats.processed), real_reset())
+    s = 1_000_000_000
+
+    def send(stamp_ns: int) -> None:
+        core.on_message("", image_msg(stamp_ns))
+        assert instances_of(core.process_next()).header.stamp.nanosec == stamp_ns % s
+
+    send(100 * s)
+    send(100 * s + s // 10)
+    with caplog.at_level(logging.INFO, logger="efficientsam3_ros.node"):
+        send(90 * s)  # the loop starts over
+    assert resets == [2], "reset before the first frame of the new pass"
+    assert any("went back 10.100 s" in r.message for r in caplog.records)
+    send(90 * s - s // 2)  # back 0.5 s: under track_reset_time_jump_s
+    send(101 * s)  # a pause of 11.5 s: over track_reset_gap_s
+    send(0)  # a header nobody stamped: neither a jump nor remembered
+    assert resets == [2, 4]
+    status = core.diagnostics(0).status[0]
+    assert {kv.key: kv.value for kv in status.values}["tracking_resets"] == "2"
+    ok, why = core.set_parameters({"track_reset_time_jump_s": 0.0, "track_reset_gap_s": 0.0})
+    assert ok, why
+    send(10 * s)
+    send(900 * s)
+    assert resets == [2, 4], "0 turns both off"
+
+
 def test_tracking_parameters_reach_the_tracker_at_run_time():
     core = make_core()
     ok, why = core.set_parameters(

@@ -41,6 +41,7 @@ from .services import (
     validate_concept_ids,
     validate_phrases,
 )
+from .time_jumps import StampWatch
 
 UNCONFIGURED, INACTIVE, ACTIVE = "unconfigured", "inactive", "active"
 WARN_PERIOD_S = 5.0
@@ -129,6 +130,7 @@ class CameraState:
     segmenter: Segmenter
     stats: CameraStats
     last_image_size: tuple[int, int] | None = None
+    stamps: StampWatch = field(default_factory=StampWatch)
 
 
 @dataclass
@@ -290,7 +292,9 @@ class NodeCore:
             camera.stats.bad_frames += 1
             self._warn(f"bad:{camera_name}:{type(err).__name__}", f"dropping frame on {camera.topic}: {err}")
             return []
+        header = getattr(msg, "header", None)
         with self._model_lock:
+            self._reset_on_time_jump(camera, header)
             started = self._clock()
             try:
                 result = camera.segmenter.process(image)
@@ -304,7 +308,6 @@ class NodeCore:
         camera.last_image_size = tuple(int(v) for v in result.image_size)
         timings = result.timings_ms or {}
         inference_ms = float(timings.get("total", sum(timings.values()) if timings else elapsed_ms))
-        header = getattr(msg, "header", None)
         try:
             outputs = [
                 Output(
@@ -321,6 +324,19 @@ class NodeCore:
         done = self._clock()
         camera.stats.record(done, (done - pending.arrival) * 1000.0, inference_ms)
         return outputs
+
+    def _reset_on_time_jump(self, camera: CameraState, header: Any) -> None:
+        """Forget the camera's tracks when its stamps jumped (see :mod:`.time_jumps`); call under the model lock."""
+        if header is None:
+            return
+        reason = camera.stamps.observe(
+            messages.stamp_to_ns(header), self.config.track_reset_time_jump_s, self.config.track_reset_gap_s
+        )
+        if reason is None:
+            return
+        camera.segmenter.reset()
+        camera.stats.tracking_resets += 1
+        self.log.info(f"reset the tracks of {camera.topic}: {reason}")
 
     def _decode(self, frame: InputFrame) -> Any:
         """Turn a raw CDR payload into a message object; a corrupt payload is a bad frame."""

@@ -28,6 +28,7 @@ class CameraStats:
     processed: int = 0
     bad_frames: int = 0  # could not be converted (encoding, size, step, decode)
     errors: int = 0  # the model raised
+    tracking_resets: int = 0  # tracks forgotten because the image stamps jumped (not reset_tracking calls)
     last_error: str = ""
 
     def record(self, done_time: float, latency_ms: float, inference_ms: float) -> None:
@@ -92,6 +93,7 @@ def camera_status(
         "frames_dropped": str(dropped),
         "frames_bad": str(stats.bad_frames),
         "model_errors": str(stats.errors),
+        "tracking_resets": str(stats.tracking_resets),
         "backend": str(info.get("backend", "none")),
         "fallbacks": "; ".join(map(str, fallbacks)) or "none",
     }

@@ -251,6 +251,26 @@ PARAMS: tuple[ParamSpec, ...] = (
         maximum=10000,
     ),
     ParamSpec(
+        "track_reset_time_jump_s",
+        "float",
+        1.0,
+        "Forget a camera's tracks when its image stamps go back by more than this many seconds "
+        "(ros2 bag play --loop, a simulator reset), so old ids do not continue into a new pass; 0: never.",
+        dynamic=True,
+        minimum=0.0,
+        maximum=1e6,
+    ),
+    ParamSpec(
+        "track_reset_gap_s",
+        "float",
+        0.0,
+        "Forget a camera's tracks when its image stamps move forward by more than this many seconds "
+        "(a parked robot, a camera that reconnects); 0: never (a slow camera's gaps mean nothing).",
+        dynamic=True,
+        minimum=0.0,
+        maximum=1e6,
+    ),
+    ParamSpec(
         "max_tracks",
         "int",
         64,
