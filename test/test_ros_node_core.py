@@ -208,6 +208,9 @@ def test_services_validate_inputs():
     assert not core.add_exemplar("nope", cid, [1, 1, 10, 10], [True]).success
     good = core.add_exemplar("", cid, [1, 1, 10, 10, 20, 20, 30, 40], [True, False])
     assert good.success, good.message
+    more = core.add_exemplar("", cid, [2, 2, 12, 12], [True])  # boxes accumulate over calls
+    assert not more.success and "the concept already holds 2" in more.message, more.message
+    assert core.cameras[""].segmenter.exemplar_count(cid) == 2, "a refused call adds nothing"
     core.on_message("", image_msg(41))
     assert instances_of(core.process_next()).header.stamp.nanosec == 41  # exemplars feed the next frame
 

@@ -283,6 +283,12 @@ class ConceptSegmenter:
             concept.exemplar_boxes.append([cx, cy, (x1 - x0) / width, (y1 - y0) / height])
             concept.exemplar_labels.append(1 if pos else 0)
 
+    def exemplar_count(self, concept_id: int) -> int:
+        """How many exemplar boxes the concept holds (every add_exemplar call adds to them)."""
+        if concept_id not in self._concepts:
+            raise ValueError(f"unknown concept id {concept_id}; active: {sorted(self._concepts)}")
+        return len(self._concepts[concept_id].exemplar_boxes)
+
     def reset(self) -> None:
         """Forget all tracks and their memories (concepts stay)."""
         if self.tracker is not None:

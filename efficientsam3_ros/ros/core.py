@@ -80,6 +80,7 @@ class Segmenter(Protocol):
     def set_concepts(self, labels: list[str], append: bool = False) -> list[int]: ...
     def remove_concepts(self, ids: list[int]) -> None: ...
     def add_exemplar(self, concept_id: int, boxes_xyxy: np.ndarray, positive: list[bool]) -> None: ...
+    def exemplar_count(self, concept_id: int) -> int: ...
     def reset(self) -> None: ...
     def process(self, image: np.ndarray) -> Any: ...
 
@@ -464,7 +465,11 @@ class NodeCore:
             with self._model_lock:
                 validate_concept_ids([concept_id], self.concepts())
                 boxes, flags = validate_boxes(
-                    boxes_flat, positive, state.last_image_size, self.config.max_exemplar_boxes
+                    boxes_flat,
+                    positive,
+                    state.last_image_size,
+                    self.config.max_exemplar_boxes,
+                    held=state.segmenter.exemplar_count(int(concept_id)),
                 )
                 state.segmenter.add_exemplar(int(concept_id), boxes, flags)
         except (ServiceInputError, ValueError) as err:

@@ -332,7 +332,8 @@ PARAMS: tuple[ParamSpec, ...] = (
         "max_exemplar_boxes",
         "int",
         16,
-        "Most boxes in one add_exemplar call.",
+        "Most exemplar boxes a concept holds, all add_exemplar calls together (each box runs "
+        "through the detector on every frame).",
         dynamic=True,
         minimum=1,
         maximum=256,

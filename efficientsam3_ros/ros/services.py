@@ -117,12 +117,18 @@ def validate_concept_ids(ids: Iterable[int], known: Iterable[int]) -> list[int]:
 
 
 def validate_boxes(
-    boxes_flat: Sequence[float], positive: Sequence[bool], image_size: tuple[int, int] | None, max_boxes: int
+    boxes_flat: Sequence[float],
+    positive: Sequence[bool],
+    image_size: tuple[int, int] | None,
+    max_boxes: int,
+    held: int = 0,
 ) -> tuple[np.ndarray, list[bool]]:
     """Return boxes as float32 [N, 4] (x_min, y_min, x_max, y_max) and the positive flags.
 
     Raises when no frame was processed yet, the flat list is not a multiple of 4, the
-    flags do not match, a box is degenerate, not finite, or outside the image.
+    flags do not match, a box is degenerate, not finite, or outside the image, or when the
+    concept's ``held`` boxes plus these would exceed ``max_boxes``: a concept's exemplars
+    accumulate over calls and every one of them runs through the detector on every frame.
     """
     if image_size is None:
         raise ServiceInputError(
@@ -134,8 +140,12 @@ def validate_boxes(
     if values.size % 4:
         raise ServiceInputError(f"boxes_xyxy has {values.size} values, not a multiple of 4")
     boxes = values.reshape(-1, 4)
-    if len(boxes) > max_boxes:
-        raise ServiceInputError(f"{len(boxes)} boxes exceed max_exemplar_boxes={max_boxes}")
+    if held + len(boxes) > max_boxes:
+        already = f"the concept already holds {held}, " if held else ""
+        raise ServiceInputError(
+            f"{len(boxes)} boxes exceed max_exemplar_boxes={max_boxes} ({already}a concept's boxes over "
+            "all calls count); to start its exemplars over, remove the concept and set it again"
+        )
     flags = [bool(p) for p in positive]
     if len(flags) != len(boxes):
         raise ServiceInputError(f"{len(flags)} positive flags for {len(boxes)} boxes")
