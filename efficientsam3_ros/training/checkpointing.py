@@ -166,12 +166,17 @@ def abandon_checkpoints_after(output_dir: str | Path, step: int) -> list[Path]:
 
     Why: resuming an older checkpoint (``--resume PATH``, a rollback) left the abandoned run's
     later checkpoints under their real names, and the next ``--resume auto`` picked the newest of
-    them, silently continuing the run that was rolled back. Renamed, not deleted: nothing is lost.
+    them, silently continuing the run that was rolled back. Renamed, not deleted: nothing is lost,
+    and a second rollback past the same step takes the next free name (``.abandoned-2``, ...).
     """
     moved = []
     for found, path in list_checkpoints(output_dir):
         if found > step:
             target = path.with_name(f"{path.name}.abandoned")
+            copy = 1
+            while target.exists():
+                copy += 1
+                target = path.with_name(f"{path.name}.abandoned-{copy}")
             os.replace(path, target)
             moved.append(target)
     if moved:
@@ -182,6 +187,55 @@ def abandon_checkpoints_after(output_dir: str | Path, step: int) -> list[Path]:
             ", ".join(p.name for p in moved),
         )
     return moved
+
+
+#: What a run writes into its ``run.output_dir``: what ``set_aside_run`` moves. Not a teacher
+#: feature cache (``options.feature_cache``), which runs share and which stays where it is.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "config.yaml", "environment.json")
+ABANDONED_DIR = "abandoned"
+
+
+def fresh_start_refusal(output_dir: str | Path, latest: Path | None) -> str:
+    """Why a fresh start may not use ``output_dir`` (it holds checkpoints), and the three ways on.
+
+    ``latest`` is the newest checkpoint this process sees; None on a rank that saw none while
+    another rank did (a folder that is not shared between nodes).
+    """
+    seen = f"the latest: {latest}" if latest is not None else "seen by another rank"
+    return (
+        f"run.output_dir {output_dir} holds checkpoints of an earlier run ({seen}); a fresh start "
+        "there would write its checkpoints among them, and a later --resume auto could continue the "
+        "earlier run instead. Either\n"
+        "  continue that run: --resume auto\n"
+        "  start this run in another folder: run.output_dir=OTHER_DIR\n"
+        f"  start over in this folder: --start-over (moves the earlier run's {', '.join(RUN_OUTPUTS)} "
+        f"into {Path(output_dir) / ABANDONED_DIR}/N/, deleting nothing, then starts at step 0)"
+    )
+
+
+def set_aside_run(output_dir: str | Path) -> Path | None:
+    """Move an earlier run's outputs into ``OUTPUT_DIR/abandoned/N/`` (N = 1, 2, ...); None if none.
+
+    Why (``--start-over``): a fresh start in a folder holding another run's checkpoints wrote its
+    own among them and appended to its ``metrics.jsonl``, and a later ``--resume auto`` (a requeue)
+    could continue the old run's newest checkpoint. Why a folder per earlier run, not ``*.abandoned``
+    renames as a rollback makes (:func:`abandon_checkpoints_after`): the new run writes the same step
+    names again, so a second start-over would rename onto the first one's files; moved whole, each
+    earlier run keeps its checkpoints, metrics, tensorboard logs, export and config together.
+    """
+    out = Path(output_dir)
+    present = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
+    if not present:
+        return None
+    parent = out / ABANDONED_DIR
+    parent.mkdir(exist_ok=True)
+    taken = [int(path.name) for path in parent.iterdir() if path.name.isdigit()]
+    target = parent / str(max(taken, default=0) + 1)
+    target.mkdir()
+    for path in present:
+        os.replace(path, target / path.name)
+    log.warning("--start-over: moved the earlier run's %s to %s", ", ".join(p.name for p in present), target)
+    return target
 
 
 def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -35,13 +36,15 @@ from .checkpointing import (
     CheckpointError,
     abandon_checkpoints_after,
     atomic_write_text,
+    fresh_start_refusal,
     list_checkpoints,
     load_checkpoint,
     resolve_resume,
     restore_rng_state,
     save_checkpoint,
+    set_aside_run,
 )
-from .config import TrainConfig, config_from_dict
+from .config import ConfigError, TrainConfig, config_from_dict
 from .data import ResumableBatchSampler, collate_list
 from .distributed import DistContext, init_distributed
 from .environment import record_environment
@@ -114,6 +117,38 @@ def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
             for key, value in state.items():
                 if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
                     state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+#: AdamW's per-group settings a run's config gives (besides the lr, which the scheduler sets).
+_GROUP_SETTINGS = ("weight_decay", "betas", "fused", "foreach")
+
+
+def _group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each param group's _GROUP_SETTINGS, as this run's config made them (taken before a load)."""
+    return [{key: group[key] for key in _GROUP_SETTINGS} for group in optimizer.param_groups]
+
+
+def _step_with_own_settings(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    settings: list[dict[str, Any]],
+    base_lrs: list[float],
+    schedule: Callable[[int], float],
+) -> None:
+    """After a checkpoint is loaded: step with this run's hyperparameters, not the checkpoint's.
+
+    Why: ``optimizer.load_state_dict`` restores the param groups of the run that wrote the
+    checkpoint (lr, initial_lr, weight decay, betas, kernel flags) and ``scheduler.load_state_dict``
+    its base lrs, so a value changed on resume (``--allow-config-change optim.lr``,
+    ``optim.implementation``) went unused while the next checkpoint recorded it. Each group's lr is
+    recomputed from the schedule at the resumed step, so a new lr, warm-up, ``min_lr_ratio`` or
+    ``run.steps`` holds from the first resumed step. With an unchanged config every value written
+    here equals the loaded one, bit for bit: a resume still repeats the uninterrupted run.
+    """
+    step = scheduler.last_epoch
+    for group, own, base in zip(optimizer.param_groups, settings, base_lrs, strict=True):
+        group.update(own, initial_lr=base, lr=base * schedule(step))
+    scheduler.base_lrs = list(base_lrs)
 
 
 def _amp(mode: str, device: torch.device) -> tuple[bool, torch.dtype | None]:
@@ -212,25 +247,72 @@ def _group_keys(dataset: Any, phrases_per_image: int) -> list[str] | None:
     return [dataset.key(i) for i in range(len(dataset))]
 
 
-def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
-    """Run (or continue) one stage as configured; returns the step reached and rank 0's loss history."""
+def train(
+    config: TrainConfig,
+    resume: str | None = None,
+    *,
+    start_over: bool = False,
+    allow_config_change: Iterable[str] = (),
+) -> TrainResult:
+    """Run (or continue) one stage as configured; returns the step reached and rank 0's loss history.
+
+    ``resume``: None (a fresh start, refused in a ``run.output_dir`` that holds checkpoints unless
+    ``start_over``, which first moves the earlier run aside), ``"auto"`` or a checkpoint path.
+    ``allow_config_change``: keys of RESUMABLE_ON_REQUEST the resume may change (the CLI's
+    ``--allow-config-change``).
+    """
+    allowed = check_allowed_changes(allow_config_change)
+    if start_over and resume is not None:
+        raise ConfigError("start over or resume, not both: --start-over begins at step 0")
+    if allowed and resume is None:
+        raise ConfigError(
+            "--allow-config-change applies to a resume (--resume auto|PATH); a fresh start takes any config"
+        )
     ctx = init_distributed(config.run.device)
     try:
-        return _train(config, resume, ctx)
+        return _train(config, resume, ctx, start_over=start_over, allowed=allowed)
     finally:
         ctx.close()
 
 
-def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainResult:
+def claim_output_dir(out: Path, ctx: DistContext, start_over: bool) -> None:
+    """Before a fresh start: refuse a ``run.output_dir`` holding checkpoints, or, ``start_over``, clear it.
+
+    Why: a fresh start there wrote its checkpoints among the earlier run's (and its metrics after
+    them), and a later ``--resume auto`` (a requeue) could pick the earlier run's newest checkpoint,
+    silently mixing two runs. Every rank looks and ``ctx.any`` shares what they saw, so all ranks
+    refuse together (a rank going on alone would wait forever in DDP's first collective); only rank
+    0 moves files, as only it writes, and the barrier holds the others until the folder is clear.
+    """
+    if start_over:
+        if ctx.is_main:
+            set_aside_run(out)
+        ctx.barrier()
+        return
+    found = list_checkpoints(out)
+    if ctx.any(bool(found)):
+        raise CheckpointError(fresh_start_refusal(out, found[-1][1] if found else None))
+
+
+def _train(
+    config: TrainConfig,
+    resume: str | None,
+    ctx: DistContext,
+    start_over: bool = False,
+    allowed: frozenset[str] = frozenset(),
+) -> TrainResult:
     run = config.run
     out = Path(run.output_dir)
     device = ctx.device
     # the checkpoint first: a resume that cannot continue this run fails before anything is built
     resume_path = resolve_resume(resume, out)
+    if resume is None:  # the same on every rank (a command-line flag): so are the collectives below
+        claim_output_dir(out, ctx, start_over)
     payload = None
+    applied: list[str] = []
     if resume_path is not None:
         payload = load_checkpoint(resume_path, stage=config.stage)
-        check_resumable(resume_path, payload, config, ctx.world_size)
+        applied = check_resumable(resume_path, payload, config, ctx.world_size, allowed)
     torch.manual_seed(run.seed)  # identical model initialisation on every rank
     stage = build_stage(config, ctx)
     stage.prepare()
@@ -265,9 +347,12 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
     optimizer = torch.optim.AdamW(
         _param_groups(module, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas), **adamw_flags
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_with_warmup(s, run.steps, optim.warmup_steps, optim.min_lr_ratio)
-    )
+
+    def schedule(step: int) -> float:
+        return cosine_with_warmup(step, run.steps, optim.warmup_steps, optim.min_lr_ratio)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    own_settings, own_base_lrs = _group_settings(optimizer), list(scheduler.base_lrs)  # before a load
     amp_on, amp_dtype = _amp(run.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_on and amp_dtype == torch.float16)
 
@@ -275,10 +360,9 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
     start = 0
     if payload is not None:
         _load_states(resume_path, payload, module, optimizer)
-        for group in optimizer.param_groups:  # the checkpoint's groups carry the old run's flags
-            group.update(adamw_flags)
         _lay_out_like_params(optimizer)
         scheduler.load_state_dict(payload["scheduler"])
+        _step_with_own_settings(optimizer, scheduler, own_settings, own_base_lrs, schedule)
         scaler.load_state_dict(payload["scaler"])
         restore_rng_state(payload["rng"])
         start = int(payload["step"])
@@ -286,11 +370,14 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
         result.resumed_from = resume_path
         if ctx.is_main:
             log.info("resumed from %s at step %d", resume_path, start)
+            for change in applied:
+                log.warning("config change applied at step %d (--allow-config-change): %s", start, change)
     if ctx.is_main:  # after the resume checks: a refused resume leaves the run's config.yaml as it was
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         record_environment(out, ctx, resumed=resume_path is not None)
+        # on a fresh start too (step 0): entries of a start killed before its first checkpoint
+        drop_metrics_after(out / "metrics.jsonl", start)
         if resume_path is not None:
-            drop_metrics_after(out / "metrics.jsonl", start)
             abandon_checkpoints_after(out, start)  # so a later --resume auto cannot pick them
     result.step = start
 
@@ -394,11 +481,13 @@ def _train(config: TrainConfig, resume: str | None, ctx: DistContext) -> TrainRe
 
 
 def drop_metrics_after(path: Path, step: int) -> None:
-    """On resume, keep only the ``metrics.jsonl`` entries up to the resumed ``step``.
+    """On (re)start, keep only the ``metrics.jsonl`` entries up to the resumed ``step`` (0: none).
 
     Why: a killed run logged the steps after its last checkpoint, and the resumed run logs
     them again, so they appeared twice (with the second copy the one the weights have). A
-    line cut short by the kill goes too. Rewritten atomically, as the checkpoints are.
+    start at step 0 (``--resume auto`` finding no checkpoint: a job killed before its first)
+    logs every step again. A line cut short by the kill goes too. Rewritten atomically, as
+    the checkpoints are.
     """
     if not path.is_file():
         return
@@ -416,7 +505,7 @@ def drop_metrics_after(path: Path, step: int) -> None:
             dropped += 1
     if dropped:
         atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-        log.info("metrics.jsonl: dropped %d entries after the resumed step %d", dropped, step)
+        log.info("metrics.jsonl: dropped %d entries after step %d, where this start begins", dropped, step)
 
 
 def _checkpoint(
@@ -451,7 +540,8 @@ def _checkpoint(
 #: extending a run; the cosine schedule then follows the new length from the resumed step). Any
 #: other difference (data, seed, batch size, accumulation, model, trainable set, lr, weight decay,
 #: betas, schedule, losses) means the checkpoint's weights and optimizer state belong to another
-#: experiment, and continuing would silently mix the two: refused (check_resumable).
+#: experiment, and continuing would silently mix the two: refused (check_resumable), except the
+#: optimizer settings of RESUMABLE_ON_REQUEST when the user names them.
 RESUMABLE_CHANGES = frozenset(
     {
         "run.output_dir",  # the run folder was moved
@@ -471,6 +561,44 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 
+#: Config keys a resume may change when the user names them (``--allow-config-change KEY``): the
+#: optimizer's hyperparameters, schedule and clipping, e.g. to continue a rollback past a loss
+#: spike at a lower lr. None invalidates the checkpoint (its weights and AdamW moments fit any of
+#: them), each is re-applied over the checkpoint's optimizer and scheduler states on resume
+#: (_step_with_own_settings) or read every step (grad_clip), and the next checkpoint records the
+#: new value. Named, not implied: an unnoticed lr change in a requeued job's overrides is still
+#: refused. Not here: model, trainable set, data, seed, batch size and accumulation (the
+#: checkpoint or the sampler's position would not fit), and the stages' loss weights (several
+#: switch parts of a stage on or off, e.g. options.distill_weight > 0 adds a teacher pass).
+RESUMABLE_ON_REQUEST = frozenset(
+    {
+        "optim.lr",
+        "optim.weight_decay",
+        "optim.betas",
+        "optim.warmup_steps",
+        "optim.min_lr_ratio",
+        "optim.grad_clip",
+    }
+)
+
+
+def check_allowed_changes(keys: Iterable[str]) -> frozenset[str]:
+    """The keys of ``--allow-config-change``, each checked to be in RESUMABLE_ON_REQUEST (ConfigError)."""
+    allowed = frozenset(keys)
+    others = sorted(allowed - RESUMABLE_ON_REQUEST)
+    if others:
+        key = others[0]
+        why = (
+            "a resume may change it without asking"
+            if key in RESUMABLE_CHANGES
+            else "changing it would make the checkpoint belong to another experiment; start a new run"
+        )
+        raise ConfigError(
+            f"--allow-config-change {key}: not a key to allow ({why}); the keys are "
+            f"{', '.join(sorted(RESUMABLE_ON_REQUEST))}"
+        )
+    return allowed
+
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(data, dict):
@@ -481,34 +609,50 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every key outside RESUMABLE_CHANGES that differs (defaults filled in)."""
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
+    """``{key: "key: old -> new"}`` for every key outside RESUMABLE_CHANGES that differs (defaults filled in)."""
     with contextlib.suppress(Exception):  # written by older code: fill keys added since with defaults
         old = config_from_dict(old).to_dict()
     a, b = _flatten(old), _flatten(new)
     missing = object()
-    return [
-        f"{key}: {a.get(key, missing)!r} -> {b.get(key, missing)!r}".replace(repr(missing), "<unset>")
+    return {
+        key: f"{key}: {a.get(key, missing)!r} -> {b.get(key, missing)!r}".replace(repr(missing), "<unset>")
         for key in sorted(a.keys() | b.keys())
         if key not in RESUMABLE_CHANGES and a.get(key, missing) != b.get(key, missing)
-    ]
+    }
 
 
-def _how_to_proceed(path: Path, config: TrainConfig) -> str:
+def _how_to_proceed(path: Path, config: TrainConfig, askable: list[str]) -> str:
+    """The ways on from a refused resume; ``askable``: refused keys that --allow-config-change takes."""
+    allow = ""
+    if askable:
+        keys = ",".join(askable)
+        allow = f"to continue it with the new {keys}, add --allow-config-change {keys}; "
     return (
         f"to continue that run, resume with its original config (saved in "
-        f"{path.parent.parent / 'config.yaml'}); to train with the new settings, start a new run "
-        f"with another run.output_dir than {config.run.output_dir}"
+        f"{path.parent.parent / 'config.yaml'}); {allow}to train with the new settings, start a new run "
+        f"with another run.output_dir than {config.run.output_dir}, or in the same one with --start-over "
+        "(without --resume: the earlier run is moved aside)"
     )
 
 
-def check_resumable(path: Path, payload: dict[str, Any], config: TrainConfig, world_size: int) -> None:
-    """Refuse (CheckpointError) to resume ``path`` under a config that would train something else."""
-    differences = []
+def check_resumable(
+    path: Path,
+    payload: dict[str, Any],
+    config: TrainConfig,
+    world_size: int,
+    allowed: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Refuse (CheckpointError) to resume ``path`` under a config that would train something else.
+
+    ``allowed``: keys of RESUMABLE_ON_REQUEST the user named; their changes are returned
+    (``key: old -> new``) for the log, every other change is refused, all of them listed.
+    """
+    changes: dict[str, str] = {}
     if "config" not in payload:
         log.warning("checkpoint %s records no config: cannot check that it fits this run's", path)
     else:
-        differences = config_differences(payload["config"], config.to_dict())
+        changes = config_changes(payload["config"], config.to_dict())
         old_steps = payload["config"].get("run", {}).get("steps")
         if old_steps is not None and old_steps != config.run.steps:
             log.warning(
@@ -530,12 +674,15 @@ def check_resumable(path: Path, payload: dict[str, Any], config: TrainConfig, wo
             world_size,
             config.run.batch_size,
         )
-    if differences:
-        listing = "".join(f"\n  {line}" for line in differences)
+    refused = {key: line for key, line in changes.items() if key not in allowed}
+    if refused:
+        listing = "".join(f"\n  {line}" for line in refused.values())
+        askable = [key for key in refused if key in RESUMABLE_ON_REQUEST]
         raise CheckpointError(
             f"cannot resume from {path}: this run's config differs from the one the checkpoint was "
-            f"trained with (old -> new):{listing}\n{_how_to_proceed(path, config)}"
+            f"trained with (old -> new):{listing}\n{_how_to_proceed(path, config, askable)}"
         )
+    return [line for key, line in changes.items() if key in allowed]
 
 
 def _load_states(path: Path, payload: dict[str, Any], module: nn.Module, optimizer: Any) -> None:
