@@ -197,6 +197,23 @@ def test_a_rollback_abandons_the_later_checkpoints_so_resume_auto_cannot_pick_th
     assert (folder / "step-00000004.pt.abandoned-2").is_file()
 
 
+def test_tensorboard_curves_restart_at_the_resumed_step(datasets, tmp_path, one_thread):
+    """Killed at step 3 after the checkpoint at 2: the resumed run logs step 3 again, and
+    TensorBoard shows each step once (the killed run's step 3 is purged), as metrics.jsonl does."""
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator", reason="tensorboard is the train extra"
+    )
+    train(_stage3(datasets, tmp_path, "run.stop_at_step=3", "run.tensorboard=true"))
+    train(_stage3(datasets, tmp_path, "run.tensorboard=true"), resume="auto")
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("train/loss")]
+    assert steps == [1, 2, 3, 4], steps
+    assert [
+        json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ] == steps
+
+
 # ----------------------------------------------------------------------------- fresh starts
 def _text(datasets, out, *overrides: str):
     common = [f"data.prompts={datasets['prompts']}", "run.log_every=1"]

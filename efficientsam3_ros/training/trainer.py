@@ -393,7 +393,7 @@ def _train(
     # from the global torch RNG, which inside a step would come after the step's re-seed and shift
     # that step's dropout etc. (a resume then differed from the uninterrupted run at its first step).
     batches = iter(loader)
-    writer = _summary_writer(out) if ctx.is_main and run.tensorboard else None
+    writer = _summary_writer(out, first_step=start + 1) if ctx.is_main and run.tensorboard else None
     metrics = open(out / "metrics.jsonl", "a") if ctx.is_main else None  # noqa: SIM115 (closed below)
     stop = run.steps if run.stop_at_step is None else min(run.steps, run.stop_at_step)
     bar = None
@@ -716,13 +716,20 @@ def _load_states(path: Path, payload: dict[str, Any], module: nn.Module, optimiz
         ) from None
 
 
-def _summary_writer(out: Path) -> Any | None:
+def _summary_writer(out: Path, first_step: int) -> Any | None:
+    """TensorBoard writer whose curves restart at ``first_step``, the first step this run logs.
+
+    Why ``purge_step``: a run killed after its last checkpoint logged the steps after it, and the
+    resumed run logs them again; TensorBoard then drew both, a curve folding back on itself.
+    Purging hides the earlier events from ``first_step`` on, as ``drop_metrics_after`` trims
+    metrics.jsonl.
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is an optional extra ("train")
         log.warning("tensorboard is not installed; logging to metrics.jsonl only")
         return None
-    return SummaryWriter(log_dir=str(out / "tensorboard"))
+    return SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=first_step)
 
 
 __all__ = ["StageRunner", "TrainResult", "cosine_with_warmup", "list_checkpoints", "set_trainable", "train"]
