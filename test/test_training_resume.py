@@ -344,6 +344,58 @@ def test_two_ranks_refuse_a_fresh_start_together_and_start_over_moves_the_run_on
     assert load_checkpoint(list_checkpoints(tmp_path)[-1][1])["world_size"] == 2
 
 
+def _ddp_resume_rank(rank: int, world: int, port: int, config_dict: dict) -> None:
+    """One rank of a two-process ``--resume auto`` where rank 1 sees no checkpoint (an unshared
+    folder), then where rank 1 cannot read its checkpoint; each refusal is written, not raised."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
+    )
+    config = config_from_dict(config_dict)
+    real_resolve, real_load = trainer.resolve_resume, trainer.load_checkpoint
+
+    def unreadable(path, stage=None):
+        raise CheckpointError(f"{path}: corrupt (rank 1's copy)")
+
+    for case, resolve, load in (
+        ("unshared", lambda resume, out: None, real_load),
+        ("unreadable", real_resolve, unreadable),
+    ):
+        if rank == 1:
+            trainer.resolve_resume, trainer.load_checkpoint = resolve, load
+        try:
+            train(config, resume="auto")
+        except CheckpointError as err:
+            (Path(config.run.output_dir) / f"refused-{case}-{rank}").write_text(str(err))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_refuse_together_to_resume_from_different_steps(datasets, tmp_path):
+    """Rank 0 resuming step 2 while rank 1 (its folder not shared) started at step 0 trained two
+    different runs in one job; a rank that cannot read its checkpoint left the other waiting."""
+    config = _text(datasets, tmp_path, "run.steps=4", "run.checkpoint_every=1", "run.stop_at_step=2")
+    train(config)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_resume_rank, args=(2, port, config.to_dict()), nprocs=2, join=True)
+    refusals = {p.name: p.read_text() for p in tmp_path.glob("refused-*")}
+    assert sorted(refusals) == [
+        "refused-unreadable-0",
+        "refused-unreadable-1",
+        "refused-unshared-0",
+        "refused-unshared-1",
+    ]
+    assert "rank 0: step 2 from" in refusals["refused-unshared-0"]
+    assert "rank 1: no checkpoint" in refusals["refused-unshared-1"]
+    assert "filesystem every node shares" in refusals["refused-unshared-0"]
+    assert "another rank could not read its checkpoint" in refusals["refused-unreadable-0"]
+    assert "rank 1's copy" in refusals["refused-unreadable-1"]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1, 2], "nothing trained"
+
+
 # ----------------------------------------------------------------------------- config changes on request
 def test_a_new_lr_on_resume_is_refused_unless_named_and_then_takes_effect_at_once(
     datasets, tmp_path, one_thread, caplog

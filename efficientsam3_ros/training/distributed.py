@@ -53,6 +53,14 @@ class DistContext:
         dist.all_reduce(tensor)
         return bool(tensor.item() > 0)
 
+    def all_equal(self, value: int) -> bool:
+        """True on every rank if every rank passed the same ``value`` (e.g. the step it resumes)."""
+        if not self.is_distributed:
+            return True
+        tensor = torch.tensor([value, -value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)  # [max, -min]
+        return bool(tensor[0].item() == -tensor[1].item())
+
     def close(self) -> None:
         if self.initialised_here and dist.is_initialized():
             dist.destroy_process_group()

@@ -294,6 +294,43 @@ def claim_output_dir(out: Path, ctx: DistContext, start_over: bool) -> None:
         raise CheckpointError(fresh_start_refusal(out, found[-1][1] if found else None))
 
 
+def agree_on_resume(
+    resume: str, out: Path, stage: str, ctx: DistContext
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint ``--resume`` names and its payload, the same on every rank, or CheckpointError on all.
+
+    Why: each rank resolves ``--resume auto`` by listing the folder itself. Where the folder is not
+    shared between nodes, rank 0 found its checkpoints while the others found none and started at
+    step 0, so the ranks trained at different steps with different optimizer states (or one rank
+    failed to read the file and the others waited in the next collective). Every rank therefore
+    reads its checkpoint, and then they compare: a rank that failed, or a step that differs, stops
+    them all.
+    """
+    problem: CheckpointError | None = None
+    path = payload = None
+    try:
+        path = resolve_resume(resume, out)
+        if path is not None:
+            payload = load_checkpoint(path, stage=stage)
+    except CheckpointError as err:
+        problem = err
+    if ctx.any(problem is not None) and problem is None:
+        raise CheckpointError(
+            f"--resume {resume}: another rank could not read its checkpoint (see its error)"
+        )
+    if problem is not None:
+        raise problem
+    step = int(payload["step"]) if payload is not None else -1
+    if not ctx.all_equal(step):
+        here = f"step {step} from {path}" if path is not None else "no checkpoint (a fresh start)"
+        raise CheckpointError(
+            f"--resume {resume}: the ranks would resume different steps (rank {ctx.rank}: {here}); "
+            f"run.output_dir {out} must be on a filesystem every node shares, or pass --resume PATH "
+            "to a checkpoint every rank can read"
+        )
+    return path, payload
+
+
 def _train(
     config: TrainConfig,
     resume: str | None,
@@ -305,13 +342,13 @@ def _train(
     out = Path(run.output_dir)
     device = ctx.device
     # the checkpoint first: a resume that cannot continue this run fails before anything is built
-    resume_path = resolve_resume(resume, out)
     if resume is None:  # the same on every rank (a command-line flag): so are the collectives below
         claim_output_dir(out, ctx, start_over)
-    payload = None
+        resume_path, payload = None, None
+    else:
+        resume_path, payload = agree_on_resume(resume, out, config.stage, ctx)
     applied: list[str] = []
     if resume_path is not None:
-        payload = load_checkpoint(resume_path, stage=config.stage)
         applied = check_resumable(resume_path, payload, config, ctx.world_size, allowed)
     torch.manual_seed(run.seed)  # identical model initialisation on every rank
     stage = build_stage(config, ctx)
