@@ -108,8 +108,9 @@ def test_encodings_bench_times_opencv_and_numpy_side_by_side(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("VGA")]
     assert [row[1] for row in rows] == list(bench.FAMILIES)
     for _, encoding, fast, slow, ratio in rows:  # "VGA    yuyv    0.07    2.06    31.3x"
-        assert float(fast) >= 0 and float(slow) > 0
-        assert ratio == "-" if encoding == "rgb8" else float(ratio.rstrip("x")) > 0
+        # parsed, not compared: a copy of rgb8 rounds to 0.00 ms, and one timed call can land on a busy core
+        assert float(fast) >= 0 and float(slow) >= 0
+        assert ratio == "-" if encoding == "rgb8" else float(ratio.rstrip("x")) >= 0
 
 
 @pytest.mark.parametrize("path", sorted(BENCH.glob("*.py")), ids=lambda path: path.stem)
