@@ -599,6 +599,50 @@ def test_gt_json_oracle_scores_perfect(tmp_path: Path, synthetic_bag):
     assert "Scores against ground truth" in html and "IDF1".lower() in html.lower()
 
 
+def ros1_copy(bag: Path, out: Path) -> Path:
+    """The same image messages in a ROS 1 ``.bag`` (ROS 1 serialization, headers with a seq)."""
+    from rosbags.rosbag1 import Writer as Ros1Writer
+    from rosbags.typesys import get_typestore
+
+    ros1 = get_typestore(Stores.ROS1_NOETIC)
+    image_type = ros1.types[messages.IMAGE]
+    path = out / "camera.bag"
+    with AnyReader([bag]) as reader, Ros1Writer(path) as writer:
+        conn = writer.add_connection("/cam", image_type.__msgtype__, typestore=ros1)
+        for seq, (_, stamp, raw) in enumerate(reader.messages()):
+            msg = reader.deserialize(raw, messages.IMAGE)
+            header = ros1.types["std_msgs/msg/Header"](
+                seq=seq, stamp=msg.header.stamp, frame_id=msg.header.frame_id
+            )
+            fields = {
+                name: getattr(msg, name)
+                for name in ("height", "width", "encoding", "is_bigendian", "step", "data")
+            }
+            writer.write(
+                conn, stamp, ros1.serialize_ros1(image_type(header=header, **fields), image_type.__msgtype__)
+            )
+    return path
+
+
+def test_a_ros1_bag_is_evaluated_like_its_rosbag2_twin(tmp_path: Path, synthetic_bag):
+    """ROS 1 recordings (datasets are often .bag files) are read through rosbags; the results
+    bag is a rosbag2 (sqlite3 unless --storage), and the scores are the rosbag2 copy's."""
+    bag, gt, frames = synthetic_bag
+    ros1_bag = ros1_copy(bag, tmp_path)
+    outcome = evaluate_bag(config(ros1_bag, tmp_path / "out", gt=gt), segmenter=OracleSegmenter(frames))
+    assert outcome.exit_code == EXIT_OK, outcome.error
+    run = outcome.report["run"]
+    assert (run["storage"], run["results_storage"]) == ("rosbag1", "sqlite3")
+    assert outcome.report["frames"]["processed"] == 4
+    assert outcome.report["scores"]["tracking"]["overall"]["idf1"] == pytest.approx(1.0)
+    assert [stamp for _, stamp, _ in read_results(tmp_path / "out" / "results")] == [
+        image["stamp_ns"] for image in json.loads(gt.read_text())["images"]
+    ]
+    (tmp_path / "cut.bag").write_bytes(ros1_bag.read_bytes()[:3000])
+    cut = evaluate_bag(config(tmp_path / "cut.bag", tmp_path / "cut"), segmenter=OracleSegmenter(frames))
+    assert cut.exit_code != EXIT_OK and "rosbag reindex" in cut.error
+
+
 def test_gt_with_every_scores_only_processed_frames(tmp_path: Path, synthetic_bag):
     bag, gt, frames = synthetic_bag
     outcome = evaluate_bag(

@@ -70,7 +70,7 @@ def runtime_arguments(args: argparse.Namespace) -> dict[str, object]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the eval-bag options to ``parser`` (a sub-command parser or a standalone one)."""
-    parser.add_argument("bag", type=Path, help="rosbag2 directory (or a single .db3/.mcap file)")
+    parser.add_argument("bag", type=Path, help="rosbag2 directory, a single .db3/.mcap file, or a ROS 1 .bag")
     add_model_arguments(parser)
     parser.add_argument(
         "--memory",
@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--storage",
         choices=sorted(STORAGES),
         default=None,
-        help="results bag storage (default: as the input)",
+        help="results bag storage (default: as the input; sqlite3 for a ROS 1 .bag)",
     )
     parser.add_argument(
         "--overlay", action="store_true", help="also write overlay images on <image-topic>/overlay"

@@ -258,7 +258,8 @@ def evaluate_bag(
         run_info["bag_version"] = source.info.version
         run_info["bag_embeds_definitions"] = source.info.embeds_definitions
         run_info["bag_types_without_definition"] = list(source.info.types_without_definition)
-        storage = config.storage or source.info.storage
+        # results are rosbag2: a ROS 1 recording's results go to sqlite3 unless --storage says otherwise
+        storage = config.storage or ("sqlite3" if source.info.storage == "rosbag1" else source.info.storage)
         run_info["results_storage"] = storage
         if storage == "sqlite3" and (problem := messages.sqlite_path_problem(results_path)):
             return _usage(

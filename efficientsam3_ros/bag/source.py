@@ -92,10 +92,20 @@ class BagInfo:
         )
 
 
+#: How each storage is usually repaired when a recording was cut short.
+REPAIR_HINTS = {
+    "sqlite3": "`ros2 bag reindex`",
+    "mcap": "`mcap recover`",
+    "rosbag1": "ROS 1's `rosbag reindex`",
+}
+
+
 def detect_storage(path: Path) -> str:
-    """Storage plugin of a bag directory or storage file, from its metadata or its files' suffix."""
+    """Storage of a bag: a rosbag2 directory's plugin (from its metadata or files), ``mcap`` /
+    ``sqlite3`` for a bare storage file, ``rosbag1`` for a ROS 1 ``.bag`` file (rosbags reads those
+    too; their messages carry their own definitions)."""
     if path.is_file():
-        return "mcap" if path.suffix == ".mcap" else "sqlite3"
+        return {".mcap": "mcap", ".bag": "rosbag1"}.get(path.suffix, "sqlite3")
     meta = path / "metadata.yaml"
     if meta.exists():
         try:
@@ -256,7 +266,7 @@ class BagSource:
             raise BagOpenError(
                 f"cannot open bag {self.path} ({self.info.storage}): {err}. "
                 "The storage file may be truncated (recording killed, copy interrupted) or corrupt; "
-                "`ros2 bag reindex` (sqlite3) or `mcap recover` (mcap) can often repair it."
+                f"{REPAIR_HINTS.get(self.info.storage, 'reindexing')} can often repair it."
             ) from err
         self._reader = reader
         self.info.topics = {
