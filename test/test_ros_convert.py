@@ -347,6 +347,27 @@ def test_unsupported_encodings_say_what_to_publish():
         convert.msg_to_rgb(msg)
 
 
+@pytest.mark.parametrize("encoding", ["bayer_rggb8", "bayer_gbrg16"])
+def test_a_bayer_png_from_image_transport_is_demosaiced(encoding, converter):
+    """compressed_image_transport stores a Bayer image's PNG as the raw 1-channel mosaic, with
+    format "bayer_rggb8; png compressed "; decoded as colour it was grey with a checkerboard."""
+    from PIL import Image
+
+    rgb = _smooth_rgb()
+    buffer = io.BytesIO()
+    Image.fromarray(convert.rgb_to_raw(rgb, encoding)).save(buffer, format="PNG")
+    got = convert.msg_to_rgb(_compressed(buffer.getvalue(), f"{encoding}; png compressed "))
+    assert got.shape == rgb.shape and got.dtype == np.uint8
+    assert np.abs(got[1:-1, 1:-1].astype(int) - rgb[1:-1, 1:-1]).max() == 0
+
+
+def test_a_bayer_jpeg_from_image_transport_is_grey_as_stored():
+    """Its JPEG was made grey by the publisher ("...; jpeg compressed mono8"): no mosaic to undo."""
+    grey = np.full((16, 16), 90, np.uint8)
+    got = convert.msg_to_rgb(_compressed(_png(np.dstack([grey] * 3)), "bayer_rggb8; jpeg compressed mono8"))
+    assert np.array_equal(got, np.dstack([grey] * 3))
+
+
 def test_array_to_image_fields_rejects_empty():
     with pytest.raises(ValueError):
         convert.array_to_image_fields(np.zeros((0, 3), np.uint8), "mono8")

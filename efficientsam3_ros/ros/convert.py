@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from . import pixel_formats
 from .pixel_formats import (
     BAYER_PATTERNS,
     PACKED_YUV422,
@@ -175,10 +176,14 @@ def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
     if "compresseddepth" in fmt:
         raise UnsupportedEncodingError(f"compressedDepth images are not colour input (format {fmt!r})")
     _check_header_size(buffer)
-    try:
-        image = _decode_cv2(buffer)
-    except ImportError:
-        image = _decode_pil(buffer)
+    mosaic = _stored_mosaic(fmt)
+    if mosaic is not None:
+        image = _decode_mosaic(buffer, mosaic)
+    else:
+        try:
+            image = _decode_cv2(buffer)
+        except ImportError:
+            image = _decode_pil(buffer)
     if image is None or image.size == 0:
         raise BadFrameError(f"could not decode compressed image (format {fmt!r}, {buffer.size} bytes)")
     _check_size(*image.shape[:2])
@@ -268,6 +273,50 @@ def _check_header_size(buffer: np.ndarray) -> None:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return
     _check_size(height, width)
+
+
+def _stored_mosaic(fmt: str) -> str | None:
+    """The Bayer pattern (e.g. "rggb") when a CompressedImage stores the raw mosaic, else None.
+
+    compressed_image_transport writes a Bayer image's PNG (or TIFF) unconverted, a 1-channel
+    mosaic, and says so in ``format``: ``"bayer_rggb8; png compressed "``. Its JPEG is converted
+    to grey first (``"bayer_rggb8; jpeg compressed mono8"``): that one is no mosaic.
+    """
+    encoding, _, rest = fmt.partition(";")
+    encoding = encoding.strip()
+    if not encoding.startswith("bayer_") or encoding not in RAW_ENCODINGS:
+        return None
+    stored_as = rest.partition("compressed")[2].strip()
+    return encoding[6:10] if stored_as in ("", encoding) else None
+
+
+def _decode_mosaic(buffer: np.ndarray, pattern: str) -> np.ndarray | None:
+    """Decode a stored Bayer mosaic as it is (8 or 16 bits, one channel), then demosaic it.
+
+    Decoded as colour, as every other compressed image is, the mosaic became a grey image with
+    the colour filter's checkerboard in it.
+    """
+    cv2 = pixel_formats.opencv()
+    if cv2 is not None:
+        try:
+            raw = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        except cv2.error as err:
+            raise BadFrameError(f"compressed image refused by OpenCV: {str(err).strip()}") from err
+    else:
+        import io
+
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(buffer.tobytes())) as img:
+                raw = np.asarray(img)
+        except (UnidentifiedImageError, OSError):
+            raw = None
+    if raw is None or raw.ndim != 2:
+        shape = None if raw is None else raw.shape
+        raise BadFrameError(f"a bayer_{pattern} compressed image must decode to one channel, got {shape}")
+    bits = 16 if raw.dtype.itemsize > 1 else 8
+    return raw_to_rgb(raw.astype(np.uint16 if bits == 16 else np.uint8), f"bayer_{pattern}{bits}")
 
 
 def _decode_cv2(buffer: np.ndarray) -> np.ndarray | None:
