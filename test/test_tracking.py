@@ -5,6 +5,8 @@ All masks are small hand-made rectangles so that every IoU in a test can be comp
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -157,6 +159,19 @@ def test_propagated_mask_is_the_prediction():
     up = trk.update([det(moved)], propagated={1: (moved, 0.8), 99: (B, 0.5)})  # unknown id ignored
     assert [(i.track_id, i.state) for i in up.instances] == [(1, TrackState.TRACKED)]
     assert trk.stats.births == 1
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf")])
+def test_a_propagation_with_a_non_finite_score_counts_as_none(score):
+    """A memory model gone wrong (NaN object score) published a PREDICTED instance scored NaN;
+    its entry is now ignored: the track is predicted by its last mask, as without memory."""
+    trk = ConceptTracker(TrackingConfig(stale_mask_frames=1))
+    trk.update([det(A)])
+    (inst,) = trk.update([], propagated={1: (B, score)}).instances
+    assert (inst.track_id, inst.state) == (1, TrackState.PREDICTED)
+    assert math.isfinite(inst.score)
+    np.testing.assert_array_equal(inst.mask, A)
+    assert trk.stats.bad_propagations == 1
 
 
 def test_associate_last_mask_rescues_a_rough_propagation():

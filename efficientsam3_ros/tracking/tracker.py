@@ -29,6 +29,7 @@ Rules, in the order they are applied each frame (parameters in :class:`TrackingC
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
@@ -85,6 +86,7 @@ class TrackerStats:
     removed_young: int = 0  # young tracks unmatched too often
     removed_duplicate: int = 0  # young tracks duplicating an older one
     removed_by_request: int = 0  # reset(), remove_concept(), remove_track()
+    bad_propagations: int = 0  # memory-propagated entries with a NaN / inf score, used as no propagation
 
     @property
     def deaths(self) -> int:
@@ -218,19 +220,24 @@ class ConceptTracker:
         _check_scores(detections)
 
         # 1. predictions
+        bad_propagations = 0
         pred_mask: dict[int, np.ndarray] = {}
         pred_score: dict[int, float] = {}
         for tid, track in self._tracks.items():
-            if propagated is not None and tid in propagated:
-                mask, score = propagated[tid]
-                pred_mask[tid] = _as_bool_mask(mask)
-                pred_score[tid] = float(score)
+            entry = propagated.get(tid) if propagated is not None else None
+            if entry is not None and math.isfinite(float(entry[1])):
+                pred_mask[tid] = _as_bool_mask(entry[0])
+                pred_score[tid] = float(entry[1])
             else:
+                # a NaN / inf object score (a memory model gone wrong) would be published as the
+                # track's score: the track is predicted by its last mask instead, as without memory
+                bad_propagations += entry is not None
                 pred_mask[tid] = track.mask
         self._check_shapes(detections, propagated)
         self._frame += 1
         frame = self._frame
         self._stats.frames += 1
+        self._stats.bad_propagations += bad_propagations
 
         # 2. per-concept association
         dets_of: dict[int, list[int]] = {}
