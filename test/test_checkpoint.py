@@ -142,3 +142,53 @@ def test_backbone_rename_rules() -> None:
         == "stem_in_conv.conv.weight"
     )
     assert timm_to_features("head.fc.weight", ["stages_0"]) is None
+
+
+def _rewrite_header(path: Path, edit) -> None:
+    """Change a safetensors header in place, keeping its length (so the file size still adds up)."""
+    raw = bytearray(path.read_bytes())
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    edit(header)
+    new = json.dumps(header, separators=(",", ":")).encode()
+    assert len(new) <= length
+    raw[8 : 8 + length] = new.ljust(length, b" ")
+    path.write_bytes(bytes(raw))
+
+
+def test_a_safetensors_header_that_disagrees_with_its_data_is_refused_up_front(tmp_path: Path) -> None:
+    """A damaged header whose sizes still add up (a dtype flipped, an entry without offsets) passed
+    the size check: `verify` said OK and the load died in safetensors without naming the file."""
+    model = build_model("es-ev-tiny")
+    path = save_checkpoint(model, tmp_path / "m.safetensors", sidecar=False)
+    key = next(k for k, v in model.state_dict().items() if v.dtype == torch.float32 and v.numel() > 1)
+
+    def half(header: dict) -> None:
+        header[key]["dtype"] = "F16"  # the same bytes now claim half the data
+
+    _rewrite_header(path, half)
+    with pytest.raises(CheckpointError, match=f"{path}.*{key}"):
+        open_checkpoint(path)
+    path = save_checkpoint(model, tmp_path / "n.safetensors", sidecar=False)
+    _rewrite_header(path, lambda header: header[key].pop("data_offsets"))
+    with pytest.raises(CheckpointError, match=str(path)):
+        open_checkpoint(path)
+
+
+def test_a_tensor_of_the_wrong_kind_of_dtype_is_named(tmp_path: Path) -> None:
+    """Integers in a float parameter (or floats in an integer buffer) were cast silently; half
+    precision for a float32 parameter is a normal checkpoint and still loads."""
+    model = build_model("es-ev-tiny")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    key = next(k for k, v in state.items() if v.dtype == torch.float32 and v.numel() > 1)
+    counter = next(k for k, v in state.items() if k.endswith("num_batches_tracked"))
+    state[key] = torch.ones_like(state[key], dtype=torch.int32)
+    state[counter] = state[counter].float()
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad), metadata={"format": "efficientsam3_ros"})
+    with pytest.raises(CheckpointMismatchError, match="dtype") as info:
+        load_checkpoint(build_model("es-ev-tiny"), bad)
+    assert key in str(info.value) and counter in str(info.value)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_file(half, str(tmp_path / "half.safetensors"), metadata={"format": "efficientsam3_ros"})
+    assert load_checkpoint(build_model("es-ev-tiny"), tmp_path / "half.safetensors").plan.ok

@@ -216,6 +216,7 @@ def test_a_cached_file_is_checked_against_the_zoo_digest_each_time_it_is_handed_
         return sha256_file(path)
 
     monkeypatch.setattr(dl, "_hub_fetch", fake_fetch)
+    monkeypatch.setattr(dl, "_check_hub_resolves", lambda: None)  # the fake hub needs no network
     monkeypatch.setattr(dl, "sha256_file", counting_sha256)
     good = b"the real weights"
     entry = ZooEntry(
@@ -249,3 +250,208 @@ def test_a_name_with_a_checkpoint_runs_at_the_input_size_the_file_records():
     weights = str(demo_dir() / "model.safetensors")
     assert resolve_model("demo-student", weights).config.image_size == 224
     assert resolve_model("demo-student", weights, input_size=168).config.image_size == 168
+
+
+def test_a_typo_in_a_zoo_entry_is_refused_not_ignored(tmp_path: Path) -> None:
+    """A misspelt key (``sha_256``, ``source.flie``) used to be dropped silently: the entry then
+    had no digest to check, or no file to fetch, and nothing said so."""
+    base = {"format": "original", "architecture": "es-ev-s", "source": {"hub": "a/b", "file": "f.pt"}}
+    with pytest.raises(ZooError, match="sha_256"):
+        load_zoo(_write_zoo(tmp_path, {"x": {**base, "sha_256": "0" * 64}}))
+    with pytest.raises(ZooError, match="flie"):
+        load_zoo(_write_zoo(tmp_path, {"x": {**base, "source": {"hub": "a/b", "flie": "f.pt"}}}))
+    with pytest.raises(ZooError, match="mapping"):
+        load_zoo(_write_zoo(tmp_path, {"x": {**base, "source": "a/b"}}))
+    assert load_zoo(_write_zoo(tmp_path, {"x": base}))["x"].hub_file == "f.pt"
+
+
+def test_every_shipped_zoo_entry_names_a_buildable_architecture() -> None:
+    """A typo in models/zoo.yaml's architecture or overrides is caught here, not by a user's first run."""
+    from efficientsam3_ros.zoo.resolve import entry_config
+
+    for entry in load_zoo().values():
+        if entry.format == "hf":
+            assert entry.architecture is None and entry.hub_file is None, entry.name
+            continue
+        assert entry.architecture in list_models(), entry.name
+        assert entry_config(entry, Path(entry.file_name)).name == entry.name
+
+
+def test_a_checkpoint_or_home_given_with_a_tilde_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``~`` reaches the package unexpanded from ROS parameter files, launch files and
+    ``--checkpoint=~/...`` (the shell expands a tilde only at the start of a word)."""
+    from efficientsam3_ros.zoo import models_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("EFFICIENTSAM3_HOME", "~/es3")
+    assert models_dir() == tmp_path / "es3" / "models"
+    reference = build_model("es-ev-tiny")
+    save_checkpoint(reference, tmp_path / "w.safetensors", sidecar=False)
+    _same_weights(resolve_model("es-ev-tiny", "~/w.safetensors"), reference)
+
+
+def test_a_relative_local_source_is_read_beside_its_zoo_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``source.local: weights/x.safetensors`` in ``$EFFICIENTSAM3_ZOO`` means beside that file,
+    wherever the command runs (it used to be read from the current directory)."""
+    from efficientsam3_ros.zoo import find_local
+
+    zoo_dir = tmp_path / "zoo"
+    (zoo_dir / "weights").mkdir(parents=True)
+    reference = build_model("es-ev-tiny")
+    weights = save_checkpoint(reference, zoo_dir / "weights" / "x.safetensors", sidecar=False)
+    entry = {
+        "format": "efficientsam3_ros",
+        "architecture": "es-ev-tiny",
+        "source": {"local": "weights/x.safetensors"},
+    }
+    monkeypatch.setenv("EFFICIENTSAM3_ZOO", str(_write_zoo(zoo_dir, {"rel": entry})))
+    monkeypatch.chdir(tmp_path)
+    assert find_local(load_zoo()["rel"]) == weights
+    _same_weights(resolve_model("rel"), reference)
+
+
+def test_a_bad_copy_in_the_hf_cache_names_the_file_to_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HF cache hands out a symlink into ``blobs/``; deleting the link does not help (the
+    next download re-links the same blob), so the error names the blob itself."""
+    import hashlib
+
+    from huggingface_hub import constants
+
+    from efficientsam3_ros.zoo import ZooEntry, download
+
+    commit = "a" * 40
+    repo = tmp_path / "hub" / "models--o--r"
+    blob = repo / "blobs" / "etag123"
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"damaged")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    link = repo / "snapshots" / commit / "w.pt"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(blob)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("EFFICIENTSAM3_HOME", str(tmp_path / "home"))
+    entry = ZooEntry(
+        name="x",
+        format="original",
+        hub_repo="o/r",
+        hub_file="w.pt",
+        architecture="es-ev-tiny",
+        sha256=hashlib.sha256(b"good").hexdigest(),
+    )
+    with pytest.raises(ZooError, match="does not match") as info:
+        download(entry)
+    assert f"delete {blob} " in str(info.value)
+
+
+def test_download_with_no_name_resolution_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, huggingface_hub retried the request 5 times with backoff (40 s, ten lines of
+    warnings) before the one-line error; a host that does not resolve now fails at once."""
+    import socket
+
+    import huggingface_hub
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    calls: list[str] = []
+
+    def hub_download(*args, **kwargs):
+        calls.append("hf_hub_download")
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setenv("EFFICIENTSAM3_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_download)
+    from efficientsam3_ros.zoo import download, get_entry
+
+    with pytest.raises(ZooError, match="cannot download es-ev-s .*huggingface.co does not resolve"):
+        download(get_entry("es-ev-s"))
+    assert calls == ["hf_hub_download"]  # only the cache lookup; no network attempt with retries
+
+
+def test_a_same_size_rewrite_with_its_old_mtime_is_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cp -p`` / ``rsync -a`` of a damaged copy keeps size and mtime; the ledger also keys on the
+    change time, which no copy tool can set, so the file is hashed again and refused."""
+    import hashlib
+    import importlib
+    import time
+
+    from efficientsam3_ros.zoo import ZooEntry
+
+    dl = importlib.import_module("efficientsam3_ros.zoo.download")
+    monkeypatch.setenv("EFFICIENTSAM3_HOME", str(tmp_path / "home"))
+    good = b"the real weights"
+    entry = ZooEntry(
+        name="x",
+        format="original",
+        hub_repo="o/r",
+        hub_file="w.pt",
+        architecture="es-ev-tiny",
+        sha256=hashlib.sha256(good).hexdigest(),
+    )
+    placed = manual_path(entry)
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(good)
+    assert dl.download(entry) == placed
+    before = placed.stat()
+    time.sleep(0.05)  # a later change time (the kernel stamps it from a clock of a few ms)
+    placed.write_bytes(b"the bad weights!")  # same length
+    os.utime(placed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert placed.stat().st_size == before.st_size
+    with pytest.raises(ZooError, match="does not match"):
+        dl.download(entry)
+
+
+def test_models_download_does_not_hash_a_verified_file_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`download` already checked the digest (or remembered a pass); the CLI hashed the whole
+    multi-GB file once more on every call just to print it."""
+    import hashlib
+    import importlib
+
+    import efficientsam3_ros.zoo as zoo_pkg
+
+    dl = importlib.import_module("efficientsam3_ros.zoo.download")
+    good = b"the real weights"
+    digest = hashlib.sha256(good).hexdigest()
+    entries = {
+        "x": {
+            "format": "original",
+            "architecture": "es-ev-tiny",
+            "source": {"hub": "o/r", "file": "w.pt"},
+            "sha256": digest,
+        }
+    }
+    monkeypatch.setenv("EFFICIENTSAM3_ZOO", str(_write_zoo(tmp_path, entries)))
+    monkeypatch.setenv("EFFICIENTSAM3_HOME", str(tmp_path / "home"))
+    placed = manual_path(load_zoo()["x"])
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(good)
+    hashed: list[Path] = []
+
+    def counting_sha256(path: str | Path) -> str:
+        hashed.append(Path(path))
+        return sha256_file(path)
+
+    monkeypatch.setattr(dl, "sha256_file", counting_sha256)
+    monkeypatch.setattr(zoo_pkg, "sha256_file", counting_sha256)
+    assert _models("download", "x") == 0
+    assert _models("download", "x") == 0
+    assert len(hashed) == 1
+    assert f"sha256 {digest} (matches the zoo)" in capsys.readouterr().out

@@ -22,9 +22,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint_files import CheckpointError, OpenCheckpoint, open_checkpoint, write_safetensors
+from .checkpoint_files import (
+    CheckpointError,
+    OpenCheckpoint,
+    dtype_name,
+    open_checkpoint,
+    write_safetensors,
+)
 from .config import ModelConfig
-from .convert_common import ConversionPlan, KeyMapper, Target, materialise, plan_conversion
+from .convert_common import (
+    ConversionPlan,
+    KeyMapper,
+    Target,
+    check_dtype_kinds,
+    materialise,
+    plan_conversion,
+)
 from .convert_sam3 import hf_key_mapper, released_key_mapper
 
 log = logging.getLogger(__name__)
@@ -94,10 +107,14 @@ def mapper_for(fmt: str, model: nn.Module, ckpt: OpenCheckpoint) -> KeyMapper:
 
 
 def plan_checkpoint(model: nn.Module, ckpt: OpenCheckpoint) -> tuple[str, ConversionPlan]:
-    """Names and shapes only: works on a meta-device model and costs no tensor reads."""
+    """Names, shapes and dtypes only: works on a meta-device model and costs no tensor reads."""
     fmt = detect_format(ckpt)
-    target_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return fmt, plan_conversion(ckpt.shapes, target_shapes, mapper_for(fmt, model, ckpt))
+    state = model.state_dict()
+    plan = plan_conversion(
+        ckpt.shapes, {k: tuple(v.shape) for k, v in state.items()}, mapper_for(fmt, model, ckpt)
+    )
+    check_dtype_kinds(plan, ckpt.dtypes, {k: dtype_name(v.dtype) for k, v in state.items()})
+    return fmt, plan
 
 
 def load_checkpoint(model: nn.Module, path: str | Path | OpenCheckpoint, strict: bool = True) -> LoadReport:

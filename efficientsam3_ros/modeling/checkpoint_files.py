@@ -12,6 +12,7 @@ weights always have the same sha256.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -24,6 +25,25 @@ import torch
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 STATE_DICT_WRAPPERS = ("model", "state_dict", "module")
+# safetensors dtype -> (torch's name, bytes per element); others (sub-byte floats) are left to safetensors
+SAFETENSORS_DTYPES = {
+    "BOOL": ("bool", 1),
+    "U8": ("uint8", 1),
+    "I8": ("int8", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "I16": ("int16", 2),
+    "U16": ("uint16", 2),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I32": ("int32", 4),
+    "U32": ("uint32", 4),
+    "F32": ("float32", 4),
+    "C64": ("complex64", 8),
+    "I64": ("int64", 8),
+    "U64": ("uint64", 8),
+    "F64": ("float64", 8),
+}
 
 
 class CheckpointError(ValueError):
@@ -38,6 +58,7 @@ class OpenCheckpoint:
     kind: str  # "safetensors" | "torch" | "hf-dir"
     shapes: dict[str, tuple[int, ...]]
     metadata: dict[str, str] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)  # key -> torch dtype name ("float32"); may be empty
     _files: dict[str, Path] = field(default_factory=dict, repr=False)  # key -> safetensors file
     _tensors: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # torch.load result
 
@@ -68,6 +89,7 @@ def check_safetensors(path: Path) -> tuple[dict[str, Any], int]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from None
+    _check_entries(path, header)
     end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end != size:
         raise CheckpointError(
@@ -75,6 +97,33 @@ def check_safetensors(path: Path) -> tuple[dict[str, Any], int]:
             "truncated or corrupt (re-download it)"
         )
     return header, n
+
+
+def _check_entries(path: Path, header: Any) -> None:
+    """Each tensor's dtype and shape must account for exactly its byte range.
+
+    Why: a damaged header whose total still matches the file size (a flipped dtype, a lost
+    offset) would pass the size check, plan and ``verify`` cleanly, then fail inside safetensors
+    at load time with a message that names neither the file nor the tensor.
+    """
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object): re-download it")
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape = info["dtype"], [int(d) for d in info["shape"]]
+            start, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header entry for tensor {key!r}: re-download it"
+            ) from None
+        itemsize = SAFETENSORS_DTYPES.get(dtype, (None, None))[1]
+        if itemsize is not None and (start < 0 or end - start != math.prod(shape) * itemsize):
+            raise CheckpointError(
+                f"{path}: tensor {key!r} is {dtype} {shape} ({math.prod(shape) * itemsize} bytes) but its "
+                f"header gives it bytes {start}..{end}: corrupt (re-download it)"
+            )
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
@@ -150,6 +199,7 @@ def _open_safetensors(files: list[Path], path: Path, kind: str) -> OpenCheckpoin
     shapes: dict[str, tuple[int, ...]] = {}
     where: dict[str, Path] = {}
     metadata: dict[str, str] = {}
+    dtypes: dict[str, str] = {}
     for file in files:
         header, _ = check_safetensors(file)
         metadata.update(header.get("__metadata__") or {})
@@ -157,8 +207,9 @@ def _open_safetensors(files: list[Path], path: Path, kind: str) -> OpenCheckpoin
             if key == "__metadata__":
                 continue
             shapes[key] = tuple(int(d) for d in info["shape"])
+            dtypes[key] = SAFETENSORS_DTYPES.get(info["dtype"], (str(info["dtype"]).lower(), None))[0]
             where[key] = file
-    return OpenCheckpoint(path=path, kind=kind, shapes=shapes, metadata=metadata, _files=where)
+    return OpenCheckpoint(path=path, kind=kind, shapes=shapes, metadata=metadata, dtypes=dtypes, _files=where)
 
 
 def _open_torch(path: Path, mmap: bool) -> OpenCheckpoint:
@@ -172,8 +223,17 @@ def _open_torch(path: Path, mmap: bool) -> OpenCheckpoint:
         ) from None
     state = _unwrap(obj, path)
     return OpenCheckpoint(
-        path=path, kind="torch", shapes={k: tuple(v.shape) for k, v in state.items()}, _tensors=state
+        path=path,
+        kind="torch",
+        shapes={k: tuple(v.shape) for k, v in state.items()},
+        dtypes={k: dtype_name(v.dtype) for k, v in state.items()},
+        _tensors=state,
     )
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``, the names :attr:`OpenCheckpoint.dtypes` holds."""
+    return str(dtype).removeprefix("torch.")
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:

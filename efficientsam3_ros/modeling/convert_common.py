@@ -100,11 +100,19 @@ class ConversionPlan:
         default_factory=list
     )  # target, first source, second source
     dropped_targets: list[tuple[str, str]] = field(default_factory=list)  # (target, source): not in the model
+    wrong_dtype: list[tuple[str, str, str, str]] = field(
+        default_factory=list
+    )  # target, source, model dtype, checkpoint dtype
 
     @property
     def ok(self) -> bool:
         return not (
-            self.unexpected or self.missing or self.mismatched or self.duplicates or self.dropped_targets
+            self.unexpected
+            or self.missing
+            or self.mismatched
+            or self.duplicates
+            or self.dropped_targets
+            or self.wrong_dtype
         )
 
     def problems(self, limit: int = 20) -> str:
@@ -126,6 +134,10 @@ class ConversionPlan:
         )
         section("filled twice", [f"{t} <- {a} and {b}" for t, a, b in self.duplicates])
         section("mapped to a name the model lacks", [f"{s} -> {t}" for t, s in self.dropped_targets])
+        section(
+            "wrong kind of dtype",
+            [f"{t} <- {s}: model {m}, checkpoint gives {c}" for t, s, m, c in self.wrong_dtype],
+        )
         return "\n".join(lines)
 
 
@@ -163,6 +175,32 @@ def plan_conversion(
     mismatched_targets = {t for t, *_ in plan.mismatched}
     plan.missing = [k for k in target_shapes if k not in plan.assignments and k not in mismatched_targets]
     return plan
+
+
+def dtype_kind(dtype: str) -> str:
+    """``bool`` | ``complex`` | ``float`` | ``int`` for a torch dtype name such as ``bfloat16``."""
+    if dtype == "bool":
+        return "bool"
+    if dtype.startswith("complex"):
+        return "complex"
+    return "float" if dtype.startswith(("float", "bfloat")) else "int"
+
+
+def check_dtype_kinds(
+    plan: ConversionPlan, source_dtypes: Mapping[str, str], target_dtypes: Mapping[str, str]
+) -> None:
+    """Move assignments whose source holds another kind of number to ``plan.wrong_dtype``.
+
+    Why: ``load_state_dict`` casts silently, so integers in a float weight (a wrong or damaged
+    file) would load as if nothing were amiss. Another float width (a float16 / bfloat16
+    checkpoint for float32 parameters) is a normal checkpoint and is cast. Sources without a
+    known dtype are not checked.
+    """
+    for target, (source, _) in list(plan.assignments.items()):
+        got, want = source_dtypes.get(source), target_dtypes.get(target)
+        if got and want and dtype_kind(got) != dtype_kind(want):
+            plan.wrong_dtype.append((target, source, want, got))
+            del plan.assignments[target]
 
 
 def materialise(plan: ConversionPlan, get: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ one line that names the directory where a hand-copied file will be found.
 
 A file whose zoo entry records a ``sha256`` is checked every time it is handed out, not
 only right after its download: a cached or hand-placed copy can be replaced or damaged
-later. A pass is remembered by path, size and mtime (``$EFFICIENTSAM3_HOME/verified.json``),
+later. A pass is remembered by path, size, mtime and change time (``$EFFICIENTSAM3_HOME/verified.json``),
 so an unchanged multi-GB file is not hashed again on every call.
 """
 
@@ -16,7 +16,9 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .manifest import ZooEntry, ZooError
 
@@ -25,12 +27,13 @@ log = logging.getLogger(__name__)
 HOME_ENV = "EFFICIENTSAM3_HOME"
 VERIFIED = "verified.json"
 _CHUNK = 1 << 22
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 def models_dir() -> Path:
     """Where hand-placed weights go: ``$EFFICIENTSAM3_HOME/models`` (default ``~/.cache/efficientsam3/models``)."""
     home = os.environ.get(HOME_ENV)
-    base = Path(home) if home else Path.home() / ".cache" / "efficientsam3"
+    base = Path(home).expanduser() if home else Path.home() / ".cache" / "efficientsam3"
     return base / "models"
 
 
@@ -95,12 +98,34 @@ def download(entry: ZooEntry) -> Path:
     if not entry.hub_repo:
         raise ZooError(f"{entry.name}: local weights {entry.local} do not exist")
     try:
+        _check_hub_resolves()
         path = _hub_fetch(entry, local_only=False)
     except Exception as err:
         raise ZooError(offline_message(entry, err)) from None
     if entry.sha256 and path.is_file():
         verify_sha256(path, entry.sha256)
     return path
+
+
+def _check_hub_resolves() -> None:
+    """Raise ConnectionError when the Hub's host name does not resolve (and no proxy would resolve it).
+
+    Why: offline, huggingface_hub retries its request five times with backoff (about 40 s and
+    ten lines of warnings) before it gives up; a name this machine cannot resolve will not be
+    fetched by retrying either. Offline mode (``HF_HUB_OFFLINE``) fails at once by itself, and
+    behind a proxy the proxy resolves names, so neither is checked here.
+    """
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode() or any(os.environ.get(var) for var in _PROXY_VARS):
+        return
+    host = urlsplit(constants.ENDPOINT).hostname
+    if not host:
+        return
+    try:
+        socket.getaddrinfo(host, 443)
+    except socket.gaierror as err:
+        raise ConnectionError(f"{host} does not resolve ({err.strerror or err}; no network?)") from None
 
 
 def offline_message(entry: ZooEntry, err: BaseException) -> str:
@@ -125,18 +150,25 @@ def sha256_file(path: str | Path) -> str:
 def check_sha256(path: str | Path, expected: str) -> None:
     actual = sha256_file(path)
     if actual != expected.lower():
+        # the real file: in the HF cache, path is a link into blobs/, and a deleted link is
+        # re-made to the same blob by the next download
+        real = Path(path).resolve()
         raise ZooError(
-            f"{path}: sha256 {actual} does not match the zoo's {expected}: delete it and download again"
+            f"{path}: sha256 {actual} does not match the zoo's {expected}: delete {real} and download again"
         )
 
 
 def verify_sha256(path: str | Path, expected: str) -> None:
-    """:func:`check_sha256`, skipped when this very file (same resolved path, size and mtime)
-    already passed against ``expected``; a pass is recorded in ``verified.json``."""
+    """:func:`check_sha256`, skipped when this very file (same resolved path, size, mtime and
+    change time) already passed against ``expected``; a pass is recorded in ``verified.json``.
+
+    The change time is there because copy tools (``cp -p``, ``rsync -a``) restore size and
+    mtime, while any write moves the change time and nothing can set it back.
+    """
     path = Path(path)
     stat = path.stat()
     key = str(path.resolve())
-    record = [stat.st_size, stat.st_mtime_ns, expected.lower()]
+    record = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, expected.lower()]
     ledger = _read_verified()
     if ledger.get(key) == record:
         return

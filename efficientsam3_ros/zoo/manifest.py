@@ -15,6 +15,23 @@ import yaml
 
 ZOO_ENV = "EFFICIENTSAM3_ZOO"
 FORMATS = ("original", "hf", "efficientsam3_ros")
+# Every key an entry may have: a misspelt one (``sha_256``) is refused, not dropped, since a
+# dropped digest or file name silently turns off the check or the source it was meant to be.
+ENTRY_KEYS = frozenset(
+    {
+        "description",
+        "architecture",
+        "format",
+        "source",
+        "overrides",
+        "params",
+        "size",
+        "sha256",
+        "gated",
+        "license",
+    }
+)
+SOURCE_KEYS = frozenset({"hub", "file", "revision", "local"})
 
 
 class ZooError(RuntimeError):
@@ -62,7 +79,7 @@ def default_zoo_path() -> Path:
     """``$EFFICIENTSAM3_ZOO``, else ``models/zoo.yaml`` of the source tree, else the installed share copy."""
     env = os.environ.get(ZOO_ENV)
     if env:
-        return Path(env)
+        return Path(env).expanduser()
     return shipped_path("zoo.yaml")
 
 
@@ -86,11 +103,30 @@ def _prefixes() -> list[str]:
     return [p for p in prefixes if p]
 
 
-def _entry(name: str, raw: dict[str, Any]) -> ZooEntry:
+def _check_keys(name: str, where: str, raw: Any, allowed: frozenset[str]) -> None:
+    """``raw`` is a mapping with only ``allowed`` keys (a YAML slip must not pass as an empty field)."""
+    if not isinstance(raw, dict):
+        raise ZooError(f"zoo entry {name!r}: {where} must be a mapping of keys, got {raw!r}")
+    unknown = sorted(str(k) for k in raw if k not in allowed)
+    if unknown:
+        raise ZooError(
+            f"zoo entry {name!r}: unknown key(s) in {where}: {', '.join(unknown)} (a typo?); "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _local_path(local: str | None, base: Path) -> str | None:
+    """``source.local`` as an absolute path: ``~`` expanded, a relative path read beside the zoo file."""
+    return str(base / Path(local).expanduser()) if local else None
+
+
+def _entry(name: str, raw: dict[str, Any], base: Path) -> ZooEntry:
+    _check_keys(name, "the entry", raw, ENTRY_KEYS)
     fmt = raw.get("format")
     if fmt not in FORMATS:
         raise ZooError(f"zoo entry {name!r}: format {fmt!r} is not one of {', '.join(FORMATS)}")
     source = raw.get("source") or {}
+    _check_keys(name, "source", source, SOURCE_KEYS)
     if not (source.get("hub") or source.get("local")):
         raise ZooError(f"zoo entry {name!r}: source needs 'hub' (and 'file') or 'local'")
     if fmt != "hf" and source.get("hub") and not source.get("file"):
@@ -108,7 +144,7 @@ def _entry(name: str, raw: dict[str, Any]) -> ZooEntry:
         hub_repo=source.get("hub"),
         hub_file=source.get("file"),
         revision=source.get("revision"),
-        local=source.get("local"),
+        local=_local_path(source.get("local"), base),
         architecture=raw.get("architecture"),
         overrides=dict(raw.get("overrides") or {}),
         description=raw.get("description", ""),
@@ -129,7 +165,8 @@ def load_zoo(path: str | Path | None = None) -> dict[str, ZooEntry]:
     models = data.get("models") or {}
     if not isinstance(models, dict):
         raise ZooError(f"{path}: 'models' must be a mapping of name -> entry")
-    return {name: _entry(name, raw or {}) for name, raw in models.items()}
+    base = path.expanduser().resolve().parent
+    return {name: _entry(name, raw or {}, base) for name, raw in models.items()}
 
 
 def get_entry(name: str, zoo: dict[str, ZooEntry] | None = None) -> ZooEntry:

@@ -42,6 +42,7 @@ def resolve_model(
       - a registry name: weights from ``checkpoint``; without one, random weights (logged).
     """
     path = Path(spec).expanduser()
+    weights = Path(checkpoint).expanduser() if checkpoint is not None else None  # ROS params keep "~"
     if path.exists():
         if checkpoint is not None:
             raise ValueError(
@@ -51,16 +52,16 @@ def resolve_model(
     zoo = load_zoo()
     if spec in zoo:
         entry = zoo[spec]
-        weights = Path(checkpoint) if checkpoint is not None else download(entry)
+        weights = weights if weights is not None else download(entry)
         return _load(entry_config(entry, weights), weights, input_size, device)
     if spec in list_models():
         config = get_config(spec)
-        if checkpoint is None:
+        if weights is None:
             log.warning("model %s has no weights given: using random initialisation", spec)
             return build_model(config, input_size=input_size, device=device)
         if input_size is None:
-            input_size = _stored_input_size(Path(checkpoint), config)
-        return _load(config, Path(checkpoint), input_size, device)
+            input_size = _stored_input_size(weights, config)
+        return _load(config, weights, input_size, device)
     raise ValueError(
         f"unknown model {spec!r}: not a file, an HF directory, a zoo name ({', '.join(zoo) or 'none'}) "
         f"or a registry name ({', '.join(list_models())})"
