@@ -17,7 +17,7 @@ from efficientsam3_ros.commands.models import run as run_models
 from efficientsam3_ros.modeling.checkpoint import save_checkpoint
 from efficientsam3_ros.modeling.checkpoint_files import CheckpointError
 from efficientsam3_ros.modeling.registry import build_model, list_models
-from efficientsam3_ros.zoo import ZooError, load_zoo, manual_path, resolve_model
+from efficientsam3_ros.zoo import ZooEntry, ZooError, load_zoo, manual_path, resolve_model
 from efficientsam3_ros.zoo.download import check_sha256, sha256_file
 
 STAGE1 = {
@@ -25,6 +25,20 @@ STAGE1 = {
     for f, fam in (("rv", "repvit"), ("tv", "tinyvit"), ("ev", "efficientvit"))
     for s in "sml"
 }
+
+
+def digest_entry(content: bytes, hub_file: str, fmt: str) -> ZooEntry:
+    """A hub entry whose zoo record holds ``content``'s sha256 (the download tests' subject)."""
+    import hashlib
+
+    return ZooEntry(
+        name="x",
+        format=fmt,
+        hub_repo="o/r",
+        hub_file=hub_file,
+        architecture="es-ev-tiny",
+        sha256=hashlib.sha256(content).hexdigest(),
+    )
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -190,10 +204,7 @@ def test_a_cached_file_is_checked_against_the_zoo_digest_each_time_it_is_handed_
 ) -> None:
     """Not only right after its download: a copy in the cache may be replaced or damaged later. A
     pass is remembered by size and mtime, so an unchanged file is hashed once."""
-    import hashlib
     import importlib
-
-    from efficientsam3_ros.zoo import ZooEntry
 
     dl = importlib.import_module("efficientsam3_ros.zoo.download")  # the package re-exports download()
 
@@ -219,14 +230,7 @@ def test_a_cached_file_is_checked_against_the_zoo_digest_each_time_it_is_handed_
     monkeypatch.setattr(dl, "_check_hub_resolves", lambda: None)  # the fake hub needs no network
     monkeypatch.setattr(dl, "sha256_file", counting_sha256)
     good = b"the real weights"
-    entry = ZooEntry(
-        name="x",
-        format="efficientsam3_ros",
-        hub_repo="o/r",
-        hub_file="w.safetensors",
-        architecture="es-ev-tiny",
-        sha256=hashlib.sha256(good).hexdigest(),
-    )
+    entry = digest_entry(good, "w.safetensors", "efficientsam3_ros")
     with pytest.raises(ZooError, match="does not match"):
         dl.download(entry)  # the download itself is checked
     with pytest.raises(ZooError, match="does not match"):
@@ -319,11 +323,10 @@ def test_a_bad_copy_in_the_hf_cache_names_the_file_to_delete(
 ) -> None:
     """The HF cache hands out a symlink into ``blobs/``; deleting the link does not help (the
     next download re-links the same blob), so the error names the blob itself."""
-    import hashlib
 
     from huggingface_hub import constants
 
-    from efficientsam3_ros.zoo import ZooEntry, download
+    from efficientsam3_ros.zoo import download
 
     commit = "a" * 40
     repo = tmp_path / "hub" / "models--o--r"
@@ -337,14 +340,7 @@ def test_a_bad_copy_in_the_hf_cache_names_the_file_to_delete(
     link.symlink_to(blob)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("EFFICIENTSAM3_HOME", str(tmp_path / "home"))
-    entry = ZooEntry(
-        name="x",
-        format="original",
-        hub_repo="o/r",
-        hub_file="w.pt",
-        architecture="es-ev-tiny",
-        sha256=hashlib.sha256(b"good").hexdigest(),
-    )
+    entry = digest_entry(b"good", "w.pt", "original")
     with pytest.raises(ZooError, match="does not match") as info:
         download(entry)
     assert f"delete {blob} " in str(info.value)
@@ -387,23 +383,13 @@ def test_a_same_size_rewrite_with_its_old_mtime_is_checked_again(
 ) -> None:
     """``cp -p`` / ``rsync -a`` of a damaged copy keeps size and mtime; the ledger also keys on the
     change time, which no copy tool can set, so the file is hashed again and refused."""
-    import hashlib
     import importlib
     import time
-
-    from efficientsam3_ros.zoo import ZooEntry
 
     dl = importlib.import_module("efficientsam3_ros.zoo.download")
     monkeypatch.setenv("EFFICIENTSAM3_HOME", str(tmp_path / "home"))
     good = b"the real weights"
-    entry = ZooEntry(
-        name="x",
-        format="original",
-        hub_repo="o/r",
-        hub_file="w.pt",
-        architecture="es-ev-tiny",
-        sha256=hashlib.sha256(good).hexdigest(),
-    )
+    entry = digest_entry(good, "w.pt", "original")
     placed = manual_path(entry)
     placed.parent.mkdir(parents=True)
     placed.write_bytes(good)
