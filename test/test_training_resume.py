@@ -247,10 +247,24 @@ def test_a_fresh_start_in_a_folder_with_checkpoints_is_refused_before_anything_i
 
     args = ["stage1-text", "--config", str(CONFIGS / "tiny_stage1_text.yaml"), f"run.output_dir={tmp_path}"]
     assert cli_main([*args, f"data.prompts={datasets['prompts']}"]) == 2
-    assert "holds checkpoints of an earlier run" in capsys.readouterr().err
+    assert "holds an earlier run" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:  # starting over and resuming exclude each other
         cli_main([*args, "--resume", "auto", "--start-over"])
     assert usage.value.code == 2 and "not allowed with argument --resume" in capsys.readouterr().err
+
+
+def test_a_fresh_start_is_refused_where_only_an_earlier_export_is_left(datasets, tmp_path, one_thread):
+    """Checkpoints deleted to save space, the trained model kept: a fresh start would overwrite it."""
+    import shutil
+
+    config = _text(datasets, tmp_path, "run.steps=2", "run.checkpoint_every=1")
+    exported = train(config).export_path
+    shutil.rmtree(tmp_path / "checkpoints")
+    with pytest.raises(CheckpointError, match="holds an earlier run") as refused:
+        train(config)
+    assert str(exported) in str(refused.value)
+    train(config, start_over=True)
+    assert (tmp_path / "abandoned" / "1" / "export" / exported.name).is_file()
 
 
 def test_start_over_moves_the_earlier_run_aside_whole_and_trains_from_step_0(datasets, tmp_path, one_thread):
@@ -315,7 +329,7 @@ def _ddp_rank(rank: int, world: int, port: int, config_dict: dict) -> None:
         "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
     )  # one start-up for both runs
     if rank == 1:
-        trainer.list_checkpoints = lambda output_dir: []
+        trainer.earlier_run_evidence = lambda output_dir: None
         trainer.set_aside_run = lambda output_dir: Path(output_dir, "set-aside-by-rank-1").touch()
     config = config_from_dict(config_dict)
     for start_over in (False, True):

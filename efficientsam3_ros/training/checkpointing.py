@@ -195,17 +195,30 @@ RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "config.
 ABANDONED_DIR = "abandoned"
 
 
-def fresh_start_refusal(output_dir: str | Path, latest: Path | None) -> str:
-    """Why a fresh start may not use ``output_dir`` (it holds checkpoints), and the three ways on.
+def earlier_run_evidence(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint in ``output_dir``, else a file of its ``export/``, else None.
 
-    ``latest`` is the newest checkpoint this process sees; None on a rank that saw none while
-    another rank did (a folder that is not shared between nodes).
+    The export counts too: a run whose checkpoints were deleted to save space still has its
+    trained model there, which a fresh start would overwrite at its end.
+    """
+    found = list_checkpoints(output_dir)
+    if found:
+        return found[-1][1]
+    exported = sorted(p for p in (Path(output_dir) / "export").glob("*") if p.is_file())
+    return exported[-1] if exported else None
+
+
+def fresh_start_refusal(output_dir: str | Path, latest: Path | None) -> str:
+    """Why a fresh start may not use ``output_dir`` (an earlier run is there), and the three ways on.
+
+    ``latest`` is what this process found (:func:`earlier_run_evidence`); None on a rank that saw
+    nothing while another rank did (a folder that is not shared between nodes).
     """
     seen = f"the latest: {latest}" if latest is not None else "seen by another rank"
     return (
-        f"run.output_dir {output_dir} holds checkpoints of an earlier run ({seen}); a fresh start "
-        "there would write its checkpoints among them, and a later --resume auto could continue the "
-        "earlier run instead. Either\n"
+        f"run.output_dir {output_dir} holds an earlier run ({seen}); a fresh start there would "
+        "write its checkpoints among that run's and overwrite its export, and a later --resume auto "
+        "could continue the earlier run instead. Either\n"
         "  continue that run: --resume auto\n"
         "  start this run in another folder: run.output_dir=OTHER_DIR\n"
         f"  start over in this folder: --start-over (moves the earlier run's {', '.join(RUN_OUTPUTS)} "

@@ -36,6 +36,7 @@ from .checkpointing import (
     CheckpointError,
     abandon_checkpoints_after,
     atomic_write_text,
+    earlier_run_evidence,
     fresh_start_refusal,
     list_checkpoints,
     load_checkpoint,
@@ -289,9 +290,9 @@ def claim_output_dir(out: Path, ctx: DistContext, start_over: bool) -> None:
             set_aside_run(out)
         ctx.barrier()
         return
-    found = list_checkpoints(out)
-    if ctx.any(bool(found)):
-        raise CheckpointError(fresh_start_refusal(out, found[-1][1] if found else None))
+    evidence = earlier_run_evidence(out)
+    if ctx.any(evidence is not None):
+        raise CheckpointError(fresh_start_refusal(out, evidence))
 
 
 def agree_on_resume(
