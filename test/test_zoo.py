@@ -267,6 +267,19 @@ def test_a_typo_in_a_zoo_entry_is_refused_not_ignored(tmp_path: Path) -> None:
     with pytest.raises(ZooError, match="mapping"):
         load_zoo(_write_zoo(tmp_path, {"x": {**base, "source": "a/b"}}))
     assert load_zoo(_write_zoo(tmp_path, {"x": base}))["x"].hub_file == "f.pt"
+    with pytest.raises(ZooError, match="gated must be true or false"):  # bool("false") is True
+        load_zoo(_write_zoo(tmp_path, {"x": {**base, "gated": "false"}}))
+    assert load_zoo(_write_zoo(tmp_path, {"x": {**base, "gated": True}}))["x"].gated is True
+
+
+def test_a_damaged_safetensors_index_names_its_file(tmp_path: Path) -> None:
+    from efficientsam3_ros.modeling.checkpoint_files import open_hf_directory
+
+    index = tmp_path / "model.safetensors.index.json"
+    for text in ("{not json", '{"metadata": {}}', '{"weight_map": [1, 2]}'):
+        index.write_text(text)
+        with pytest.raises(CheckpointError, match="model.safetensors.index.json: not a safetensors index"):
+            open_hf_directory(tmp_path)
 
 
 def test_every_shipped_zoo_entry_names_a_buildable_architecture() -> None:

@@ -258,8 +258,13 @@ def open_hf_directory(path: str | Path) -> OpenCheckpoint:
     path = Path(path)
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({path / name for name in weight_map.values()})
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted({path / name for name in weight_map.values()})
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(
+                f"{index}: not a safetensors index ({type(err).__name__}: {err}); download it again"
+            ) from None
     elif (path / "model.safetensors").is_file():
         files = [path / "model.safetensors"]
     else:

@@ -120,6 +120,13 @@ def _local_path(local: str | None, base: Path) -> str | None:
     return str(base / Path(local).expanduser()) if local else None
 
 
+def _flag(name: str, key: str, value: Any) -> bool:
+    """A YAML boolean; a quoted "false" would otherwise read as true (``bool("false")``)."""
+    if not isinstance(value, bool):
+        raise ZooError(f"zoo entry {name!r}: {key} must be true or false (unquoted), got {value!r}")
+    return value
+
+
 def _entry(name: str, raw: dict[str, Any], base: Path) -> ZooEntry:
     _check_keys(name, "the entry", raw, ENTRY_KEYS)
     fmt = raw.get("format")
@@ -151,7 +158,7 @@ def _entry(name: str, raw: dict[str, Any], base: Path) -> ZooEntry:
         params=raw.get("params"),
         size=raw.get("size"),
         sha256=str(sha).lower() if sha else None,
-        gated=bool(raw.get("gated", False)),
+        gated=_flag(name, "gated", raw.get("gated", False)),
         license=raw.get("license", ""),
     )
 
