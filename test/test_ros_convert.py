@@ -142,7 +142,7 @@ def test_compressed_jpeg_from_opencv_keeps_colour_order():
 
 
 def test_compressed_pillow_fallback(monkeypatch):
-    def no_cv2(_buffer):
+    def no_cv2(_buffer, as_stored=False):
         raise ImportError("cv2 hidden for this test")
 
     monkeypatch.setattr(convert, "_decode_cv2", no_cv2)
@@ -195,12 +195,12 @@ def test_a_compressed_image_over_the_size_limit_is_refused_before_decoding(
     """The header's size is checked before any decoder allocates the pixels (a 0.4 MB 20000 x 20000
     PNG used to take 2.5 GB in OpenCV before the size check refused it)."""
 
-    def no_cv2(buffer):
+    def no_cv2(buffer, as_stored=False):
         if not cv2_installed:
             raise ImportError("cv2 hidden for this test")
         raise AssertionError("OpenCV decoded the image before its size was checked")
 
-    def no_pillow(buffer):
+    def no_pillow(buffer, as_stored=False):
         raise AssertionError("Pillow decoded the image before its size was checked")
 
     monkeypatch.setattr(convert, "_decode_cv2", no_cv2)

@@ -483,7 +483,7 @@ def test_a_decompression_bomb_is_a_bad_frame_without_opencv(core, monkeypatch, p
 
     from efficientsam3_ros.ros import convert
 
-    def no_cv2(buffer):
+    def no_cv2(buffer, as_stored=False):
         raise ImportError("cv2 hidden: a plain `pip install` has no OpenCV")
 
     monkeypatch.setattr(convert, "_decode_cv2", no_cv2)

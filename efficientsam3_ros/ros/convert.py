@@ -177,13 +177,7 @@ def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
         raise UnsupportedEncodingError(f"compressedDepth images are not colour input (format {fmt!r})")
     _check_header_size(buffer)
     mosaic = _stored_mosaic(fmt)
-    if mosaic is not None:
-        image = _decode_mosaic(buffer, mosaic)
-    else:
-        try:
-            image = _decode_cv2(buffer)
-        except ImportError:
-            image = _decode_pil(buffer)
+    image = _decode_mosaic(buffer, mosaic) if mosaic is not None else _decode(buffer)
     if image is None or image.size == 0:
         raise BadFrameError(f"could not decode compressed image (format {fmt!r}, {buffer.size} bytes)")
     _check_size(*image.shape[:2])
@@ -218,6 +212,17 @@ def array_to_image_fields(image: np.ndarray, encoding: str) -> dict[str, Any]:
     }
 
 
+def check_layout(encoding: str, height: int, width: int) -> None:
+    """Refuse an encoding this package does not convert, or a size its chroma pairs cannot tile.
+
+    For a writer to check its frame size once, before it writes anything (FrameError).
+    """
+    encoding = encoding.lower()
+    if encoding not in RAW_ENCODINGS:
+        raise UnsupportedEncodingError(_unsupported_message(encoding))
+    _check_chroma_pairs(encoding, height, width)
+
+
 def rgb_to_raw(rgb: np.ndarray, encoding: str) -> np.ndarray:
     """[H, W, 3] uint8 RGB laid out as ``encoding`` (the inverse of :func:`raw_to_rgb`, lossy for
     mono, YUV chroma and Bayer): for writing bags as a given camera would, and for tests.
@@ -225,9 +230,7 @@ def rgb_to_raw(rgb: np.ndarray, encoding: str) -> np.ndarray:
     16-bit encodings spread the 8-bit range over the full 16 bits (x 257); alpha is opaque.
     """
     encoding = encoding.lower()
-    if encoding not in RAW_ENCODINGS:
-        raise UnsupportedEncodingError(_unsupported_message(encoding))
-    _check_chroma_pairs(encoding, *rgb.shape[:2])
+    check_layout(encoding, *rgb.shape[:2])
     base = encoding[:-2] + "8" if encoding.endswith("16") else encoding
     if base in ("rgb8", "bgr8", "rgba8", "bgra8"):
         colour = rgb if base.startswith("rgb") else rgb[..., ::-1]
@@ -290,28 +293,13 @@ def _stored_mosaic(fmt: str) -> str | None:
     return encoding[6:10] if stored_as in ("", encoding) else None
 
 
-def _decode_mosaic(buffer: np.ndarray, pattern: str) -> np.ndarray | None:
+def _decode_mosaic(buffer: np.ndarray, pattern: str) -> np.ndarray:
     """Decode a stored Bayer mosaic as it is (8 or 16 bits, one channel), then demosaic it.
 
     Decoded as colour, as every other compressed image is, the mosaic became a grey image with
     the colour filter's checkerboard in it.
     """
-    cv2 = pixel_formats.opencv()
-    if cv2 is not None:
-        try:
-            raw = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-        except cv2.error as err:
-            raise BadFrameError(f"compressed image refused by OpenCV: {str(err).strip()}") from err
-    else:
-        import io
-
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(buffer.tobytes())) as img:
-                raw = np.asarray(img)
-        except (UnidentifiedImageError, OSError):
-            raw = None
+    raw = _decode(buffer, as_stored=True)
     if raw is None or raw.ndim != 2:
         shape = None if raw is None else raw.shape
         raise BadFrameError(f"a bayer_{pattern} compressed image must decode to one channel, got {shape}")
@@ -319,19 +307,28 @@ def _decode_mosaic(buffer: np.ndarray, pattern: str) -> np.ndarray | None:
     return raw_to_rgb(raw.astype(np.uint16 if bits == 16 else np.uint8), f"bayer_{pattern}{bits}")
 
 
-def _decode_cv2(buffer: np.ndarray) -> np.ndarray | None:
-    import cv2
-
+def _decode(buffer: np.ndarray, as_stored: bool = False) -> np.ndarray | None:
+    """OpenCV when it is installed, Pillow otherwise: RGB, or ``as_stored`` the channels and depth the file holds."""
     try:
-        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        return _decode_cv2(buffer, as_stored)
+    except ImportError:
+        return _decode_pil(buffer, as_stored)
+
+
+def _decode_cv2(buffer: np.ndarray, as_stored: bool = False) -> np.ndarray | None:
+    cv2 = pixel_formats.opencv()
+    if cv2 is None:
+        raise ImportError("OpenCV is not installed")
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED if as_stored else cv2.IMREAD_COLOR)
     except cv2.error as err:  # e.g. a header claiming more than CV_IO_MAX_IMAGE_PIXELS: not a ValueError
         raise BadFrameError(f"compressed image refused by OpenCV: {str(err).strip()}") from err
-    if bgr is None:
-        return None
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    if image is None or as_stored:
+        return image
+    return np.ascontiguousarray(image[:, :, ::-1])
 
 
-def _decode_pil(buffer: np.ndarray) -> np.ndarray | None:
+def _decode_pil(buffer: np.ndarray, as_stored: bool = False) -> np.ndarray | None:
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -339,6 +336,8 @@ def _decode_pil(buffer: np.ndarray) -> np.ndarray | None:
     try:
         with Image.open(io.BytesIO(buffer.tobytes())) as img:
             _check_size(img.height, img.width)  # from the header, before the pixels are decoded
+            if as_stored:
+                return np.asarray(img).copy()
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except Image.DecompressionBombError as err:  # not an OSError: it would escape the caller's except
         raise BadFrameError(f"compressed image refused by Pillow: {err}") from err

@@ -11,10 +11,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-import numpy as np
-
 from efficientsam3_ros.cli import CliError, run_command
-from efficientsam3_ros.ros.convert import RAW_ENCODINGS, FrameError, rgb_to_raw
+from efficientsam3_ros.ros.convert import RAW_ENCODINGS, FrameError
 from efficientsam3_ros.synthetic.world import CONCEPTS, WorldConfig
 from efficientsam3_ros.synthetic.writers import DEFAULT_TOPIC, KINDS, write_dataset
 
@@ -173,20 +171,11 @@ def _world_config(args: argparse.Namespace) -> WorldConfig:
     return replace(cfg, **changes) if changes else cfg
 
 
-def _check_encoding_fits(encoding: str, cfg: WorldConfig) -> None:
-    """YUV encodings share chroma between pixel pairs or 2x2 blocks: refuse a size they cannot hold."""
-    try:
-        rgb_to_raw(np.zeros((cfg.height, cfg.width, 3), np.uint8), encoding)
-    except FrameError as err:
-        raise CliError(f"--encoding {encoding} does not fit --size {cfg.width}x{cfg.height}: {err}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     """Write the dataset the options describe; print what was written. Returns an exit status."""
     cfg = config_from_args(args)
     extra: dict = {}
     if args.kind == "rosbag":
-        _check_encoding_fits(args.encoding, cfg)
         extra.update(storage=args.storage, topic=args.topic, encoding=args.encoding)
         if args.fps is not None:
             extra["fps"] = args.fps
@@ -196,9 +185,14 @@ def run(args: argparse.Namespace) -> int:
         extra["annotate_every"] = args.annotate_every
         if args.fps is not None:
             extra["fps"] = args.fps
-    paths = write_dataset(
-        args.kind, args.out_dir, seed=args.seed, num=args.num, num_frames=args.frames, config=cfg, **extra
-    )
+    try:
+        paths = write_dataset(
+            args.kind, args.out_dir, seed=args.seed, num=args.num, num_frames=args.frames, config=cfg, **extra
+        )
+    except FrameError as err:  # write_rosbag checks the encoding against the size before writing
+        raise CliError(
+            f"--encoding {args.encoding} does not fit --size {cfg.width}x{cfg.height}: {err}"
+        ) from None
     for p in paths:
         print(p)
     return 0

@@ -394,12 +394,11 @@ def write_rosbag(
     """
     from rosbags.typesys import Stores, get_typestore
 
-    from ..ros.convert import array_to_image_fields, rgb_to_raw
+    from ..ros.convert import array_to_image_fields, check_layout, rgb_to_raw
     from ..ros.messages import bag_writer
 
     cfg = config or WorldConfig()
-    # refuses an unknown encoding, or an odd size for YUV, before anything is written
-    rgb_to_raw(np.zeros((cfg.height, cfg.width, 3), np.uint8), encoding)
+    check_layout(encoding, cfg.height, cfg.width)  # an unknown encoding, an odd size for YUV: before writing
     out = Path(out_dir)
     bag_dir = out / "bag"
     bag = bag_writer(bag_dir, storage)  # refuses an unknown storage before anything is written
