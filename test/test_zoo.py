@@ -391,6 +391,61 @@ def test_download_with_no_name_resolution_fails_at_once(
     assert calls == ["hf_hub_download"]  # only the cache lookup; no network attempt with retries
 
 
+def _hub_at(endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Point huggingface_hub at ``endpoint`` with no proxy and a fake ``hf_hub_download`` that
+    records its calls and finds nothing in the cache; returns the call list."""
+    import huggingface_hub
+
+    calls: list[str] = []
+
+    def hub_download(*args, **kwargs):
+        calls.append("hf_hub_download")
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setenv("EFFICIENTSAM3_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_download)
+    return calls
+
+
+def test_download_from_a_host_that_resolves_but_does_not_answer_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A robot's network without an uplink resolves names locally (or a firewall drops the
+    packets): the name check passed and huggingface_hub retried for 40 s. A refused connection
+    on a real closed port now fails before any download attempt."""
+    import socket
+
+    from efficientsam3_ros.zoo import download, get_entry
+
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    calls = _hub_at(f"http://127.0.0.1:{port}", tmp_path, monkeypatch)
+    with pytest.raises(ZooError, match=f"127.0.0.1:{port} resolves but cannot be reached"):
+        download(get_entry("es-ev-s"))
+    assert calls == ["hf_hub_download"]  # only the cache lookup
+
+
+def test_download_goes_ahead_when_the_hub_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check must not stop a download from a host that accepts connections (a mirror)."""
+    import socket
+
+    from efficientsam3_ros.zoo import download, get_entry
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        calls = _hub_at(f"http://127.0.0.1:{server.getsockname()[1]}", tmp_path, monkeypatch)
+        with pytest.raises(ZooError, match="not cached"):
+            download(get_entry("es-ev-s"))
+    assert calls == ["hf_hub_download", "hf_hub_download"]  # the cache lookup, then the download
+
+
 def test_a_same_size_rewrite_with_its_old_mtime_is_checked_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,8 @@ HOME_ENV = "EFFICIENTSAM3_HOME"
 VERIFIED = "verified.json"
 _CHUNK = 1 << 22
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+HUB_CONNECT_TIMEOUT_S = 5.0
+"""How long the Hub's one connection check waits for an answer before the download is given up."""
 
 
 def models_dir() -> Path:
@@ -108,24 +110,44 @@ def download(entry: ZooEntry) -> Path:
 
 
 def _check_hub_resolves() -> None:
-    """Raise ConnectionError when the Hub's host name does not resolve (and no proxy would resolve it).
+    """Raise ConnectionError when the Hub cannot be reached: its host name does not resolve, or
+    nothing answers on its port (no route, a firewall, a refused connection).
 
     Why: offline, huggingface_hub retries its request five times with backoff (about 40 s and
-    ten lines of warnings) before it gives up; a name this machine cannot resolve will not be
-    fetched by retrying either. Offline mode (``HF_HUB_OFFLINE``) fails at once by itself, and
-    behind a proxy the proxy resolves names, so neither is checked here.
+    ten lines of warnings) before it gives up; a host this machine cannot resolve or connect to
+    will not be fetched by retrying either. A name that resolves is not enough: on a robot's
+    network without an uplink, or behind a firewall that drops the packets, the name comes from
+    a local resolver and only the connection fails. Offline mode (``HF_HUB_OFFLINE``) fails at
+    once by itself, and behind a proxy the proxy resolves names and connects, so neither is
+    checked here. One connection attempt of :data:`HUB_CONNECT_TIMEOUT_S` at most.
     """
     from huggingface_hub import constants
 
     if constants.is_offline_mode() or any(os.environ.get(var) for var in _PROXY_VARS):
         return
-    host = urlsplit(constants.ENDPOINT).hostname
+    url = urlsplit(constants.ENDPOINT)
+    host = url.hostname
     if not host:
         return
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        socket.getaddrinfo(host, 443)
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
         raise ConnectionError(f"{host} does not resolve ({err.strerror or err}; no network?)") from None
+    errors: list[str] = []
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(HUB_CONNECT_TIMEOUT_S)
+                sock.connect(address)
+            return
+        except OSError as err:
+            errors.append(
+                str(err) if not isinstance(err, TimeoutError) else f"no answer in {HUB_CONNECT_TIMEOUT_S:g} s"
+            )
+    raise ConnectionError(
+        f"{host}:{port} resolves but cannot be reached ({errors[0]}; no network or a firewall?)"
+    )
 
 
 def offline_message(entry: ZooEntry, err: BaseException) -> str:
