@@ -528,6 +528,22 @@ def test_config_validation():
         TrackingConfig(max_missed_frames=-1)
 
 
+def test_constructor_checks_kinds_as_from_dict_does():
+    """Only from_dict checked kinds: TrackingConfig(iou_downsample=2.0) was accepted and failed on
+    the first update (a float slice step), a string "false" switched a bool on, and a count of
+    2.5 frames was compared as a number. The pipeline and the node build it directly."""
+    for name, bad in (
+        ("iou_downsample", 2.0),
+        ("max_tracks", 2.5),
+        ("use_propagated_masks", "false"),
+        ("stale_mask_frames", True),
+        ("assoc_iou_threshold", "0.5"),
+    ):
+        with pytest.raises(ValueError, match=f"tracking parameter {name} must be of type"):
+            TrackingConfig(**{name: bad})
+    assert TrackingConfig(assoc_iou_threshold=1, new_det_threshold=np.float64(0.35)).assoc_iou_threshold == 1
+
+
 def test_zero_overlap_thresholds_are_refused():
     """max_iou_for_new 0 asked for IoU < 0: no track was ever born, even in an empty scene;
     duplicate_iou 0 removed every young track of a concept that has an older one, disjoint or not."""

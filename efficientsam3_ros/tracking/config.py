@@ -110,7 +110,6 @@ class TrackingConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrackingConfig:
         """Build from a YAML/ROS-parameter dict; unknown keys raise so a typo is not silently ignored."""
         check_known_keys(cls, data, "tracking parameters")
-        check_scalar_types(cls, data, "tracking parameter")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,7 +117,13 @@ class TrackingConfig:
         return asdict(self)
 
     def __post_init__(self) -> None:
-        """Reject settings that would silently break the lifecycle (e.g. negative budgets)."""
+        """Reject settings that would silently break the lifecycle (e.g. negative budgets).
+
+        Kinds are checked here, not only in :meth:`from_dict`, because the pipeline and the node
+        build the config directly: a float frame count or a string bool must fail at once, not
+        on the first frame (or never, switching a rule on).
+        """
+        check_scalar_types(type(self), asdict(self), "tracking parameter")
         for name in ("assoc_iou_threshold", "recondition_iou"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
