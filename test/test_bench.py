@@ -113,6 +113,18 @@ def test_encodings_bench_times_opencv_and_numpy_side_by_side(capsys):
         assert ratio == "-" if encoding == "rgb8" else float(ratio.rstrip("x")) >= 0
 
 
+def test_tracking_bench_times_each_downsample_beside_the_exact_iou(capsys):
+    bench = _load("tracking")
+    argv = ["--size", "160x120", "--objects", "3", "--frames", "4", "--side", "10", "--downsample", "1", "4"]
+    assert bench.main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "4"]
+    assert rows[0][2] == "1.00x"
+    for _, ms, ratio, ids in rows:  # "4    9.50    2.34x    10"
+        assert float(ms) > 0 and float(ratio.rstrip("x")) > 0
+        assert int(ids) == 3  # one id per object, exact or downsampled
+
+
 @pytest.mark.parametrize("path", sorted(BENCH.glob("*.py")), ids=lambda path: path.stem)
 def test_every_bench_imports_against_the_current_code(path):
     """The full-size benches (runtime.py, tracker.py) take minutes; importing them still catches a

@@ -74,6 +74,21 @@ def test_mask_iou_matrix_matches_naive_definition():
         mask_iou_matrix([A], [np.zeros((3, 3), bool)])
 
 
+def test_downsampled_iou_keeps_objects_smaller_than_the_stride():
+    """iou_downsample kept every n-th pixel: an object between the sampled rows and columns had
+    area 0, so it matched nothing and was born again on every frame (a new id per frame). Each
+    cell now stands for its whole n x n block, so a small object is always seen."""
+    trk = ConceptTracker(TrackingConfig(iou_downsample=4))
+    ids = []
+    for step in range(6):  # a 3 x 3 object moving one pixel a frame, off the sampled grid
+        update = trk.update([det(rect(1, 1 + step, 4, 4 + step))])
+        ids.append([i.track_id for i in update.instances])
+    assert ids == [[1]] * 6
+    small, small_shift = rect(1, 1, 4, 4), rect(1, 2, 4, 5)
+    assert mask_iou_matrix([small], [small_shift], downsample=4)[0, 0] == pytest.approx(0.5)  # exact: 6 / 12
+    assert mask_iou_matrix([small], [rect(9, 9, 12, 12)], downsample=4)[0, 0] == 0.0  # apart stays apart
+
+
 def test_box_from_mask():
     np.testing.assert_array_equal(box_from_mask(rect(2, 3, 5, 9)), [3, 2, 9, 5])
     np.testing.assert_array_equal(box_from_mask(np.zeros(SHAPE, bool)), [0, 0, 0, 0])
