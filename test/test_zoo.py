@@ -359,38 +359,6 @@ def test_a_bad_copy_in_the_hf_cache_names_the_file_to_delete(
     assert f"delete {blob} " in str(info.value)
 
 
-def test_download_with_no_name_resolution_fails_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Offline, huggingface_hub retried the request 5 times with backoff (40 s, ten lines of
-    warnings) before the one-line error; a host that does not resolve now fails at once."""
-    import socket
-
-    import huggingface_hub
-
-    def no_dns(*args, **kwargs):
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    calls: list[str] = []
-
-    def hub_download(*args, **kwargs):
-        calls.append("hf_hub_download")
-        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
-
-    monkeypatch.setenv("EFFICIENTSAM3_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_download)
-    from efficientsam3_ros.zoo import download, get_entry
-
-    with pytest.raises(ZooError, match="cannot download es-ev-s .*huggingface.co does not resolve"):
-        download(get_entry("es-ev-s"))
-    assert calls == ["hf_hub_download"]  # only the cache lookup; no network attempt with retries
-
-
 def _hub_at(endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Point huggingface_hub at ``endpoint`` with no proxy and a fake ``hf_hub_download`` that
     records its calls and finds nothing in the cache; returns the call list."""
@@ -410,6 +378,25 @@ def _hub_at(endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> l
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_download)
     return calls
+
+
+def test_download_with_no_name_resolution_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, huggingface_hub retried the request 5 times with backoff (40 s, ten lines of
+    warnings) before the one-line error; a host that does not resolve now fails at once."""
+    import socket
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    calls = _hub_at("https://huggingface.co", tmp_path, monkeypatch)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    from efficientsam3_ros.zoo import download, get_entry
+
+    with pytest.raises(ZooError, match="cannot download es-ev-s .*huggingface.co does not resolve"):
+        download(get_entry("es-ev-s"))
+    assert calls == ["hf_hub_download"]  # only the cache lookup; no network attempt with retries
 
 
 def test_download_from_a_host_that_resolves_but_does_not_answer_fails_at_once(
