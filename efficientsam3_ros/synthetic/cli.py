@@ -10,6 +10,7 @@ import argparse
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from efficientsam3_ros.cli import CliError, run_command
 from efficientsam3_ros.ros.convert import RAW_ENCODINGS, FrameError
@@ -171,11 +172,29 @@ def _world_config(args: argparse.Namespace) -> WorldConfig:
     return replace(cfg, **changes) if changes else cfg
 
 
+def _check_bag_path(bag_dir: Path, storage: str) -> None:
+    """Refuse a bag rosbags would refuse (it exists) or misread (sqlite URI characters), before writing.
+
+    Why here: write_rosbag raises these as FileExistsError / ValueError; from the command line
+    they are the user's to fix, so one line and exit code 2, not a traceback.
+    """
+    from efficientsam3_ros.ros.messages import sqlite_path_problem, sqlite_uri_chars_text  # ~0.3 s: lazy
+
+    if bag_dir.exists():
+        raise CliError(f"{bag_dir} exists already (a bag is never overwritten); choose another OUT_DIR")
+    if storage == "sqlite3" and (problem := sqlite_path_problem(bag_dir)):
+        raise CliError(
+            f"cannot write a sqlite3 bag at {bag_dir}: {problem}; choose an OUT_DIR without "
+            f"{sqlite_uri_chars_text()}, or pass --storage mcap"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Write the dataset the options describe; print what was written. Returns an exit status."""
     cfg = config_from_args(args)
     extra: dict = {}
     if args.kind == "rosbag":
+        _check_bag_path(Path(args.out_dir) / "bag", args.storage)
         extra.update(storage=args.storage, topic=args.topic, encoding=args.encoding)
         if args.fps is not None:
             extra["fps"] = args.fps
@@ -193,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(
             f"--encoding {args.encoding} does not fit --size {cfg.width}x{cfg.height}: {err}"
         ) from None
+    except OSError as err:  # OUT_DIR is a file, not writable, the disk is full: the user's to fix
+        raise CliError(f"cannot write {args.out_dir}: {err}") from None
     for p in paths:
         print(p)
     return 0

@@ -151,8 +151,12 @@ class WorldConfig:
             lo, hi = getattr(self, name)
             if lo < 0 or hi < lo:
                 raise ValueError(f"{name} must be a range (lo, hi) with 0 <= lo <= hi, got {(lo, hi)}")
+        if not self.scale_range[1] <= 1:  # a circumradius over the short side cannot spawn inside (or NaN)
+            raise ValueError(f"scale_range must lie in [0, 1] (of the short side), got {self.scale_range}")
         if not 0 < self.max_objects < 255:
             raise ValueError("max_objects must be in [1, 254]")
+        if not 0 <= self.noise <= 127:  # the per-pixel offsets are drawn as int8
+            raise ValueError(f"noise must be in [0, 127], got {self.noise}")
         for name in ("p_enter", "p_leave", "p_distractor"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
@@ -264,7 +268,10 @@ class _Body:
 
 
 def _seed_rng(seed: int | Sequence[int]) -> np.random.Generator:
-    return np.random.default_rng(seed if isinstance(seed, int) else list(seed))
+    """A numpy integer (``for seed in np.arange(n)``) is the same seed as the Python int."""
+    if isinstance(seed, int | np.integer):
+        return np.random.default_rng(int(seed))
+    return np.random.default_rng(list(seed))
 
 
 def _value_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:

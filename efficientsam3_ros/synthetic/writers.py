@@ -13,6 +13,7 @@ files (JPEG encoding included, for a given Pillow build).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -64,9 +65,23 @@ def _coco_annotation(obj: GTObject, ann_id: int, image_id: int) -> dict[str, Any
     }
 
 
+def _json_seed(seed: int | Sequence[int]) -> int | list[int]:
+    """The seed as JSON can hold it: a numpy integer (``np.arange`` loops) is not JSON serialisable."""
+    if isinstance(seed, int | np.integer):
+        return int(seed)
+    return [int(s) for s in seed]
+
+
+def _check_fps(fps: float, most: float = math.inf) -> None:
+    """Refuse a frame rate before anything is written: stamps and durations divide by it."""
+    if not (math.isfinite(fps) and 0 < fps <= most):
+        bound = f"(0, {most:g}]" if math.isfinite(most) else "> 0"
+        raise ValueError(f"fps must be a finite number {bound}, got {fps}")
+
+
 def _config_info(config: WorldConfig, seed: int) -> dict[str, Any]:
     info = asdict(config)
-    info["seed"] = seed
+    info["seed"] = _json_seed(seed)
     info["generator"] = "efficientsam3_ros.synthetic"
     return info
 
@@ -139,6 +154,7 @@ def sav_annotation(
     """
     if absent not in ("null", "empty"):
         raise ValueError("absent must be 'null' or 'empty'")
+    _check_fps(fps)
     if not frames:
         raise ValueError("no frames")
     if annotate_every < 1:
@@ -216,6 +232,7 @@ def write_sav(
 
     Video v (from 1) is ``render_video((seed, v), num_frames, config)`` and is named ``sav_<v:06d>``.
     """
+    _check_fps(fps)  # here too: sav_annotation runs only after a video's frames are written
     cfg = config or WorldConfig()
     out = Path(out_dir)
     paths = []
@@ -390,7 +407,9 @@ def write_rosbag(
     record, and its pixels are exactly ``render_video(seed, num_frames, config)[i].image``,
     laid out as ``encoding`` says (rgb8 by default; a camera's yuyv, nv12 or bayer_rggb8 to
     test a pipeline on what that camera publishes: lossy, see ros.pixel_formats).
-    ``storage`` is ``"sqlite3"`` or ``"mcap"``. Returns ``(bag_dir, gt_json)``.
+    ``storage`` is ``"sqlite3"`` or ``"mcap"``; ``fps`` in (0, 1e9] (distinct stamps).
+    An existing ``out_dir/bag`` is refused with FileExistsError before anything is written.
+    Returns ``(bag_dir, gt_json)``.
     """
     from rosbags.typesys import Stores, get_typestore
 
@@ -399,8 +418,13 @@ def write_rosbag(
 
     cfg = config or WorldConfig()
     check_layout(encoding, cfg.height, cfg.width)  # an unknown encoding, an odd size for YUV: before writing
+    # at most 1e9 fps, so that round(i * 1e9 / fps) gives every frame its own stamp: the evaluator
+    # keys ground-truth frames by stamp and refuses two frames sharing one
+    _check_fps(fps, 1e9)
     out = Path(out_dir)
     bag_dir = out / "bag"
+    if bag_dir.exists():  # rosbags refuses too, but with its own error type; nothing is written yet
+        raise FileExistsError(f"{bag_dir} exists already; a bag is never overwritten")
     bag = bag_writer(bag_dir, storage)  # refuses an unknown storage before anything is written
     out.mkdir(parents=True, exist_ok=True)
     typestore = get_typestore(Stores.ROS2_HUMBLE)
