@@ -15,7 +15,12 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from efficientsam3_ros.evaluation.records import FrameRecord, normalise_label, rle_for_coco
+from efficientsam3_ros.evaluation.records import (
+    FrameRecord,
+    normalise_label,
+    rle_for_coco,
+    unique_concepts,
+)
 
 
 def coco_from_dataset(dataset: dict[str, Any]) -> COCO:
@@ -64,8 +69,10 @@ def coco_ap_per_concept(
 
     Concepts are matched to ground-truth labels by normalised name. A concept without
     ground truth gets None (COCOeval's -1), one with ground truth but no predictions 0.0.
+    Crowd regions go to COCOeval as ``iscrowd`` (ignored: a detection on one is neither a hit
+    nor a false positive) and are not counted in ``gt_instances``.
     """
-    concepts = list(concepts)
+    concepts = unique_concepts(concepts)
     cat_ids = {normalise_label(c): i + 1 for i, c in enumerate(concepts)}
     stamps = sorted(set(gt) & set(pred))
     images, gt_anns, dets = [], [], []
@@ -76,7 +83,9 @@ def coco_ap_per_concept(
             cat = cat_ids.get(normalise_label(inst.label))
             if cat is None:
                 continue
-            gt_anns.append(gt_annotation(len(gt_anns) + 1, image_id, cat, rle_for_coco(inst.rle)))
+            gt_anns.append(
+                gt_annotation(len(gt_anns) + 1, image_id, cat, rle_for_coco(inst.rle), int(inst.iscrowd))
+            )
         for inst in pred[stamp].instances:
             cat = cat_ids.get(normalise_label(inst.label))
             if cat is not None:
@@ -95,7 +104,7 @@ def coco_ap_per_concept(
     out: dict[str, dict[str, float | int | None]] = {}
     for concept in concepts:
         cat = cat_ids[normalise_label(concept)]
-        n_gt = sum(1 for a in gt_anns if a["category_id"] == cat)
+        n_gt = sum(1 for a in gt_anns if a["category_id"] == cat and not a["iscrowd"])
         cat_dets = [dict(d) for d in dets if d["category_id"] == cat]
         result: dict[str, float | int | None] = {"gt_instances": n_gt, "detections": len(cat_dets)}
         if n_gt == 0:

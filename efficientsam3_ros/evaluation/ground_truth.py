@@ -116,7 +116,29 @@ def ground_truth_from_coco(data: dict[str, Any]) -> tuple[dict[int, FrameRecord]
     for ann in data["annotations"]:
         with _entry("annotation", ann):
             _add_annotation(ann, by_image, names)
+    for image in data["images"]:
+        _check_track_ids(image, by_image[image["id"]])
     return frames, list(names.values())
+
+
+def _check_track_ids(image: dict[str, Any], frame: FrameRecord) -> None:
+    """Raise unless each (category, track_id) names at most one instance of the image.
+
+    Why: a track id is one object's identity; two instances sharing it in one frame make the
+    tracking metrics meaningless (motmetrics raised KeyError on it, after the whole model pass).
+    """
+    seen: set[tuple[int, int]] = set()
+    for inst in frame.instances:
+        if inst.iscrowd or inst.track_id < 0:
+            continue
+        key = (inst.concept_id, inst.track_id)
+        if key in seen:
+            raise GroundTruthError(
+                f"ground-truth image {image.get('id')!r} has two {inst.label!r} annotations with "
+                f"track_id {inst.track_id}; a track_id is one object's identity (merge the two "
+                "segmentations into one annotation, or leave track_id out to score without identities)"
+            )
+        seen.add(key)
 
 
 def _image_frame(image: dict[str, Any]) -> FrameRecord:
@@ -128,12 +150,10 @@ def _image_frame(image: dict[str, Any]) -> FrameRecord:
 
 
 def _add_annotation(ann: dict[str, Any], by_image: dict[Any, FrameRecord], names: dict[int, str]) -> None:
-    """Add one COCO annotation to its frame (crowd regions are skipped), its mask checked."""
+    """Add one COCO annotation to its frame (a crowd region flagged as one), its mask checked."""
     frame = by_image.get(ann["image_id"])
     if frame is None:
         raise GroundTruthError(f"annotation {ann.get('id')!r} refers to unknown image {ann['image_id']!r}")
-    if int(ann.get("iscrowd", 0)):
-        return  # crowd regions are not instances to find or track
     category = int(ann["category_id"])
     if category not in names:
         raise GroundTruthError(f"annotation {ann.get('id')!r} has unknown category_id {category}")
@@ -147,6 +167,7 @@ def _add_annotation(ann: dict[str, Any], by_image: dict[Any, FrameRecord], names
             score=1.0,
             track_id=int(ann.get("track_id", -1)),
             concept_id=category,
+            iscrowd=bool(int(ann.get("iscrowd", 0))),  # kept for mask AP's ignore regions only
         )
     )
 

@@ -12,7 +12,13 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
-from efficientsam3_ros.evaluation.records import FrameRecord, InstanceRecord, normalise_label, rle_for_coco
+from efficientsam3_ros.evaluation.records import (
+    FrameRecord,
+    InstanceRecord,
+    normalise_label,
+    rle_for_coco,
+    unique_concepts,
+)
 
 
 def iou_matrix(gt: list[InstanceRecord], pred: list[InstanceRecord]) -> np.ndarray:
@@ -51,17 +57,18 @@ def mask_iou_scores(
       - ``matched_mean_iou``: the same over matched instances only (mask quality once found);
       - ``semantic_iou``: intersection over union of the per-frame union masks, summed over
         frames (false positives lower this one).
-    None where the concept has no ground truth.
+    None where the concept has no ground truth. Crowd regions are left out (they are COCO ignore
+    areas for mask AP, not instances to find).
     """
     stamps = sorted(set(gt) & set(pred))
     out: dict[str, dict[str, float | int | None]] = {}
-    for concept in concepts:
+    for concept in unique_concepts(concepts):
         key = normalise_label(concept)
         matched_ious: list[float] = []
         n_gt = n_pred = 0
         inter = union = 0.0
         for stamp in stamps:
-            g = [x for x in gt[stamp].instances if normalise_label(x.label) == key]
+            g = [x for x in gt[stamp].instances if normalise_label(x.label) == key and not x.iscrowd]
             p = [x for x in pred[stamp].instances if normalise_label(x.label) == key]
             n_gt += len(g)
             n_pred += len(p)

@@ -9,6 +9,7 @@ image's header stamp in integer nanoseconds, the one key all three sources share
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,10 @@ class InstanceRecord:
     score: float = 1.0
     track_id: int = -1  # -1: no track identity (untracked prediction)
     concept_id: int = -1
+    # Ground truth only: a COCO crowd region, an area to ignore rather than an instance to find.
+    # Mask AP passes it to COCOeval as such (a detection on it is neither a hit nor a false
+    # positive); mask IoU and tracking leave it out, as motmetrics has no ignore regions.
+    iscrowd: bool = False
 
 
 @dataclass
@@ -39,6 +44,18 @@ class FrameRecord:
 def normalise_label(label: str) -> str:
     """Concept names are matched case- and whitespace-insensitively ("Red  Mug" == "red mug")."""
     return " ".join(str(label).lower().split())
+
+
+def unique_concepts(concepts: Iterable[str]) -> list[str]:
+    """``concepts`` with later spellings of an already-listed concept dropped (first one kept).
+
+    Why: concepts are matched by normalised name, so "red mug" and "Red Mug" select the same
+    instances; listing both would score that concept twice and weight it twice in the overall numbers.
+    """
+    out: dict[str, str] = {}
+    for concept in concepts:
+        out.setdefault(normalise_label(concept), concept)
+    return list(out.values())
 
 
 def rle_for_coco(rle: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from efficientsam3_ros.evaluation.coco_ap import coco_ap_per_concept
 from efficientsam3_ros.evaluation.masks import mask_iou_scores
-from efficientsam3_ros.evaluation.records import FrameRecord, normalise_label
+from efficientsam3_ros.evaluation.records import FrameRecord, normalise_label, unique_concepts
 from efficientsam3_ros.evaluation.tracking import tracking_metrics
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,10 @@ def score(
     """Every ground-truth metric for the report's "scores" section.
 
     ``gt_labels`` (the ground truth's category names) only serves the report's
-    ``concepts_without_gt`` list, so a misspelt ``--concept`` is easy to spot.
+    ``concepts_without_gt`` list, so a misspelt ``--concept`` is easy to spot. Two concepts that
+    normalise alike ("red mug", "Red Mug") are one concept, scored once under the first spelling.
     """
-    concepts = list(concepts)
+    concepts = unique_concepts(concepts)
     gt, pred, mismatched = _drop_size_mismatches(gt, pred)
     common = set(gt) & set(pred)
     known = {normalise_label(x) for x in gt_labels} | {

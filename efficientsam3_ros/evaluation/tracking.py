@@ -7,6 +7,7 @@ IoU threshold or across concepts, so a mug is never matched to a person.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,7 +15,14 @@ import motmetrics as mm
 import numpy as np
 
 from efficientsam3_ros.evaluation.masks import iou_matrix
-from efficientsam3_ros.evaluation.records import FrameRecord, InstanceRecord, normalise_label
+from efficientsam3_ros.evaluation.records import (
+    FrameRecord,
+    InstanceRecord,
+    normalise_label,
+    unique_concepts,
+)
+
+log = logging.getLogger(__name__)
 
 METRICS = [
     "mota",
@@ -42,13 +50,31 @@ class _IdMap:
 
     def __call__(self, inst: InstanceRecord) -> int:
         if inst.track_id < 0:  # an untracked prediction is an identity of its own
-            self.next += 1
-            return self.next - 1
+            return self.fresh()
         key = (normalise_label(inst.label), int(inst.track_id))
         if key not in self.ids:
-            self.ids[key] = self.next
-            self.next += 1
+            self.ids[key] = self.fresh()
         return self.ids[key]
+
+    def fresh(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+    def frame(self, instances: list[InstanceRecord]) -> tuple[list[int], int]:
+        """Ids of one frame's instances, and how many repeated an id already used in the frame.
+
+        A repeat gets an identity of its own: motmetrics needs ids unique per frame (a repeated
+        ground-truth id raised KeyError, a repeated prediction id counted its overlap twice and
+        pushed IDF1 over 1).
+        """
+        ids: list[int] = []
+        repeats = 0
+        for inst in instances:
+            i = self(inst)
+            if i in ids:
+                i, repeats = self.fresh(), repeats + 1
+            ids.append(i)
+        return ids, repeats
 
 
 def _distances(gt: list[InstanceRecord], pred: list[InstanceRecord], iou_threshold: float) -> np.ndarray:
@@ -76,13 +102,15 @@ def tracking_metrics(
     Ground-truth identities are the annotations' ``track_id`` (unique per concept);
     a prediction's identity is its tracker id.
     """
-    concepts = list(concepts)
+    concepts = unique_concepts(concepts)
     keys = {normalise_label(c): c for c in concepts}
     stamps = [s for s in pred if s in gt]  # processing order
     accs = {c: mm.MOTAccumulator(auto_id=True) for c in [*concepts, "overall"]}
     gt_ids, hyp_ids = _IdMap(), _IdMap()
+    repeats = {"ground-truth": 0, "predicted": 0}
     for stamp in stamps:
-        all_g = [x for x in gt[stamp].instances if normalise_label(x.label) in keys]
+        # crowd regions are COCO ignore areas, not objects; motmetrics has no such notion
+        all_g = [x for x in gt[stamp].instances if normalise_label(x.label) in keys and not x.iscrowd]
         all_p = [x for x in pred[stamp].instances if normalise_label(x.label) in keys]
         groups = {"overall": (all_g, all_p)}
         for key, concept in keys.items():
@@ -91,8 +119,18 @@ def tracking_metrics(
                 [x for x in all_p if normalise_label(x.label) == key],
             )
         for name, (g, p) in groups.items():
-            accs[name].update(
-                [gt_ids(x) for x in g], [hyp_ids(x) for x in p], _distances(g, p, iou_threshold)
+            (g_ids, g_rep), (p_ids, p_rep) = gt_ids.frame(g), hyp_ids.frame(p)
+            if name == "overall":
+                repeats["ground-truth"] += g_rep
+                repeats["predicted"] += p_rep
+            accs[name].update(g_ids, p_ids, _distances(g, p, iou_threshold))
+    for side, n in repeats.items():
+        if n:
+            log.warning(
+                "%d %s instance(s) repeat a (concept, track id) already used in their frame; "
+                "each is scored as an identity of its own",
+                n,
+                side,
             )
 
     mh = mm.metrics.create()
@@ -106,8 +144,12 @@ def tracking_metrics(
 
 
 def _plain(value: Any, integer: bool = False) -> float | int | None:
-    """JSON-friendly scalar: numpy types to Python, counts to int, NaN (undefined, e.g. no objects) to None."""
+    """JSON-friendly scalar: numpy types to Python, counts to int, undefined to None.
+
+    Undefined is NaN (e.g. IDF1 with nothing on either side) or infinite: MOTA divides by the
+    ground-truth count, so false positives without ground truth made it -inf.
+    """
     value = float(value)
-    if np.isnan(value):
+    if not np.isfinite(value):
         return None
     return int(round(value)) if integer else value
