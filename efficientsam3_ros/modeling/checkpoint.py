@@ -3,8 +3,8 @@
 Formats (detected from the file, not the file name):
   - ``efficientsam3_ros``: our safetensors, keys = ``model.state_dict()`` names, the
     ``ModelConfig`` JSON in the safetensors metadata (``save_checkpoint``);
-  - ``original``: released SAM3 / EfficientSAM3 ``.pt`` files, ``{"model": {detector.*, tracker.*}}``
-    (mapped by ``convert_sam3``);
+  - ``original``: released SAM3 / EfficientSAM3 ``.pt`` files, ``{"model": {detector.*, tracker.*}}``,
+    or an upstream ``Sam3Image.state_dict()`` without those prefixes (mapped by ``convert_sam3``);
   - ``hf``: HF-format SAM3 / SAM3-LiteText directories (transformers' names).
 Loading is strict by default: missing, unexpected and mis-shaped keys are reported by
 name and nothing is copied; keys the package deliberately ignores are listed with the
@@ -38,7 +38,13 @@ from .convert_common import (
     materialise,
     plan_conversion,
 )
-from .convert_sam3 import hf_key_mapper, released_key_mapper
+from .convert_sam3 import (
+    IMAGE_MODEL_ROOTS,
+    PREDICTOR_PREFIX,
+    hf_key_mapper,
+    released_contents_hint,
+    released_key_mapper,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,9 @@ FORMAT_NAME = "efficientsam3_ros"
 FORMAT_VERSION = "1"
 _OURS_PREFIXES = ("detector.vision_encoder.", "detector.detr_encoder.", "detector.detr_decoder.")
 _HF_PREFIXES = ("vision_encoder.", "detector_model.", "detr_encoder.", "text_encoder.", "mask_decoder.")
-_ORIGINAL_PREFIXES = ("detector.", "tracker.")
+_ORIGINAL_PREFIXES = ("detector.", "tracker.", PREDICTOR_PREFIX, *IMAGE_MODEL_ROOTS)
+# The raw stage-1 trainer output: EfficientSAM3's ImageStudentEncoder alone (trunk + adapter head)
+_STUDENT_ONLY_PREFIXES = ("backbone.model.", "head.", "student_trunk.", "module.backbone.model.")
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -87,6 +95,12 @@ def detect_format(ckpt: OpenCheckpoint) -> str:
     if any(k.startswith(_ORIGINAL_PREFIXES) for k in keys):
         return "original"
     sample = ", ".join(keys[:3])
+    if keys and all(k.startswith(_STUDENT_ONLY_PREFIXES) for k in keys):
+        raise CheckpointError(
+            f"{ckpt.path}: a stage-1 student image encoder alone (first keys: {sample}), not a whole model: "
+            "merge it with Meta's sam3.pt first (EfficientSAM3's stage1/convert_image_encoder_weights_stage1.py "
+            "--student-ckpt FILE --sam3-ckpt sam3.pt), then load the merged file"
+        )
     raise CheckpointError(
         f"{ckpt.path}: unrecognised key naming (first keys: {sample}); expected detector.* / tracker.* or HF names"
     )
@@ -114,6 +128,12 @@ def plan_checkpoint(model: nn.Module, ckpt: OpenCheckpoint) -> tuple[str, Conver
         ckpt.shapes, {k: tuple(v.shape) for k, v in state.items()}, mapper_for(fmt, model, ckpt)
     )
     check_dtype_kinds(plan, ckpt.dtypes, {k: dtype_name(v.dtype) for k, v in state.items()})
+    if fmt == "original" and not plan.ok:
+        trunk = "detector.vision_encoder.backbone."
+        trunk_problem = any(k.startswith(trunk) for k in plan.missing) or any(
+            t.startswith(trunk) for t, *_ in plan.mismatched
+        )
+        plan.hint = released_contents_hint(model.config, ckpt.keys(), trunk_problem)  # type: ignore[arg-type]
     return fmt, plan
 
 

@@ -103,6 +103,7 @@ class ConversionPlan:
     wrong_dtype: list[tuple[str, str, str, str]] = field(
         default_factory=list
     )  # target, source, model dtype, checkpoint dtype
+    hint: str = ""  # what the file holds and which model loads it, when the keys tell (a wrong file)
 
     @property
     def ok(self) -> bool:
@@ -138,6 +139,8 @@ class ConversionPlan:
             "wrong kind of dtype",
             [f"{t} <- {s}: model {m}, checkpoint gives {c}" for t, s, m, c in self.wrong_dtype],
         )
+        if lines and self.hint:
+            lines.append(f"hint: {self.hint}")
         return "\n".join(lines)
 
 

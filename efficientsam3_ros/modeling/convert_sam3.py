@@ -138,6 +138,17 @@ DETECTOR_PREFIX = "detector."
 TRACKER_PREFIX = "tracker."
 STUDENT_PREFIX = "backbone.vision_backbone.trunk.model."
 MOBILECLIP_PREFIX = "backbone.language_backbone.encoder."
+# A bare upstream Sam3Image.state_dict(): its image-model roots, and the instance predictor that
+# released files store as ``tracker.*`` (facebookresearch/sam3 sam3/model_builder.py, _load_checkpoint).
+IMAGE_MODEL_ROOTS = (
+    "backbone.vision_backbone.",
+    "backbone.language_backbone.",
+    "transformer.",
+    "geometry_encoder.",
+    "segmentation_head.",
+    "dot_prod_scoring.",
+)
+PREDICTOR_PREFIX = "inst_interactive_predictor.model."
 
 # Keys the released checkpoints carry that EfficientSam3Model deliberately does not load, and why.
 UNUSED_RULES: list[tuple[str, str]] = [
@@ -270,8 +281,80 @@ def _student_targets(rest: str, trunk_map: dict[str, str]) -> list[Target] | Unu
 
 
 def _normalise(key: str) -> str:
-    """Legacy ``student_trunk.`` fragments are deleted, as the original loader does."""
-    return key.replace("student_trunk.", "") if "student_trunk." in key else key
+    """A key in the released naming: legacy ``student_trunk.`` fragments deleted, as the original loader does,
+    and a bare upstream ``Sam3Image.state_dict()`` key given its ``detector.`` / ``tracker.`` prefix.
+
+    Why the latter: upstream's ``_load_checkpoint`` takes a model's own state_dict too (its
+    ``detector.`` strip is then a no-op), so that is how a model fine-tuned with the upstream
+    code is naturally saved.
+    """
+    if "student_trunk." in key:
+        key = key.replace("student_trunk.", "")
+    if key.startswith(PREDICTOR_PREFIX):
+        return TRACKER_PREFIX + key[len(PREDICTOR_PREFIX) :]
+    if key.startswith(IMAGE_MODEL_ROOTS):
+        return DETECTOR_PREFIX + key
+    return key
+
+
+# What a released file's trunk / text keys say it holds: (key prefix, family or tower, words for a person).
+TRUNK_SIGNATURES: tuple[tuple[str, str, str], ...] = (
+    (DETECTOR_PREFIX + "backbone.vision_backbone.trunk.blocks.", "sam3", "the SAM3 ViT (teacher) trunk"),
+    (DETECTOR_PREFIX + STUDENT_PREFIX + "backbone.model.features.", "repvit", "a RepViT student trunk"),
+    (DETECTOR_PREFIX + STUDENT_PREFIX + "backbone.model.patch_embed.", "tinyvit", "a TinyViT student trunk"),
+    (
+        DETECTOR_PREFIX + STUDENT_PREFIX + "backbone.model.input_stem.",
+        "efficientvit",
+        "an EfficientViT student trunk",
+    ),
+)
+TEXT_SIGNATURES: tuple[tuple[str, str, str], ...] = (
+    (DETECTOR_PREFIX + MOBILECLIP_PREFIX + "transformer.resblocks.", "clip", "SAM3's CLIP text encoder"),
+    (
+        DETECTOR_PREFIX + MOBILECLIP_PREFIX + "embedding_layer.",
+        "mobileclip",
+        "a MobileCLIP (SAM3-LiteText) text encoder",
+    ),
+)
+
+
+def _signature(keys: list[str], table: tuple[tuple[str, str, str], ...]) -> tuple[str, str] | None:
+    for prefix, kind, words in table:
+        if any(k.startswith(prefix) for k in keys):
+            return kind, words
+    return None
+
+
+def released_contents_hint(config: ModelConfig, source_keys: Iterable[str], trunk_problem: bool) -> str:
+    """One line for a person whose released file does not fit: what the file holds, and which model loads it.
+
+    Why: the mismatch listing names hundreds of keys, not the cause (a file of another trunk
+    family, size or text tower than the model named). ``trunk_problem``: the plan found trunk
+    entries missing or mis-shaped. Empty when the keys say nothing more useful.
+    """
+    from .registry import STUDENTS  # late: the registry builds models, this module only names keys
+
+    keys = [_normalise(k) for k in source_keys]
+    trunk, text = _signature(keys, TRUNK_SIGNATURES), _signature(keys, TEXT_SIGNATURES)
+    own_trunk = next((w for _, kind, w in TRUNK_SIGNATURES if kind == config.family), config.family)
+    own_text = next((w for _, kind, w in TEXT_SIGNATURES if kind == config.text_encoder), config.text_encoder)
+
+    def names(family: str) -> str:
+        if family == "sam3":
+            return "--model sam3"
+        sizes = ", ".join(n for n, spec in STUDENTS.items() if spec.family == family)
+        return f"--model {sizes} (the size it was trained at)"
+
+    if trunk is not None and trunk[0] != config.family:
+        return f"the file holds {trunk[1]}, but {config.name} has {own_trunk}: load it with {names(trunk[0])}"
+    if text is not None and text[0] != config.text_encoder:
+        return (
+            f"the file's text tower is {text[1]}, but {config.name} has {own_text}: use a model with the "
+            "same text encoder and context length"
+        )
+    if trunk is not None and trunk_problem and config.family != "sam3":
+        return f"the file holds {trunk[1]} of another size than {config.name}: try {names(trunk[0])}"
+    return ""
 
 
 def hf_key_mapper(prefix_map: Callable[[str], str] | None = None) -> KeyMapper:

@@ -38,6 +38,13 @@ def load_tracker(path: str | Path, image_config: ModelConfig, memory: str | None
         raise CheckpointError(
             f"{path} holds a {config.memory!r}-memory tracker, not {memory!r}: use memory={config.memory!r}"
         )
+    if any(k.startswith(("detector.", "tracker.")) for k in ckpt.shapes):
+        # SAM3's own tracker (tracker.*) is another network than this package's memory tracker
+        raise CheckpointError(
+            f"{path} is a released SAM3 / EfficientSAM3 image model (detector.* / tracker.* keys), not a "
+            "tracker file: give it as the image model checkpoint, and as the tracker a file written by "
+            "stage 2 (format efficientsam3_ros_tracker)"
+        )
     tracker = TrackerModel(image_config, config)
     own = tracker.state_dict()
     state = {key: ckpt.get(key) for key in ckpt.shapes}
