@@ -43,11 +43,13 @@ class InstancePredictor:
     @torch.inference_mode()
     def set_image(self, pixel_values: torch.Tensor) -> None:
         """Encode one image ([1, 3, S, S], normalised as for ``encode_image``) and cache its features."""
+        self.reset_image()  # an image that fails to encode must not leave the previous one answering
         self.set_image_features(self.image_model.encode_image(pixel_values))
 
     @torch.inference_mode()
     def set_image_features(self, image_features: Sam3VisionEncoderOutput) -> None:
         """Cache features the pipeline already computed (the trunk runs once per frame)."""
+        self.reset_image()
         frame = self.tracker.encode_frame(image_features)
         self._frame = frame
         self._embeddings = frame.feat + self.tracker.sam.no_memory_embedding.view(1, -1, 1, 1)
@@ -68,26 +70,36 @@ class InstancePredictor:
 
         ``point_coords`` [P, 2] (x, y) with ``point_labels`` [P] (1 foreground, 0 background);
         ``box`` [4] xyxy. K is 3 with ``multimask_output`` (ambiguous prompts), else 1.
-        Several boxes at once: ``box`` [B, 4] gives [B, K, ...] outputs.
+        Several prompts at once give [B, K, ...] outputs: ``box`` [B, 4] (each box with the same
+        points, if any), or ``point_coords`` [B, P, 2] with ``point_labels`` [B, P] (one point set
+        per prompt, and per box when ``box`` is [B, 4]: SAM's ``predict_torch`` layout).
         """
         if self._frame is None or self._embeddings is None:
             raise RuntimeError("call set_image() before predict()")
         if point_coords is None and box is None:
             raise ValueError("give point_coords and/or box")
         device = self._embeddings.device
-        batched = box is not None and box.dim() == 2
+        per_prompt_points = point_coords is not None and point_coords.dim() == 3
+        batched = (box is not None and box.dim() == 2) or per_prompt_points
         points = labels = boxes = None
         if point_coords is not None:
-            points = point_coords.to(device, torch.float32).reshape(1, 1, -1, 2)
+            points = point_coords.to(device, torch.float32)
+            # [1, prompts, points, 2]: [B, P, 2] is one point set per prompt, not B*P points for each
+            points = points[None] if per_prompt_points else points.reshape(1, 1, -1, 2)
             if point_labels is None:
-                point_labels = torch.ones(points.shape[2], dtype=torch.int32)
-            labels = point_labels.to(device, torch.int32).reshape(1, 1, -1)
+                point_labels = torch.ones(points.shape[1:3], dtype=torch.int32)
+            labels = point_labels.to(device, torch.int32).reshape(points.shape[:3])
         if box is not None:
             boxes = box.to(device, torch.float32).reshape(1, -1, 4)
-            if points is not None and boxes.shape[1] != 1:
+            if points is not None and points.shape[1] == 1 and boxes.shape[1] != 1:
                 points, labels = (
                     points.expand(1, boxes.shape[1], -1, -1),
                     labels.expand(1, boxes.shape[1], -1),
+                )
+            elif points is not None and points.shape[1] != boxes.shape[1]:
+                raise ValueError(
+                    f"{points.shape[1]} point sets for {boxes.shape[1]} boxes: give one point set per box, "
+                    "or one for all"
                 )
         frame = self._frame
         low_res, iou, _, _ = run_sam_heads(

@@ -180,7 +180,7 @@ class TrackerModel(nn.Module):
             kept = _resize(full, (4 * self.grid_size,) * 2)[:, 0] > 0.5
             for track, kept_mask in zip(tracks, kept):
                 if kept_mask.any():  # an object too small for the 4g grid keeps the mask it had
-                    track.prompt_mask = kept_mask
+                    track.prompt_mask = kept_mask.clone()  # its own row, not a view of the batch
         # the SAM heads take one embedding row per prompt (a shared frame is a one-row view)
         embeddings = feat.expand(len(tracks), -1, -1, -1)
         outputs = run_sam_heads(self.sam, embeddings, s0, s1, mask_input=prompt, multimask_output=True)
@@ -191,7 +191,7 @@ class TrackerModel(nn.Module):
         hard = (_resize(full, self.memory_encoder_graph.mask_memory_size) > 0.5).to(full.dtype)
         tokens = self.memory_encoder_graph(feat, (hard * 2 - 1) * _HARD_LOGIT, score)
         for i, (track, frame) in enumerate(zip(tracks, frames)):
-            track.add_conditioning(frame.frame_idx, tokens[i].to(self.memory_dtype), pointer[i])
+            track.add_conditioning(frame.frame_idx, *self._own_rows(tokens[i], pointer[i]))
         return TrackerOutput(low_res[:, 0], object_score[:, 0], iou[:, 0])
 
     def propagate(
@@ -223,13 +223,21 @@ class TrackerModel(nn.Module):
             low_res, iou, score, pointer = self.step_graph(feat, pos, s0, s1, *batch)
             tokens = self.memory_encoder_graph(feat, low_res, score)
             for j, i in enumerate(indices):
-                tracks[i].add_tracked(frames[i].frame_idx, tokens[j].to(self.memory_dtype), pointer[j])
+                tracks[i].add_tracked(frames[i].frame_idx, *self._own_rows(tokens[j], pointer[j]))
                 masks[i], scores[i], ious[i] = low_res[j, 0], score[j, 0], iou[j, 0]
                 if self.config.prompt_previous_mask:
                     seen = low_res[j, 0].detach() > 0
                     if bool(seen.any()):  # lost (nothing seen): keep the last mask
                         tracks[i].prompt_mask = seen
         return TrackerOutput(torch.stack(masks), torch.stack(scores), torch.stack(ious))
+
+    def _own_rows(self, tokens: torch.Tensor, pointer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One track's memory tokens (in the storage dtype) and pointer, copied out of the batch.
+
+        A row of a batched output is a view that keeps the whole batch allocated: every track
+        would hold N tracks' worth for as long as any of them lives, and ``nbytes()`` would not see it.
+        """
+        return tokens.to(self.memory_dtype, copy=True), pointer.clone()
 
     def _no_output(self) -> TrackerOutput:
         """The result for zero tracks, with the shapes and device of a real one."""
