@@ -235,6 +235,33 @@ def test_mask_threshold_is_a_probability_taken_from_the_operating_point(tiny_mod
     assert seg.mask_threshold == 0.01
 
 
+def test_score_threshold_is_checked_as_the_mask_threshold_is(tiny_model):
+    """ConceptSegmenter(score_threshold=5.0) was accepted and dropped every instance without a
+    word; every command and the node refused it, the Python API did not."""
+    for bad in (5.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="score_threshold must be in"):
+            ConceptSegmenter(tiny_model, tracker=None, score_threshold=bad)
+    seg = ConceptSegmenter(tiny_model, tracker=None, score_threshold=0.3)
+    with pytest.raises(ValueError, match="got 1.5"):
+        seg.score_threshold = 1.5  # checked on every set (the node sets it live)
+    assert seg.score_threshold == 0.3
+
+
+def test_from_name_refuses_a_new_track_threshold_it_would_ignore():
+    """With tracking=TrackingConfig(...) the config's own new_det_threshold starts tracks, so a
+    new_track_threshold beside it was silently ignored (0.7 used, 0.2 asked)."""
+    from efficientsam3_ros.tracking import TrackingConfig
+
+    with pytest.raises(ValueError, match="new_track_threshold.*TrackingConfig"):
+        ConceptSegmenter.from_name(
+            "es-ev-tiny",
+            backend="torch-cpu",
+            device="cpu",
+            tracking=TrackingConfig(),
+            new_track_threshold=0.2,
+        )
+
+
 def test_an_exemplar_on_one_concept_leaves_the_others_untouched(segmenter, rgb_image):
     """SAM3's geometry encoder adds a prompt token to every row it gets, padding rows too: concepts
     without exemplars must not share that call."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config_utils import check_mask_threshold
+from ..config_utils import check_mask_threshold, check_score_threshold
 from ..modeling import EfficientSam3Model, TrackerModel, TrackMemory, build_tracker
 from ..modeling.config import ModelConfig, OperatingPoint
 from ..modeling.memory_format import lay_out
@@ -196,6 +196,11 @@ class ConceptSegmenter:
             tracker_model = source.build(model.config, chain.device)
         point = model.config.operating_point
         if new_track_threshold is not None:
+            if isinstance(tracking, TrackingConfig):  # its new_det_threshold starts tracks, not the point's
+                raise ValueError(
+                    "new_track_threshold is ignored beside tracking=TrackingConfig(...): set the config's "
+                    "new_det_threshold instead"
+                )
             point = dataclasses.replace(point, new_track_threshold=new_track_threshold)
         tracker = make_tracker(tracking, point, memory=tracker_model is not None)
         return cls(
@@ -350,6 +355,15 @@ class ConceptSegmenter:
         return FrameResult(
             instances=instances, image_size=image_size, concepts=self.concepts, timings_ms=timings
         )
+
+    @property
+    def score_threshold(self) -> float:
+        """Instances scoring at or below this are dropped (checked on every set: the node sets it live)."""
+        return self._score_threshold
+
+    @score_threshold.setter
+    def score_threshold(self, value: float) -> None:
+        self._score_threshold = check_score_threshold(value)
 
     @property
     def mask_threshold(self) -> float:
