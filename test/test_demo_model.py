@@ -36,12 +36,31 @@ FLOORS: dict[str, dict[str, float | None]] = {
 # every object of the first frame): Dice with its own object 0.819, with the best other 0.065.
 # The tracker shipped before scored 0.244 / 0.353: it followed another object better than its own.
 PROPAGATION_SEEDS = range(700, 712)
+# The files MEASURED and the floors above belong to. New weights must come with new measurements:
+# the digest test fails until whoever ships them measures, updates MEASURED / FLOORS, and then
+# these digests (``sha256sum models/demo/*.safetensors``).
+MEASURED_FILES = {
+    DEMO_WEIGHTS.name: "fefceda29b518c1d37849f5df31c42596957c20ef82a42166e7ac44501a03250",
+    DEMO_TRACKER.name: "8f072352f50cc2586275965cc8fe78498012b446ebc482254d9fb35393965b2f",
+}
 PROPAGATION_FLOORS = {"own_dice": 0.75, "other_dice_max": 0.15}
 
 pytestmark = pytest.mark.skipif(
     not DEMO_WEIGHTS.is_file(),
     reason=f"{DEMO_WEIGHTS} is absent (run training/demo/recipe.sh to make it)",
 )
+
+
+def test_the_measurements_belong_to_the_shipped_files():
+    """New weights that clear the old floors would otherwise pass with numbers measured on others."""
+    import hashlib
+
+    for path in (DEMO_WEIGHTS, DEMO_TRACKER):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert digest == MEASURED_FILES[path.name], (
+            f"{path} is not the file MEASURED / FLOORS were taken on: measure the new one and update "
+            f"MEASURED, FLOORS and MEASURED_FILES (sha256 {digest})"
+        )
 
 
 def test_demo_model_loads():

@@ -125,6 +125,18 @@ def test_world_cli_refuses_an_existing_bag_in_one_line(
     assert (out / "gt.json").read_bytes() == gt_before  # nothing overwritten
 
 
+def test_world_cli_refuses_a_frame_rate_the_writer_cannot_stamp(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--fps 2e9 passed the CLI's own check (> 0) and write_rosbag's ValueError came out as a
+    traceback with exit code 1; argparse now refuses it with the other bad options."""
+    out = tmp_path / "w"
+    assert _run_world(["rosbag", str(out), "--frames", "2", "--size", "32x32", "--fps", "2e9"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--fps: must be in (0, 1e9]" in err, err
+    assert not out.exists()
+
+
 def test_world_cli_refuses_a_sqlite_path_rosbags_cannot_open(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

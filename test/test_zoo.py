@@ -413,8 +413,9 @@ def test_download_from_a_host_that_resolves_but_does_not_answer_fails_at_once(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     calls = _hub_at(f"http://127.0.0.1:{port}", tmp_path, monkeypatch)
-    with pytest.raises(ZooError, match=f"127.0.0.1:{port} resolves but cannot be reached"):
+    with pytest.raises(ZooError, match=f"127.0.0.1:{port} resolves but cannot be reached") as info:
         download(get_entry("es-ev-s"))
+    assert f"from 127.0.0.1:{port}/Simon7108528/" in str(info.value)  # the mirror asked, not huggingface.co
     assert calls == ["hf_hub_download"]  # only the cache lookup
 
 

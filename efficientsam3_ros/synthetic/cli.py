@@ -55,11 +55,12 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
-    """A frame rate: 0 would divide by zero in the writers' timestamps."""
+def _frame_rate(text: str) -> float:
+    """A frame rate: 0 would divide by zero in the writers' timestamps, and above 1e9 frames would
+    share a nanosecond stamp (the evaluator keys frames by stamp)."""
     value = _finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not 0 < value <= 1e9:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1e9] frames per second, got {text}")
     return value
 
 
@@ -130,7 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "bayer_rggb8, ...; default %(default)s)",
     )
     parser.add_argument(
-        "--fps", type=_positive_float, default=None, help="frame rate (rosbag stamps, SA-V duration)"
+        "--fps", type=_frame_rate, default=None, help="frame rate (rosbag stamps, SA-V duration)"
     )
     parser.add_argument(
         "--annotate-every", type=_positive, default=1, help="sav: annotate every k-th frame (SA-V uses 4)"

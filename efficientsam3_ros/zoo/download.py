@@ -156,9 +156,16 @@ def offline_message(entry: ZooEntry, err: BaseException) -> str:
     gated = " (gated: accept the licence on its Hub page and run `hf auth login`)" if entry.gated else ""
     what = "the repo's config.json and *.safetensors" if entry.is_directory else entry.file_name
     return (
-        f"cannot download {entry.name} from huggingface.co/{entry.source_text}{gated}: {type(err).__name__}: "
+        f"cannot download {entry.name} from {_hub_host()}/{entry.source_text}{gated}: {type(err).__name__}: "
         f"{reason}. Copy {what} by hand to {manual_path(entry)} (or pass the file with --checkpoint)"
     )
+
+
+def _hub_host() -> str:
+    """The host downloads go to: ``HF_ENDPOINT``'s (a mirror) or huggingface.co, as huggingface_hub reads it."""
+    from huggingface_hub import constants
+
+    return urlsplit(constants.ENDPOINT).netloc or "huggingface.co"
 
 
 def sha256_file(path: str | Path) -> str:
