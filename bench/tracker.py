@@ -9,6 +9,7 @@ The input size defaults to 504 px (36 x 36 grid) because a dense step at 1008 px
 
     python bench/tracker.py --quick           # ~3 min on 2 idle-ish cores (5.5 min under heavy load)
     python bench/tracker.py --input-size 1008 --tracks 1 8
+    python bench/tracker.py --device cuda --input-size 1008 --tracks 1 8 32   # on a GPU (synchronised timings)
 """
 
 from __future__ import annotations
@@ -28,29 +29,48 @@ KINDS = ("perceiver", "dense")
 
 
 def full_track(model: TrackerModel, frame_idx: int, gen: torch.Generator) -> object:
-    """A track whose memory is full (1 conditioning frame, all recent frames and pointers), random content."""
+    """A track whose memory is full (1 conditioning frame, all recent frames and pointers), random content.
+
+    Drawn on the CPU (one generator, the same content on every device), then moved to the model's device.
+    """
     cfg = model.config
+    device = next(model.parameters()).device
     track = model.new_track()
     tokens, dm, c = model.tokens_per_memory_frame, cfg.memory_dim, cfg.hidden_size
 
     def feats() -> torch.Tensor:
-        return torch.randn(tokens, dm, generator=gen).to(model.memory_dtype)
+        return torch.randn(tokens, dm, generator=gen).to(device, model.memory_dtype)
 
-    track.add_conditioning(frame_idx - cfg.max_object_pointers, feats(), torch.randn(c, generator=gen))
+    def pointer() -> torch.Tensor:
+        return torch.randn(c, generator=gen).to(device)
+
+    track.add_conditioning(frame_idx - cfg.max_object_pointers, feats(), pointer())
     for idx in range(frame_idx - cfg.max_object_pointers + 1, frame_idx):
-        track.add_tracked(idx, feats(), torch.randn(c, generator=gen))
+        track.add_tracked(idx, feats(), pointer())
     return track
 
 
 def random_frame(model: TrackerModel, frame_idx: int, gen: torch.Generator) -> TrackerFrame:
     c, g = model.config.hidden_size, model.grid_size
+    device = next(model.parameters()).device
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(device)
+
     return TrackerFrame(
-        feat=torch.randn(1, c, g, g, generator=gen),
-        pos=torch.randn(1, c, g, g, generator=gen),
-        s0=torch.randn(1, c // 8, 4 * g, 4 * g, generator=gen),
-        s1=torch.randn(1, c // 4, 2 * g, 2 * g, generator=gen),
+        feat=draw(1, c, g, g),
+        pos=draw(1, c, g, g),
+        s0=draw(1, c // 8, 4 * g, 4 * g),
+        s1=draw(1, c // 4, 2 * g, 2 * g),
         frame_idx=frame_idx,
     )
+
+
+def synchronize(model: TrackerModel) -> None:
+    """Wait for the GPU's queued work, so a timing ends when the step does (a no-op on the CPU)."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_step(model: TrackerModel, num_tracks: int, reps: int, warmup: int) -> tuple[float, float]:
@@ -67,8 +87,10 @@ def time_step(model: TrackerModel, num_tracks: int, reps: int, warmup: int) -> t
         for i in range(warmup + reps):
             # the step appends to memory; re-fill so every rep sees the same steady-state layout
             fresh = [full_track(model, frame_idx, gen) for _ in range(num_tracks)] if i else tracks
+            synchronize(model)
             start, cpu_start = time.perf_counter(), time.process_time()
             model.propagate(fresh, frame)
+            synchronize(model)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
                 cpu_times.append(time.process_time() - cpu_start)
@@ -86,13 +108,16 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="3 reps (1 at 32+ tracks), 1 warm-up at 1 track")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (float32 weights and compute)")
     args = parser.parse_args()
+    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     image = get_config("es-ev-s").with_image_size(args.input_size)
     grid = image.grid_size
     print(
-        f"# tracker bench: full-size tracker, random weights, CPU ({torch.get_num_threads()} threads), "
+        f"# tracker bench: full-size tracker, random weights, "
+        f"{_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'}, "
         f"input {args.input_size} px (grid {grid}x{grid}); step = propagate() with full memory"
     )
 
@@ -132,7 +157,7 @@ def main() -> None:
 
     print(f"\n## tracker step latency at {args.input_size} px (median seconds; dense / perceiver ratio)")
     torch.manual_seed(0)
-    models = {kind: TrackerModel(image, TrackerConfig(memory=kind)).eval() for kind in KINDS}
+    models = {kind: TrackerModel(image, TrackerConfig(memory=kind)).eval().to(device) for kind in KINDS}
     print(
         "| live tracks | perceiver s | dense s | dense / perceiver | perceiver ms/track | dense ms/track "
         "| perceiver CPU s | dense CPU s | CPU ratio |"
@@ -150,6 +175,10 @@ def main() -> None:
             f"| {pc:.3f} | {dc:.3f} | {dc / pc:.2f}x |",
             flush=True,
         )
+
+
+def _device_name(device: torch.device) -> str:
+    return f"{torch.cuda.get_device_name(device)} (fp32)"
 
 
 if __name__ == "__main__":
