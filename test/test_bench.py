@@ -125,6 +125,16 @@ def test_tracking_bench_times_each_downsample_beside_the_exact_iou(capsys):
         assert int(ids) == 3  # one id per object, exact or downsampled
 
 
+def test_frame_bench_times_each_setting_through_the_segmenter(capsys, one_thread):
+    bench = _load("frame")
+    argv = ["--model", "es-ev-tiny", "--sizes", "112", "--concepts", "1", "3", "--repeats", "1"]
+    assert bench.main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:3] == "112"]
+    assert [(row[1], row[2]) for row in rows] == [("fp32", "1"), ("fp32", "3")]
+    for _, _, _, published, ms, fps, ratio in rows:  # "112  fp32  3  3  18.9  53.0  1.00x"
+        assert 1 <= int(published) and float(ms) > 0 and float(fps) > 0 and ratio == "1.00x"
+
+
 @pytest.mark.parametrize("path", sorted(BENCH.glob("*.py")), ids=lambda path: path.stem)
 def test_every_bench_imports_against_the_current_code(path):
     """The full-size benches (runtime.py, tracker.py) take minutes; importing them still catches a

@@ -1,0 +1,96 @@
+"""Whole-frame latency through ``ConceptSegmenter.process``: what the node spends on one camera frame.
+
+Preprocessing (resize + normalise), image encoder + neck, the batched detector over K concepts,
+postprocessing of masks to the frame's size, and the tracker's association, for each input size,
+precision and concept count, side by side in one process; the ratios are what to read. Random
+weights (latency does not depend on them) and a fixed random 1280x720 frame; the score threshold
+is set so that a fixed number of instances per concept survive postprocessing whatever the
+weights score (``--instances``), since mask upsampling to the frame costs per instance.
+
+    python bench/frame.py                                           # CPU, es-ev-s at 504, 1 and 4 concepts
+    python bench/frame.py --device cuda --sizes 504 1008 --precision fp32 fp16 --concepts 1 4 16
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
+from efficientsam3_ros.runtime import RuntimeOptions
+
+from timing import median_ms
+
+PHRASES = [f"object {i}" for i in range(64)]
+
+
+def build(model: str, device: str, size: int, precision: str) -> ConceptSegmenter:
+    options = RuntimeOptions(precision=precision)
+    backend = "torch-cuda" if device.startswith("cuda") else "torch-cpu"
+    # every kept detection starts a track, so the tracker's work follows --instances as well
+    return ConceptSegmenter.from_name(
+        model, backend=backend, device=device, input_size=size, options=options, new_track_threshold=0.0
+    )
+
+
+def keep_instances(seg: ConceptSegmenter, frame: np.ndarray, per_concept: int) -> None:
+    """Set the score threshold just under each concept's ``per_concept``-th best score on ``frame``."""
+    tracker, seg.tracker, seg.score_threshold = seg.tracker, None, 0.0  # every query, untracked
+    scores: dict[int, list[float]] = {}
+    for inst in seg.process(frame).instances:
+        scores.setdefault(inst.concept_id, []).append(inst.score)
+    cut = min(sorted(s, reverse=True)[min(per_concept, len(s)) - 1] for s in scores.values())
+    seg.score_threshold, seg.tracker = max(0.0, float(np.nextafter(cut, 0))), tracker
+
+
+def time_frame(seg: ConceptSegmenter, frame: np.ndarray, repeats: int) -> tuple[float, int]:
+    """Median ms per processed frame, and the instances the last frame published."""
+    published = [0]
+
+    def step() -> None:
+        published[0] = len(seg.process(frame).instances)
+        if seg.model_device.type == "cuda":
+            torch.cuda.synchronize(seg.model_device)
+
+    return median_ms(step, repeats=repeats, warmup=2), published[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="es-ev-s")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[504])
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16"])
+    parser.add_argument("--concepts", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--instances", type=int, default=2, help="instances kept per concept")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    frame = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    where = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
+    print(
+        f"## ConceptSegmenter.process, {args.model}, 1280x720 frame, {where} (ms per frame, median of {args.repeats})"
+    )
+    print(f"{'input':<7}{'precision':<11}{'concepts':>9}{'instances':>11}{'ms':>10}{'fps':>8}{'vs fp32':>9}")
+    for size in args.sizes:
+        for k in args.concepts:
+            fp32_ms = None
+            for precision in args.precision:
+                seg = build(args.model, args.device, size, precision)
+                seg.set_concepts(PHRASES[:k])
+                keep_instances(seg, frame, args.instances)
+                ms, published = time_frame(seg, frame, args.repeats)
+                fp32_ms = ms if precision == "fp32" else fp32_ms
+                ratio = f"{fp32_ms / ms:.2f}x" if fp32_ms else "-"
+                print(
+                    f"{size:<7}{precision:<11}{k:>9}{published:>11}{ms:>10.1f}{1e3 / ms:>8.1f}{ratio:>9}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
