@@ -14,25 +14,28 @@ weights score (``--instances``), since mask upsampling to the frame costs per in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import torch
 
-from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter
-from efficientsam3_ros.runtime import RuntimeOptions
+from efficientsam3_ros.modeling import build_model
+from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter, make_tracker
+from efficientsam3_ros.runtime import RuntimeOptions, select_backend
 
 from timing import median_ms
 
 PHRASES = [f"object {i}" for i in range(64)]
 
 
-def build(model: str, device: str, size: int, precision: str) -> ConceptSegmenter:
-    options = RuntimeOptions(precision=precision)
+def build(model_name: str, device: str, size: int, precision: str) -> ConceptSegmenter:
+    """A segmenter as from_name builds it, on a registry model with random weights (no download)."""
+    model = build_model(model_name, input_size=size).to(device)
     backend = "torch-cuda" if device.startswith("cuda") else "torch-cpu"
+    chain = select_backend(backend, model, RuntimeOptions(precision=precision))
     # every kept detection starts a track, so the tracker's work follows --instances as well
-    return ConceptSegmenter.from_name(
-        model, backend=backend, device=device, input_size=size, options=options, new_track_threshold=0.0
-    )
+    point = dataclasses.replace(model.config.operating_point, new_track_threshold=0.0)
+    return ConceptSegmenter(model, backend=chain, tracker=make_tracker(True, point))
 
 
 def keep_instances(seg: ConceptSegmenter, frame: np.ndarray, per_concept: int) -> None:
