@@ -9,6 +9,10 @@ weights score (``--instances``), since mask upsampling to the frame costs per in
 
     python bench/frame.py                                           # CPU, es-ev-s at 504, 1 and 4 concepts
     python bench/frame.py --device cuda --sizes 504 1008 --precision fp32 fp16 --concepts 1 4 16
+    python bench/frame.py --device cuda --sizes 1008 --concepts 4 16 --host-masks   # + every mask to the host
+
+``--host-masks`` also times each setting with every query's mask copied to the host before
+postprocessing, as every backend did until 2026-12-04, and prints what keeping them on the GPU buys.
 """
 
 from __future__ import annotations
@@ -36,6 +40,17 @@ def build(model_name: str, device: str, size: int, precision: str) -> ConceptSeg
     # every kept detection starts a track, so the tracker's work follows --instances as well
     point = dataclasses.replace(model.config.operating_point, new_track_threshold=0.0)
     return ConceptSegmenter(model, backend=chain, tracker=make_tracker(True, point))
+
+
+def copy_masks_to_host(seg: ConceptSegmenter) -> None:
+    """Make ``seg``'s backend hand every query's mask to the host, as backends did before."""
+    detect = seg.backend.detect
+
+    def detect_then_copy(*args: object, **kwargs: object) -> object:
+        out = detect(*args, **kwargs)
+        return dataclasses.replace(out, pred_masks=out.pred_masks.cpu())
+
+    seg.backend.detect = detect_then_copy  # type: ignore[method-assign]
 
 
 def keep_instances(seg: ConceptSegmenter, frame: np.ndarray, per_concept: int) -> None:
@@ -71,13 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concepts", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--instances", type=int, default=2, help="instances kept per concept")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--host-masks", action="store_true", help="also time with every mask copied to the host"
+    )
     args = parser.parse_args(argv)
     frame = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
     where = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
     print(
         f"## ConceptSegmenter.process, {args.model}, 1280x720 frame, {where} (ms per frame, median of {args.repeats})"
     )
-    print(f"{'input':<7}{'precision':<11}{'concepts':>9}{'instances':>11}{'ms':>10}{'fps':>8}{'vs fp32':>9}")
+    header = (
+        f"{'input':<7}{'precision':<11}{'concepts':>9}{'instances':>11}{'ms':>10}{'fps':>8}{'vs fp32':>9}"
+    )
+    print(header + (f"{'host masks ms':>15}{'host / device':>15}" if args.host_masks else ""))
     for size in args.sizes:
         for k in args.concepts:
             fp32_ms = None
@@ -88,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                 ms, published = time_frame(seg, frame, args.repeats)
                 fp32_ms = ms if precision == "fp32" else fp32_ms
                 ratio = f"{fp32_ms / ms:.2f}x" if fp32_ms else "-"
-                print(
-                    f"{size:<7}{precision:<11}{k:>9}{published:>11}{ms:>10.1f}{1e3 / ms:>8.1f}{ratio:>9}",
-                    flush=True,
-                )
+                row = f"{size:<7}{precision:<11}{k:>9}{published:>11}{ms:>10.1f}{1e3 / ms:>8.1f}{ratio:>9}"
+                if args.host_masks:
+                    copy_masks_to_host(seg)
+                    host_ms, _ = time_frame(seg, frame, args.repeats)
+                    row += f"{host_ms:>15.1f}{host_ms / ms:>14.2f}x"
+                print(row, flush=True)
     return 0
 
 

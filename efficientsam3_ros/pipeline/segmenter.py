@@ -418,7 +418,9 @@ class ConceptSegmenter:
             if keep.numel() == 0:
                 continue
             keep = keep[scores[k, keep].argsort(descending=True)]
-            masks = masks_to_image(out.pred_masks[k, keep], image_size, mask_logit)
+            # the masks are still on the backend's device: only the kept rows are upsampled there
+            # and come to the host, as bool masks at the frame's size
+            masks = masks_to_image(out.pred_masks[k, keep.to(out.pred_masks.device)], image_size, mask_logit)
             boxes = boxes_to_image(out.pred_boxes[k, keep], image_size)
             if self.crop_masks_to_boxes:
                 masks = crop_masks_to_boxes(masks, boxes)

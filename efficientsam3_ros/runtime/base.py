@@ -5,8 +5,11 @@ laptop CPU, a desktop GPU and a Jetson engine. The boundary is deliberately smal
 tensor-in/tensor-out:
 
 * inputs are ``torch.Tensor`` on any device (a backend moves them where it runs);
-* ``encode_text`` and ``detect`` return CPU ``float32`` tensors, so results survive a
-  hand-over to another backend and postprocessing never has to ask where they came from;
+* ``encode_text`` returns CPU ``float32``, and so does ``detect`` for its small outputs
+  (boxes, logits, presence), so they survive a hand-over to another backend; its
+  ``pred_masks`` (``float32``) stay on the device that computed them: [K,Q,4g,4g] for every
+  query is up to a gigabyte a frame (16 concepts x 200 queries at 1008 px), of which
+  postprocessing keeps a few rows, so the pipeline selects them and upsamples them there;
 * ``ImageFeatures`` may stay on the backend's device (no host round trip between the
   image encoder and the detector of one frame); any backend accepts any device.
 
@@ -45,7 +48,7 @@ __all__ = [
     "detect_with_exemplars",
     "features_by_name",
     "has_exemplars",
-    "to_cpu_output",
+    "detector_output",
 ]
 
 PRECISIONS = ("fp32", "fp16")
@@ -230,8 +233,10 @@ def merge_rows(rows: torch.Tensor, chosen: DetectorOutput, others: DetectorOutpu
     """One output for all K concepts: ``chosen`` holds the rows where ``rows`` is True, ``others`` the rest."""
 
     def merged(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        out = a.new_empty((rows.shape[0], *a.shape[1:]))
-        out[rows], out[~rows] = a, b
+        # the two paths may leave their masks on different devices (the exemplar path's PyTorch
+        # modules vs a GPU graph); the rows that went through the graph decide
+        out = b.new_empty((rows.shape[0], *b.shape[1:]))
+        out[rows.to(b.device)], out[~rows.to(b.device)] = a.to(b.device), b
         return out
 
     return DetectorOutput(
@@ -268,19 +273,23 @@ def detect_with_exemplars(
     labels = box_labels.to(device) if box_labels is not None else None
     with torch.inference_mode():
         out = model.detect(vision, concepts, input_boxes=boxes.to(device), input_boxes_labels=labels)
-    return to_cpu_output(out.pred_masks, out.pred_boxes, out.pred_logits, out.presence_logits)
+    return detector_output(out.pred_masks, out.pred_boxes, out.pred_logits, out.presence_logits)
 
 
-def to_cpu_output(pred_masks: Any, pred_boxes: Any, pred_logits: Any, presence_logits: Any) -> DetectorOutput:
-    """Build a CPU float32 ``DetectorOutput`` from tensors or numpy arrays of any device/dtype."""
+def detector_output(
+    pred_masks: Any, pred_boxes: Any, pred_logits: Any, presence_logits: Any
+) -> DetectorOutput:
+    """A ``DetectorOutput`` from tensors or numpy arrays of any device / dtype: float32, the small
+    outputs on the CPU, the masks left on their own device (see the module docstring: copying every
+    query's mask to the host cost a GPU frame 1 s at 1008 px and 16 concepts)."""
 
-    def cpu(x: Any) -> torch.Tensor:
+    def tensor(x: Any) -> torch.Tensor:
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
-        return t.detach().to(device="cpu", dtype=torch.float32)
+        return t.detach().to(dtype=torch.float32)
 
     return DetectorOutput(
-        pred_masks=cpu(pred_masks),
-        pred_boxes=cpu(pred_boxes),
-        pred_logits=cpu(pred_logits),
-        presence_logits=cpu(presence_logits),
+        pred_masks=tensor(pred_masks),
+        pred_boxes=tensor(pred_boxes).cpu(),
+        pred_logits=tensor(pred_logits).cpu(),
+        presence_logits=tensor(presence_logits).cpu(),
     )

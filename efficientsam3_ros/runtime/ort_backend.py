@@ -21,8 +21,8 @@ from .base import (
     BackendUnavailable,
     ImageFeatures,
     RuntimeOptions,
+    detector_output,
     features_by_name,
-    to_cpu_output,
 )
 from .graphs import DETECTOR_GRAPHS, get_graph
 from .onnx_cache import cached_graphs, file_sha256, graphs_from_dir
@@ -114,7 +114,7 @@ class OnnxRuntimeBackend(Backend):
         feeds = {f"fpn_{i}": _np(f, np.float32) for i, f in enumerate(features.fpn)}
         feeds["text_embeds"] = _np(embeds, np.float32)
         feeds["text_mask"] = _np(mask, np.int64)
-        return to_cpu_output(*self._run("detector", feeds))
+        return detector_output(*self._run("detector", feeds))
 
     def close(self) -> None:
         self.sessions.clear()

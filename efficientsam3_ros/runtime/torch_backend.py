@@ -18,8 +18,8 @@ from .base import (
     ImageFeatures,
     RuntimeOptions,
     check_cuda_device,
+    detector_output,
     explicit_device,
-    to_cpu_output,
 )
 from .graphs import DETECTOR_GRAPHS, get_graph
 
@@ -74,4 +74,4 @@ class TorchBackend(Backend):
         fpn = features.to(self.device, None if self.autocast else torch.float32).fpn
         with self._ctx():
             out = self.graphs["detector"](*fpn, embeds.to(self.device), mask.to(self.device))
-        return to_cpu_output(*out)
+        return detector_output(*out)

@@ -27,8 +27,8 @@ from .base import (
     ImageFeatures,
     RuntimeOptions,
     check_cuda_device,
+    detector_output,
     features_by_name,
-    to_cpu_output,
 )
 from .engine_cache import EngineCache, EngineKey, atomic_write
 from .graphs import get_graph
@@ -260,7 +260,7 @@ class TensorRTBackend(Backend):
         for s in range(0, embeds.shape[0], self.max_concepts):
             sl = slice(s, s + self.max_concepts)
             parts.append(self.runners["detector"]({**fpn, "text_embeds": embeds[sl], "text_mask": mask[sl]}))
-        return to_cpu_output(*(torch.cat([p[i] for p in parts]) for i in range(4)))
+        return detector_output(*(torch.cat([p[i] for p in parts]) for i in range(4)))
 
     def close(self) -> None:
         self.runners.clear()
