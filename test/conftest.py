@@ -91,3 +91,23 @@ def png_bomb() -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\0" * 10))
         + chunk(b"IEND", b"")
     )
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    """A tiny-model InstancePredictor (random weights, seeded), one per test module: it caches an image."""
+    from efficientsam3_ros.modeling import build_model
+    from efficientsam3_ros.modeling.instance import InstancePredictor
+    from efficientsam3_ros.modeling.tracker import TrackerModel
+    from efficientsam3_ros.modeling.tracker_config import TrackerConfig
+
+    torch.manual_seed(0)
+    image_model = build_model("es-ev-tiny")
+    tracker = TrackerModel(image_model.config, TrackerConfig.tiny("perceiver")).eval()
+    return InstancePredictor(image_model, tracker)
+
+
+@pytest.fixture(scope="module")
+def pixels() -> torch.Tensor:
+    """One normalised 112 px input image for the tiny models."""
+    return torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(1))

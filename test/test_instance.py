@@ -13,19 +13,6 @@ from efficientsam3_ros.modeling.tracker_config import TrackerConfig
 from efficientsam3_ros.modeling.tracker_graphs import run_sam_heads
 
 
-@pytest.fixture(scope="module")
-def predictor() -> InstancePredictor:
-    torch.manual_seed(0)
-    image_model = build_model("es-ev-tiny")
-    tracker = TrackerModel(image_model.config, TrackerConfig.tiny("perceiver")).eval()
-    return InstancePredictor(image_model, tracker)
-
-
-@pytest.fixture(scope="module")
-def pixels() -> torch.Tensor:
-    return torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(1))
-
-
 def test_predict_shapes(predictor: InstancePredictor, pixels: torch.Tensor) -> None:
     predictor.set_image(pixels)
     masks, iou, low_res = predictor.predict(

@@ -17,19 +17,6 @@ from efficientsam3_ros.modeling.tracker_neck import TrackerFrame
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def predictor() -> InstancePredictor:
-    torch.manual_seed(0)
-    image_model = build_model("es-ev-tiny")
-    tracker = TrackerModel(image_model.config, TrackerConfig.tiny("perceiver")).eval()
-    return InstancePredictor(image_model, tracker)
-
-
-@pytest.fixture(scope="module")
-def pixels() -> torch.Tensor:
-    return torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(1))
-
-
 def test_per_box_points_go_to_their_own_box(predictor: InstancePredictor, pixels: torch.Tensor) -> None:
     """``point_coords`` [B, P, 2] with ``box`` [B, 4] (SAM's ``predict_torch`` layout): box i is
     prompted with its own P points, as it would be alone. They were flattened into one list of
