@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import generalized_box_iou, generalized_box_iou_loss
+from torchvision.ops import generalized_box_iou_loss
 
 
 def masked_feature_losses(
@@ -136,10 +136,19 @@ def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def pairwise_giou(a_xyxy: torch.Tensor, b_xyxy: torch.Tensor) -> torch.Tensor:
-    """[N, M] GIoU (for matching costs)."""
+    """[N, M] GIoU (for matching costs): 1 - ``box_losses``' GIoU loss of every pair.
+
+    The loss's GIoU (torchvision's, with an eps) and not ``generalized_box_iou``, whose 0 / 0 on two
+    zero-area boxes (a box head whose width underflows; an annotation without mask or box, read as
+    [0, 0, 0, 0]) put NaN into the cost matrix, which scipy's assignment refuses.
+    """
     a = a_xyxy.float()
     a = torch.cat([torch.minimum(a[:, :2], a[:, 2:]), torch.maximum(a[:, :2], a[:, 2:])], 1)
-    return generalized_box_iou(a, b_xyxy.float())
+    b = b_xyxy.float()
+    n, m = a.shape[0], b.shape[0]
+    pairs_a = a[:, None].expand(n, m, 4).reshape(-1, 4)
+    pairs_b = b[None].expand(n, m, 4).reshape(-1, 4)
+    return 1.0 - generalized_box_iou_loss(pairs_a, pairs_b, reduction="none").view(n, m)
 
 
 def mask_iou(pred_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -163,8 +163,11 @@ class MemoryDistillModule(StageModule):
         out: TrackerOutput, target: torch.Tensor, present: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """SAM's mask, IoU-prediction and object-score losses for one frame's tracks."""
-        # an absent-scored track's mask is NO_OBJ_SCORE (-1024): clamp so its (constant) loss stays O(1)
-        logits = out.mask_logits.clamp(-32.0, 32.0)
+        # an absent-scored track's mask is NO_OBJ_SCORE (-1024), a constant: clamp those rows so their
+        # (gradient-free) loss stays O(1). Only those: a clamp passes no gradient outside its range,
+        # so on every row it left a present track's pixels beyond +-32 that are wrong uncorrected
+        absent = (out.object_score_logits <= 0)[:, None, None]
+        logits = torch.where(absent, out.mask_logits.clamp(-32.0, 32.0), out.mask_logits)
         return {
             "dice": dice_loss(logits[present], target[present]),
             "focal": sigmoid_focal_loss(logits, target),
