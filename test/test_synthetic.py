@@ -167,7 +167,9 @@ def test_sa1b_writer_reads_back(tmp_path: Path) -> None:
 
 
 def test_sav_writer_reads_back(tmp_path: Path) -> None:
-    (path,) = write_sav(tmp_path, seed=2, num_videos=1, num_frames=20, config=BUSY, annotate_every=2)
+    (path,) = write_sav(
+        tmp_path, seed=2, num_videos=1, num_frames=20, config=BUSY, annotate_every=2, absent="null"
+    )
     doc = json.loads(path.read_text())
     frames = render_video((2, 1), 20, BUSY)
     assert path.name == "sav_000001_manual.json"

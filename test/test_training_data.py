@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 from training_fixtures import write_datasets
 
 from efficientsam3_ros.training.data import (
@@ -88,12 +89,12 @@ def test_sav_reader_handles_null_and_empty_absent_masks(datasets, tmp_path):
     from efficientsam3_ros.synthetic import write_sav
 
     doc = json.loads(next(datasets["sav"].glob("*_manual.json")).read_text())
-    assert any(rle is None for row in doc["masklet"] for rle in row)  # the fixture has absent objects
-    write_sav(
-        tmp_path, seed=2, num_videos=2, num_frames=8, config=WORLD, absent="empty"
-    )  # SAM 2's convention
-    nulls = SAVDataset(datasets["sav"], 112, clip_length=3)
-    empties = SAVDataset(tmp_path, 112, clip_length=3)
+    rles = [rle for row in doc["masklet"] for rle in row]
+    assert None not in rles  # the default is the released files' (and SAM 2's) all-zero RLE
+    assert any(not mask_utils.decode(dict(rle, counts=rle["counts"].encode())).any() for rle in rles)
+    write_sav(tmp_path, seed=2, num_videos=2, num_frames=8, config=WORLD, absent="null")  # the same clips
+    empties = SAVDataset(datasets["sav"], 112, clip_length=3)
+    nulls = SAVDataset(tmp_path, 112, clip_length=3)
     for a, b in zip(nulls.records, empties.records):
         assert (a["visible"] == b["visible"]).all() and a["starts"] == b["starts"]
     assert torch.equal(nulls[(1, 3)]["masks"], empties[(1, 3)]["masks"])

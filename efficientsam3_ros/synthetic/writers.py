@@ -144,13 +144,14 @@ def sav_annotation(
     video_id: str,
     fps: float = 24.0,
     annotate_every: int = 1,
-    absent: str = "null",
+    absent: str = "empty",
 ) -> dict[str, Any]:
     """The ``<video_id>_manual.json`` document of one video.
 
     ``masklet[k][j]`` is the RLE of masklet j on annotated frame k (= video frame
     ``k * annotate_every``); ``absent`` says what stands there when the object is not
-    visible: ``"null"`` (JSON null) or ``"empty"`` (an all-zero RLE, as SAM 2's loader expects).
+    visible: ``"empty"`` (an all-zero RLE, as released SA-V files have and SAM 2's loader expects; the
+    default) or ``"null"`` (JSON null, smaller). This package's reader takes both alike.
     """
     if absent not in ("null", "empty"):
         raise ValueError("absent must be 'null' or 'empty'")
@@ -226,7 +227,7 @@ def write_sav(
     config: WorldConfig | None = None,
     fps: float = 24.0,
     annotate_every: int = 1,
-    absent: str = "null",
+    absent: str = "empty",
 ) -> list[Path]:
     """SA-V layout: ``<video_id>/<frame:05d>.jpg`` frames + ``<video_id>_manual.json``. Returns the JSON paths.
 
