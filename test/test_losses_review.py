@@ -10,14 +10,11 @@ import numpy as np
 import pytest
 import torch
 from torchvision.ops import generalized_box_iou_loss
-from training_fixtures import WORLD
+from training_fixtures import tiny_concept_setup
 
-from efficientsam3_ros.modeling import build_model, get_config
 from efficientsam3_ros.modeling.tracker import TrackerOutput
 from efficientsam3_ros.modeling.tracker_graphs import NO_OBJ_SCORE
-from efficientsam3_ros.synthetic import write_saco
 from efficientsam3_ros.training.config import ConceptStageOptions
-from efficientsam3_ros.training.data import ConceptDataset
 from efficientsam3_ros.training.losses import pairwise_giou
 from efficientsam3_ros.training.stage2 import MemoryDistillModule
 from efficientsam3_ros.training.stage3 import ConceptModule, hungarian_match
@@ -91,12 +88,7 @@ def test_stage3_scores_a_batch_as_the_mean_of_its_datapoints_alone(tmp_path, one
     the matched losses average over the positives only (as DETR normalises by the batch's boxes),
     so there they weigh twice what they weigh averaged over two batches of one.
     """
-    write_saco(tmp_path / "saco", seed=3, num_images=2, config=WORLD)
-    config = get_config("es-ev-tiny")
-    config.detector["detr_decoder"] = {**config.detector["detr_decoder"], "num_layers": 3}
-    torch.manual_seed(0)
-    model = build_model(config)
-    dataset = ConceptDataset(tmp_path / "saco", model.config.image_size)
+    model, dataset = tiny_concept_setup(tmp_path, num_images=2)
     samples = [dataset[i] for i in range(len(dataset))]
     pos = [s for s in samples if len(s["boxes"])][:2]
     neg = next(s for s in samples if not len(s["boxes"]))

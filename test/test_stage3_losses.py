@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from training_fixtures import WORLD
+from training_fixtures import WORLD, tiny_concept_setup
 
-from efficientsam3_ros.modeling import build_model, get_config
 from efficientsam3_ros.synthetic import write_saco
 from efficientsam3_ros.training.config import ConceptStageOptions
-from efficientsam3_ros.training.data import ConceptDataset
 from efficientsam3_ros.training.data.common import RecentImages, load_image
 from efficientsam3_ros.training.losses import (
     box_losses,
@@ -97,12 +95,7 @@ def _per_datapoint_reference(module: ConceptModule, batch: list[dict]) -> dict[s
 
 
 def test_batch_wide_losses_equal_the_per_datapoint_definition(tmp_path, one_thread):
-    write_saco(tmp_path / "saco", seed=3, num_images=4, config=WORLD)
-    config = get_config("es-ev-tiny")
-    config.detector["detr_decoder"] = {**config.detector["detr_decoder"], "num_layers": 3}
-    torch.manual_seed(0)
-    model = build_model(config)
-    dataset = ConceptDataset(tmp_path / "saco", model.config.image_size)
+    model, dataset = tiny_concept_setup(tmp_path, num_images=4)
     batch = [dataset[i] for i in range(4, 16)]  # 12 datapoints as the demo's batch; a few images
     counts = [len(s["boxes"]) for s in batch]
     assert 0 in counts and len({c for c in counts if c}) > 1  # negatives and varying instance counts

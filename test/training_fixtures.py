@@ -78,3 +78,17 @@ def fill_tiny_feature_cache(sa1b_root: Path, folder: Path) -> tuple:
     kwargs = {"teacher_name": "sam3-tiny", "input_size": 112, "resize": "stretch", "shard_size": 3}
     fill_cache(folder, ds, keys, teacher, DistContext(), **kwargs)
     return ds, keys, teacher, kwargs
+
+
+def tiny_concept_setup(root: Path, num_images: int):
+    """A seeded es-ev-tiny with a 3-layer DETR decoder (so the auxiliary losses have layers to
+    match) and a ConceptDataset of ``num_images`` world images written under ``root``."""
+    from efficientsam3_ros.modeling import build_model, get_config
+    from efficientsam3_ros.training.data import ConceptDataset
+
+    write_saco(root / "saco", seed=3, num_images=num_images, config=WORLD)
+    config = get_config("es-ev-tiny")
+    config.detector["detr_decoder"] = {**config.detector["detr_decoder"], "num_layers": 3}
+    torch.manual_seed(0)
+    model = build_model(config)
+    return model, ConceptDataset(root / "saco", model.config.image_size)
