@@ -248,6 +248,14 @@ def test_high_res_features_need_a_multi_stage_student_trunk(high_res_tiny):
     kwargs = {**get_config("es-ev-tiny").backbone_kwargs, "out_indices": (1,)}
     with pytest.raises(ValueError, match="pick a later trunk stage"):
         high_res_tiny(backbone_kwargs=kwargs)
+    # -3 of a 4-stage trunk is stage 1 too: it built with stage 1 handed over twice ([16, 24, 24] channels)
+    kwargs = {**get_config("es-ev-tiny").backbone_kwargs, "out_indices": (-3,)}
+    with pytest.raises(ValueError, match="which is one of them"):
+        high_res_tiny(backbone_kwargs=kwargs)
+    kwargs = {**get_config("es-ev-tiny").backbone_kwargs, "out_indices": (-2,)}
+    assert high_res_tiny(backbone_kwargs=kwargs).config.backbone_kwargs["out_indices"] == (
+        -2,
+    )  # stage 2: fine
 
 
 def test_detr_level_scale_two_gives_the_detector_a_finer_grid(high_res_tiny):

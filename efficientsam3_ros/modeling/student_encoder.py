@@ -42,6 +42,13 @@ class StudentImageEncoder(nn.Module):
                 )
             kwargs["out_indices"] = (0, 1, trunk_stage)
         self.backbone = timm.create_model(config.backbone, pretrained=False, features_only=True, **kwargs)
+        stages = self.backbone.feature_info.module_name()
+        if num_high_res and len(set(stages)) < len(stages):  # a negative index naming stage 0 or 1
+            raise ValueError(
+                f"high_res_features adds stages 0 and 1 to the trunk's stage {kwargs['out_indices'][-1]}, "
+                f"which is one of them ({stages}); pick a later trunk stage (backbone_kwargs.out_indices) "
+                "or turn high_res_features off"
+            )
         #: channels of the finer stage maps ``forward`` returns as ``hidden_states`` (finest first)
         self.high_res_channels: list[int] = self.backbone.feature_info.channels()[:num_high_res]
         in_channels = self.backbone.feature_info.channels()[-1]
