@@ -227,7 +227,7 @@ def test_a_cached_file_is_checked_against_the_zoo_digest_each_time_it_is_handed_
         return sha256_file(path)
 
     monkeypatch.setattr(dl, "_hub_fetch", fake_fetch)
-    monkeypatch.setattr(dl, "_check_hub_resolves", lambda: None)  # the fake hub needs no network
+    monkeypatch.setattr(dl, "_check_hub_reachable", lambda: None)  # the fake hub needs no network
     monkeypatch.setattr(dl, "sha256_file", counting_sha256)
     good = b"the real weights"
     entry = digest_entry(good, "w.safetensors", "efficientsam3_ros")

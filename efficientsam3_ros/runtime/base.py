@@ -235,8 +235,9 @@ def merge_rows(rows: torch.Tensor, chosen: DetectorOutput, others: DetectorOutpu
     def merged(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # the two paths may leave their masks on different devices (the exemplar path's PyTorch
         # modules vs a GPU graph); the rows that went through the graph decide
+        here = rows.to(b.device)
         out = b.new_empty((rows.shape[0], *b.shape[1:]))
-        out[rows.to(b.device)], out[~rows.to(b.device)] = a.to(b.device), b
+        out[here], out[~here] = a.to(b.device), b
         return out
 
     return DetectorOutput(

@@ -15,7 +15,7 @@ from pathlib import Path
 from efficientsam3_ros.cli import CliError, run_command
 from efficientsam3_ros.ros.convert import RAW_ENCODINGS, FrameError
 from efficientsam3_ros.synthetic.world import CONCEPTS, WorldConfig
-from efficientsam3_ros.synthetic.writers import DEFAULT_TOPIC, KINDS, write_dataset
+from efficientsam3_ros.synthetic.writers import DEFAULT_TOPIC, KINDS, MAX_ROSBAG_FPS, write_dataset
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -56,10 +56,10 @@ def _finite_float(text: str) -> float:
 
 
 def _frame_rate(text: str) -> float:
-    """A frame rate: 0 would divide by zero in the writers' timestamps, and above 1e9 frames would
-    share a nanosecond stamp (the evaluator keys frames by stamp)."""
+    """A frame rate: 0 would divide by zero in the writers' timestamps, and above MAX_ROSBAG_FPS
+    frames would share a nanosecond stamp (the evaluator keys frames by stamp)."""
     value = _finite_float(text)
-    if not 0 < value <= 1e9:
+    if not 0 < value <= MAX_ROSBAG_FPS:
         raise argparse.ArgumentTypeError(f"must be in (0, 1e9] frames per second, got {text}")
     return value
 

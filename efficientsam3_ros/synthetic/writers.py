@@ -72,6 +72,11 @@ def _json_seed(seed: int | Sequence[int]) -> int | list[int]:
     return [int(s) for s in seed]
 
 
+#: The fastest frame rate a rosbag can carry: round(i * 1e9 / fps) gives every frame its own
+#: nanosecond stamp up to it (the evaluator keys ground-truth frames by stamp).
+MAX_ROSBAG_FPS = 1e9
+
+
 def _check_fps(fps: float, most: float = math.inf) -> None:
     """Refuse a frame rate before anything is written: stamps and durations divide by it."""
     if not (math.isfinite(fps) and 0 < fps <= most):
@@ -419,9 +424,7 @@ def write_rosbag(
 
     cfg = config or WorldConfig()
     check_layout(encoding, cfg.height, cfg.width)  # an unknown encoding, an odd size for YUV: before writing
-    # at most 1e9 fps, so that round(i * 1e9 / fps) gives every frame its own stamp: the evaluator
-    # keys ground-truth frames by stamp and refuses two frames sharing one
-    _check_fps(fps, 1e9)
+    _check_fps(fps, MAX_ROSBAG_FPS)
     out = Path(out_dir)
     bag_dir = out / "bag"
     if bag_dir.exists():  # rosbags refuses too, but with its own error type; nothing is written yet

@@ -100,7 +100,7 @@ def download(entry: ZooEntry) -> Path:
     if not entry.hub_repo:
         raise ZooError(f"{entry.name}: local weights {entry.local} do not exist")
     try:
-        _check_hub_resolves()
+        _check_hub_reachable()
         path = _hub_fetch(entry, local_only=False)
     except Exception as err:
         raise ZooError(offline_message(entry, err)) from None
@@ -109,7 +109,7 @@ def download(entry: ZooEntry) -> Path:
     return path
 
 
-def _check_hub_resolves() -> None:
+def _check_hub_reachable() -> None:
     """Raise ConnectionError when the Hub cannot be reached: its host name does not resolve, or
     nothing answers on its port (no route, a firewall, a refused connection).
 
