@@ -13,17 +13,28 @@ weights score (``--instances``), since mask upsampling to the frame costs per in
 
 ``--host-masks`` also times each setting with every query's mask copied to the host before
 postprocessing, as every backend did until 2026-12-04, and prints what keeping them on the GPU buys.
+
+``--whole-frame-masks`` also times each setting with every kept mask upsampled to the whole frame
+(then cropped), as the segmenter did until 2026-12-04, against upsampling only each mask's window
+(its box when cropping, and the rows and columns its logits can reach). Random weights paint
+masks anywhere, so their windows say little; ``--world`` runs the shipped demo model, at its
+own operating point, on a synthetic-world video at 1280x720 instead, where masks are objects:
+
+    python bench/frame.py --world --whole-frame-masks
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 
 import numpy as np
 import torch
 
 from efficientsam3_ros.modeling import build_model
+from efficientsam3_ros.pipeline import segmenter as segmenter_module
+from efficientsam3_ros.pipeline.preprocess import masks_to_image
 from efficientsam3_ros.pipeline.segmenter import ConceptSegmenter, make_tracker
 from efficientsam3_ros.runtime import RuntimeOptions, select_backend
 
@@ -51,6 +62,60 @@ def copy_masks_to_host(seg: ConceptSegmenter) -> None:
         return dataclasses.replace(out, pred_masks=out.pred_masks.cpu())
 
     seg.backend.detect = detect_then_copy  # type: ignore[method-assign]
+
+
+def upsample_whole_frames() -> None:
+    """Make every segmenter upsample each kept mask to the whole frame, as it did before 2026-12-04."""
+    segmenter_module.masks_to_image = functools.partial(masks_to_image, whole_frame=True)
+
+
+def upsample_windows() -> None:
+    segmenter_module.masks_to_image = masks_to_image
+
+
+def world_frames(count: int) -> list[np.ndarray]:
+    """A held-out synthetic-world video at 1280x720 (the demo's seed; objects scale with the frame)."""
+    from efficientsam3_ros.commands.demo import DEMO_SEED
+    from efficientsam3_ros.synthetic import WorldConfig, render_video
+
+    return [f.image for f in render_video(DEMO_SEED, count, WorldConfig(width=1280, height=720))]
+
+
+def time_world(args: argparse.Namespace) -> None:
+    """The shipped demo model through a world video: median ms a frame, windows against whole frames."""
+    from efficientsam3_ros.commands.demo import demo_dir
+    from efficientsam3_ros.synthetic import DEFAULT_CONCEPTS
+
+    seg = ConceptSegmenter.from_name(
+        str(demo_dir() / "model.safetensors"), backend="torch", device=args.device
+    )
+    seg.set_concepts(list(DEFAULT_CONCEPTS))
+    frames = world_frames(args.frames)
+    total: dict[str, list[float]] = {"windows": [], "whole frame": []}
+    post: dict[str, list[float]] = {"windows": [], "whole frame": []}
+    published = 0
+    for _ in range(args.repeats):  # alternate, so a slow spell of the machine hits both
+        for name, use in (("windows", upsample_windows), ("whole frame", upsample_whole_frames)):
+            use()
+            seg.reset()
+            for frame in frames:
+                result = seg.process(frame)
+                total[name].append(result.timings_ms["total"])
+                post[name].append(result.timings_ms["post"])
+            published = len(result.instances)
+    upsample_windows()
+    print(
+        f"## demo model on a world video, 1280x720, {len(DEFAULT_CONCEPTS)} concepts, "
+        f"{args.frames} frames x {args.repeats} rounds, {args.device} (median ms per frame)"
+    )
+    print(f"{'masks':<14}{'frame ms':>10}{'fps':>8}{'post ms':>10}")
+    for name in total:
+        ms = float(np.median(total[name]))
+        print(f"{name:<14}{ms:>10.1f}{1e3 / ms:>8.1f}{float(np.median(post[name])):>10.1f}")
+    ratios = [float(np.median(d["whole frame"]) / np.median(d["windows"])) for d in (total, post)]
+    print(
+        f"whole frame / windows: frame {ratios[0]:.2f}x, post {ratios[1]:.2f}x ({published} instances on the last frame)"
+    )
 
 
 def keep_instances(seg: ConceptSegmenter, frame: np.ndarray, per_concept: int) -> None:
@@ -89,7 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--host-masks", action="store_true", help="also time with every mask copied to the host"
     )
+    parser.add_argument(
+        "--whole-frame-masks",
+        action="store_true",
+        help="also time with every kept mask upsampled to the whole frame (not in windows)",
+    )
+    parser.add_argument("--crop", action="store_true", help="crop masks to their boxes (the demo's point)")
+    parser.add_argument(
+        "--world", action="store_true", help="the shipped demo model on a 1280x720 world video instead"
+    )
+    parser.add_argument("--frames", type=int, default=30, help="frames of the --world video")
     args = parser.parse_args(argv)
+    if args.world:
+        time_world(args)
+        return 0
     frame = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
     where = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
     print(
@@ -98,22 +176,33 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'input':<7}{'precision':<11}{'concepts':>9}{'instances':>11}{'ms':>10}{'fps':>8}{'vs fp32':>9}"
     )
-    print(header + (f"{'host masks ms':>15}{'host / device':>15}" if args.host_masks else ""))
+    extra = f"{'host masks ms':>15}{'host / device':>15}" if args.host_masks else ""
+    extra += f"{'whole-frame ms':>16}{'whole / windows':>17}" if args.whole_frame_masks else ""
+    print(header + extra)
     for size in args.sizes:
         for k in args.concepts:
             fp32_ms = None
             for precision in args.precision:
                 seg = build(args.model, args.device, size, precision)
+                seg.crop_masks_to_boxes = args.crop
                 seg.set_concepts(PHRASES[:k])
                 keep_instances(seg, frame, args.instances)
                 ms, published = time_frame(seg, frame, args.repeats)
                 fp32_ms = ms if precision == "fp32" else fp32_ms
                 ratio = f"{fp32_ms / ms:.2f}x" if fp32_ms else "-"
                 row = f"{size:<7}{precision:<11}{k:>9}{published:>11}{ms:>10.1f}{1e3 / ms:>8.1f}{ratio:>9}"
+                if args.whole_frame_masks:  # before --host-masks changes the backend for good
+                    upsample_whole_frames()
+                    whole_ms, _ = time_frame(seg, frame, args.repeats)
+                    upsample_windows()
+                    extra = f"{whole_ms:>16.1f}{whole_ms / ms:>16.2f}x"
+                else:
+                    extra = ""
                 if args.host_masks:
                     copy_masks_to_host(seg)
                     host_ms, _ = time_frame(seg, frame, args.repeats)
                     row += f"{host_ms:>15.1f}{host_ms / ms:>14.2f}x"
+                row += extra
                 print(row, flush=True)
     return 0
 

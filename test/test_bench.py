@@ -135,6 +135,24 @@ def test_frame_bench_times_each_setting_through_the_segmenter(capsys, one_thread
         assert int(published) >= 1 and float(ms) > 0 and float(fps) > 0 and ratio == "1.00x"
 
 
+def test_frame_bench_times_whole_frame_masks_against_windows(capsys, one_thread):
+    from efficientsam3_ros.pipeline import preprocess, segmenter
+
+    bench = _load("frame")
+    argv = ["--model", "es-ev-tiny", "--sizes", "112", "--concepts", "2", "--repeats", "1"]
+    assert bench.main([*argv, "--crop", "--whole-frame-masks"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:3] == "112"]
+    assert len(rows) == 1 and len(rows[0]) == 9, rows  # + whole-frame ms and whole / windows
+    assert float(rows[0][7]) > 0 and rows[0][8].endswith("x")
+    assert segmenter.masks_to_image is preprocess.masks_to_image  # the bench put the windows back
+    assert bench.main(["--world", "--frames", "2", "--repeats", "1", "--whole-frame-masks"]) == 0
+    out = capsys.readouterr().out
+    assert "demo model on a world video, 1280x720, 8 concepts" in out
+    assert [line.split()[0] for line in out.splitlines()[2:4]] == ["windows", "whole"]
+    assert "whole frame / windows:" in out
+    assert segmenter.masks_to_image is preprocess.masks_to_image
+
+
 @pytest.mark.parametrize("path", sorted(BENCH.glob("*.py")), ids=lambda path: path.stem)
 def test_every_bench_imports_against_the_current_code(path):
     """The full-size benches (runtime.py, tracker.py) take minutes; importing them still catches a

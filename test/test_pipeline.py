@@ -341,3 +341,77 @@ def test_overlay_draws_on_every_frame_process_accepts(segmenter, rgb_image):
             draw_overlay(bad, [])
         with pytest.raises(ValueError, match=fragment):
             segmenter.process(bad)
+
+
+def _reference_masks(logits: torch.Tensor, size: tuple[int, int], threshold: float, boxes: np.ndarray | None):
+    """The whole-frame way: F.interpolate every mask, threshold, then clear what lies outside each grown box."""
+    from efficientsam3_ros.pipeline.preprocess import BOX_CROP_MARGIN, BOX_CROP_PIXELS
+
+    values = torch.nn.functional.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False)
+    values = values[:, 0].numpy()
+    masks = values > threshold
+    if boxes is not None:
+        grow_x = BOX_CROP_MARGIN * (boxes[:, 2] - boxes[:, 0]) + BOX_CROP_PIXELS
+        grow_y = BOX_CROP_MARGIN * (boxes[:, 3] - boxes[:, 1]) + BOX_CROP_PIXELS
+        ys, xs = np.arange(size[0], dtype=np.float32) + 0.5, np.arange(size[1], dtype=np.float32) + 0.5
+        cols = (xs >= boxes[:, :1] - grow_x[:, None]) & (xs <= boxes[:, 2:3] + grow_x[:, None])
+        rows = (ys >= boxes[:, 1:2] - grow_y[:, None]) & (ys <= boxes[:, 3:4] + grow_y[:, None])
+        masks &= rows[:, :, None] & cols[:, None, :]
+    return masks, values
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_masks_computed_in_windows_match_the_whole_frame_upsample(crop):
+    """Windows (box and logit support) must give what upsampling the whole frame gives.
+
+    Float rounding differs between F.interpolate's fused kernel and the window's separate
+    operations, so a pixel may only differ where its value ties the threshold to 1e-4.
+    """
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in range(60):
+        h, w = int(rng.integers(4, 40)), int(rng.integers(4, 40))
+        size = (int(rng.integers(10, 300)), int(rng.integers(10, 400)))
+        n = int(rng.integers(1, 5))
+        logits = torch.from_numpy(rng.normal(-3.0, 3.0, (n, h, w)).astype(np.float32))
+        if trial % 3 == 0:  # a few blobs on a very negative background, as real masks look
+            logits = torch.full((n, h, w), -20.0)
+            for i in range(n):
+                y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+                logits[i, y : y + 3, x : x + 4] = 5.0
+        if trial % 7 == 0:
+            logits[0] = 9.0  # everywhere: the whole-frame path
+        threshold = float(rng.choice([0.0, -4.595, 2.0]))
+        boxes = None
+        if crop:
+            x0 = rng.uniform(-20, size[1], n)
+            y0 = rng.uniform(-20, size[0], n)
+            boxes = np.stack(
+                [x0, y0, x0 + rng.uniform(0, size[1] / 2, n), y0 + rng.uniform(0, size[0] / 2, n)], axis=1
+            ).astype(np.float32)
+            boxes[:, 0::2] = boxes[:, 0::2].clip(0, size[1])
+            boxes[:, 1::2] = boxes[:, 1::2].clip(0, size[0])
+        got = masks_to_image(logits, size, threshold, boxes_xyxy=boxes)
+        want, values = _reference_masks(logits, size, threshold, boxes)
+        assert got.shape == want.shape and got.dtype == bool
+        differ = got != want
+        assert np.all(np.abs(values[differ] - threshold) < 1e-4), (
+            f"trial {trial}: {differ.sum()} pixels differ"
+        )
+        checked += want.sum()
+    assert checked > 10_000  # the masks were not all empty
+
+
+def test_crop_masks_to_boxes_matches_the_pixel_centre_rule():
+    from efficientsam3_ros.pipeline.preprocess import crop_masks_to_boxes
+
+    rng = np.random.default_rng(1)
+    masks = rng.random((20, 60, 90)) > 0.3
+    x0, y0 = rng.uniform(-5, 90, 20), rng.uniform(-5, 60, 20)
+    boxes = np.stack([x0, y0, x0 + rng.uniform(0, 40, 20), y0 + rng.uniform(0, 30, 20)], axis=1)
+    boxes = boxes.clip(0, [90, 60, 90, 60]).astype(np.float32)
+    boxes[3] = [10, 10, 10, 10]  # a point box keeps its grown 2 px either side
+    logits = torch.from_numpy(np.where(masks, 1.0, -1.0).astype(np.float32))
+    want, _ = _reference_masks(logits, (60, 90), 0.0, boxes)  # same size: interpolation is the identity
+    assert np.array_equal(crop_masks_to_boxes(masks, boxes), want)
+    assert crop_masks_to_boxes(masks, boxes)[3].sum() == masks[3, 8:12, 8:12].sum()

@@ -7,6 +7,7 @@ original image size, so callers never see model coordinates.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -56,20 +57,32 @@ def probability_to_logit(probability: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def masks_to_image(
-    mask_logits: torch.Tensor, image_size: tuple[int, int], logit_threshold: float = 0.0
-) -> np.ndarray:
-    """[N, h, w] logits at model resolution -> bool [N, H, W] at the original image size."""
-    if mask_logits.shape[0] == 0:
-        return np.zeros((0, *image_size), dtype=bool)
-    up = F.interpolate(mask_logits[:, None].float(), size=image_size, mode="bilinear", align_corners=False)
-    return (up[:, 0] > logit_threshold).cpu().numpy()
-
-
 #: How far a mask may reach past its own box when cropped (fraction of the box side; plus
 #: BOX_CROP_PIXELS), so a slightly tight box does not shave the object's edge.
 BOX_CROP_MARGIN = 0.1
 BOX_CROP_PIXELS = 2.0
+
+
+def _box_spans(boxes_xyxy: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """[N, 4] int (row0, row1, col0, col1), half-open: the pixels whose centre lies in each grown box.
+
+    Pixel (x, y) covers [x, x + 1). The test is made per pixel centre in float32, as the crop has
+    always been made, and is monotone, so what passes is one contiguous run of rows and of columns.
+    """
+    height, width = image_size
+    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+    grow_x = BOX_CROP_MARGIN * (boxes[:, 2] - boxes[:, 0]) + BOX_CROP_PIXELS
+    grow_y = BOX_CROP_MARGIN * (boxes[:, 3] - boxes[:, 1]) + BOX_CROP_PIXELS
+    xs = np.arange(width, dtype=np.float32) + 0.5
+    ys = np.arange(height, dtype=np.float32) + 0.5
+    cols = (xs >= (boxes[:, :1] - grow_x[:, None])) & (xs <= (boxes[:, 2:3] + grow_x[:, None]))  # [N, W]
+    rows = (ys >= (boxes[:, 1:2] - grow_y[:, None])) & (ys <= (boxes[:, 3:4] + grow_y[:, None]))  # [N, H]
+    spans = np.zeros((len(boxes), 4), dtype=np.int64)
+    for axis, inside in ((0, rows), (2, cols)):
+        first = inside.argmax(axis=1)
+        spans[:, axis] = first
+        spans[:, axis + 1] = first + inside.sum(axis=1)  # an empty run gives first == last
+    return spans
 
 
 def crop_masks_to_boxes(masks: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
@@ -79,14 +92,116 @@ def crop_masks_to_boxes(masks: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray
     """
     if len(masks) == 0:
         return masks
-    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
-    grow_x = BOX_CROP_MARGIN * (boxes[:, 2] - boxes[:, 0]) + BOX_CROP_PIXELS
-    grow_y = BOX_CROP_MARGIN * (boxes[:, 3] - boxes[:, 1]) + BOX_CROP_PIXELS
-    xs = np.arange(masks.shape[2], dtype=np.float32) + 0.5
-    ys = np.arange(masks.shape[1], dtype=np.float32) + 0.5
-    cols = (xs >= (boxes[:, :1] - grow_x[:, None])) & (xs <= (boxes[:, 2:3] + grow_x[:, None]))  # [N, W]
-    rows = (ys >= (boxes[:, 1:2] - grow_y[:, None])) & (ys <= (boxes[:, 3:4] + grow_y[:, None]))  # [N, H]
-    return masks & rows[:, :, None] & cols[:, None, :]
+    out = np.zeros_like(masks)
+    for i, (r0, r1, c0, c1) in enumerate(_box_spans(boxes_xyxy, masks.shape[1:])):
+        out[i, r0:r1, c0:c1] = masks[i, r0:r1, c0:c1]
+    return out
+
+
+class _BilinearTaps:
+    """Bilinear upsampling (align_corners=False) along one axis, as a sparse [out, in] matrix.
+
+    Built with the rule PyTorch's kernel uses (ratio in / out, source index clamped at 0, the
+    second tap of the last row repeats it), so a window computed from these taps holds what
+    ``F.interpolate`` would put there, up to float rounding. As a matrix, a window of the
+    upsampled mask is two small matrix products, as fast per pixel as ``F.interpolate`` itself.
+    """
+
+    def __init__(self, out_size: int, in_size: int, device: torch.device) -> None:
+        ratio = torch.tensor(in_size, dtype=torch.float32) / out_size
+        src = (ratio * (torch.arange(out_size, dtype=torch.float32) + 0.5) - 0.5).clamp_min(0.0)
+        first = src.floor().long().clamp_max(in_size - 1)
+        weight_second = (src - first).clamp(0.0, 1.0)
+        second = torch.where(first < in_size - 1, first + 1, first)
+        rows = torch.arange(out_size)
+        matrix = torch.zeros(out_size, in_size)
+        matrix.index_put_((rows, first), 1.0 - weight_second, accumulate=True)
+        matrix.index_put_((rows, second), weight_second, accumulate=True)
+        #: source index of each output row's first and second tap (non-decreasing)
+        self.first, self.second = first.numpy(), second.numpy()
+        self.matrix = matrix.to(device)
+
+    def span(self, above: np.ndarray) -> tuple[int, int]:
+        """Output rows [lo, hi) that read at least one source row where ``above`` is True.
+
+        Bilinear interpolation is a weighted mean of its taps, so an output pixel whose taps all
+        sit at or below the threshold stays at or below it: outside this span all is False.
+        """
+        rows = np.flatnonzero(above)
+        if len(rows) == 0:
+            return 0, 0
+        lo = int(np.searchsorted(self.second, rows[0], side="left"))
+        hi = int(np.searchsorted(self.first, rows[-1], side="right"))
+        return lo, max(lo, hi)
+
+    def window(self, lo: int, hi: int) -> tuple[torch.Tensor, slice]:
+        """The matrix rows of output rows [lo, hi), cut to the source rows they read."""
+        source = slice(int(self.first[lo]), int(self.second[hi - 1]) + 1)
+        return self.matrix[lo:hi, source], source
+
+
+@functools.lru_cache(maxsize=8)
+def _taps(out_size: int, in_size: int, device: torch.device) -> _BilinearTaps:
+    """A camera's frame size and the model's mask size rarely change: build their taps once."""
+    return _BilinearTaps(out_size, in_size, device)
+
+
+def masks_to_image(
+    mask_logits: torch.Tensor,
+    image_size: tuple[int, int],
+    logit_threshold: float = 0.0,
+    boxes_xyxy: np.ndarray | None = None,
+    whole_frame: bool = False,
+) -> np.ndarray:
+    """[N, h, w] logits at model resolution -> bool [N, H, W] at the original image size.
+
+    With ``boxes_xyxy`` (pixel boxes [N, 4]) each mask is also cut to its own grown box, as
+    :func:`crop_masks_to_boxes` does. Why windows: upsampling every mask to a 1280x720 frame and
+    then clearing most of it was most of a small model's postprocessing on the CPU. Only the rows
+    and columns that can be True are computed: those inside the box, and those whose bilinear
+    taps reach a logit above the threshold; the rest is False by construction.
+    ``whole_frame=True`` upsamples every mask whole, as was done before (``bench/frame.py``
+    times both); the two agree up to float rounding at pixels that tie the threshold.
+    """
+    height, width = image_size
+    n = mask_logits.shape[0]
+    if n == 0:
+        return np.zeros((0, height, width), dtype=bool)
+    logits = mask_logits.float()
+    if whole_frame:
+        up = F.interpolate(logits[:, None], size=image_size, mode="bilinear", align_corners=False)
+        masks = (up[:, 0] > logit_threshold).cpu().numpy()
+        return crop_masks_to_boxes(masks, boxes_xyxy) if boxes_xyxy is not None else masks
+    above = logits > logit_threshold
+    rows_above = above.any(dim=2).cpu().numpy()  # [N, h]
+    cols_above = above.any(dim=1).cpu().numpy()  # [N, w]
+    along_y = _taps(height, logits.shape[1], logits.device)
+    along_x = _taps(width, logits.shape[2], logits.device)
+    spans = _box_spans(boxes_xyxy, image_size) if boxes_xyxy is not None else None
+    out = np.zeros((n, height, width), dtype=bool)
+    windows: list[tuple[int, int, int, int, int]] = []
+    pieces: list[torch.Tensor] = []
+    for i in range(n):
+        r0, r1 = along_y.span(rows_above[i])
+        c0, c1 = along_x.span(cols_above[i])
+        if spans is not None:
+            r0, r1 = max(r0, int(spans[i, 0])), min(r1, int(spans[i, 1]))
+            c0, c1 = max(c0, int(spans[i, 2])), min(c1, int(spans[i, 3]))
+        if r1 <= r0 or c1 <= c0:
+            continue
+        rows, source_rows = along_y.window(r0, r1)
+        cols, source_cols = along_x.window(c0, c1)
+        value = rows @ (logits[i, source_rows, source_cols] @ cols.T)  # along x, then y, as PyTorch
+        windows.append((i, r0, r1, c0, c1))
+        pieces.append((value > logit_threshold).flatten())
+    if pieces:
+        flat = torch.cat(pieces).cpu().numpy()  # one copy from the device for all windows
+        start = 0
+        for i, r0, r1, c0, c1 in windows:
+            size = (r1 - r0) * (c1 - c0)
+            out[i, r0:r1, c0:c1] = flat[start : start + size].reshape(r1 - r0, c1 - c0)
+            start += size
+    return out
 
 
 def boxes_to_image(boxes_xyxy_norm: torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:

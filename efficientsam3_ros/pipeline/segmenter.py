@@ -39,7 +39,6 @@ from ..runtime.torch_backend import TorchBackend
 from ..tracking import ConceptTracker, TrackingConfig
 from .preprocess import (
     boxes_to_image,
-    crop_masks_to_boxes,
     masks_to_image,
     preprocess,
     probability_to_logit,
@@ -419,11 +418,14 @@ class ConceptSegmenter:
                 continue
             keep = keep[scores[k, keep].argsort(descending=True)]
             # the masks are still on the backend's device: only the kept rows are upsampled there
-            # and come to the host, as bool masks at the frame's size
-            masks = masks_to_image(out.pred_masks[k, keep.to(out.pred_masks.device)], image_size, mask_logit)
+            # (inside their boxes when cropping) and come to the host, as bool masks at frame size
             boxes = boxes_to_image(out.pred_boxes[k, keep], image_size)
-            if self.crop_masks_to_boxes:
-                masks = crop_masks_to_boxes(masks, boxes)
+            masks = masks_to_image(
+                out.pred_masks[k, keep.to(out.pred_masks.device)],
+                image_size,
+                mask_logit,
+                boxes_xyxy=boxes if self.crop_masks_to_boxes else None,
+            )
             for j in range(len(keep)):
                 instances.append(
                     Instance(
