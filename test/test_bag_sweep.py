@@ -93,7 +93,7 @@ def test_a_replayed_pair_scores_what_eval_bag_scores_at_that_pair(tmp_path, worl
             assert outcome.exit_code == 0, outcome.error
             runs.append(outcome.report["scores"]["overall"])
         expected = pool_overall(runs)
-        for key in ("gt_instances", "mask_iou", "mask_ap", "idf1", "mota"):
+        for key in ("gt_instances", "mask_iou", "mask_ap", "idf1", "mota", "idf1_pooled", "mota_pooled"):
             assert got[(s, nt)][key] == pytest.approx(expected[key], abs=1e-9), (s, nt, key)
     # the pairs differ, so the comparison above could have failed
     assert (

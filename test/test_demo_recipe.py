@@ -80,5 +80,7 @@ def test_recipe_runs_start_to_finish_on_a_shrunk_world(tmp_path):
     assert sum(summary["wall_s"].values()) >= summary["train_wall_s"]
     scores_md = (work / "scores.md").read_text()
     assert "| student+memory |" in scores_md and "| tracker |" in scores_md
+    assert "pooled by counts (MOTChallenge's combined scores), IDF1 / MOTA: teacher " in scores_md
+    assert summary["student"]["tracking_counts"]["num_objects"] == summary["student"]["gt_instances"]
     assert "[recipe]" in run.stdout and "recipe done" in run.stdout
     assert (REPO / "models" / "demo" / "model.safetensors").stat().st_mtime_ns == shipped

@@ -23,7 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from efficientsam3_ros.evaluation.coco_ap import coco_ap_per_concept
 from efficientsam3_ros.evaluation.ground_truth import GroundTruthError, ground_truth_from_coco
 from efficientsam3_ros.evaluation.records import FrameRecord, InstanceRecord, mask_to_record_rle
-from efficientsam3_ros.evaluation.scoring import score
+from efficientsam3_ros.evaluation.scoring import overall_scores, pool_overall, score
 from efficientsam3_ros.evaluation.tracking import tracking_metrics
 
 CONCEPTS = ["red circle", "blue square"]
@@ -224,6 +224,52 @@ def test_tracking_metrics_match_brute_force_clear_mot_and_idf1():
             else:
                 assert got["mota"] == pytest.approx(expected["mota"]), name
     assert compared > 300
+
+
+def _in_sequence(part: list, sequence: int) -> list:
+    """Identities (concept, id) made (concept, (sequence, id)): the same id in two bags is two objects."""
+    return [((key[0], (sequence, key[1])), mask) for key, mask in part]
+
+
+def test_pooled_idf1_and_mota_are_those_of_the_sequences_played_one_after_another():
+    """MOTChallenge's combined scores: the sequences' counts summed. Brute force on the joined
+    sequences (identities kept apart per sequence) must give the same IDF1 and MOTA."""
+    rng = random.Random(7)
+    compared = 0
+    for _ in range(40):
+        runs, joined = [], []
+        for s in range(rng.randint(2, 4)):
+            gt, pred, frames = _random_sequence(rng)
+            runs.append(overall_scores({}, {}, tracking_metrics(gt, pred, CONCEPTS)))
+            joined += [(_in_sequence(g, s), _in_sequence(p, s)) for g, p in frames]
+        pooled = pool_overall(runs)
+        want = idf1(joined)
+        assert (
+            pooled["idf1_pooled"] == pytest.approx(want)
+            if want is not None
+            else pooled["idf1_pooled"] is None
+        )
+        expected = clear_mot(joined)
+        if expected is None:
+            continue  # a tie in some frame's matching
+        compared += 1
+        if expected["mota"] is None:
+            assert pooled["mota_pooled"] is None
+        else:
+            assert pooled["mota_pooled"] == pytest.approx(expected["mota"])
+        assert pooled["tracking_counts"]["num_switches"] == expected["switches"]
+    assert compared > 20
+
+
+def test_pooled_scores_are_none_for_reports_without_counts():
+    """A report written before the counts were stored cannot be pooled by counts: None, not 0."""
+    old = {"gt_instances": 3, "mask_iou": 0.5, "mask_ap": 0.4, "idf1": 0.6, "mota": 0.1}
+    pooled = pool_overall([old, old])
+    assert (
+        pooled["idf1"] == pytest.approx(0.6)
+        and pooled["idf1_pooled"] is None
+        and pooled["mota_pooled"] is None
+    )
 
 
 def test_switch_is_counted_against_the_last_matched_id_across_a_gap():

@@ -176,13 +176,16 @@ def check_image_topic(bag: Path, image_topic: str) -> None:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown, best first (rows come sorted)."""
     lines = [
-        "| score | new track | mask IoU | mask AP | IDF1 | MOTA | mean(IoU, IDF1) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| score | new track | mask IoU | mask AP | IDF1 | MOTA | mean(IoU, IDF1) | IDF1 / MOTA pooled by counts |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        pooled = " / ".join(
+            "-" if r.get(k) is None else f"{r[k]:.3f}" for k in ("idf1_pooled", "mota_pooled")
+        )
         lines.append(
             f"| {r['score_threshold']:g} | {r['new_track_threshold']:g} | {r['mask_iou']:.3f} | "
-            f"{r['mask_ap']:.3f} | {r['idf1']:.3f} | {r['mota']:.3f} | {r['criterion']:.3f} |"
+            f"{r['mask_ap']:.3f} | {r['idf1']:.3f} | {r['mota']:.3f} | {r['criterion']:.3f} | {pooled} |"
         )
     return "\n".join(lines)
 

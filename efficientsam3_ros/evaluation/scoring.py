@@ -109,6 +109,31 @@ def overall_scores(
         "mask_ap": sum(aps) / len(aps) if aps else None,
         "idf1": overall.get("idf1"),
         "mota": overall.get("mota"),
+        "tracking_counts": {k: overall.get(k) for k in TRACKING_COUNTS},
+    }
+
+
+#: The counts IDF1 and MOTA are ratios of; summed over sequences they give the pooled scores.
+TRACKING_COUNTS = ("idtp", "idfp", "idfn", "num_objects", "num_misses", "num_false_positives", "num_switches")
+
+
+def _pooled_tracking(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sequences' counts summed, and the IDF1 and MOTA they give, as MOTChallenge combines sequences.
+
+    None where a run carries no counts (a report written before they were stored): pooling
+    cannot be recovered from the ratios alone.
+    """
+    counts = [r.get("tracking_counts") or {} for r in runs]
+    if any(c.get(k) is None for c in counts for k in TRACKING_COUNTS):
+        missing = dict.fromkeys(TRACKING_COUNTS)
+        return {"tracking_counts": missing, "idf1_pooled": None, "mota_pooled": None}
+    total = {k: sum(c[k] for c in counts) for k in TRACKING_COUNTS}
+    id_denominator = 2 * total["idtp"] + total["idfp"] + total["idfn"]
+    errors = total["num_misses"] + total["num_false_positives"] + total["num_switches"]
+    return {
+        "tracking_counts": total,
+        "idf1_pooled": 2 * total["idtp"] / id_denominator if id_denominator else None,
+        "mota_pooled": 1 - errors / total["num_objects"] if total["num_objects"] else None,
     }
 
 
@@ -118,6 +143,8 @@ def pool_overall(runs: list[dict[str, Any]]) -> dict[str, Any]:
     Mask IoU over every ground-truth instance of every sequence (weighted by instances); mask
     AP, IDF1 and MOTA averaged over the sequences (each is a per-sequence quantity: a track id
     means nothing in another bag). A missing value counts 0, as a sequence without output scores 0.
+    ``idf1_pooled`` / ``mota_pooled`` pool the sequences' counts instead (MOTChallenge's combined
+    scores), which weights a long or crowded sequence by its size rather than as one of N.
     """
     if not runs:
         raise ValueError("pool_overall needs at least one sequence's scores")
@@ -130,4 +157,5 @@ def pool_overall(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "mask_ap": mean("mask_ap"),
         "idf1": mean("idf1"),
         "mota": mean("mota"),
+        **_pooled_tracking(runs),
     }

@@ -38,6 +38,9 @@ METRICS = [
     "mostly_tracked",
     "mostly_lost",
     "num_fragmentations",
+    "idtp",  # the identity counts IDF1 is made of: what lets several sequences pool (pool_overall)
+    "idfp",
+    "idfn",
 ]
 
 
@@ -138,7 +141,10 @@ def tracking_metrics(
     for name, acc in accs.items():
         summary = mh.compute(acc, metrics=METRICS, name=name)
         row = summary.iloc[0].to_dict()
-        out[name] = {k: _plain(v, integer=k.startswith(("num_", "mostly_"))) for k, v in row.items()}
+        out[name] = {
+            k: _plain(v, integer=k.startswith(("num_", "mostly_", "id")) and k not in ("idf1", "idp", "idr"))
+            for k, v in row.items()
+        }
         out[name]["frames"] = len(stamps)
     return out
 

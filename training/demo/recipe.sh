@@ -138,7 +138,8 @@ done
 # Summary over the held-out sequences, from each eval-bag report's "overall" scores (mask IoU
 # over every GT instance, mean per-concept mask AP, tracker IDF1 / MOTA; see
 # evaluation.scoring.overall_scores), pooled by evaluation.scoring.pool_overall: IoU weighted by
-# instances, the rest averaged per sequence (what `efficientsam3 sweep-thresholds` pools too).
+# instances, the rest averaged per sequence (what `efficientsam3 sweep-thresholds` pools too);
+# IDF1 / MOTA pooled by counts (MOTChallenge's way) are printed beside them.
 timed ""
 python - "$T_TRAIN" "${HELDOUT_SEEDS[@]}" <<'EOF' | tee scores.md
 import json, sys
@@ -158,6 +159,10 @@ json.dump(summary, open("scores.json", "w"), indent=2)
 print(f"held-out sequences: seeds {', '.join(seeds)}, {summary['teacher']['gt_instances']} GT instances")
 print("| model | mask IoU | mask AP | IDF1 | MOTA |\n| --- | --- | --- | --- | --- |")
 print("\n".join(rows))
+fmt = lambda v: "-" if v is None else f"{v:.3f}"
+print("pooled by counts (MOTChallenge's combined scores), IDF1 / MOTA: " + "; ".join(
+    f"{who} {fmt(summary[who]['idf1_pooled'])} / {fmt(summary[who]['mota_pooled'])}"
+    for who in ("teacher", "student", "student+memory")))
 print(f"student / teacher mask IoU: {summary['student_over_teacher_iou']:.3f}; training wall time {t_train} s")
 print("\n| part (runs/NAME for training) | wall time |\n| --- | --- |")
 for name, seconds in summary["wall_s"].items():
