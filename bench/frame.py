@@ -26,8 +26,10 @@ own operating point, on a synthetic-world video at 1280x720 instead, where masks
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -64,13 +66,15 @@ def copy_masks_to_host(seg: ConceptSegmenter) -> None:
     seg.backend.detect = detect_then_copy  # type: ignore[method-assign]
 
 
-def upsample_whole_frames() -> None:
-    """Make every segmenter upsample each kept mask to the whole frame, as it did before 2026-12-04."""
-    segmenter_module.masks_to_image = functools.partial(masks_to_image, whole_frame=True)
-
-
-def upsample_windows() -> None:
-    segmenter_module.masks_to_image = masks_to_image
+@contextlib.contextmanager
+def whole_frame_masks(on: bool = True) -> Iterator[None]:
+    """Inside: every segmenter upsamples each kept mask to the whole frame, as before 2026-12-04."""
+    if on:
+        segmenter_module.masks_to_image = functools.partial(masks_to_image, whole_frame=True)
+    try:
+        yield
+    finally:
+        segmenter_module.masks_to_image = masks_to_image
 
 
 def world_frames(count: int) -> list[np.ndarray]:
@@ -95,15 +99,14 @@ def time_world(args: argparse.Namespace) -> None:
     post: dict[str, list[float]] = {"windows": [], "whole frame": []}
     published = 0
     for _ in range(args.repeats):  # alternate, so a slow spell of the machine hits both
-        for name, use in (("windows", upsample_windows), ("whole frame", upsample_whole_frames)):
-            use()
+        for name, whole in (("windows", False), ("whole frame", True)):
             seg.reset()
-            for frame in frames:
-                result = seg.process(frame)
-                total[name].append(result.timings_ms["total"])
-                post[name].append(result.timings_ms["post"])
+            with whole_frame_masks(whole):
+                for frame in frames:
+                    result = seg.process(frame)
+                    total[name].append(result.timings_ms["total"])
+                    post[name].append(result.timings_ms["post"])
             published = len(result.instances)
-    upsample_windows()
     print(
         f"## demo model on a world video, 1280x720, {len(DEFAULT_CONCEPTS)} concepts, "
         f"{args.frames} frames x {args.repeats} rounds, {args.device} (median ms per frame)"
@@ -159,9 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time with every kept mask upsampled to the whole frame (not in windows)",
     )
-    parser.add_argument("--crop", action="store_true", help="crop masks to their boxes (the demo's point)")
     parser.add_argument(
-        "--world", action="store_true", help="the shipped demo model on a 1280x720 world video instead"
+        "--crop",
+        action="store_true",
+        help="crop masks to their boxes (as the demo's point does; default: the model's point)",
+    )
+    parser.add_argument(
+        "--world",
+        action="store_true",
+        help="the shipped demo model on a 1280x720 world video instead, windows against whole-frame "
+        "masks (only --device, --repeats and --frames apply)",
     )
     parser.add_argument("--frames", type=int, default=30, help="frames of the --world video")
     args = parser.parse_args(argv)
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             fp32_ms = None
             for precision in args.precision:
                 seg = build(args.model, args.device, size, precision)
-                seg.crop_masks_to_boxes = args.crop
+                seg.crop_masks_to_boxes = args.crop or seg.crop_masks_to_boxes
                 seg.set_concepts(PHRASES[:k])
                 keep_instances(seg, frame, args.instances)
                 ms, published = time_frame(seg, frame, args.repeats)
@@ -192,9 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = f"{fp32_ms / ms:.2f}x" if fp32_ms else "-"
                 row = f"{size:<7}{precision:<11}{k:>9}{published:>11}{ms:>10.1f}{1e3 / ms:>8.1f}{ratio:>9}"
                 if args.whole_frame_masks:  # before --host-masks changes the backend for good
-                    upsample_whole_frames()
-                    whole_ms, _ = time_frame(seg, frame, args.repeats)
-                    upsample_windows()
+                    with whole_frame_masks():
+                        whole_ms, _ = time_frame(seg, frame, args.repeats)
                     extra = f"{whole_ms:>16.1f}{whole_ms / ms:>16.2f}x"
                 else:
                     extra = ""

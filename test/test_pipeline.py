@@ -415,3 +415,58 @@ def test_crop_masks_to_boxes_matches_the_pixel_centre_rule():
     want, _ = _reference_masks(logits, (60, 90), 0.0, boxes)  # same size: interpolation is the identity
     assert np.array_equal(crop_masks_to_boxes(masks, boxes), want)
     assert crop_masks_to_boxes(masks, boxes)[3].sum() == masks[3, 8:12, 8:12].sum()
+
+
+def test_bilinear_taps_are_pytorchs_own_weights():
+    """The window's weights must be F.interpolate's bit for bit (its source index is one fused
+    multiply-add): else a pixel a row away from an exact tap reads the wrong source row."""
+    from efficientsam3_ros.pipeline.preprocess import _BilinearTaps
+
+    rng = np.random.default_rng(3)
+    pairs = [(50, 2), (1280, 288), (720, 144), (240, 288), (1, 7)]
+    pairs += [(int(rng.integers(1, 900)), int(rng.integers(1, 300))) for _ in range(40)]
+    for out_size, in_size in pairs:
+        eye = torch.eye(in_size)[None, None]  # row j of the input is the j-th unit vector
+        want = torch.nn.functional.interpolate(
+            eye, size=(out_size, in_size), mode="bilinear", align_corners=False
+        )[0, 0]
+        got = _BilinearTaps(out_size, in_size, torch.device("cpu")).matrix
+        assert torch.equal(got, want), (out_size, in_size)
+
+
+def test_a_non_finite_logit_stays_where_interpolation_puts_it():
+    """A product of the window matrices would spread one NaN / inf over the whole window."""
+    logits = torch.full((1, 16, 16), -20.0)
+    logits[0, 2:4, 2:4] = 5.0
+    logits[0, 10:12, 10:12] = 5.0
+    for bad in (float("nan"), float("-inf"), float("inf")):
+        bent = logits.clone()
+        bent[0, 2, 8] = bad
+        got = masks_to_image(bent, (64, 64), 0.0)
+        want = masks_to_image(bent, (64, 64), 0.0, whole_frame=True)
+        assert np.array_equal(got, want), bad
+        assert got.sum() >= 64  # the two blobs are still there
+
+
+def test_masks_in_windows_run_in_float32_under_autocast():
+    rng = np.random.default_rng(4)
+    logits = torch.full((3, 48, 48), -20.0)
+    for i in range(3):  # small objects: their windows go through the matrix products
+        y, x = (int(v) for v in rng.integers(0, 40, 2))
+        logits[i, y : y + 6, x : x + 6] = torch.from_numpy(rng.normal(1.0, 3.0, (6, 6)).astype(np.float32))
+    want, values = _reference_masks(logits, (200, 300), 0.0, None)
+    assert want.sum() > 100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = masks_to_image(logits, (200, 300), 0.0)
+    assert np.all(np.abs(values[got != want]) < 1e-4)
+
+
+def test_one_box_per_mask_is_required():
+    from efficientsam3_ros.pipeline.preprocess import crop_masks_to_boxes
+
+    logits = torch.zeros((3, 8, 8))
+    boxes = np.array([[0, 0, 4, 4]], np.float32)
+    with pytest.raises(ValueError, match="1 boxes for 3 masks"):
+        masks_to_image(logits, (16, 16), 0.0, boxes_xyxy=boxes)
+    with pytest.raises(ValueError, match="1 boxes for 3 masks"):
+        crop_masks_to_boxes(np.zeros((3, 16, 16), bool), boxes)

@@ -417,7 +417,11 @@ def test_readme_commands_use_existing_subcommands_and_flags():
             if words[1] not in subs:
                 problems.append(f"{where}: unknown subcommand {words[1]!r} in {cmd!r}")
                 continue
-            opts = option_strings(subs[words[1]], subparsers)
+            parser = subs[words[1]]
+            nested = subparsers(parser)  # `models download ...`: that sub-subcommand's flags only
+            if len(words) > 2 and words[2] in nested:
+                parser = nested[words[2]]
+            opts = option_strings(parser, subparsers)
         for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", cmd):
             checked += 1
             if flag not in opts:
@@ -443,15 +447,16 @@ def test_shell_block(block):
 
 def test_quick_start_demo_writes_what_the_readme_names(tmp_path):
     """Quick start's `efficientsam3 demo` (the main job), at 3 frames, in a scratch folder."""
-    exe = shutil.which("efficientsam3")
-    cmd = [exe] if exe else [sys.executable, "-m", "efficientsam3_ros.cli"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    # this interpreter and this checkout (not whatever `efficientsam3` comes first on PATH)
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2", PYTHONPATH=python_path)
     res = subprocess.run(
-        [*cmd, "demo", "--frames", "3", "--no-progress"],
+        [sys.executable, "-m", "efficientsam3_ros", "demo", "--frames", "3", "--no-progress"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     named = set(re.findall(r"efficientsam3_demo/[\w./-]*\w", TEXT)) | {"efficientsam3_demo/overlay.png"}
@@ -493,7 +498,7 @@ def test_dotted_api_names_in_the_prose_resolve():
         if inspect.isclass(obj):  # instance attributes and dataclass fields
             with contextlib.suppress(OSError, TypeError):
                 src = inspect.getsource(obj)
-                return f"self.{attr}" in src or re.search(rf"^\s+{attr}\s*:", src, re.M) is not None
+                return re.search(rf"self\.{attr}\b|^\s+{attr}\s*:", src, re.M) is not None
         return False
 
     bad, checked = [], 0

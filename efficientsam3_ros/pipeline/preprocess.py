@@ -90,6 +90,8 @@ def crop_masks_to_boxes(masks: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray
 
     Pixel (x, y) covers [x, x + 1): it stays when its centre lies inside the grown box.
     """
+    if len(boxes_xyxy) != len(masks):
+        raise ValueError(f"{len(boxes_xyxy)} boxes for {len(masks)} masks: pass one box per mask")
     if len(masks) == 0:
         return masks
     out = np.zeros_like(masks)
@@ -101,15 +103,17 @@ def crop_masks_to_boxes(masks: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray
 class _BilinearTaps:
     """Bilinear upsampling (align_corners=False) along one axis, as a sparse [out, in] matrix.
 
-    Built with the rule PyTorch's kernel uses (ratio in / out, source index clamped at 0, the
-    second tap of the last row repeats it), so a window computed from these taps holds what
-    ``F.interpolate`` would put there, up to float rounding. As a matrix, a window of the
-    upsampled mask is two small matrix products, as fast per pixel as ``F.interpolate`` itself.
+    Built with the rule PyTorch's kernel uses (float32 ratio in / out, the source index
+    ``ratio * (i + 0.5) - 0.5`` rounded once, as the kernel's fused multiply-add does, clamped at
+    0; the second tap of the last row repeats it): the weights are bit for bit the kernel's, so a
+    window computed from them holds what ``F.interpolate`` puts there up to the order of the sums.
+    As a matrix, a small window of the upsampled mask is two small matrix products.
     """
 
     def __init__(self, out_size: int, in_size: int, device: torch.device) -> None:
         ratio = torch.tensor(in_size, dtype=torch.float32) / out_size
-        src = (ratio * (torch.arange(out_size, dtype=torch.float32) + 0.5) - 0.5).clamp_min(0.0)
+        exact = ratio.double() * (torch.arange(out_size, dtype=torch.float64) + 0.5) - 0.5
+        src = exact.float().clamp_min(0.0)
         first = src.floor().long().clamp_max(in_size - 1)
         weight_second = (src - first).clamp(0.0, 1.0)
         second = torch.where(first < in_size - 1, first + 1, first)
@@ -139,6 +143,15 @@ class _BilinearTaps:
         source = slice(int(self.first[lo]), int(self.second[hi - 1]) + 1)
         return self.matrix[lo:hi, source], source
 
+    def source_rows(self, lo: int, hi: int) -> int:
+        """How many source rows output rows [lo, hi) read."""
+        return int(self.second[hi - 1]) + 1 - int(self.first[lo])
+
+
+#: Multiply-adds of a window's matrix products per pixel of the whole frame above which the
+#: mask is upsampled whole instead: F.interpolate spends about this per output pixel.
+MATMUL_PER_PIXEL = 8
+
 
 @functools.lru_cache(maxsize=8)
 def _taps(out_size: int, in_size: int, device: torch.device) -> _BilinearTaps:
@@ -159,12 +172,17 @@ def masks_to_image(
     :func:`crop_masks_to_boxes` does. Why windows: upsampling every mask to a 1280x720 frame and
     then clearing most of it was most of a small model's postprocessing on the CPU. Only the rows
     and columns that can be True are computed: those inside the box, and those whose bilinear
-    taps reach a logit above the threshold; the rest is False by construction.
+    taps reach a logit above the threshold; the rest is False by construction. A window whose
+    matrix products would cost more than upsampling the whole frame (a large object from a
+    fine mask), or a mask holding a non-finite logit (a product would spread its NaN over the
+    window), is upsampled whole by ``F.interpolate`` and cut to its window.
     ``whole_frame=True`` upsamples every mask whole, as was done before (``bench/frame.py``
     times both); the two agree up to float rounding at pixels that tie the threshold.
     """
     height, width = image_size
     n = mask_logits.shape[0]
+    if boxes_xyxy is not None and len(boxes_xyxy) != n:
+        raise ValueError(f"{len(boxes_xyxy)} boxes for {n} masks: pass one box per mask")
     if n == 0:
         return np.zeros((0, height, width), dtype=bool)
     logits = mask_logits.float()
@@ -173,8 +191,12 @@ def masks_to_image(
         masks = (up[:, 0] > logit_threshold).cpu().numpy()
         return crop_masks_to_boxes(masks, boxes_xyxy) if boxes_xyxy is not None else masks
     above = logits > logit_threshold
-    rows_above = above.any(dim=2).cpu().numpy()  # [N, h]
-    cols_above = above.any(dim=1).cpu().numpy()  # [N, w]
+    summary = torch.cat(
+        [above.any(dim=2), above.any(dim=1), torch.isfinite(logits).flatten(1).all(1)[:, None]], 1
+    )
+    summary = summary.cpu().numpy()  # one copy from the device: [N, h + w + 1]
+    rows_above, cols_above = summary[:, : logits.shape[1]], summary[:, logits.shape[1] : -1]
+    finite = summary[:, -1]
     along_y = _taps(height, logits.shape[1], logits.device)
     along_x = _taps(width, logits.shape[2], logits.device)
     spans = _box_spans(boxes_xyxy, image_size) if boxes_xyxy is not None else None
@@ -189,13 +211,22 @@ def masks_to_image(
             c0, c1 = max(c0, int(spans[i, 2])), min(c1, int(spans[i, 3]))
         if r1 <= r0 or c1 <= c0:
             continue
+        sub_rows, sub_cols = along_y.source_rows(r0, r1), along_x.source_rows(c0, c1)
+        products = (r1 - r0) * (c1 - c0) * sub_rows + sub_rows * sub_cols * (c1 - c0)
+        if not finite[i] or products > MATMUL_PER_PIXEL * height * width:
+            whole = F.interpolate(
+                logits[i][None, None], size=image_size, mode="bilinear", align_corners=False
+            )
+            out[i, r0:r1, c0:c1] = (whole[0, 0, r0:r1, c0:c1] > logit_threshold).cpu().numpy()
+            continue
         rows, source_rows = along_y.window(r0, r1)
         cols, source_cols = along_x.window(c0, c1)
-        value = rows @ (logits[i, source_rows, source_cols] @ cols.T)  # along x, then y, as PyTorch
+        with torch.autocast(logits.device.type, enabled=False):  # float32, as F.interpolate here
+            value = rows @ (logits[i, source_rows, source_cols] @ cols.T)  # along x, then y
         windows.append((i, r0, r1, c0, c1))
         pieces.append((value > logit_threshold).flatten())
     if pieces:
-        flat = torch.cat(pieces).cpu().numpy()  # one copy from the device for all windows
+        flat = torch.cat(pieces).cpu().numpy()  # one copy from the device for all small windows
         start = 0
         for i, r0, r1, c0, c1 in windows:
             size = (r1 - r0) * (c1 - c0)
