@@ -113,6 +113,7 @@ class _Evil:
         return (print, ("pickled code ran",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hostile file is pickled on purpose
 def test_pickled_code_is_not_executed(tmp_path: Path, capsys) -> None:
     path = tmp_path / "evil.pt"
     torch.save(
