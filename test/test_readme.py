@@ -106,22 +106,7 @@ def inline_spans(text: str = TEXT) -> list[str]:
     return [s.replace("\n", " ") for s in re.findall(r"`([^`]+)`", outside)]
 
 
-@pytest.fixture
-def tiny_pixels():
-    import torch
-
-    torch.manual_seed(0)
-    return torch.rand(1, 3, 112, 112) * 2 - 1  # [1,3,S,S] normalised to [-1, 1] (S = 112: tiny models)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_threads():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(2, old))
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, shared cores (conftest)
 
 
 # --------------------------------------------------------------------------- python blocks
@@ -139,13 +124,13 @@ def runs(anchor: str):
 
 
 @runs("concepts = model.encode_concepts(")
-def test_models_python_api(tiny_pixels):
+def test_models_python_api(pixels):
     """## Models / Python API. Added: ``pixels``, ``rgb_uint8_image``; es-ev-s at 504 -> es-ev-tiny at 112."""
     block = find_block(test_models_python_api.anchor)
     rgb = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     ns = run_block(
         block,
-        {"pixels": tiny_pixels, "rgb_uint8_image": rgb},
+        {"pixels": pixels, "rgb_uint8_image": rgb},
         replace=[('build_model("es-ev-s", input_size=504)', 'build_model("es-ev-tiny", input_size=112)')],
     )
     assert tuple(ns["out"].scores.shape)[0] == 2  # [K, Q] for the 2 phrases
@@ -183,7 +168,7 @@ def test_reading_the_masks():
 
 
 @runs("select_backend(")
-def test_runtime_backends(tiny_pixels, tmp_path, monkeypatch):
+def test_runtime_backends(pixels, tmp_path, monkeypatch):
     """### Backends. Added: ``model`` (es-ev-tiny), ``pixels``, token ids; the ONNX cache goes to a tmp HOME."""
     from efficientsam3_ros.modeling import build_model
 
@@ -193,7 +178,7 @@ def test_runtime_backends(tiny_pixels, tmp_path, monkeypatch):
     block = find_block(test_runtime_backends.anchor)
     ns = run_block(
         block,
-        {"model": model, "pixels": tiny_pixels, "input_ids": input_ids, "attention_mask": attention_mask},
+        {"model": model, "pixels": pixels, "input_ids": input_ids, "attention_mask": attention_mask},
     )
     assert type(ns["feats"]).__name__ == "ImageFeatures" and len(ns["feats"].fpn) == 3  # "fpn=3 levels"
     assert ns["embeds"].device.type == "cpu" and str(ns["embeds"].dtype) == "torch.float32"
@@ -230,11 +215,11 @@ def test_tracking_api():
 
 
 @runs("InstancePredictor(model, tracker)")
-def test_predict_inst(tiny_pixels):
+def test_predict_inst(pixels):
     """### predict_inst usage. Added: ``import torch`` (the block uses torch.tensor), pixels and prompts."""
     import torch
 
-    ns = {"torch": torch, "pixels": tiny_pixels, "x": 50, "y": 40, "x0": 20, "y0": 20, "x1": 80, "y1": 90}
+    ns = {"torch": torch, "pixels": pixels, "x": 50, "y": 40, "x0": 20, "y0": 20, "x1": 80, "y1": 90}
     ns["pts"] = torch.tensor([[[50, 40], [60, 60]], [[30, 30], [70, 70]]])
     ns["labels"] = torch.tensor([[1, 0], [1, 1]])
     ns["boxes"] = torch.tensor([[20, 20, 80, 90], [10, 10, 50, 50]])

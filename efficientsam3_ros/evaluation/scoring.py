@@ -82,6 +82,10 @@ def _drop_size_mismatches(
     )
 
 
+#: The counts IDF1 and MOTA are ratios of; summed over sequences they give the pooled scores.
+TRACKING_COUNTS = ("idtp", "idfp", "idfn", "num_objects", "num_misses", "num_false_positives", "num_switches")
+
+
 def overall_scores(
     mask_iou: dict[str, Any], coco: dict[str, Any], tracking: dict[str, Any]
 ) -> dict[str, Any]:
@@ -111,10 +115,6 @@ def overall_scores(
         "mota": overall.get("mota"),
         "tracking_counts": {k: overall.get(k) for k in TRACKING_COUNTS},
     }
-
-
-#: The counts IDF1 and MOTA are ratios of; summed over sequences they give the pooled scores.
-TRACKING_COUNTS = ("idtp", "idfp", "idfn", "num_objects", "num_misses", "num_false_positives", "num_switches")
 
 
 def _pooled_tracking(runs: list[dict[str, Any]]) -> dict[str, Any]:

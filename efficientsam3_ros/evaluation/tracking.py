@@ -24,12 +24,9 @@ from efficientsam3_ros.evaluation.records import (
 
 log = logging.getLogger(__name__)
 
-METRICS = [
-    "mota",
-    "motp",
-    "idf1",
-    "idp",
-    "idr",
+#: motmetrics' ratios (floats) and counts (ints in the report)
+RATIOS = ["mota", "motp", "idf1", "idp", "idr"]
+COUNTS = [
     "num_switches",
     "num_false_positives",
     "num_misses",
@@ -42,6 +39,7 @@ METRICS = [
     "idfp",
     "idfn",
 ]
+METRICS = RATIOS + COUNTS
 
 
 class _IdMap:
@@ -141,10 +139,7 @@ def tracking_metrics(
     for name, acc in accs.items():
         summary = mh.compute(acc, metrics=METRICS, name=name)
         row = summary.iloc[0].to_dict()
-        out[name] = {
-            k: _plain(v, integer=k.startswith(("num_", "mostly_", "id")) and k not in ("idf1", "idp", "idr"))
-            for k, v in row.items()
-        }
+        out[name] = {k: _plain(v, integer=k in COUNTS) for k, v in row.items()}
         out[name]["frames"] = len(stamps)
     return out
 

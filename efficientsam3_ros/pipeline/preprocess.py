@@ -159,6 +159,11 @@ def _taps(out_size: int, in_size: int, device: torch.device) -> _BilinearTaps:
     return _BilinearTaps(out_size, in_size, device)
 
 
+def _upsampled(logits: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """[N, h, w] -> [N, H, W]: every pixel of the frame, by F.interpolate (what the windows reproduce)."""
+    return F.interpolate(logits[:, None], size=image_size, mode="bilinear", align_corners=False)[:, 0]
+
+
 def masks_to_image(
     mask_logits: torch.Tensor,
     image_size: tuple[int, int],
@@ -187,8 +192,7 @@ def masks_to_image(
         return np.zeros((0, height, width), dtype=bool)
     logits = mask_logits.float()
     if whole_frame:
-        up = F.interpolate(logits[:, None], size=image_size, mode="bilinear", align_corners=False)
-        masks = (up[:, 0] > logit_threshold).cpu().numpy()
+        masks = (_upsampled(logits, image_size) > logit_threshold).cpu().numpy()
         return crop_masks_to_boxes(masks, boxes_xyxy) if boxes_xyxy is not None else masks
     above = logits > logit_threshold
     summary = torch.cat(
@@ -214,10 +218,8 @@ def masks_to_image(
         sub_rows, sub_cols = along_y.source_rows(r0, r1), along_x.source_rows(c0, c1)
         products = (r1 - r0) * (c1 - c0) * sub_rows + sub_rows * sub_cols * (c1 - c0)
         if not finite[i] or products > MATMUL_PER_PIXEL * height * width:
-            whole = F.interpolate(
-                logits[i][None, None], size=image_size, mode="bilinear", align_corners=False
-            )
-            out[i, r0:r1, c0:c1] = (whole[0, 0, r0:r1, c0:c1] > logit_threshold).cpu().numpy()
+            whole = _upsampled(logits[i : i + 1], image_size)[0]
+            out[i, r0:r1, c0:c1] = (whole[r0:r1, c0:c1] > logit_threshold).cpu().numpy()
             continue
         rows, source_rows = along_y.window(r0, r1)
         cols, source_cols = along_x.window(c0, c1)
