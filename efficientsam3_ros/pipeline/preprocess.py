@@ -85,13 +85,17 @@ def _box_spans(boxes_xyxy: np.ndarray, image_size: tuple[int, int]) -> np.ndarra
     return spans
 
 
+def _check_one_box_per_mask(boxes_xyxy: np.ndarray, masks: int) -> None:
+    if len(boxes_xyxy) != masks:
+        raise ValueError(f"{len(boxes_xyxy)} boxes for {masks} masks: pass one box per mask")
+
+
 def crop_masks_to_boxes(masks: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
     """Bool masks [N, H, W] with everything outside each one's pixel box [N, 4] (grown a little) cleared.
 
     Pixel (x, y) covers [x, x + 1): it stays when its centre lies inside the grown box.
     """
-    if len(boxes_xyxy) != len(masks):
-        raise ValueError(f"{len(boxes_xyxy)} boxes for {len(masks)} masks: pass one box per mask")
+    _check_one_box_per_mask(boxes_xyxy, len(masks))
     if len(masks) == 0:
         return masks
     out = np.zeros_like(masks)
@@ -186,8 +190,8 @@ def masks_to_image(
     """
     height, width = image_size
     n = mask_logits.shape[0]
-    if boxes_xyxy is not None and len(boxes_xyxy) != n:
-        raise ValueError(f"{len(boxes_xyxy)} boxes for {n} masks: pass one box per mask")
+    if boxes_xyxy is not None:
+        _check_one_box_per_mask(boxes_xyxy, n)
     if n == 0:
         return np.zeros((0, height, width), dtype=bool)
     logits = mask_logits.float()
