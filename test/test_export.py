@@ -105,6 +105,28 @@ def test_high_res_student_graphs_match_the_model_in_onnxruntime(tmp_path, high_r
             assert row.max_abs <= ATOL, row
 
 
+def test_box_scoring_detector_graph_matches_the_model_in_onnxruntime(tmp_path):
+    """The box-scoring head (modeling.box_scoring) is in the exported detector, as grid_sample."""
+    from efficientsam3_ros.modeling import build_model, get_config
+
+    torch.manual_seed(0)
+    model = build_model(get_config("es-ev-tiny").with_box_scoring({"roi_size": 3, "hidden_size": 16}))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.box_scoring.roi_mlp[-1].weight)
+        features = model.encode_image(torch.rand(1, 3, 112, 112) * 2 - 1)
+        concepts = model.encode_concepts(["red mug", "person"])
+        ref = model.detect(features, concepts)
+        got = get_graph("detector").build(model)(
+            *features.fpn_hidden_states[:3], concepts.embeds, concepts.mask
+        )
+    torch.testing.assert_close(got[2], ref.pred_logits, rtol=1e-5, atol=1e-5)
+    spec = get_graph("detector")
+    path = export_graph(spec, model, tmp_path / "detector.onnx")
+    assert "GridSample" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    rows = parity_check(spec, model, _session_runner(path, spec), num_concepts=3)
+    assert rows and all(row.max_abs <= ATOL for row in rows), rows
+
+
 def test_check_graph_rejects_a_graph_with_other_names(exported):
     spec = get_graph("text_encoder")
     wrong = GraphSpec("text_encoder", spec.build, ("ids", "mask"), spec.output_names, spec.example_inputs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,18 @@ def test_demo_recipe_configs_validate_and_chain_to_the_shipped_input_size():
         assert getattr(configs["student_stage3_hires"], section) == getattr(
             configs["student_stage3"], section
         )
+    # the experiments beside the recipe validate too, and run the finish's settings on the shipped student
+    experiment = load_config(root / "training" / "demo" / "experiments" / "box_scoring.yaml")
+    assert experiment.model.student_checkpoint == "models/demo/model.safetensors"
+    assert experiment.model.box_scoring and experiment.options.negative_class_weight > 0
+    finish = configs["student_stage3_hires"]
+    assert (experiment.optim, experiment.data, experiment.run.steps) == (
+        finish.optim,
+        finish.data,
+        finish.run.steps,
+    )
+    assert experiment.model.input_size == finish.model.input_size
+    assert dataclasses.replace(experiment.options, negative_class_weight=0.0) == finish.options
 
 
 _OUT_OF_RANGE = [

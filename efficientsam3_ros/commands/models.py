@@ -180,7 +180,7 @@ def _architecture(path: Path, model_name: str | None) -> ModelConfig:
     from ..modeling.checkpoint import sidecar_path
     from ..modeling.registry import get_config, list_models
     from ..zoo import config_for_path, load_zoo
-    from ..zoo.resolve import entry_config
+    from ..zoo.resolve import as_stored, entry_config
 
     if model_name is None:
         try:
@@ -198,9 +198,9 @@ def _architecture(path: Path, model_name: str | None) -> ModelConfig:
                 f"{model_name} is an HF-format model: verify its directory (config.json + *.safetensors), "
                 f"not the file {path}"
             )
-        return entry_config(entry, path)
+        return as_stored(path, entry_config(entry, path), entry.architecture)
     try:
-        return get_config(model_name)
+        return as_stored(path, get_config(model_name))
     except KeyError:
         raise _cli_error(
             f"unknown model {model_name!r}: not a zoo name ({', '.join(zoo) or 'none'}) "

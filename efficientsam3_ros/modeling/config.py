@@ -216,6 +216,24 @@ def _nested_config_classes(text_encoder: str) -> dict[str, type]:
     }
 
 
+#: ``ModelConfig.box_scoring`` keys and their defaults (an empty mapping: no head).
+BOX_SCORING_DEFAULTS = {"roi_size": 4, "samples": 2, "hidden_size": 128}
+
+
+def box_scoring_settings(spec: dict[str, Any]) -> dict[str, int]:
+    """``ModelConfig.box_scoring`` with its defaults filled in, checked."""
+    unknown = sorted(set(spec) - set(BOX_SCORING_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown model config box_scoring keys {unknown}; known: {sorted(BOX_SCORING_DEFAULTS)}"
+        )
+    settings = {**BOX_SCORING_DEFAULTS, **spec}
+    bad = [k for k, v in settings.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+    if bad:
+        raise ValueError(f"model config box_scoring {bad} must be positive integers, got {settings}")
+    return settings
+
+
 def _check_nested_keys(config: ModelConfig) -> None:
     """Refuse a key of vit / text / detector.* that the transformers config it becomes does not take.
 
@@ -284,6 +302,10 @@ class ModelConfig:
     #: 2x finer grid (stride 7, 4x the tokens) for small models whose objects are only a few
     #: trunk cells wide. The mask decoder's finer levels (4x, 2x) are unchanged.
     detr_level_scale: float = 1.0
+    #: a class-logit correction read from the 4x level inside each query's box
+    #: (modeling.box_scoring; keys roi_size, samples, hidden_size). Empty: none, SAM3's scoring.
+    #: A head for small models whose stride-14/16 grid is too coarse to tell shapes apart.
+    box_scoring: dict[str, int] = field(default_factory=dict)
     description: str = ""
 
     @property
@@ -320,6 +342,13 @@ class ModelConfig:
         check_image_size(image_size, self.patch_size)
         cfg = copy.deepcopy(self)
         cfg.image_size = image_size
+        return cfg
+
+    def with_box_scoring(self, spec: dict[str, int]) -> ModelConfig:
+        """A copy with the box-scoring head set to ``spec`` (an empty mapping removes it)."""
+        cfg = copy.deepcopy(self)
+        cfg.box_scoring = dict(spec)
+        cfg._check()
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -363,4 +392,8 @@ class ModelConfig:
         check_known_keys(TrackerConfig, self.tracker, "model config tracker keys")
         check_image_size(self.image_size, self.patch_size, "model config image_size")
         self.fpn_level_scales  # noqa: B018 -- validates detr_level_scale
+        if not isinstance(self.box_scoring, dict):
+            raise ValueError(f"model config box_scoring must be a mapping, got {self.box_scoring!r}")
+        if self.box_scoring:
+            box_scoring_settings(self.box_scoring)
         _check_nested_keys(self)

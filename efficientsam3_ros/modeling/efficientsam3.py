@@ -22,7 +22,8 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 from transformers.models.sam3_lite_text.configuration_sam3_lite_text import Sam3LiteTextTextConfig
 from transformers.models.sam3_lite_text.modeling_sam3_lite_text import Sam3LiteTextTextModel
 
-from .config import ModelConfig
+from .box_scoring import BoxScoring
+from .config import ModelConfig, box_scoring_settings
 from .student_encoder import HighResVisionModel, StudentImageEncoder
 from .tokenizer import ConceptTokenizer
 
@@ -90,6 +91,12 @@ class EfficientSam3Model(nn.Module):
         elif config.text_encoder != "clip":
             raise ValueError(f"unknown text encoder {config.text_encoder!r}; use 'clip' or 'mobileclip'")
         self.tokenizer = ConceptTokenizer(config.context_length)
+        # built last, so that adding it leaves every other module's random start as it was
+        self.box_scoring = (
+            BoxScoring(config.fpn_dim, **box_scoring_settings(config.box_scoring))
+            if config.box_scoring
+            else None
+        )
 
     # ----------------------------------------------------------------- image side
     @property
@@ -145,22 +152,43 @@ class EfficientSam3Model(nn.Module):
             raise ValueError("detect() takes the features of one image; call it once per image")
         out = self.detector(
             vision_embeds=map_image_features(image_features, lambda f: f.expand(k, -1, -1, -1)),
-            text_embeds=_TextEmbeds(concepts.embeds),
+            text_embeds=TextEmbeds(concepts.embeds),
             attention_mask=concepts.mask,
             input_boxes=input_boxes,
             input_boxes_labels=input_boxes_labels,
         )
-        return _detector_output(out)
+        logits = self.rescore(
+            out.pred_logits,
+            out.pred_boxes,
+            image_features.fpn_hidden_states[0],
+            concepts.embeds,
+            concepts.mask,
+        )
+        return _detector_output(out, logits)
+
+    def rescore(self, logits: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """The query logits [K, Q] with ``box_scoring``'s correction (unchanged without the head).
+
+        ``inputs``: ``BoxScoring.forward``'s after the logits (boxes, the 4x FPN level, the prompts'
+        tokens and mask). The one call every detector path makes (``detect``, ``forward``,
+        stage-3 training; the exported graph holds the head itself).
+        """
+        return logits if self.box_scoring is None else self.box_scoring(logits, *inputs)
 
     def forward(self, pixel_values: torch.Tensor, phrases: list[str]) -> DetectorOutput:
-        """One-shot path (no caching): one image, K phrases, straight through transformers' Sam3Model."""
+        """One-shot path (no caching): one image ([1, 3, S, S]), K phrases, through transformers' Sam3Model."""
         device = pixel_values.device
         input_ids, attention_mask = self.tokenize(phrases)
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         pixels = pixel_values.expand(len(phrases), -1, -1, -1)
-        out = self.detector(
-            pixel_values=pixels, input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
+        out = self.detector(pixel_values=pixels, input_ids=input_ids, attention_mask=attention_mask)
+        if self.box_scoring is None:
+            return _detector_output(out)
+        finest = self.encode_image(pixel_values[:1]).fpn_hidden_states[0]
+        text = self.encode_tokens(input_ids, attention_mask)
+        return _detector_output(
+            out, self.rescore(out.pred_logits, out.pred_boxes, finest, text, attention_mask)
         )
-        return _detector_output(out)
 
 
 def map_image_features(
@@ -177,18 +205,19 @@ def map_image_features(
     )
 
 
-class _TextEmbeds:
+class TextEmbeds:
     """Adapter: Sam3Model reads precomputed text features from ``.pooler_output``."""
 
     def __init__(self, pooler_output: torch.Tensor):
         self.pooler_output = pooler_output
 
 
-def _detector_output(out) -> DetectorOutput:
+def _detector_output(out, logits: torch.Tensor | None = None) -> DetectorOutput:
+    """Sam3Model's outputs, the query logits replaced by ``logits`` (``rescore``'s) when given."""
     return DetectorOutput(
         pred_masks=out.pred_masks,
         pred_boxes=out.pred_boxes,
-        pred_logits=out.pred_logits,
+        pred_logits=out.pred_logits if logits is None else logits,
         presence_logits=out.presence_logits,
     )
 

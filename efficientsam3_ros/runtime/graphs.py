@@ -152,8 +152,9 @@ class DetectorGraph(nn.Module):
 
     Follows ``Sam3Model.forward`` without geometry prompts, but scores and refines boxes of
     the last decoder layer only and skips the semantic-segmentation head (SAM3 computes
-    both for every layer and drops them at inference). ``test_runtime_graphs`` pins the
-    equivalence to ``model.detect``.
+    both for every layer and drops them at inference). With ``ModelConfig.box_scoring`` the
+    logits take the head's correction, as ``model.detect``'s do. ``test_runtime_graphs`` pins
+    the equivalence to ``model.detect``.
     """
 
     def __init__(self, model: EfficientSam3Model):
@@ -164,6 +165,7 @@ class DetectorGraph(nn.Module):
         self.detr_decoder = det.detr_decoder
         self.dot_product_scoring = det.dot_product_scoring
         self.mask_decoder = det.mask_decoder
+        self.box_scoring = model.box_scoring  # None: SAM3's scoring alone
 
     def forward(
         self,
@@ -198,6 +200,8 @@ class DetectorGraph(nn.Module):
         logits = self.dot_product_scoring(
             decoder_hidden_states=last[None], text_features=enc.text_features, text_mask=mask
         )[0].squeeze(-1)
+        if self.box_scoring is not None:  # EfficientSam3Model.rescore
+            logits = self.box_scoring(logits, boxes, fpn_0, text_embeds, mask)
         presence = dec.presence_logits[-1]
         masks = _instance_masks(self.mask_decoder, last, feats, enc.last_hidden_state, text_embeds, mask)
         return masks, boxes, logits, presence

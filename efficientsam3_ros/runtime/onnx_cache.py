@@ -31,9 +31,10 @@ from .graphs import get_graph
 
 log = logging.getLogger(__name__)
 
-# Bump when a graph's interface changes without a change of model/weights/torch (e.g. 2: the
-# image_encoder gained its ``trunk`` output), so caches written by older code are not reused.
-GRAPHS_REVISION = 2
+# Bump when a graph's interface or computation changes without a change of model/weights/torch
+# (2: the image_encoder gained its ``trunk`` output; 3: the detector's box-scoring head clamps its
+# boxes and pools in float32), so caches written by older code are not reused.
+GRAPHS_REVISION = 3
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

@@ -43,6 +43,9 @@ class ModelSection:
     tracker_checkpoint: str | None = None  # SAM3 tracker weights (stage 2, prompt-in-the-loop)
     init_from_teacher: bool = True  # copy the teacher's weights into every student part that is not distilled
     input_size: int | None = None  # override the square input size (a multiple of 14)
+    # the student's box-scoring head (ModelConfig.box_scoring, e.g. {roi_size: 4}); None: the
+    # registry model's (or, from a start file that has one, an error naming this key)
+    box_scoring: dict[str, int] | None = None
 
 
 @dataclass
@@ -182,6 +185,11 @@ class ConceptStageOptions:
     #: weight of the class/box/presence losses on every earlier decoder layer (DETR's auxiliary
     #: losses, which SAM3 trains with too); 0 = last layer only
     aux_weight: float = 1.0
+    #: weight of a class loss on the last layer's queries of absent-phrase datapoints (focal, every
+    #: label 0), relative to the present phrases' class loss: it enters as class_weight x this.
+    #: SAM3 leaves "not in this image" to the presence logit alone (0 here); a head that must
+    #: learn to say "not this shape" per query (ModelConfig.box_scoring) learns it from these.
+    negative_class_weight: float = 0.0
     train: list[str] = field(default_factory=lambda: ["*"])  # fnmatch patterns of parameters that train
     freeze: list[str] = field(default_factory=list)  # patterns frozen even if ``train`` matches them
 
@@ -393,6 +401,13 @@ def _check_values(config: TrainConfig) -> None:
         "model.input_size",
         "a multiple of the patch size 14",
     )
+    if config.model.box_scoring is not None:
+        from ..modeling.config import box_scoring_settings
+
+        try:  # before a teacher is loaded or a model built
+            box_scoring_settings(config.model.box_scoring)
+        except ValueError as err:
+            need(False, "model.box_scoring", str(err))
     expected = {
         "stage1-image": ("sa1b", "coco", "saco"),
         "stage1-text": ("text",),
@@ -410,6 +425,8 @@ def _check_values(config: TrainConfig) -> None:
         need(0.0 <= options.point_prob <= 1.0, "options.point_prob", "a probability in [0, 1]")
         need(options.cache_shard_size >= 1, "options.cache_shard_size", "at least 1 (samples per shard)")
         need(options.cache_batch_size >= 1, "options.cache_batch_size", "at least 1 (teacher batch)")
+    if config.stage == "stage3":
+        need(options.negative_class_weight >= 0, "options.negative_class_weight", "must be >= 0 (0: off)")
     if config.stage == "stage2":
         need(options.target in ("teacher", "gt"), "options.target", "use 'teacher' or 'gt'")
         from ..modeling.tracker_config import (

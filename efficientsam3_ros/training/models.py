@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modeling import EfficientSam3Model, build_model
+from ..modeling import EfficientSam3Model, build_model, get_config
 from ..modeling.checkpoint import FORMAT_NAME, plan_checkpoint, read_config
 from ..modeling.checkpoint_files import CheckpointError, OpenCheckpoint, open_checkpoint
-from ..modeling.config import ModelConfig
+from ..modeling.config import ModelConfig, box_scoring_settings
 from ..modeling.tracker import TrackerModel
 from ..modeling.tracker_config import TrackerConfig, default_tracker_config
 from .config import TrainConfig
@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 #: Student parts that start at zero, so a file without them loads as the model it was made
 #: from (README "Finer features for small students"): a stage-1 export of a plain student
-#: into one with ``high_res_features``.
-ZERO_START_PREFIXES = ("detector.vision_encoder.high_res_fusion.",)
+#: into one with ``high_res_features``, or a student export into one with ``box_scoring``
+#: (whose output layer starts at zero, modeling.box_scoring).
+ZERO_START_PREFIXES = ("detector.vision_encoder.high_res_fusion.", "box_scoring.")
 #: ModelConfig fields that decide the image side's weights. A start file exported for other
 #: values is another architecture. Not the input size (a model carries over to another one),
 #: the text tower (stage 1 text replaces it on purpose; its keys are checked by name) or
@@ -99,7 +100,10 @@ def build_student(
     text's tower), which ``model.student_checkpoint`` need not fill; every other tensor
     must come from the teacher or from the file (:func:`check_student_weights`).
     """
-    model = build_model(config.model.student, input_size=config.model.input_size)
+    student_config = get_config(config.model.student)
+    if config.model.box_scoring is not None:
+        student_config = student_config.with_box_scoring(config.model.box_scoring)
+    model = build_model(student_config, input_size=config.model.input_size)
     from_teacher: set[str] = set()
     if teacher is not None and config.model.init_from_teacher:
         from_teacher = matching_names(teacher, model, exclude)
@@ -107,6 +111,7 @@ def build_student(
         log.info("student %s: %d tensors initialised from the teacher", config.model.student, copied)
     if config.model.student_checkpoint:
         ckpt = open_checkpoint(config.model.student_checkpoint)
+        _check_box_scoring_kept(config, ckpt.path)
         check_student_weights(model, ckpt, from_teacher, may_lack)
         missing = load_weights(model, ckpt)
         log.info(
@@ -149,6 +154,31 @@ def check_student_weights(
             f"{_problems(lacking, wrong, 'tensors that nothing else fills are not in the file')}. "
             f"Point it at an export of {model.config.name} (a previous stage's "
             "export/model.safetensors), or set model.student to the model the file was made for"
+        )
+
+
+def _check_box_scoring_kept(config: TrainConfig, path: Path) -> None:
+    """Refuse to drop a start file's box-scoring head without being told to.
+
+    Why: a partial load ignores the file's tensors the model lacks, so fine-tuning from an export
+    with the head (the demo student's) under a registry model without it would silently train
+    and export a model without it. ``model.box_scoring: {}`` drops it on purpose.
+    """
+    stored = _file_config(path)
+    if stored is None or not stored.box_scoring:
+        return
+    asked = config.model.box_scoring
+    if asked is None:
+        raise CheckpointError(
+            f"model.student_checkpoint {path} has a box-scoring head ({stored.box_scoring}) that "
+            f"model.student {config.model.student} lacks: set model.box_scoring: {stored.box_scoring} "
+            "to keep training it, or model.box_scoring: {} to drop it"
+        )
+    if asked and box_scoring_settings(asked) != box_scoring_settings(stored.box_scoring):
+        raise CheckpointError(
+            f"model.student_checkpoint {path} has a box-scoring head {stored.box_scoring}, "
+            f"model.box_scoring asks for {asked}: set it to the file's to keep training that head, "
+            "or to {} to drop it"
         )
 
 

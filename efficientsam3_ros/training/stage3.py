@@ -28,7 +28,7 @@ from torchvision.ops import box_convert
 from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
 
 from ..modeling import EfficientSam3Model
-from ..modeling.efficientsam3 import map_image_features
+from ..modeling.efficientsam3 import TextEmbeds, map_image_features
 from .config import ConceptStageOptions, TrainConfig
 from .data import build_dataset
 from .distributed import DistContext
@@ -45,13 +45,6 @@ from .losses import (
 )
 from .models import StageModule, build_student, build_teacher
 from .trainer import StageRunner, set_trainable
-
-
-class _Pooled:
-    """Sam3Model reads precomputed text features from ``.pooler_output``."""
-
-    def __init__(self, pooler_output: torch.Tensor):
-        self.pooler_output = pooler_output
 
 
 def run_detector(
@@ -72,7 +65,9 @@ def run_detector(
         index = image_index.to(pixels.device)
         vision = map_image_features(vision, lambda f: f.index_select(0, index))
     text = model.encode_tokens(ids, mask)
-    return model.detector(vision_embeds=vision, text_embeds=_Pooled(text), attention_mask=mask)
+    out = model.detector(vision_embeds=vision, text_embeds=TextEmbeds(text), attention_mask=mask)
+    out.pred_logits = model.rescore(out.pred_logits, out.pred_boxes, vision.fpn_hidden_states[0], text, mask)
+    return out
 
 
 def distinct_images(batch: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,6 +231,14 @@ class ConceptModule(StageModule):
         if len(positives):
             mean.update(self._matched_losses(batch, out, all_logits, all_boxes, images.shape[-1], positives))
         presence = bce_loss(out.presence_logits[:, 0], present)
+        negative_class = zero
+        negatives = (present == 0).nonzero()[:, 0]
+        if opts.negative_class_weight > 0 and len(negatives):
+            logits = out.pred_logits[negatives]
+            focal = sigmoid_focal_loss(
+                logits, torch.zeros_like(logits), opts.focal_alpha, opts.focal_gamma, reduction="none"
+            )
+            negative_class = focal.sum(-1).mean()  # summed over queries, as the positives' (1 instance)
         # earlier layers' presence, summed over layers like their class/box terms (a batch-level
         # term: kept out of the per-datapoint mean so it is not diluted by the batch's positives)
         aux_presence = zero
@@ -247,12 +250,15 @@ class ConceptModule(StageModule):
             + opts.mask_dice_weight * mean["mask_dice"]
             + opts.mask_focal_weight * mean["mask_focal"]
             + opts.presence_weight * presence
+            + opts.class_weight * opts.negative_class_weight * negative_class
             + opts.aux_weight * (mean["aux"] + opts.presence_weight * aux_presence)
             + zero
         )
         logs = {k: float(v.detach()) for k, v in mean.items()}
         logs["presence"] = float(presence.detach())
         logs["aux_presence"] = float(aux_presence.detach())
+        if opts.negative_class_weight > 0:
+            logs["negative_class"] = float(negative_class.detach())
         if opts.distill_weight > 0:
             distill = self._distill(out, images, phrases, image_index)
             loss = loss + opts.distill_weight * distill

@@ -53,42 +53,51 @@ def resolve_model(
     if spec in zoo:
         entry = zoo[spec]
         weights = weights if weights is not None else download(entry)
-        return _load(entry_config(entry, weights), weights, input_size, device)
+        return _load(
+            as_stored(weights, entry_config(entry, weights), entry.architecture), weights, input_size, device
+        )
     if spec in list_models():
         config = get_config(spec)
         if weights is None:
             log.warning("model %s has no weights given: using random initialisation", spec)
             return build_model(config, input_size=input_size, device=device)
-        if input_size is None:
-            input_size = _stored_input_size(weights, config)
-        return _load(config, weights, input_size, device)
+        return _load(as_stored(weights, config), weights, input_size, device)
     raise ValueError(
         f"unknown model {spec!r}: not a file, an HF directory, a zoo name ({', '.join(zoo) or 'none'}) "
         f"or a registry name ({', '.join(list_models())})"
     )
 
 
-def _stored_input_size(weights: Path, config: ModelConfig) -> int | None:
-    """The input size ``weights`` records for this architecture when it differs from the name's.
+def as_stored(weights: Path, config: ModelConfig, architecture: str | None = None) -> ModelConfig:
+    """``config`` with what ``weights`` records for this architecture beyond the name's defaults.
 
-    A name with a checkpoint takes its architecture from the name, but the input size is a
-    deployment choice the file carries (the demo student: registry 168 px, shipped at 224); run
-    at the name's size it loads without complaint and scores worse.
+    Public because `efficientsam3 models verify --model NAME` reads a name the same way.
+    A name (registry or zoo) with a checkpoint takes its architecture from the name, but two settings travel with
+    the file: the input size, a deployment choice (the demo student: registry 168 px, shipped at
+    224; run at the name's size it loads without complaint and scores worse), and the
+    box-scoring head a fine-tune added (``ModelConfig.box_scoring``; without it the strict load
+    would refuse the file's extra tensors). An explicit ``input_size`` still wins. The file must be
+    of this model: its stored name is ``config``'s or ``architecture`` (a zoo entry's registry model).
     """
     try:
         stored = read_config(weights)
     except (CheckpointError, ValueError, OSError):
-        return None  # the load that follows names what is wrong with the file
-    if stored is None or stored.name != config.name or stored.image_size == config.image_size:
-        return None
-    log.info(
-        "%s: input size %d px from %s (the name's is %d)",
-        config.name,
-        stored.image_size,
-        weights.name,
-        config.image_size,
-    )
-    return stored.image_size
+        return config  # the load that follows names what is wrong with the file
+    if stored is None or stored.name not in (config.name, architecture):
+        return config  # another model's file: the strict load that follows refuses it
+    if stored.image_size != config.image_size:
+        log.info(
+            "%s: input size %d px from %s (the name's is %d)",
+            config.name,
+            stored.image_size,
+            weights.name,
+            config.image_size,
+        )
+        config = config.with_image_size(stored.image_size)
+    if stored.box_scoring and not config.box_scoring:
+        log.info("%s: box-scoring head %s from %s", config.name, stored.box_scoring, weights.name)
+        config = config.with_box_scoring(stored.box_scoring)
+    return config
 
 
 def config_for_path(path: Path) -> ModelConfig:
