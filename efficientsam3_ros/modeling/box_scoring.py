@@ -5,9 +5,9 @@ Why: SAM3 scores a query from the DETR decoder's state, which reads only the coa
 from a hexagon of the same colour: on the demo world a linear probe of the stride-16 level
 reads an object's shape at 0.745, the 4x level at 0.819 (models/demo/MODEL_CARD.md), and the
 false tracks that keep IDF1 down are exactly such same-colour shapes. This head pools the 4x
-level inside each predicted box (an RoIAlign written with ``grid_sample``, which exports to
-ONNX and TensorRT without a custom op), embeds it, and adds its agreement with the prompt to
-the query's logit:
+level inside each predicted box (an RoIAlign written with ``grid_sample``: ONNX's GridSample,
+which TensorRT's parser maps to its grid-sample layer, so no custom op), embeds it, and adds
+its agreement with the prompt to the query's logit:
 
     logit += <mlp(roi(fpn_0, box)), proj(mean of the prompt's token features)> / sqrt(C)
 
