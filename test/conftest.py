@@ -69,6 +69,22 @@ def high_res_tiny():
 
 
 @pytest.fixture
+def box_scoring_tiny():
+    """Builds the tiny student, seeded, in eval mode, with a box-scoring head of the given
+    settings (``None``: without one; the rest of its weights are the same either way)."""
+    from efficientsam3_ros.modeling import build_model, get_config
+
+    def build(settings: dict[str, int] | None = None):
+        config = get_config("es-ev-tiny")
+        if settings is not None:
+            config = config.with_box_scoring(settings)
+        torch.manual_seed(0)
+        return build_model(config)
+
+    return build
+
+
+@pytest.fixture
 def rgb_image() -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(90, 130, 3), dtype=np.uint8)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torchvision.ops import roi_align
 from training_fixtures import CONFIGS, drop_ratio, tiny_concept_setup, write_datasets
 
-from efficientsam3_ros.modeling import build_model, get_config
+from efficientsam3_ros.modeling import get_config
 from efficientsam3_ros.modeling.box_scoring import roi_grid_sample
 from efficientsam3_ros.modeling.checkpoint import save_checkpoint
 from efficientsam3_ros.modeling.checkpoint_files import CheckpointError
@@ -20,14 +20,6 @@ from efficientsam3_ros.training.stage3 import ConceptModule
 from efficientsam3_ros.training.trainer import train
 
 HEAD = {"roi_size": 3, "samples": 2, "hidden_size": 16}
-
-
-def _tiny(box_scoring: dict | None = None, seed: int = 0):
-    config = get_config("es-ev-tiny")
-    if box_scoring is not None:
-        config = config.with_box_scoring(box_scoring)
-    torch.manual_seed(seed)
-    return build_model(config)
 
 
 def _random_boxes(k: int, b: int, generator: torch.Generator) -> torch.Tensor:
@@ -58,8 +50,8 @@ def frame():
     return torch.rand(1, 3, 112, 112) * 2 - 1
 
 
-def test_a_new_head_changes_no_output_until_it_trains(frame):
-    plain, headed = _tiny(), _tiny(HEAD)
+def test_a_new_head_changes_no_output_until_it_trains(frame, box_scoring_tiny):
+    plain, headed = box_scoring_tiny(), box_scoring_tiny(HEAD)
     # built last: every other weight drew the same random start
     plain_state, headed_state = plain.state_dict(), headed.state_dict()
     assert set(headed_state) - set(plain_state) == {k for k in headed_state if k.startswith("box_scoring.")}
@@ -81,20 +73,21 @@ def test_a_new_head_changes_no_output_until_it_trains(frame):
     torch.testing.assert_close(one_shot.pred_logits, moved.pred_logits, rtol=1e-5, atol=1e-5)
 
 
-def test_training_and_detect_apply_the_head_alike(frame):
+def test_training_and_detect_apply_the_head_alike(frame, box_scoring_tiny):
     """Stage 3's forward (run_detector) rescoring from the levels it encoded, as detect() does."""
     from efficientsam3_ros.training.stage3 import run_detector
 
-    model = _tiny(HEAD)
+    model = box_scoring_tiny(HEAD)
     phrases = ["red mug", "person"]
+    ids, mask = model.tokenize(phrases)
     with torch.no_grad():
         torch.nn.init.normal_(model.box_scoring.roi_mlp[-1].weight)
         trained = run_detector(model, frame.expand(2, -1, -1, -1), phrases)
         served = model.detect(model.encode_image(frame), model.encode_concepts(phrases))
         plain = model.detector(
             pixel_values=frame.expand(2, -1, -1, -1),
-            input_ids=model.tokenize(phrases)[0],
-            attention_mask=model.tokenize(phrases)[1],
+            input_ids=ids,
+            attention_mask=mask,
         )
     torch.testing.assert_close(trained.pred_logits, served.pred_logits, rtol=1e-5, atol=1e-5)
     assert (trained.pred_logits - plain.pred_logits).abs().max() > 1e-2  # the head was applied
@@ -154,9 +147,9 @@ def saco(tmp_path_factory):
     return write_datasets(tmp_path_factory.mktemp("box-scoring-data"))["saco"]
 
 
-def test_stage3_trains_the_head_alone_from_a_plain_student(saco, tmp_path, one_thread):
+def test_stage3_trains_the_head_alone_from_a_plain_student(saco, tmp_path, one_thread, box_scoring_tiny):
     """The demo recipe's last image step: the head added to a trained student, nothing else moving."""
-    start = save_checkpoint(_tiny(), tmp_path / "student.safetensors")
+    start = save_checkpoint(box_scoring_tiny(), tmp_path / "student.safetensors")
     config = load_config(
         CONFIGS / "tiny_stage3.yaml",
         [
@@ -191,8 +184,8 @@ def test_stage3_trains_the_head_alone_from_a_plain_student(saco, tmp_path, one_t
         )
 
 
-def test_a_start_file_with_the_head_is_not_dropped_silently(saco, tmp_path):
-    start = save_checkpoint(_tiny(HEAD), tmp_path / "student.safetensors")
+def test_a_start_file_with_the_head_is_not_dropped_silently(saco, tmp_path, box_scoring_tiny):
+    start = save_checkpoint(box_scoring_tiny(HEAD), tmp_path / "student.safetensors")
     overrides = [
         f"run.output_dir={tmp_path / 'run'}",
         f"data.root={saco}",
@@ -214,7 +207,9 @@ def test_a_start_file_with_the_head_is_not_dropped_silently(saco, tmp_path):
     assert build_student(kept).config.box_scoring == {"roi_size": 3, "hidden_size": 16}
 
 
-def test_a_file_with_the_head_loads_under_a_zoo_name_and_verifies(tmp_path, monkeypatch, capsys):
+def test_a_file_with_the_head_loads_under_a_zoo_name_and_verifies(
+    tmp_path, monkeypatch, capsys, box_scoring_tiny
+):
     """A zoo name (or registry name) + a fine-tuned file: the file's head is taken, as its input size is."""
     import yaml
 
@@ -229,7 +224,7 @@ def test_a_file_with_the_head_loads_under_a_zoo_name_and_verifies(tmp_path, monk
     }
     zoo.write_text(yaml.safe_dump({"models": {"tiny-zoo": entry}}))
     monkeypatch.setenv("EFFICIENTSAM3_ZOO", str(zoo))
-    model = _tiny(HEAD)
+    model = box_scoring_tiny(HEAD)
     path = save_checkpoint(model, tmp_path / "tuned.safetensors")
     for name in ("tiny-zoo", "es-ev-tiny"):
         assert resolve_model(name, str(path)).config.box_scoring == HEAD

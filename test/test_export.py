@@ -105,12 +105,9 @@ def test_high_res_student_graphs_match_the_model_in_onnxruntime(tmp_path, high_r
             assert row.max_abs <= ATOL, row
 
 
-def test_box_scoring_detector_graph_matches_the_model_in_onnxruntime(tmp_path):
+def test_box_scoring_detector_graph_matches_the_model_in_onnxruntime(tmp_path, box_scoring_tiny):
     """The box-scoring head (modeling.box_scoring) is in the exported detector, as grid_sample."""
-    from efficientsam3_ros.modeling import build_model, get_config
-
-    torch.manual_seed(0)
-    model = build_model(get_config("es-ev-tiny").with_box_scoring({"roi_size": 3, "hidden_size": 16}))
+    model = box_scoring_tiny({"roi_size": 3, "hidden_size": 16})
     with torch.no_grad():
         torch.nn.init.normal_(model.box_scoring.roi_mlp[-1].weight)
         features = model.encode_image(torch.rand(1, 3, 112, 112) * 2 - 1)

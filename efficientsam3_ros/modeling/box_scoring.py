@@ -58,7 +58,8 @@ def roi_grid_sample(features: torch.Tensor, boxes: torch.Tensor, roi_size: int, 
 class BoxScoring(nn.Module):
     """The class-logit correction read from the finest level in each query's box (module docstring)."""
 
-    def __init__(self, dim: int, roi_size: int = 4, samples: int = 2, hidden_size: int = 128):
+    def __init__(self, dim: int, *, roi_size: int, samples: int, hidden_size: int):
+        """Sizes as ``config.box_scoring_settings`` fills them in (its defaults are the only ones)."""
         super().__init__()
         self.roi_size, self.samples = roi_size, samples
         self.roi_mlp = nn.Sequential(
