@@ -47,6 +47,7 @@ def test_recipe_runs_start_to_finish_on_a_shrunk_world(tmp_path):
         ("student-stage1", 1),
         ("student", 6),
         ("student-224", 2),
+        ("student-336", 2),
         ("tracker", 1),
     ]:
         rows = [
@@ -54,9 +55,8 @@ def test_recipe_runs_start_to_finish_on_a_shrunk_world(tmp_path):
         ]
         assert rows[-1]["step"] == steps, name
         assert (work / "runs" / name / "export" / "model.safetensors").is_file(), name
-    assert (
-        json.loads((work / "runs" / "student-224" / "export" / "model.json").read_text())["image_size"] == 224
-    )
+    for name, size in (("student-224", 224), ("student-336", 336)):
+        assert json.loads((work / "runs" / name / "export" / "model.json").read_text())["image_size"] == size
     environment = json.loads((work / "runs" / "teacher" / "environment.json").read_text())
     assert environment  # the run recorded what it ran under
 
@@ -73,6 +73,7 @@ def test_recipe_runs_start_to_finish_on_a_shrunk_world(tmp_path):
         "student-stage1",
         "student",
         "student-224",
+        "student-336",
         "tracker",
         "evaluation",
     ]

@@ -110,6 +110,7 @@ def test_demo_recipe_configs_validate_and_chain_to_the_shipped_input_size():
         "student_stage1_image",
         "student_stage3",
         "student_stage3_hires",
+        "student_stage3_336",
         "student_stage2",
     }
 
@@ -118,19 +119,33 @@ def test_demo_recipe_configs_validate_and_chain_to_the_shipped_input_size():
 
     assert configs["student_stage3"].model.student_checkpoint == export_of("student_stage1_image")
     assert configs["student_stage3_hires"].model.student_checkpoint == export_of("student_stage3")
-    assert configs["student_stage2"].model.student_checkpoint == export_of("student_stage3_hires")
-    shipped = json.loads((root / "models" / "demo" / "model.json").read_text())["image_size"]
-    assert configs["student_stage3_hires"].model.input_size == shipped == 224
-    assert configs["student_stage2"].model.input_size == shipped  # the tracker learns at the deployed size
+    assert configs["student_stage3_336"].model.student_checkpoint == export_of("student_stage3_hires")
+    assert configs["student_stage2"].model.student_checkpoint == export_of("student_stage3_336")
+    shipped = json.loads((root / "models" / "demo" / "model.json").read_text())
+    assert configs["student_stage3_hires"].model.input_size == 224
+    assert configs["student_stage3_336"].model.input_size == shipped["image_size"] == 336
+    # the tracker learns at the deployed size
+    assert configs["student_stage2"].model.input_size == shipped["image_size"]
+    # the head the last finish adds is the shipped file's, and stage 2 keeps it (a start file's head is never dropped)
+    assert configs["student_stage3_336"].model.box_scoring == shipped["box_scoring"]
+    assert configs["student_stage2"].model.box_scoring == shipped["box_scoring"]
     assert configs["student_stage3"].model.input_size is None  # the rest of stage 3 at the registry's 168
     # the finish is stage 3 continued: its data and losses are stage 3's (the two files repeat them)
     for section in ("data", "options"):
         assert getattr(configs["student_stage3_hires"], section) == getattr(
             configs["student_stage3"], section
         )
-    # the experiments beside the recipe validate too, and run the finish's settings on the shipped student
+    last = configs["student_stage3_336"]  # the 224 px finish's settings, plus the absent phrases' class loss
+    assert (last.optim, last.data, last.run.steps) == (
+        configs["student_stage3_hires"].optim,
+        configs["student_stage3_hires"].data,
+        configs["student_stage3_hires"].run.steps,
+    )
+    assert last.options.negative_class_weight > 0
+    assert dataclasses.replace(last.options, negative_class_weight=0.0) == configs["student_stage3"].options
+    # the experiments beside the recipe validate too, and run the 224 px finish's settings on its export
     experiment = load_config(root / "training" / "demo" / "experiments" / "box_scoring.yaml")
-    assert experiment.model.student_checkpoint == "models/demo/model.safetensors"
+    assert experiment.model.student_checkpoint == export_of("student_stage3_hires")
     assert experiment.model.box_scoring and experiment.options.negative_class_weight > 0
     finish = configs["student_stage3_hires"]
     assert (experiment.optim, experiment.data, experiment.run.steps) == (

@@ -330,6 +330,7 @@ def demo_student() -> ModelConfig:
     # from a circle of the same colour (most of the student's false positives) and what its
     # masks lose
     config.high_res_features = True
-    # trained at 168 px (stages 1 and 3), then finished at 224 px (student_stage3_hires.yaml's
-    # model.input_size): the shipped export's model.json says 224, and that is what it runs at
+    # trained at 168 px (stages 1 and 3), then finished at 224 px and at 336 px with a box-scoring
+    # head (student_stage3_hires.yaml, student_stage3_336.yaml): the shipped export's model.json says
+    # 336 and carries the head, and that is what it runs at
     return config
