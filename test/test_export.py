@@ -538,8 +538,8 @@ def test_export_command_exports_a_trained_tracker_file(tmp_path, capsys):
 
 
 def test_export_command_takes_a_checkpoint_path_with_its_own_input_size(tmp_path, capsys):
-    """--model models/demo/model.safetensors exports at the 224 px its config carries (its registry
-    name builds 168 px, which the shipped tracker and eval-bag --onnx-dir refuse)."""
+    """--model models/demo/model.safetensors exports at the 336 px its config carries (its registry
+    name alone builds 168 px, which the shipped tracker and eval-bag --onnx-dir refuse)."""
     import json
 
     from efficientsam3_ros.commands.demo import demo_dir
@@ -549,7 +549,7 @@ def test_export_command_takes_a_checkpoint_path_with_its_own_input_size(tmp_path
     argv += ["--tracker-checkpoint", str(tracker), "--tracks", "1", "--no-parity"]
     assert _cli([*argv, "--out", str(tmp_path / "demo")]) == 0, capsys.readouterr().err
     manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
-    assert manifest["input_size"] == 224 and manifest["checkpoint"] == str(weights)
+    assert manifest["input_size"] == 336 and manifest["checkpoint"] == str(weights)
     capsys.readouterr()
     assert _cli([*argv, "--out", str(tmp_path / "both"), "--checkpoint", str(weights)]) == 2
     assert "leave out --checkpoint" in capsys.readouterr().err

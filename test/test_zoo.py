@@ -246,13 +246,14 @@ def test_a_cached_file_is_checked_against_the_zoo_digest_each_time_it_is_handed_
 
 
 def test_a_name_with_a_checkpoint_runs_at_the_input_size_the_file_records():
-    """demo-student's registry size is 168 px; the shipped file records 224, which it runs at
-    unless input_size says otherwise (before: 168, silently)."""
+    """demo-student's registry size is 168 px without a box-scoring head; the shipped file records 336
+    and its head, which it runs with unless input_size says otherwise (before: 168, silently)."""
     from efficientsam3_ros.commands.demo import demo_dir
     from efficientsam3_ros.zoo.resolve import resolve_model
 
     weights = str(demo_dir() / "model.safetensors")
-    assert resolve_model("demo-student", weights).config.image_size == 224
+    named = resolve_model("demo-student", weights).config
+    assert named.image_size == 336 and named.box_scoring  # the file's size and head
     assert resolve_model("demo-student", weights, input_size=168).config.image_size == 168
 
 

@@ -267,7 +267,8 @@ DEMO_OPERATING_POINT = OperatingPoint(
 
 
 #: The demo models' tracker: 64 wide like their trunk, 16 + 16 Perceiver latents per memory
-#: frame (a 12x12 grid holds only 144 tokens; SAM3's 256 + 256 would not compress anything).
+#: frame (a 12x12 grid at 168 px holds only 144 tokens, 21x21 at the shipped 336 px 441; SAM3's 256 + 256
+#: would not compress the smaller grids at all).
 DEMO_TRACKER: dict[str, object] = {
     "hidden_size": 64,
     "memory_attention_layers": 2,

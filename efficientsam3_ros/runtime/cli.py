@@ -132,7 +132,7 @@ def _model_config(args: argparse.Namespace) -> Any:
     whose architecture may come with its weights).
 
     A checkpoint path is resolved as every other command resolves it (its metadata or sidecar
-    config), so the demo model exports at the 224 px it ships with, not its registry name's 168.
+    config), so the demo model exports at the 336 px it ships with, not its registry name's 168.
     """
     from ..modeling import get_config, list_models
     from ..modeling.checkpoint_files import CheckpointError

@@ -74,7 +74,7 @@ def as_stored(weights: Path, config: ModelConfig, architecture: str | None = Non
     Public because `efficientsam3 models verify --model NAME` reads a name the same way.
     A name (registry or zoo) with a checkpoint takes its architecture from the name, but two settings travel with
     the file: the input size, a deployment choice (the demo student: registry 168 px, shipped at
-    224; run at the name's size it loads without complaint and scores worse), and the
+    336; run at the name's size it loads without complaint and scores worse), and the
     box-scoring head a fine-tune added (``ModelConfig.box_scoring``; without it the strict load
     would refuse the file's extra tensors). An explicit ``input_size`` still wins. The file must be
     of this model: its stored name is ``config``'s or ``architecture`` (a zoo entry's registry model).
