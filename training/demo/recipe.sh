@@ -19,14 +19,15 @@
 #        with the package installed (`efficientsam3`, `efficientsam3-train` on PATH).
 # Env:   DEMO_THREADS (2: torch threads; the stages run one after another, so on an idle 2-core
 #        machine 2 is the fast setting; use 1 if something else keeps a core busy; the weights differ
-#        in the last bits with another thread count: the shipped files were made with 2), DEMO_INSTALL (1), DEMO_SCALE (1.0: multiplies every stage's step count, for quick runs),
+#        in the last bits with another thread count: the shipped files were made with 2, but for the 336 px finish, 1), DEMO_INSTALL (1), DEMO_SCALE (1.0: multiplies every stage's step count, for quick runs),
 #        DEMO_DATA_SCALE (1.0: multiplies the number of images, clips and bag frames; for smoke
 #        tests, in a fresh WORK_DIR: data already written is not rewritten),
 #        DEMO_OPTIMIZER (auto: optim.implementation of every stage, i.e. AdamW's fused kernel on
 #        the CPU; `for-loop` is torch's default update, see README "AdamW's update"). The shipped
-#        files were made with `for-loop` by the code up to commit 3326deb: stage 3 computes its
-#        losses batch-wide since, which sums in another order, so no later code reproduces
-#        them bit for bit (models/demo/MODEL_CARD.md). The CPU steps run channels-last since
+#        student up to its 224 px finish was made with `for-loop` by the code up to commit 3326deb:
+#        stage 3 computes its losses batch-wide since, which sums in another order, so no later
+#        code reproduces it bit for bit; its 336 px finish and the tracker ran on later code with
+#        `auto` (models/demo/MODEL_CARD.md). The CPU steps run channels-last since
 #        (run.memory_format: auto, README "Channels-last on the CPU"), NCHW before: other last bits again.
 # Measured on 2 shared CPU cores: see models/demo/MODEL_CARD.md.
 set -euo pipefail
