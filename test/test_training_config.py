@@ -135,26 +135,16 @@ def test_demo_recipe_configs_validate_and_chain_to_the_shipped_input_size():
         assert getattr(configs["student_stage3_hires"], section) == getattr(
             configs["student_stage3"], section
         )
-    last = configs["student_stage3_336"]  # the 224 px finish's settings, plus the absent phrases' class loss
-    assert (last.optim, last.data, last.run.steps) == (
-        configs["student_stage3_hires"].optim,
-        configs["student_stage3_hires"].data,
-        configs["student_stage3_hires"].run.steps,
-    )
-    assert last.options.negative_class_weight > 0
-    assert dataclasses.replace(last.options, negative_class_weight=0.0) == configs["student_stage3"].options
-    # the experiments beside the recipe validate too, and run the 224 px finish's settings on its export
+    # the 336 px finish and the experiment beside the recipe (which must validate too, and starts from
+    # the 224 px export) run the 224 px finish's settings, plus the absent phrases' class loss
+    finish = configs["student_stage3_hires"]
     experiment = load_config(root / "training" / "demo" / "experiments" / "box_scoring.yaml")
     assert experiment.model.student_checkpoint == export_of("student_stage3_hires")
-    assert experiment.model.box_scoring and experiment.options.negative_class_weight > 0
-    finish = configs["student_stage3_hires"]
-    assert (experiment.optim, experiment.data, experiment.run.steps) == (
-        finish.optim,
-        finish.data,
-        finish.run.steps,
-    )
     assert experiment.model.input_size == finish.model.input_size
-    assert dataclasses.replace(experiment.options, negative_class_weight=0.0) == finish.options
+    for run in (configs["student_stage3_336"], experiment):
+        assert run.model.box_scoring and run.options.negative_class_weight > 0
+        assert (run.optim, run.data, run.run.steps) == (finish.optim, finish.data, finish.run.steps)
+        assert dataclasses.replace(run.options, negative_class_weight=0.0) == finish.options
 
 
 _OUT_OF_RANGE = [
