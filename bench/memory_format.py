@@ -50,7 +50,7 @@ STAGES = {
     "teacher": ("teacher_stage3.yaml", "saco", "stage 3, the demo teacher"),
     "stage1-image": ("student_stage1_image.yaml", "saco", "stage 1, trunk distillation"),
     "stage3": ("student_stage3.yaml", "saco", "stage 3, demo-student at 168 px"),
-    "stage3-224": ("student_stage3_hires.yaml", "saco", "stage 3, the 224 px finish"),
+    "stage3-224": ("experiments/student_stage3_224.yaml", "saco", "stage 3, the 224 px finish"),
     "stage2": ("student_stage2.yaml", "sav", "stage 2, the Perceiver-memory tracker"),
 }
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels-last": torch.channels_last}

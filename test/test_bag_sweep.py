@@ -39,7 +39,7 @@ from efficientsam3_ros.tracking import ConceptTracker, TrackingConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_WEIGHTS = REPO_ROOT / "models" / "demo" / "model.safetensors"
 TOPIC = "/camera/image_raw"
-PAIRS = [(0.1, 0.35), (0.25, 0.35), (0.25, 0.5)]
+PAIRS = [(0.05, 0.4), (0.25, 0.4), (0.25, 0.5)]
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +66,12 @@ def _sweep_argv(bags: list[tuple[Path, Path]], out: Path, *extra: str) -> list[s
 )
 def test_a_replayed_pair_scores_what_eval_bag_scores_at_that_pair(tmp_path, world_bags, capsys, one_thread):
     argv = _sweep_argv(
-        world_bags, tmp_path / "sweep", "--score-thresholds", "0.1,0.25", "--new-track-thresholds", "0.35,0.5"
+        world_bags, tmp_path / "sweep", "--score-thresholds", "0.05,0.25", "--new-track-thresholds", "0.4,0.5"
     )
     assert main(argv) == 0
     summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     got = {(r["score_threshold"], r["new_track_threshold"]): r for r in summary["pairs"]}
-    assert sorted(got) == sorted(PAIRS + [(0.1, 0.5)])
+    assert sorted(got) == sorted(PAIRS + [(0.05, 0.5)])
     for s, nt in PAIRS:
         runs = []
         for i, (bag, gt) in enumerate(world_bags):
@@ -105,7 +105,7 @@ def test_a_replayed_pair_scores_what_eval_bag_scores_at_that_pair(tmp_path, worl
     table = (tmp_path / "sweep" / "sweep.md").read_text()
     assert table.count("\n") == len(got) + 2
     printed = capsys.readouterr().out
-    assert "4 pairs on 2 bag(s), 12 frames" in printed and "the model's own pair 0.1 / 0.35 ranks" in printed
+    assert "4 pairs on 2 bag(s), 12 frames" in printed and "the model's own pair 0.05 / 0.4 ranks" in printed
 
 
 def test_missing_bag_is_a_usage_error_before_the_model_loads(tmp_path, capsys):

@@ -43,6 +43,54 @@ def test_save_and_load_roundtrip_with_config(tiny, tmp_path: Path) -> None:
         assert torch.equal(other.state_dict()[key], value), key
 
 
+def _tensor_bytes(path: Path) -> tuple[dict, bytes]:
+    """A safetensors file's tensor entries (offsets, dtypes, shapes) and its data section."""
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    header.pop("__metadata__")
+    return header, raw[8 + length :]
+
+
+def test_set_point_rewrites_the_operating_point_and_nothing_else(tiny, tmp_path: Path, capsys) -> None:
+    from efficientsam3_ros.cli import main
+
+    src = save_checkpoint(tiny, tmp_path / "m.safetensors")
+    dst = tmp_path / "tuned" / "m.safetensors"
+    argv = ["models", "set-point", str(src), "--out", str(dst), "--score-threshold", "0.3"]
+    assert main([*argv, "--new-track-threshold", "0.45", "--crop-masks-to-boxes"]) == 0
+    assert "score_threshold       0.5 -> 0.3" in capsys.readouterr().out
+    point = read_config(dst).operating_point
+    assert (point.score_threshold, point.new_track_threshold, point.crop_masks_to_boxes) == (0.3, 0.45, True)
+    assert point.mask_threshold == tiny.config.operating_point.mask_threshold  # not asked: kept
+    assert json.loads((dst.parent / "m.json").read_text())["operating_point"]["score_threshold"] == 0.3
+    assert _tensor_bytes(dst) == _tensor_bytes(src)  # the weights, byte for byte
+    other = read_config(dst).to_dict()
+    other["operating_point"] = read_config(src).to_dict()["operating_point"]
+    assert other == read_config(src).to_dict()  # the rest of the config too
+    # in place, atomically; the file stays loadable
+    assert main(["models", "set-point", str(dst), "--out", str(dst), "--mask-threshold", "0.2"]) == 0
+    assert read_config(dst).operating_point.mask_threshold == 0.2
+    assert load_checkpoint(build_model(read_config(dst)), dst).plan.ok
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["m.json", "m.safetensors"]
+
+
+def test_set_point_refuses_bad_values_and_files_without_a_config(tiny, tmp_path: Path, capsys) -> None:
+    from efficientsam3_ros.cli import main
+
+    src = save_checkpoint(tiny, tmp_path / "m.safetensors", sidecar=False)
+    out = tmp_path / "out.safetensors"
+    assert main(["models", "set-point", str(src), "--out", str(out)]) == 2
+    assert "nothing to change" in capsys.readouterr().err
+    assert main(["models", "set-point", str(src), "--out", str(out), "--score-threshold", "1.5"]) == 2
+    assert "score_threshold must be in [0, 1]" in capsys.readouterr().err
+    bare = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bare))
+    assert main(["models", "set-point", str(bare), "--out", str(out), "--score-threshold", "0.3"]) == 2
+    assert "carries no operating point: pass the thresholds at run time" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_strict_load_names_missing_unexpected_and_misshaped(tiny, tmp_path: Path) -> None:
     state = {k: v.clone() for k, v in tiny.state_dict().items()}
     gone = "detector.text_projection.bias"

@@ -22,11 +22,11 @@ SEED, FRAMES = 90210, 8
 # measures them and updates both: until then a present model fails this test rather than
 # passing vacuously.
 # (With the tracker the model runs under its operating point's memory_tracking rules.) The mask
-# IoU floor sits above the 0.920 both score at mask probability 0.5, so a front door that
+# IoU floor sits above the 0.917 / 0.920 they score at mask probability 0.5, so a front door that
 # stops reading the model's mask threshold (0.01) fails here too.
 MEASURED: dict[str, dict[str, float | None]] = {
     "none": {"mask_iou": 0.952, "idf1": 1.0},
-    "perceiver": {"mask_iou": 0.951, "idf1": 1.0},
+    "perceiver": {"mask_iou": 0.952, "idf1": 1.0},
 }
 FLOORS: dict[str, dict[str, float | None]] = {
     "none": {"mask_iou": 0.93, "idf1": 0.9},
@@ -40,7 +40,9 @@ PROPAGATION_SEEDS = range(700, 712)
 # the digest test fails until whoever ships them measures, updates MEASURED / FLOORS, and then
 # these digests (``sha256sum models/demo/*.safetensors``).
 MEASURED_FILES = {
-    DEMO_WEIGHTS.name: "61aff1256fdba4b665cdc3b0058abcfaa4b927a44eb584403a024225d47580c4",
+    # session 29: `efficientsam3 models set-point ... --score-threshold 0.05 --new-track-threshold 0.4`
+    # rewrote the metadata of the session-28 file (61aff125...); its tensors are byte for byte the same
+    DEMO_WEIGHTS.name: "0c507fee68056728595856963f277c773b7ce288c6c52c7755ed607da274c072",
     DEMO_TRACKER.name: "533cea1161cafaf03844b43681b85d96852d9f0db18b9c6673918f7fc6e21b42",
 }
 PROPAGATION_FLOORS = {"own_dice": 0.75, "other_dice_max": 0.15}
@@ -120,7 +122,7 @@ def test_demo_model_scores_on_held_out_sequence(tmp_path, one_thread, memory):
         run["crop_masks_to_boxes"],
         run["mask_threshold"],
     )
-    assert own == (0.1, 0.35, True, 0.01)
+    assert own == (0.05, 0.4, True, 0.01)
     if memory != "none":  # the tracker ran, under the model's memory rules
         assert run["memory"] == memory and run["memory_checkpoint"] == str(DEMO_TRACKER)
         assert run["tracking"]["recondition_score"] == 0.35 and run["tracking"]["associate_last_mask"]

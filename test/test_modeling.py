@@ -186,14 +186,14 @@ def test_operating_point_travels_with_the_config():
     assert get_config("es-ev-s").operating_point == OperatingPoint(0.5, 0.7, False)  # SAM3's
     demo = get_config("demo-student")
     assert demo.operating_point == DEMO_OPERATING_POINT and DEMO_OPERATING_POINT.crop_masks_to_boxes
-    teacher = get_config("demo-teacher").operating_point  # its own score and mask cuts, the rest shared
-    assert (teacher.score_threshold, teacher.mask_threshold) == (0.25, 0.047)
-    assert teacher.new_track_threshold == DEMO_OPERATING_POINT.new_track_threshold
+    teacher = get_config("demo-teacher").operating_point  # its own thresholds, the memory rules shared
+    assert (teacher.score_threshold, teacher.new_track_threshold) == (0.25, 0.35)
+    assert teacher.mask_threshold == 0.047
     assert teacher.memory_tracking == DEMO_OPERATING_POINT.memory_tracking
     data = demo.to_dict()
     assert {k: v for k, v in data["operating_point"].items() if k != "memory_tracking"} == {
-        "score_threshold": 0.1,
-        "new_track_threshold": 0.35,
+        "score_threshold": 0.05,
+        "new_track_threshold": 0.4,
         "crop_masks_to_boxes": True,
         "mask_threshold": 0.01,
     }

@@ -104,25 +104,23 @@ def test_demo_recipe_configs_validate_and_chain_to_the_shipped_input_size():
     import json
 
     root = CONFIGS.parents[1]
-    configs = {p.stem: load_config(p) for p in sorted((root / "training" / "demo").glob("*.yaml"))}
+    demo = root / "training" / "demo"
+    configs = {p.stem: load_config(p) for p in sorted(demo.glob("*.yaml"))}
     assert set(configs) == {
         "teacher_stage3",
         "student_stage1_image",
         "student_stage3",
-        "student_stage3_hires",
         "student_stage3_336",
         "student_stage2",
     }
 
-    def export_of(name: str) -> str:
-        return f"{configs[name].run.output_dir}/export/model.safetensors"
+    def export_of(config) -> str:
+        return f"{config.run.output_dir}/export/model.safetensors"
 
-    assert configs["student_stage3"].model.student_checkpoint == export_of("student_stage1_image")
-    assert configs["student_stage3_hires"].model.student_checkpoint == export_of("student_stage3")
-    assert configs["student_stage3_336"].model.student_checkpoint == export_of("student_stage3_hires")
-    assert configs["student_stage2"].model.student_checkpoint == export_of("student_stage3_336")
+    assert configs["student_stage3"].model.student_checkpoint == export_of(configs["student_stage1_image"])
+    assert configs["student_stage3_336"].model.student_checkpoint == export_of(configs["student_stage3"])
+    assert configs["student_stage2"].model.student_checkpoint == export_of(configs["student_stage3_336"])
     shipped = json.loads((root / "models" / "demo" / "model.json").read_text())
-    assert configs["student_stage3_hires"].model.input_size == 224
     assert configs["student_stage3_336"].model.input_size == shipped["image_size"] == 336
     # the tracker learns at the deployed size
     assert configs["student_stage2"].model.input_size == shipped["image_size"]
@@ -130,17 +128,18 @@ def test_demo_recipe_configs_validate_and_chain_to_the_shipped_input_size():
     assert configs["student_stage3_336"].model.box_scoring == shipped["box_scoring"]
     assert configs["student_stage2"].model.box_scoring == shipped["box_scoring"]
     assert configs["student_stage3"].model.input_size is None  # the rest of stage 3 at the registry's 168
-    # the finish is stage 3 continued: its data and losses are stage 3's (the two files repeat them)
+    # The experiments beside the recipe (which must validate too) chain from its stage-3 student:
+    # the 224 px finish (in the recipe until session 29), then the box-scoring head at 224. The
+    # finishes are stage 3 continued: its data and losses are stage 3's (the files repeat them), and
+    # the 336 px finish and the experiment run the 224 px finish's settings, plus the absent
+    # phrases' class loss.
+    finish = load_config(demo / "experiments" / "student_stage3_224.yaml")
+    experiment = load_config(demo / "experiments" / "box_scoring.yaml")
+    assert finish.model.student_checkpoint == export_of(configs["student_stage3"])
+    assert experiment.model.student_checkpoint == export_of(finish)
+    assert experiment.model.input_size == finish.model.input_size == 224
     for section in ("data", "options"):
-        assert getattr(configs["student_stage3_hires"], section) == getattr(
-            configs["student_stage3"], section
-        )
-    # the 336 px finish and the experiment beside the recipe (which must validate too, and starts from
-    # the 224 px export) run the 224 px finish's settings, plus the absent phrases' class loss
-    finish = configs["student_stage3_hires"]
-    experiment = load_config(root / "training" / "demo" / "experiments" / "box_scoring.yaml")
-    assert experiment.model.student_checkpoint == export_of("student_stage3_hires")
-    assert experiment.model.input_size == finish.model.input_size
+        assert getattr(finish, section) == getattr(configs["student_stage3"], section)
     for run in (configs["student_stage3_336"], experiment):
         assert run.model.box_scoring and run.options.negative_class_weight > 0
         assert (run.optim, run.data, run.run.steps) == (finish.optim, finish.data, finish.run.steps)

@@ -1,4 +1,4 @@
-"""``efficientsam3 models [list|info NAME|download NAME|verify PATH]``: the model zoo.
+"""``efficientsam3 models [list|info NAME|download NAME|verify PATH|set-point PATH]``: the model zoo.
 
 The work lives in ``efficientsam3_ros.zoo`` and ``modeling.checkpoint``; heavy imports happen
 inside ``run`` so ``--help`` stays fast.
@@ -38,6 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path)
     p.add_argument("--model", default=None, help="architecture to check against (default: from the file)")
     p.add_argument("--quick", action="store_true", help="skip the full CRC pass over torch zip files")
+    p = sub.add_parser(
+        "set-point",
+        help="write a copy of a model file with another operating point (e.g. one sweep-thresholds chose)",
+    )
+    p.add_argument("path", type=Path, help="a model file this package wrote (.safetensors)")
+    p.add_argument("--out", type=Path, required=True, help="where to write it (may be PATH itself)")
+    from ..cli import add_operating_point_arguments
+
+    add_operating_point_arguments(p)
+    p.add_argument(
+        "--crop-masks-to-boxes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clear each mask outside its own box (default: unchanged)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
             return _download(args.name)
         if action == "verify":
             return _verify(args.path, args.model, full=not args.quick)
+        if action == "set-point":
+            return _set_point(args)
     except (ZooError, CheckpointError, ValueError) as err:
         raise _cli_error(str(err)) from None
     raise _cli_error(f"unknown action {action!r}")
@@ -168,6 +185,26 @@ def _verify(path: Path, model_name: str | None, full: bool) -> int:
         print(plan.problems(), file=sys.stderr)
         return 1
     print("OK: the checkpoint fills every parameter and buffer")
+    return 0
+
+
+_POINT_FIELDS = ("score_threshold", "new_track_threshold", "mask_threshold", "crop_masks_to_boxes")
+
+
+def _set_point(args: argparse.Namespace) -> int:
+    from ..modeling.checkpoint import set_operating_point
+
+    changes = {name: getattr(args, name) for name in _POINT_FIELDS if getattr(args, name) is not None}
+    if not changes:
+        raise _cli_error(
+            "nothing to change: give at least one of --score-threshold, --new-track-threshold, "
+            "--mask-threshold, --[no-]crop-masks-to-boxes"
+        )
+    old, new = set_operating_point(args.path, args.out, **changes)
+    for name in _POINT_FIELDS:
+        before, after = getattr(old.operating_point, name), getattr(new.operating_point, name)
+        print(f"{name:<22}{before}" + (f" -> {after}" if before != after else ""))
+    print(f"wrote {args.out} (weights unchanged)")
     return 0
 
 

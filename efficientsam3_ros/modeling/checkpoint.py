@@ -192,6 +192,55 @@ def save_checkpoint(model: nn.Module, path: str | Path, sidecar: bool = True) ->
     return path
 
 
+def set_operating_point(src: str | Path, dst: str | Path, **changes: Any) -> tuple[ModelConfig, ModelConfig]:
+    """Write ``src`` to ``dst`` with its operating point changed; returns (old config, new config).
+
+    Why: a point chosen on the user's own recordings (``sweep-thresholds``) belongs in the model
+    file, so that every front door runs it there without flags or node parameters, as the model
+    it was trained as does. Only the config in the metadata (and the sidecar JSON) changes: the
+    tensors are written back as they were read, so the weights are byte for byte the same.
+    ``changes`` are ``OperatingPoint`` fields; ``dst`` may be ``src`` (replaced atomically).
+    """
+    import dataclasses
+    import os
+
+    from safetensors.torch import load_file
+
+    from .checkpoint_files import check_safetensors
+
+    src, dst = Path(src), Path(dst)
+    if src.suffix != ".safetensors" or not src.is_file():
+        raise CheckpointError(
+            f"{src}: not a .safetensors file; only this package's safetensors carry an operating point"
+        )
+    if dst.suffix != ".safetensors":
+        raise ValueError(
+            f"set_operating_point writes safetensors; name the output *.safetensors, got {dst.name}"
+        )
+    header, _ = check_safetensors(src)
+    metadata: dict[str, str] = dict(header.get("__metadata__") or {})
+    if metadata.get("format") != FORMAT_NAME or "config" not in metadata:
+        raise CheckpointError(
+            f"{src} is not an {FORMAT_NAME} image-model checkpoint (format {metadata.get('format') or 'none'}; "
+            "no ModelConfig in its metadata), so it carries no "
+            "operating point: pass the thresholds at run time instead (--score-threshold, the node's parameters)"
+        )
+    old = ModelConfig.from_dict(json.loads(metadata["config"]))
+    new = ModelConfig.from_dict(old.to_dict())
+    new.operating_point = dataclasses.replace(old.operating_point, **changes)  # validates every field
+    metadata["config"] = json.dumps(new.to_dict())
+    tensors = load_file(str(src))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        write_safetensors(tensors, tmp, metadata)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sidecar_path(dst).write_text(json.dumps(new.to_dict(), indent=2) + "\n")
+    return old, new
+
+
 def sidecar_path(path: str | Path) -> Path:
     """``ckpt.pt`` -> ``ckpt.json``: where a checkpoint's ModelConfig may live beside it."""
     return Path(path).with_suffix(".json")

@@ -4,9 +4,10 @@
 #   2. stage3 trains a small SAM3-architecture teacher ("demo-teacher") from random weights;
 #   3. stage1-image distils the teacher's trunk into the slim EfficientViT student ("demo-student");
 #   4. stage3 fine-tunes the student end to end on the world's ground truth (several phrases of
-#      one image per batch, so each image is encoded once for all of them) at 168 px, then two short
-#      stage3 finishes: at 224 px (student_stage3_hires.yaml), then at the 336 px input it ships
-#      with, adding the box-scoring head (student_stage3_336.yaml);
+#      one image per batch, so each image is encoded once for all of them) at 168 px, then a short
+#      stage3 finish at the 336 px input it ships with, adding the box-scoring head
+#      (student_stage3_336.yaml; until session 29 a 224 px finish came between the two, now
+#      experiments/student_stage3_224.yaml);
 #   5. stage2 trains the student's Perceiver-memory tracker on SA-V-style world clips (the whole
 #      tracker, on the clips' masks: no SAM3 tracker exists to distil from in this world), on the
 #      final student's trunk, the one it is deployed with (stage 3 does not read the tracker);
@@ -114,7 +115,6 @@ EOF
 train stage3 teacher_stage3.yaml
 train stage1-image student_stage1_image.yaml
 train stage3 student_stage3.yaml
-train stage3 student_stage3_hires.yaml  # runs/student-224
 train stage3 student_stage3_336.yaml    # runs/student-336: the shipped student
 train stage2 student_stage2.yaml  # runs/tracker (the name changed with the order: an older
                                   # runs/student-stage2 holds a tracker of the stage-1 trunk)
