@@ -256,7 +256,7 @@ def test_memory_tracking_in_the_pipeline(monkeypatch):
     assert ns["seg"].memory is not None
     own = ConceptSegmenter.from_name(str(DEMO_MODEL), memory="perceiver", memory_checkpoint=str(DEMO_TRACKER))
     assert ns["seg"].tracker.config == own.tracker.config
-    assert ns["seg"].tracker.config.new_det_threshold == 0.35  # the demo model's, not SAM3's 0.7
+    assert ns["seg"].tracker.config.new_det_threshold == 0.4  # the demo model's, not SAM3's 0.7
 
 
 @runs("evaluate_bag(EvalConfig(")
