@@ -19,7 +19,12 @@ from efficientsam3_ros.modeling.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from efficientsam3_ros.modeling.checkpoint_files import CheckpointError, open_checkpoint, write_safetensors
+from efficientsam3_ros.modeling.checkpoint_files import (
+    CheckpointError,
+    check_safetensors,
+    open_checkpoint,
+    write_safetensors,
+)
 from efficientsam3_ros.modeling.convert_backbones import timm_to_features, tinyvit_rename
 from efficientsam3_ros.modeling.convert_common import QKV, STRIP_CLS, TRANSPOSE
 from efficientsam3_ros.modeling.registry import build_model
@@ -45,11 +50,9 @@ def test_save_and_load_roundtrip_with_config(tiny, tmp_path: Path) -> None:
 
 def _tensor_bytes(path: Path) -> tuple[dict, bytes]:
     """A safetensors file's tensor entries (offsets, dtypes, shapes) and its data section."""
-    raw = path.read_bytes()
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + length])
+    header, length = check_safetensors(path)
     header.pop("__metadata__")
-    return header, raw[8 + length :]
+    return header, path.read_bytes()[8 + length :]
 
 
 def test_set_point_rewrites_the_operating_point_and_nothing_else(tiny, tmp_path: Path, capsys) -> None:

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..cli import add_operating_point_arguments
+
 if TYPE_CHECKING:
     from ..modeling.config import ModelConfig
 
@@ -44,8 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("path", type=Path, help="a model file this package wrote (.safetensors)")
     p.add_argument("--out", type=Path, required=True, help="where to write it (may be PATH itself)")
-    from ..cli import add_operating_point_arguments
-
     add_operating_point_arguments(p)
     p.add_argument(
         "--crop-masks-to-boxes",

@@ -188,7 +188,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, sidecar: bool = True) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(tensors, path, metadata)
     if sidecar:
-        sidecar_path(path).write_text(json.dumps(config, indent=2) + "\n")
+        write_sidecar(path, config)
     return path
 
 
@@ -237,13 +237,18 @@ def set_operating_point(src: str | Path, dst: str | Path, **changes: Any) -> tup
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
-    sidecar_path(dst).write_text(json.dumps(new.to_dict(), indent=2) + "\n")
+    write_sidecar(dst, new.to_dict())
     return old, new
 
 
 def sidecar_path(path: str | Path) -> Path:
     """``ckpt.pt`` -> ``ckpt.json``: where a checkpoint's ModelConfig may live beside it."""
     return Path(path).with_suffix(".json")
+
+
+def write_sidecar(path: str | Path, config: dict[str, Any]) -> None:
+    """The human-readable copy of a checkpoint's ModelConfig, beside it (``read_config``'s fallback)."""
+    sidecar_path(path).write_text(json.dumps(config, indent=2) + "\n")
 
 
 def read_config(path: str | Path) -> ModelConfig | None:
