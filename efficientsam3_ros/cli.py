@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 # (name, help, module exposing add_arguments/run)
 SUBCOMMANDS: list[tuple[str, str, str]] = [
@@ -104,17 +104,30 @@ def check_device(name: str) -> None:
         raise CliError(f"--device {name}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``load`` names the subcommands whose modules are imported.
+
+    Each subcommand's module is imported to add its arguments, and some import torch and the
+    model code (seconds). ``main`` loads only the subcommand on its command line, so
+    ``efficientsam3 --help`` and ``efficientsam3 world ...`` do not pay for the others; the rest
+    are listed with their one-line help. ``None`` loads every one (tests, the README check).
+    """
     parser = argparse.ArgumentParser(
         prog="efficientsam3", description="EfficientSAM3 concept segmentation and tracking for robots."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text, module_name in SUBCOMMANDS:
-        module = importlib.import_module(module_name)
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sp)
-        sp.set_defaults(_run=module.run)
+        if load is None or name in load:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sp)
+            sp.set_defaults(_run=module.run)
     return parser
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on a command line: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def run_command(
@@ -136,7 +149,8 @@ def run_command(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(load=[name for name in [chosen_command(argv)] if name])
     args = parser.parse_args(argv)
     return run_command(args.command, args._run, args)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -28,6 +30,30 @@ def test_every_subcommand_has_help(capsys):
             parser.parse_args([name, "--help"])
         assert exit_info.value.code == 0
         assert "usage: efficientsam3" in capsys.readouterr().out
+
+
+def test_help_and_world_do_not_import_torch():
+    """``main`` imports only the named subcommand's module: help and the world writer stay fast."""
+    probe = (
+        "import sys\n"
+        "from efficientsam3_ros.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('TORCH', 'torch' in sys.modules)\n"
+    )
+    for argv in (["--help"], ["world", "--help"]):
+        out = subprocess.run(
+            [sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True
+        ).stdout
+        assert "usage: efficientsam3" in out
+        assert "TORCH False" in out, argv
+    # a subcommand that runs a model still gets its arguments
+    out = subprocess.run(
+        [sys.executable, "-c", probe, "eval-bag", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--gt" in out
 
 
 def test_models_lists_students_teacher_and_tiny(capsys):

@@ -14,6 +14,7 @@ from efficientsam3_ros.training.data import (
     ConceptDataset,
     DataError,
     PromptDataset,
+    ResizedImages,
     ResumableBatchSampler,
     SA1BDataset,
     SAVDataset,
@@ -107,6 +108,49 @@ def test_saco_reader_has_positives_and_negatives(datasets):
     for s in samples:
         assert isinstance(s["phrase"], str) and s["phrase"]
         assert s["masks"].shape == (len(s["boxes"]), 112, 112)
+
+
+def test_cached_resized_images_are_what_a_fresh_decode_gives(datasets):
+    """data.cache_mb: the same samples bit for bit, flips included, and a hit is a copy."""
+    fresh = ConceptDataset(datasets["saco"], 112, style="saco", hflip=0.5)
+    cached = ConceptDataset(datasets["saco"], 112, style="saco", hflip=0.5, cache_mb=64)
+    refs = [(i, seed) for seed in range(3) for i in range(len(fresh))]
+    for ref in refs:
+        a, b = fresh[ref], cached[ref]
+        for key in ("pixels", "valid", "masks", "boxes"):
+            assert torch.equal(a[key], b[key]), (ref, key)
+    cache = cached._resized
+    assert cache.hits > 0 and cache.misses > 0 and cache.hits + cache.misses == len(refs)
+    assert cache.misses <= 2 * len({r["image"] for r in cached.records})  # at most once per (image, flip)
+    sample = cached[refs[0]]
+    sample["pixels"].zero_()  # a caller changing its copy does not change the next sample
+    assert torch.equal(cached[refs[0]]["pixels"], fresh[refs[0]]["pixels"])
+
+
+def test_resized_image_cache_keeps_to_its_byte_budget(datasets):
+    per_image = (3 * 112 * 112) * 4 + 112 * 112  # float32 pixels + bool valid mask
+    paths = sorted({r["image"] for r in ConceptDataset(datasets["saco"], 112, style="saco").records})
+    assert len(paths) >= 3
+    cache = ResizedImages(max_bytes=2 * per_image)
+    made = []
+
+    def make(path):
+        def fresh():
+            made.append(path)
+            return resize_image(np.zeros((30, 40, 3), np.uint8), 112)
+
+        return fresh
+
+    for path in paths[:3]:
+        cache.get(path, False, make(path))
+    assert cache.bytes == 2 * per_image  # the first went when the third came
+    cache.get(paths[2], False, make(paths[2]))  # a hit
+    cache.get(paths[0], False, make(paths[0]))  # evicted: made again
+    assert made == [paths[0], paths[1], paths[2], paths[0]]
+    off = ResizedImages(max_bytes=0)
+    off.get(paths[0], False, make(paths[0]))
+    off.get(paths[0], False, make(paths[0]))
+    assert off.bytes == 0 and made[-2:] == [paths[0], paths[0]]
 
 
 def test_coco_reader_uses_category_names_as_phrases(datasets):

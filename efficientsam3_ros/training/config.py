@@ -72,6 +72,10 @@ class DataSection:
     phrases_per_image: int = 1
     limit: int | None = None  # use only the first N records (debugging)
     num_workers: int = 0
+    # saco / coco: keep up to this many MB of images decoded and resized to the input in RAM, per
+    # loading process (each DataLoader worker keeps its own); 0 decodes every time. Pays when the
+    # images fit and recur, as in the demo world (README "Caching resized images")
+    cache_mb: float = 0.0
 
 
 @dataclass
@@ -374,6 +378,7 @@ def _check_values(config: TrainConfig) -> None:
     need(config.data.frame_stride >= 1, "data.frame_stride", "at least 1 (video frames per masklet row)")
     need(config.data.limit is None or config.data.limit >= 1, "data.limit", "at least 1, or null for all")
     need(config.data.num_workers >= 0, "data.num_workers", "must be >= 0 (0 loads in the main process)")
+    need(config.data.cache_mb >= 0, "data.cache_mb", "must be >= 0 (0 keeps no resized images)")
     need(config.run.steps >= 1, "run.steps", "at least 1")
     need(config.run.batch_size >= 1, "run.batch_size", "at least 1")
     need(config.run.checkpoint_every >= 1, "run.checkpoint_every", "at least 1")

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from ..config import TrainConfig
 from .coco import ConceptDataset
-from .common import BadRecords, DataError, RecordDataset, collate_list, resize_image, valid_grid
+from .common import (
+    BadRecords,
+    DataError,
+    RecordDataset,
+    ResizedImages,
+    collate_list,
+    resize_image,
+    valid_grid,
+)
 from .sa1b import SA1BDataset
 from .sampler import ResumableBatchSampler
 from .sav import SAVDataset
@@ -20,6 +28,7 @@ __all__ = [
     "DataError",
     "PromptDataset",
     "RecordDataset",
+    "ResizedImages",
     "ResumableBatchSampler",
     "SA1BDataset",
     "SAVDataset",
@@ -55,6 +64,7 @@ def build_dataset(config: TrainConfig, input_size: int, *, masks: bool = False) 
             limit=data.limit,
             decode_masks=masks,
             unique_images=config.stage == "stage1-image",
+            cache_mb=data.cache_mb,
         )
     if data.format == "sav":
         return SAVDataset(

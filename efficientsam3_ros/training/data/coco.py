@@ -35,6 +35,8 @@ from .common import (
     DataError,
     RecentImages,
     RecordDataset,
+    Resized,
+    ResizedImages,
     decode_segmentation,
     load_json,
     mask_boxes,
@@ -60,6 +62,7 @@ class ConceptDataset(RecordDataset):
         limit: int | None = None,
         decode_masks: bool = True,
         unique_images: bool = False,
+        cache_mb: float = 0.0,
     ):
         if style not in ("saco", "coco"):
             raise ValueError(f"style must be 'saco' or 'coco', got {style!r}")
@@ -127,6 +130,7 @@ class ConceptDataset(RecordDataset):
                     records.append({**base, "phrase": None, "present": present, "annotations": []})
         super().__init__(records, bad, len(images), limit)
         self._recent_images = RecentImages()
+        self._resized = ResizedImages(int(cache_mb * 2**20))  # data.cache_mb
 
     def record_name(self, record: Any) -> str:
         return f"{record['image']} / {record['phrase']!r}"
@@ -141,11 +145,16 @@ class ConceptDataset(RecordDataset):
             if not absent:
                 raise ValueError("every category is present; no negative phrase to draw")
             phrase = absent[int(rng.integers(len(absent)))]
-        image = self._recent_images(record["image"])
         h, w = record["size"]
-        if image.shape[:2] != (h, w):
-            raise ValueError(f"image is {image.shape[:2]}, JSON says {(h, w)}")
-        resized = resize_image(image, self.input_size, self.resize, flip=bool(rng.random() < self.hflip))
+
+        def fresh() -> Resized:  # decoded only when the cache does not hold it
+            image = self._recent_images(record["image"])
+            if image.shape[:2] != (h, w):
+                raise ValueError(f"image is {image.shape[:2]}, JSON says {(h, w)}")
+            return resize_image(image, self.input_size, self.resize, flip=flip)
+
+        flip = bool(rng.random() < self.hflip)
+        resized = self._resized.get(record["image"], flip, fresh)
         anns = record["annotations"]
         masks = np.zeros((len(anns), h, w), dtype=bool)
         if self.decode_masks:
