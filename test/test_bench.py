@@ -167,3 +167,14 @@ def test_median_ms_times_each_repeat_after_the_warmup():
     ms = timing.median_ms(lambda: calls.append(len(calls)), repeats=5, warmup=2)
     assert len(calls) == 7
     assert 0 <= ms < 1e3
+
+
+def test_data_loading_bench_times_both_readers_and_fills_the_cache(capsys, one_thread):
+    bench = _load("data_loading")
+    assert bench.main(["--images", "6", "--batches", "1", "--threads", "1", "--size", "56"]) == 0
+    out = capsys.readouterr().out
+    timed = [line.split(":")[0].strip() for line in out.splitlines() if "ms/batch" in line]
+    assert timed == ["no cache", "cache_mb 1200"] * 2, out
+    held = [int(line.split("(")[1].split()[0]) for line in out.splitlines() if "cache holds" in line]
+    assert held == [6, 6], out  # the warm pass put every image in (no flips: one entry each)
+    assert out.count("faster") == 2

@@ -164,6 +164,7 @@ _OUT_OF_RANGE = [
     ("stage3", "data", "limit", 0, "at least 1"),
     ("stage3", "data", "num_workers", -1, ">= 0"),
     ("stage3", "data", "cache_mb", -1, ">= 0"),
+    ("stage2", "data", "cache_mb", 100, "only the saco and coco readers"),
     ("stage2", "data", "frame_stride", 0, "at least 1"),
     ("stage1-image", "options", "cache_shard_size", 0, "at least 1"),
     ("stage1-image", "options", "cache_batch_size", 0, "at least 1"),

@@ -119,7 +119,7 @@ def test_cached_resized_images_are_what_a_fresh_decode_gives(datasets):
         a, b = fresh[ref], cached[ref]
         for key in ("pixels", "valid", "masks", "boxes"):
             assert torch.equal(a[key], b[key]), (ref, key)
-    cache = cached._resized
+    cache = cached.resized_images
     assert cache.hits > 0 and cache.misses > 0 and cache.hits + cache.misses == len(refs)
     assert cache.misses <= 2 * len({r["image"] for r in cached.records})  # at most once per (image, flip)
     sample = cached[refs[0]]

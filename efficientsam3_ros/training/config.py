@@ -379,6 +379,11 @@ def _check_values(config: TrainConfig) -> None:
     need(config.data.limit is None or config.data.limit >= 1, "data.limit", "at least 1, or null for all")
     need(config.data.num_workers >= 0, "data.num_workers", "must be >= 0 (0 loads in the main process)")
     need(config.data.cache_mb >= 0, "data.cache_mb", "must be >= 0 (0 keeps no resized images)")
+    need(
+        config.data.cache_mb == 0 or config.data.format in ("saco", "coco"),
+        "data.cache_mb",
+        f"only the saco and coco readers cache resized images; set 0 for format {config.data.format!r}",
+    )
     need(config.run.steps >= 1, "run.steps", "at least 1")
     need(config.run.batch_size >= 1, "run.batch_size", "at least 1")
     need(config.run.checkpoint_every >= 1, "run.checkpoint_every", "at least 1")

@@ -130,7 +130,7 @@ class ConceptDataset(RecordDataset):
                     records.append({**base, "phrase": None, "present": present, "annotations": []})
         super().__init__(records, bad, len(images), limit)
         self._recent_images = RecentImages()
-        self._resized = ResizedImages(int(cache_mb * 2**20))  # data.cache_mb
+        self.resized_images = ResizedImages(int(cache_mb * 2**20))  # data.cache_mb
 
     def record_name(self, record: Any) -> str:
         return f"{record['image']} / {record['phrase']!r}"
@@ -154,7 +154,7 @@ class ConceptDataset(RecordDataset):
             return resize_image(image, self.input_size, self.resize, flip=flip)
 
         flip = bool(rng.random() < self.hflip)
-        resized = self._resized.get(record["image"], flip, fresh)
+        resized = self.resized_images.get(record["image"], flip, fresh)
         anns = record["annotations"]
         masks = np.zeros((len(anns), h, w), dtype=bool)
         if self.decode_masks:

@@ -135,6 +135,9 @@ class ResizedImages:
         self.misses = 0
         self._entries: OrderedDict[tuple[Path, bool], Resized] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def get(self, path: Path, flip: bool, make: Callable[[], Resized]) -> Resized:
         key = (path, flip)
         entry = self._entries.get(key)
