@@ -118,9 +118,10 @@ class RecentImages:
 class ResizedImages:
     """Decoded images already resized to the model input, by (path, flipped), up to a byte budget.
 
-    An epoch of the demo's concept data shows each image many times (once per phrase, and stage 3
-    runs about 24 epochs' worth of images in the teacher's 6000 steps); decoding the JPEG and
-    resizing it were about three quarters of the teacher's data time per batch. The resize is a
+    A concept dataset lists each image once per phrase, and a run passes over it many times (the
+    demo teacher's 6000 steps of 12 datapoints show each of the world's 3000 images about 24
+    times); decoding the JPEG and resizing it were about three quarters of the teacher's data
+    time per batch. The resize is a
     pure function of the image, the input size, the mode and the flip, so a cached copy is bit for
     bit what a fresh one would be. Least recently used entries go first once ``max_bytes`` is
     reached; ``max_bytes`` 0 keeps nothing. Hits are handed out as copies (about 30 us for a
