@@ -150,7 +150,8 @@ def run_command(
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(load=[name for name in [chosen_command(argv)] if name])
+    command = chosen_command(argv)
+    parser = build_parser(load=[command] if command else [])
     args = parser.parse_args(argv)
     return run_command(args.command, args._run, args)
 

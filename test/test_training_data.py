@@ -142,14 +142,14 @@ def test_resized_image_cache_keeps_to_its_byte_budget(datasets):
         return fresh
 
     for path in paths[:3]:
-        cache.get(path, False, make(path))
+        cache.resized(path, False, make(path))
     assert cache.bytes == 2 * per_image  # the first went when the third came
-    cache.get(paths[2], False, make(paths[2]))  # a hit
-    cache.get(paths[0], False, make(paths[0]))  # evicted: made again
+    cache.resized(paths[2], False, make(paths[2]))  # a hit
+    cache.resized(paths[0], False, make(paths[0]))  # evicted: made again
     assert made == [paths[0], paths[1], paths[2], paths[0]]
     off = ResizedImages(max_bytes=0)
-    off.get(paths[0], False, make(paths[0]))
-    off.get(paths[0], False, make(paths[0]))
+    off.resized(paths[0], False, make(paths[0]))
+    off.resized(paths[0], False, make(paths[0]))
     assert off.bytes == 0 and made[-2:] == [paths[0], paths[0]]
 
 

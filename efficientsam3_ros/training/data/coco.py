@@ -146,6 +146,7 @@ class ConceptDataset(RecordDataset):
                 raise ValueError("every category is present; no negative phrase to draw")
             phrase = absent[int(rng.integers(len(absent)))]
         h, w = record["size"]
+        flip = bool(rng.random() < self.hflip)
 
         def fresh() -> Resized:  # decoded only when the cache does not hold it
             image = self._recent_images(record["image"])
@@ -153,8 +154,7 @@ class ConceptDataset(RecordDataset):
                 raise ValueError(f"image is {image.shape[:2]}, JSON says {(h, w)}")
             return resize_image(image, self.input_size, self.resize, flip=flip)
 
-        flip = bool(rng.random() < self.hflip)
-        resized = self.resized_images.get(record["image"], flip, fresh)
+        resized = self.resized_images.resized(record["image"], flip, fresh)
         anns = record["annotations"]
         masks = np.zeros((len(anns), h, w), dtype=bool)
         if self.decode_masks:

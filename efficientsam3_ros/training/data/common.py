@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from ...pipeline.preprocess import PIXEL_MEAN, PIXEL_STD
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,47 @@ def load_image(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-class RecentImages:
+class LeastRecentlyUsed(Generic[K, V]):
+    """Values by key, made on a miss; the least recently used go first once their cost passes ``budget``.
+
+    The one eviction rule behind the readers' caches: ``RecentImages`` counts entries,
+    ``ResizedImages`` bytes. A value that alone costs more than the budget is made and returned
+    but not kept (so a budget of 0 keeps nothing).
+    """
+
+    def __init__(self, budget: int, cost: Callable[[V], int]):
+        self.budget = budget
+        self.cost = cost
+        self.held = 0  # the summed cost of what is kept
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._entries
+
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        value = self._entries.get(key)
+        if value is not None:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return value
+        self.misses += 1
+        value = make()
+        size = self.cost(value)
+        if size <= self.budget:
+            self._entries[key] = value
+            self.held += size
+            while self.held > self.budget:
+                _, dropped = self._entries.popitem(last=False)
+                self.held -= self.cost(dropped)
+        return value
+
+
+class RecentImages(LeastRecentlyUsed[Path, np.ndarray]):
     """The last few decoded images, by path.
 
     A grouped batch (``data.phrases_per_image``) holds each of its images once per phrase, and
@@ -101,66 +144,41 @@ class RecentImages:
     """
 
     def __init__(self, capacity: int = 8):
-        self.capacity = capacity
-        self._images: OrderedDict[Path, np.ndarray] = OrderedDict()
+        super().__init__(capacity, cost=lambda _image: 1)
 
     def __call__(self, path: Path) -> np.ndarray:
-        image = self._images.pop(path, None)
-        if image is None:
-            image = load_image(path)
-            image.flags.writeable = False
-        self._images[path] = image
-        while len(self._images) > self.capacity:
-            self._images.popitem(last=False)
-        return image
+        return self.get(path, lambda: _read_only(load_image(path)))
 
 
-class ResizedImages:
+def _read_only(image: np.ndarray) -> np.ndarray:
+    image.flags.writeable = False
+    return image
+
+
+class ResizedImages(LeastRecentlyUsed[tuple[Path, bool], "Resized"]):
     """Decoded images already resized to the model input, by (path, flipped), up to a byte budget.
 
     A concept dataset lists each image once per phrase, and a run passes over it many times (the
     demo teacher's 6000 steps of 12 datapoints show each of the world's 3000 images about 24
     times); decoding the JPEG and resizing it were about three quarters of the teacher's data
-    time per batch. The resize is a
-    pure function of the image, the input size, the mode and the flip, so a cached copy is bit for
-    bit what a fresh one would be. Least recently used entries go first once ``max_bytes`` is
-    reached; ``max_bytes`` 0 keeps nothing. Hits are handed out as copies (about 30 us for a
-    168 px image), so no caller can change what the next one gets. Each DataLoader worker keeps
-    its own, so the budget counts per loading process.
+    time per batch. The resize is a pure function of the image, the input size, the mode and the
+    flip, so a cached copy is bit for bit what a fresh one would be. ``max_bytes`` 0 keeps
+    nothing. What is kept is handed out as copies (about 30 us for a 168 px image), so no caller
+    can change what the next one gets. Each DataLoader worker keeps its own, so the budget counts
+    per loading process.
     """
 
     def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._entries: OrderedDict[tuple[Path, bool], Resized] = OrderedDict()
+        super().__init__(max_bytes, cost=_resized_bytes)
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    @property
+    def bytes(self) -> int:
+        return self.held
 
-    def get(self, path: Path, flip: bool, make: Callable[[], Resized]) -> Resized:
+    def resized(self, path: Path, flip: bool, make: Callable[[], Resized]) -> Resized:
         key = (path, flip)
-        entry = self._entries.get(key)
-        if entry is None:
-            self.misses += 1
-            entry = make()
-            return _copy_resized(entry) if self._add(key, entry) else entry
-        self.hits += 1
-        self._entries.move_to_end(key)
-        return _copy_resized(entry)
-
-    def _add(self, key: tuple[Path, bool], entry: Resized) -> bool:
-        """Keep ``entry`` (dropping the oldest past the budget); False if it alone exceeds the budget."""
-        size = _resized_bytes(entry)
-        if size > self.max_bytes:
-            return False
-        self._entries[key] = entry
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, dropped = self._entries.popitem(last=False)
-            self.bytes -= _resized_bytes(dropped)
-        return True
+        entry = self.get(key, make)
+        return _copy_resized(entry) if key in self else entry
 
 
 def _resized_bytes(entry: Resized) -> int:
